@@ -1,0 +1,766 @@
+//! The `load` runner: closed-loop keep-alive workers against one or more
+//! targets (round-robin), per-request timeout and retries, latency and
+//! `Cache-Status` accounting, then origin-sim's query log for the same window.
+//!
+//! Load model: `concurrency` workers, each sending one request at a time over
+//! a pooled keep-alive connection. A request goes to the hot key with
+//! probability `hot_fraction`, otherwise to a key drawn uniformly from
+//! `1..=keys`; a request counts as *hot* when its key is the hot key (a
+//! uniform draw can land on it too). Targets are taken round-robin per request
+//! from one global counter; retries go to the same target. A request's latency
+//! runs from its first send to its final answer, retries and back-off
+//! included, and failed requests are recorded with the time they took to fail.
+//! At `duration` no new request and no new retry starts; in-flight attempts
+//! finish or hit their timeout.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::cache_status::{CacheClass, classify};
+use crate::stats::{
+    CacheCounts, LatencyRecorder, LatencyStats, OriginQueries, OriginSummary, analyse_origin,
+    new_histogram, us_to_ms,
+};
+
+/// The default origin-sim base URL (`--origin`).
+pub const DEFAULT_ORIGIN: &str = "http://127.0.0.1:8081";
+
+/// How long to wait for origin-sim's `/stats/queries`.
+const ORIGIN_STATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// What to run: the `load` subcommand's flags. Serialized into the summary
+/// (durations as humantime strings such as `"30s"`); missing fields take the
+/// measurement-protocol defaults when deserialized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoadConfig {
+    /// Base URLs (`http://host:port`), taken round-robin per request.
+    pub targets: Vec<String>,
+    /// Closed-loop workers (concurrent keep-alive clients).
+    pub concurrency: usize,
+    /// How long new requests are started.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Probability that a request goes to the hot key.
+    pub hot_fraction: f64,
+    /// Other requests draw a key uniformly from `1..=keys`.
+    pub keys: u64,
+    /// The hot key.
+    pub hot_key: u64,
+    /// Path before the key: requests go to `{target}{path_prefix}{key}`.
+    pub path_prefix: String,
+    /// Retries after a connect/timeout/body error or a 5xx answer.
+    pub retries: u32,
+    /// Per-attempt timeout (whole response, body included).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Back-off before a retry (plus up to 20 % jitter).
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The gateway's TTL, if known: hot-key origin queries are grouped into
+    /// bursts separated by more than `min(ttl / 2, 1 s)` (500 ms when unset).
+    #[serde(with = "humantime_serde_opt")]
+    pub ttl: Option<Duration>,
+    /// RNG seed (worker `i` uses `seed + i`); random when unset.
+    pub seed: Option<u64>,
+    /// origin-sim base URL for `/stats/queries`; `None` skips the origin section.
+    pub origin: Option<String>,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            targets: vec!["http://127.0.0.1:8080".to_string()],
+            concurrency: 50,
+            duration: Duration::from_secs(30),
+            hot_fraction: 0.95,
+            keys: 1000,
+            hot_key: 1,
+            path_prefix: "/items/".to_string(),
+            retries: 0,
+            timeout: Duration::from_secs(10),
+            backoff: Duration::from_millis(10),
+            ttl: None,
+            seed: None,
+            origin: Some(DEFAULT_ORIGIN.to_string()),
+        }
+    }
+}
+
+impl LoadConfig {
+    /// Check every field; the error names the offending flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.targets.is_empty() {
+            bail!("--target: at least one URL is required");
+        }
+        for t in &self.targets {
+            let base = parse_base_url(t).with_context(|| format!("--target {t:?}"))?;
+            let probe = format!("{base}{}{}", self.path_prefix, self.hot_key);
+            probe.parse::<Uri>().with_context(|| {
+                format!(
+                    "--path-prefix {:?}: {probe:?} is not a valid URL",
+                    self.path_prefix
+                )
+            })?;
+        }
+        if let Some(o) = &self.origin {
+            parse_base_url(o).with_context(|| format!("--origin {o:?}"))?;
+        }
+        if self.concurrency == 0 || self.concurrency > 100_000 {
+            bail!(
+                "--concurrency must be between 1 and 100000, got {}",
+                self.concurrency
+            );
+        }
+        if self.duration.is_zero() {
+            bail!("--duration must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.hot_fraction) {
+            bail!(
+                "--hot-fraction must be within 0..=1, got {}",
+                self.hot_fraction
+            );
+        }
+        if self.keys == 0 {
+            bail!("--keys must be at least 1");
+        }
+        if !self.path_prefix.starts_with('/') {
+            bail!(
+                "--path-prefix must start with '/', got {:?}",
+                self.path_prefix
+            );
+        }
+        if self.timeout.is_zero() {
+            bail!("--timeout must be positive");
+        }
+        if self.ttl.is_some_and(|t| t.is_zero()) {
+            bail!("--ttl must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Validate an `http://host[:port][/path]` base URL and return it without a
+/// trailing slash.
+pub fn parse_base_url(s: &str) -> anyhow::Result<String> {
+    let uri: Uri = s.parse().map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => bail!("only http:// URLs are supported, got {other}://"),
+        None => bail!("missing scheme (expected http://host:port)"),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        bail!("missing host");
+    }
+    if uri.query().is_some() {
+        bail!("a base URL cannot have a query string");
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+/// Serde for `Duration` as a humantime string (`"500ms"`, `"30s"`).
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for `Option<Duration>` as a humantime string or `null`.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The machine the run was made on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `unknown`).
+    pub hostname: String,
+    /// Available parallelism (what `nproc` prints).
+    pub nproc: usize,
+}
+
+impl HostInfo {
+    /// Describe this machine.
+    pub fn current() -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "unknown".to_string());
+        let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { hostname, nproc }
+    }
+}
+
+/// A value split by key class: all requests, the hot key, the other keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ByKey<T> {
+    /// Every request.
+    pub all: T,
+    /// Requests for the hot key.
+    pub hot: T,
+    /// Requests for any other key.
+    pub other: T,
+}
+
+/// Failures by kind. `total` is the sum of the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    /// Could not connect.
+    pub connect: u64,
+    /// No complete answer within `timeout`.
+    pub timeout: u64,
+    /// The response body failed mid-way.
+    pub body: u64,
+    /// Any other transport error (e.g. connection closed before the answer).
+    pub other: u64,
+    /// Sum of the above.
+    pub total: u64,
+}
+
+impl ErrorCounts {
+    fn add(&mut self, kind: ErrorKind) {
+        match kind {
+            ErrorKind::Connect => self.connect += 1,
+            ErrorKind::Timeout => self.timeout += 1,
+            ErrorKind::Body => self.body += 1,
+            ErrorKind::Other => self.other += 1,
+        }
+        self.total += 1;
+    }
+}
+
+/// Requests sent to one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetCount {
+    /// The target base URL.
+    pub target: String,
+    /// Requests (not attempts) sent to it.
+    pub requests: u64,
+}
+
+/// One second of the run, for the charts. Client columns are bucketed by the
+/// second in which a request *started*; origin columns by the second in which
+/// an origin query started (both counted from the load start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSecond {
+    /// Seconds since the load start.
+    pub second: u64,
+    /// Requests started in this second.
+    pub requests: u64,
+    /// Of those, requests whose final answer was a transport error or a 5xx.
+    pub errors: u64,
+    /// p99 latency of those requests, ms (`null` when none started).
+    pub p99_ms: Option<f64>,
+    /// Origin queries started in this second (`null` without origin stats).
+    pub origin_queries: Option<u64>,
+    /// Hot-key origin queries started in this second (`null` without origin stats).
+    pub hot_origin_queries: Option<u64>,
+}
+
+/// The result of one `load` run (printed as JSON by `stampede-bench load`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    /// The configuration the run used.
+    pub config: LoadConfig,
+    /// When the load started, RFC 3339 UTC.
+    pub started_at: String,
+    /// The machine it ran on.
+    pub host: HostInfo,
+    /// Load start, ms since the Unix epoch.
+    pub start_ms: u64,
+    /// Load end (last in-flight request done), ms since the Unix epoch.
+    pub end_ms: u64,
+    /// Wall time from start to end, seconds.
+    pub elapsed_s: f64,
+    /// Requests completed (a request may take several attempts).
+    pub requests: u64,
+    /// `requests / elapsed_s`.
+    pub requests_per_sec: f64,
+    /// Requests whose final answer was a transport error or a 5xx.
+    pub failed_requests: u64,
+    /// Attempts sent (requests + retries).
+    pub attempts: u64,
+    /// Retries sent.
+    pub retries: u64,
+    /// Threshold of the `over_150ms` counts, ms.
+    pub slow_threshold_ms: u64,
+    /// Requests per target, in `--target` order.
+    pub per_target: Vec<TargetCount>,
+    /// Final answers per HTTP status code.
+    pub status: BTreeMap<String, u64>,
+    /// Requests whose final outcome was a transport error, by kind.
+    pub errors: ErrorCounts,
+    /// Every failed attempt (retried or not), by kind.
+    pub attempt_errors: ErrorCounts,
+    /// Latency (first send to final answer) by key class.
+    pub latency: ByKey<LatencyStats>,
+    /// `Cache-Status` outcomes of final answers, by key class.
+    pub cache: ByKey<CacheCounts>,
+    /// What origin-sim saw in the load window; `null` when unavailable.
+    pub origin: Option<OriginSummary>,
+    /// Why `origin` is `null`, if it is and an origin was configured.
+    pub origin_error: Option<String>,
+    /// Per-second series for the charts.
+    pub timeline: Vec<TimelineSecond>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorKind {
+    Connect,
+    Timeout,
+    Body,
+    Other,
+}
+
+struct Second {
+    requests: u64,
+    errors: u64,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    requests: u64,
+    failed: u64,
+    attempts: u64,
+    per_target: Vec<u64>,
+    status: BTreeMap<u16, u64>,
+    errors: ErrorCounts,
+    attempt_errors: ErrorCounts,
+    latency: ByKey<LatencyRecorder>,
+    cache: ByKey<CacheCounts>,
+    seconds: Vec<Second>,
+}
+
+struct Outcome {
+    target: usize,
+    hot: bool,
+    second: usize,
+    latency: Duration,
+    attempts: u32,
+    attempt_errors: Vec<ErrorKind>,
+    result: Result<(StatusCode, CacheClass), ErrorKind>,
+}
+
+impl Recorder {
+    fn record(&mut self, o: Outcome) {
+        self.requests += 1;
+        self.attempts += u64::from(o.attempts);
+        if self.per_target.len() <= o.target {
+            self.per_target.resize(o.target + 1, 0);
+        }
+        self.per_target[o.target] += 1;
+        for k in &o.attempt_errors {
+            self.attempt_errors.add(*k);
+        }
+        let failed = match &o.result {
+            Ok((status, class)) => {
+                *self.status.entry(status.as_u16()).or_default() += 1;
+                self.cache.all.add(class);
+                if o.hot {
+                    self.cache.hot.add(class);
+                } else {
+                    self.cache.other.add(class);
+                }
+                status.is_server_error()
+            }
+            Err(kind) => {
+                self.errors.add(*kind);
+                true
+            }
+        };
+        self.failed += u64::from(failed);
+        self.latency.all.record(o.latency);
+        if o.hot {
+            self.latency.hot.record(o.latency);
+        } else {
+            self.latency.other.record(o.latency);
+        }
+        while self.seconds.len() <= o.second {
+            self.seconds.push(Second {
+                requests: 0,
+                errors: 0,
+                hist: new_histogram(2),
+            });
+        }
+        let s = &mut self.seconds[o.second];
+        s.requests += 1;
+        s.errors += u64::from(failed);
+        s.hist
+            .saturating_record(crate::stats::duration_us(o.latency));
+    }
+}
+
+struct Shared {
+    cfg: LoadConfig,
+    targets: Vec<String>,
+    client: HttpClient,
+    rr: AtomicUsize,
+    start: Instant,
+    deadline: Instant,
+    recorder: Mutex<Recorder>,
+}
+
+impl Shared {
+    fn recorder(&self) -> MutexGuard<'_, Recorder> {
+        // A panicking worker cannot leave the counters half-updated in a way
+        // that matters; keep going with what is there.
+        self.recorder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn new_client(pool: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(pool.max(1))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Run the load described by `cfg` and return its summary. With `progress`,
+/// one line per second goes to stderr. If the origin's `/stats/queries`
+/// cannot be read, a line says so on stderr and `origin` is `None`.
+pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSummary> {
+    cfg.validate()?;
+    let targets = cfg
+        .targets
+        .iter()
+        .map(|t| parse_base_url(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let start_ms = now_ms();
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        recorder: Mutex::new(Recorder {
+            per_target: vec![0; targets.len()],
+            ..Recorder::default()
+        }),
+        targets,
+        client: new_client(cfg.concurrency),
+        rr: AtomicUsize::new(0),
+        start,
+        deadline: start + cfg.duration,
+    });
+
+    let mut workers = JoinSet::new();
+    for i in 0..cfg.concurrency {
+        let rng = match cfg.seed {
+            Some(s) => StdRng::seed_from_u64(s.wrapping_add(i as u64)),
+            None => StdRng::from_os_rng(),
+        };
+        workers.spawn(worker(Arc::clone(&shared), rng));
+    }
+    let ticker = progress.then(|| tokio::spawn(progress_lines(Arc::clone(&shared))));
+
+    // Every attempt is bounded by the timeout and no retry starts after the
+    // deadline, so this grace is never reached unless something is badly off.
+    let grace = cfg.timeout + cfg.backoff + Duration::from_secs(2);
+    let hard_stop = tokio::time::Instant::from_std(shared.deadline + grace);
+    let mut aborted = false;
+    loop {
+        match tokio::time::timeout_at(hard_stop, workers.join_next()).await {
+            Ok(Some(res)) => {
+                if let Err(e) = res {
+                    eprintln!("stampede-bench: a load worker failed: {e}");
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                aborted = true;
+                workers.abort_all();
+                break;
+            }
+        }
+    }
+    if aborted {
+        eprintln!(
+            "stampede-bench: in-flight requests did not finish within {grace:?} after the deadline; aborted"
+        );
+    }
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let elapsed = start.elapsed();
+    let end_ms = start_ms + u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+
+    let (origin, origin_error) = match &cfg.origin {
+        None => (None, None),
+        Some(url) => {
+            let base = parse_base_url(url)?;
+            match fetch_origin_stats(&shared.client, &base, start_ms).await {
+                Ok(q) => (
+                    Some(analyse_origin(
+                        &base,
+                        &q.queries,
+                        start_ms,
+                        end_ms,
+                        cfg.hot_key,
+                        cfg.ttl,
+                    )),
+                    None,
+                ),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    eprintln!(
+                        "stampede-bench: origin stats unavailable at {base}/stats/queries ({msg}); origin section left null"
+                    );
+                    (None, Some(msg))
+                }
+            }
+        }
+    };
+
+    let rec = shared.recorder();
+    let elapsed_s = elapsed.as_secs_f64();
+    let seconds = rec
+        .seconds
+        .len()
+        .max(origin.as_ref().map_or(0, |o| o.per_second.len()))
+        .max(cfg.duration.as_secs_f64().ceil() as usize);
+    let timeline = (0..seconds)
+        .map(|i| {
+            let s = rec.seconds.get(i);
+            TimelineSecond {
+                second: i as u64,
+                requests: s.map_or(0, |s| s.requests),
+                errors: s.map_or(0, |s| s.errors),
+                p99_ms: s
+                    .filter(|s| s.requests > 0)
+                    .map(|s| us_to_ms(s.hist.value_at_quantile(0.99))),
+                origin_queries: origin
+                    .as_ref()
+                    .map(|o| o.per_second.get(i).copied().unwrap_or(0)),
+                hot_origin_queries: origin
+                    .as_ref()
+                    .map(|o| o.hot_per_second.get(i).copied().unwrap_or(0)),
+            }
+        })
+        .collect();
+
+    Ok(LoadSummary {
+        config: cfg.clone(),
+        started_at,
+        host: HostInfo::current(),
+        start_ms,
+        end_ms,
+        elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
+        requests: rec.requests,
+        requests_per_sec: if elapsed_s > 0.0 {
+            (rec.requests as f64 / elapsed_s * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        failed_requests: rec.failed,
+        attempts: rec.attempts,
+        retries: rec.attempts - rec.requests,
+        slow_threshold_ms: crate::stats::SLOW_THRESHOLD.as_millis() as u64,
+        per_target: shared
+            .targets
+            .iter()
+            .zip(&rec.per_target)
+            .map(|(t, n)| TargetCount {
+                target: t.clone(),
+                requests: *n,
+            })
+            .collect(),
+        status: rec
+            .status
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        errors: rec.errors,
+        attempt_errors: rec.attempt_errors,
+        latency: ByKey {
+            all: rec.latency.all.summary(),
+            hot: rec.latency.hot.summary(),
+            other: rec.latency.other.summary(),
+        },
+        cache: rec.cache.clone(),
+        origin,
+        origin_error,
+        timeline,
+    })
+}
+
+async fn worker(shared: Arc<Shared>, mut rng: StdRng) {
+    let cfg = &shared.cfg;
+    let n = shared.targets.len();
+    loop {
+        let started = Instant::now();
+        if started >= shared.deadline {
+            break;
+        }
+        let key = if rng.random::<f64>() < cfg.hot_fraction {
+            cfg.hot_key
+        } else {
+            rng.random_range(1..=cfg.keys)
+        };
+        let target = shared.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let url = format!("{}{}{}", shared.targets[target], cfg.path_prefix, key);
+        let mut attempts = 0u32;
+        let mut attempt_errors = Vec::new();
+        let result = match url.parse::<Uri>() {
+            Err(_) => {
+                attempts = 1;
+                attempt_errors.push(ErrorKind::Other);
+                Err(ErrorKind::Other)
+            }
+            Ok(uri) => loop {
+                attempts += 1;
+                let r = attempt(&shared.client, uri.clone(), cfg.timeout).await;
+                let retryable = match &r {
+                    Ok((status, _)) => status.is_server_error(),
+                    Err(kind) => {
+                        attempt_errors.push(*kind);
+                        true
+                    }
+                };
+                if retryable && attempts <= cfg.retries && Instant::now() < shared.deadline {
+                    let jitter_max = u64::try_from(cfg.backoff.as_micros() / 5).unwrap_or(u64::MAX);
+                    let jitter = Duration::from_micros(rng.random_range(0..=jitter_max));
+                    tokio::time::sleep(cfg.backoff + jitter).await;
+                    continue;
+                }
+                break r;
+            },
+        };
+        let latency = started.elapsed();
+        let second = started.duration_since(shared.start).as_secs() as usize;
+        shared.recorder().record(Outcome {
+            target,
+            hot: key == cfg.hot_key,
+            second,
+            latency,
+            attempts,
+            attempt_errors,
+            result,
+        });
+    }
+}
+
+async fn attempt(
+    client: &HttpClient,
+    uri: Uri,
+    timeout: Duration,
+) -> Result<(StatusCode, CacheClass), ErrorKind> {
+    let exchange = async {
+        let resp = client.get(uri).await.map_err(|e| {
+            if e.is_connect() {
+                ErrorKind::Connect
+            } else {
+                ErrorKind::Other
+            }
+        })?;
+        let status = resp.status();
+        let header = resp
+            .headers()
+            .get("cache-status")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let class = classify(header.as_deref());
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|_| ErrorKind::Body)?;
+        Ok((status, class))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Err(ErrorKind::Timeout))
+}
+
+async fn fetch_origin_stats(
+    client: &HttpClient,
+    base: &str,
+    since_ms: u64,
+) -> anyhow::Result<OriginQueries> {
+    let uri: Uri = format!("{base}/stats/queries?since_ms={since_ms}").parse()?;
+    let fetch = async {
+        let resp = client.get(uri).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("HTTP {status}");
+        }
+        serde_json::from_slice::<OriginQueries>(&body).context("bad JSON")
+    };
+    tokio::time::timeout(ORIGIN_STATS_TIMEOUT, fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {ORIGIN_STATS_TIMEOUT:?}"))?
+}
+
+async fn progress_lines(shared: Arc<Shared>) {
+    let total = humantime::format_duration(shared.cfg.duration).to_string();
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut last = 0u64;
+    loop {
+        tick.tick().await;
+        let line = {
+            let rec = shared.recorder();
+            let rate = rec.requests - last;
+            last = rec.requests;
+            format!(
+                "load {:>5.1}s/{}  {:>7} req/s  hit {:>5.1}%  errors {}  p99 {:.1} ms",
+                shared.start.elapsed().as_secs_f64(),
+                total,
+                rate,
+                rec.cache.all.hit_percent(),
+                rec.failed,
+                rec.latency.all.p99_ms(),
+            )
+        };
+        eprintln!("{line}");
+    }
+}

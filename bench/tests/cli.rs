@@ -1,0 +1,91 @@
+//! The `stampede-bench` binary: exit codes and the JSON it prints.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_stampede-bench"))
+        .args(args)
+        .output()
+        .expect("run stampede-bench")
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_error_line() {
+    for args in [
+        &["load", "--target", "ftp://x:1"][..],
+        &["load", "--target", "http://a:1,nonsense"],
+        &["load", "--duration", "5 parsecs"],
+        &["load", "--hot-fraction", "2"],
+        &["load", "--concurrency", "0"],
+        &["load", "--path-prefix", "items/"],
+        &["load", "--no-such-flag"],
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn ladder_is_a_stub() {
+    let out = bench(&["ladder"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+}
+
+#[test]
+fn load_prints_json_and_writes_output() {
+    // Nothing listens on the target: every request is a connect error, which
+    // still yields a complete summary.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let file = std::env::temp_dir().join(format!("stampede-bench-cli-{}.json", std::process::id()));
+    let out = bench(&[
+        "load",
+        "--target",
+        &dead,
+        "--concurrency",
+        "2",
+        "--duration",
+        "300ms",
+        "--origin",
+        "none",
+        "--quiet",
+        "--seed",
+        "3",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    std::fs::remove_file(&file).ok();
+    assert_eq!(v, written);
+    assert_eq!(v["config"]["duration"], "300ms");
+    assert_eq!(v["config"]["concurrency"], 2);
+    assert!(v["origin"].is_null());
+    assert!(v["errors"]["connect"].as_u64().unwrap() >= 1);
+    assert!(v["started_at"].as_str().unwrap().ends_with('Z'));
+    assert!(v["host"]["nproc"].as_u64().unwrap() >= 1);
+    for key in [
+        "latency",
+        "cache",
+        "timeline",
+        "per_target",
+        "status",
+        "attempts",
+        "retries",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+}

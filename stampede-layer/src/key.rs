@@ -1,0 +1,226 @@
+//! Cache-key derivation: method + normalised URI, hashed before it reaches a store.
+//!
+//! Two requests share a key exactly when they ask for the same representation:
+//! `HEAD` shares `GET`'s key (a `HEAD` can be answered from a cached `GET`), the
+//! path is normalised (RFC 3986 §6.2.2: percent-encoding case, unreserved
+//! characters decoded, dot segments removed) and the query parameters are
+//! sorted. The scheme and authority are not part of the key: a gateway proxies
+//! to one origin and sets the origin's `Host` itself, so no client-controlled
+//! header can change the body behind a key (cache poisoning).
+//!
+//! The normalised text is hashed with BLAKE3 and only the hex digest is used in
+//! store keys, so no client-controlled string ever becomes a raw Redis key.
+
+use http::{Method, Uri};
+use std::fmt;
+
+/// Longest normalised text kept for display (hot-key report, logs).
+const DISPLAY_LIMIT: usize = 256;
+
+/// A derived cache key: a 128-bit digest plus a bounded display form.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    digest: String,
+    display: String,
+}
+
+impl CacheKey {
+    /// Derive the key for `method` and `uri`.
+    pub fn new(method: &Method, uri: &Uri) -> Self {
+        Self::from_normalised(normalise(method, uri))
+    }
+
+    /// Build a key from an already normalised text (e.g. a warm-list entry).
+    pub fn from_normalised(text: String) -> Self {
+        let hash = blake3::hash(text.as_bytes());
+        let digest = hash.to_hex()[..32].to_string();
+        let mut display = text;
+        if display.len() > DISPLAY_LIMIT {
+            let mut cut = DISPLAY_LIMIT;
+            while !display.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            display.truncate(cut);
+            display.push('…');
+        }
+        Self { digest, display }
+    }
+
+    /// The hex digest: the only form of the key that reaches a store.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The normalised request text, truncated for display.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({} {:?})", &self.digest[..8], self.display)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// The normalised text a key is derived from: `"GET /path?a=1&b=2"`.
+pub fn normalise(method: &Method, uri: &Uri) -> String {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let path = normalise_path(uri.path());
+    let mut out = String::with_capacity(method.len() + path.len() + 16);
+    out.push_str(method);
+    out.push(' ');
+    out.push_str(&path);
+    if let Some(query) = uri.query() {
+        let mut params: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(normalise_percent)
+            .collect();
+        params.sort();
+        if !params.is_empty() {
+            out.push('?');
+            out.push_str(&params.join("&"));
+        }
+    }
+    out
+}
+
+fn normalise_path(path: &str) -> String {
+    let path = normalise_percent(if path.is_empty() { "/" } else { path });
+    // RFC 3986 §5.2.4 remove_dot_segments, on already-split segments.
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = path.split('/').collect();
+    let last = parts.len() - 1;
+    for (i, seg) in parts.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    segments.push("");
+                }
+            }
+            ".." => {
+                if segments.len() > 1 {
+                    segments.pop();
+                }
+                if i == last {
+                    segments.push("");
+                }
+            }
+            s => segments.push(s),
+        }
+    }
+    let joined = segments.join("/");
+    if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
+}
+
+/// Upper-case percent-encodings and decode those of unreserved characters.
+/// Invalid escapes are kept literally (never a panic, never a lossy decode).
+fn normalise_percent(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = (hex_val(bytes.get(i + 1)), hex_val(bytes.get(i + 2)));
+            if let (Some(h), Some(l)) = hex {
+                let b = h * 16 + l;
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    out.push(b as char);
+                } else {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[h as usize]));
+                    out.push(char::from(b"0123456789ABCDEF"[l as usize]));
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Copy one UTF-8 character (URIs from `http` are ASCII, but be safe).
+        let ch = s[i..].chars().next().expect("index is on a char boundary");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn hex_val(b: Option<&u8>) -> Option<u8> {
+    match b? {
+        b @ b'0'..=b'9' => Some(b - b'0'),
+        b @ b'a'..=b'f' => Some(b - b'a' + 10),
+        b @ b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(m: Method, u: &str) -> CacheKey {
+        CacheKey::new(&m, &u.parse().unwrap())
+    }
+
+    #[test]
+    fn equivalent_uris_share_a_key() {
+        let base = key(Method::GET, "/items/1?a=1&b=2");
+        for same in [
+            "/items/1?b=2&a=1",
+            "/items/./1?a=1&b=2",
+            "/items/x/../1?a=1&b=2",
+            "/%69tems/1?a=1&b=2",
+            "http://other.example/items/1?a=1&b=2&",
+        ] {
+            assert_eq!(base, key(Method::GET, same), "{same}");
+        }
+        assert_eq!(base, key(Method::HEAD, "/items/1?a=1&b=2"));
+        assert_eq!(
+            key(Method::GET, "/a%2fb"),
+            key(Method::GET, "/a%2Fb"),
+            "escape case is insignificant"
+        );
+    }
+
+    #[test]
+    fn distinct_uris_get_distinct_keys() {
+        let base = key(Method::GET, "/items/1");
+        for other in [
+            "/items/2",
+            "/items/1/",
+            "/items//1",
+            "/items/1?a=1",
+            "/ITEMS/1",
+            "/items%2F1",
+        ] {
+            assert_ne!(base, key(Method::GET, other), "{other}");
+        }
+        assert_ne!(base, key(Method::POST, "/items/1"));
+    }
+
+    #[test]
+    fn long_and_odd_keys_are_safe() {
+        let long = format!("/{}", "a".repeat(60_000));
+        let k = key(Method::GET, &long);
+        assert_eq!(k.digest().len(), 32);
+        assert!(k.display().len() <= DISPLAY_LIMIT + '…'.len_utf8());
+        for odd in ["/%", "/%z", "/%zz%", "/%E2%82", "/{}*'", "/..", "/../../etc"] {
+            let k = key(Method::GET, odd);
+            assert!(k.digest().chars().all(|c| c.is_ascii_hexdigit()));
+        }
+        assert_eq!(key(Method::GET, "/../../etc").display(), "GET /etc");
+    }
+}

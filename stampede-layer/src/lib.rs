@@ -1,0 +1,96 @@
+//! Tower middleware that protects an HTTP origin from cache stampedes.
+//!
+//! A hot key expires; every concurrent request misses at once and rebuilds
+//! it. This crate bounds each herd with one [`tower::Layer`], in scope order:
+//!
+//! | herd | layer |
+//! |---|---|
+//! | per-process: N concurrent misses in one instance | [`SingleFlight`] |
+//! | per-fleet: one rebuild per instance | [`DistributedLock`] (+ fencing tokens) |
+//! | wait time: users blocked on the rebuild | [`StaleWhileRevalidate`] (+ stale-if-error) |
+//! | the cliff: expiry under load | [`XFetch`] (probabilistic early refresh) |
+//! | multi-key: keys written together expire together | [`TtlJitter`] |
+//! | negative: miss storm on absent keys | [`NegativeCache`] |
+//! | metastable overload: retries pin a saturated origin | [`OverloadGate`] |
+//!
+//! The cache itself is [`CacheLookup`] + [`CacheFill`] over a [`CacheStore`]:
+//! [`MemoryStore`] (moka, in-process) or `RedisStore` (fred, feature `redis`).
+//! [`StampedeStack`] composes everything in the right order.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{service_fn, ServiceExt};
+//! use stampede_layer::{MemoryStore, Mitigations, StampedeStack};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), stampede_layer::BoxError> {
+//! // Any tower service can be the origin; here, one that counts its calls.
+//! let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let counter = calls.clone();
+//! let origin = service_fn(move |_req: Request<Full<Bytes>>| {
+//!     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hello")))) }
+//! });
+//!
+//! let svc = StampedeStack::new(Arc::new(MemoryStore::default()))
+//!     .mitigations(Mitigations::ALL)
+//!     .ttl(Duration::from_secs(5))
+//!     .service(origin);
+//!
+//! // Ten concurrent misses for one key: one origin call.
+//! let reqs = (0..10).map(|_| svc.clone().oneshot(Request::get("/items/1").body(Full::default()).unwrap()));
+//! for resp in futures_util::future::join_all(reqs).await {
+//!     assert_eq!(resp?.status(), StatusCode::OK);
+//! }
+//! assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+//!
+//! // The next one is a hit, and says so (RFC 9211).
+//! let resp = svc.oneshot(Request::get("/items/1").body(Full::default()).unwrap()).await?;
+//! assert!(resp.headers()["cache-status"].to_str()?.contains("hit"));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod cache;
+pub mod cache_control;
+pub mod entry;
+pub mod hot_keys;
+pub mod jitter;
+pub mod key;
+pub mod lock;
+pub mod negative;
+pub mod overload;
+pub mod single_flight;
+pub mod stack;
+pub mod status;
+pub mod store;
+pub mod swr;
+pub mod xfetch;
+
+pub use body::{BoxError, CacheBody};
+pub use cache::{CacheConfig, CacheFill, CacheFillLayer, CacheLookup, CacheLookupLayer, Lookup};
+pub use entry::CachedResponse;
+pub use hot_keys::{HotKey, HotKeys};
+pub use jitter::{TtlJitter, TtlJitterLayer};
+pub use key::CacheKey;
+pub use lock::{DistributedLock, DistributedLockLayer, FencingToken};
+pub use negative::{NegativeCache, NegativeCacheLayer};
+pub use overload::{OverloadGate, OverloadGateLayer};
+pub use single_flight::{SingleFlight, SingleFlightLayer};
+pub use stack::{Mitigations, StampedeService, StampedeStack};
+pub use status::{CacheStatus, Fwd, Outcome};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
+pub use store::{CacheStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError};
+pub use swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
+pub use xfetch::{XFetch, XFetchLayer};
+
+/// The RFC 9211 `Cache-Status` header name.
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");

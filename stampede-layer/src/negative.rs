@@ -1,0 +1,80 @@
+//! Negative caching: bounds the *miss storm on absent keys*. Without it every
+//! request for an id that does not exist reaches the origin (404s are not
+//! stored by default); with it a 404/410 is cached for a short negative TTL.
+//! Writes through the cache (`PUT`/`POST`/`DELETE` that succeed) invalidate
+//! the entry — [`CacheLookup`](crate::CacheLookup) does that for every entry
+//! (RFC 9111 §4.4) — so a created item is visible at once.
+//!
+//! Sits below [`CacheFill`](crate::CacheFill) and marks 404/410 responses with
+//! a negative TTL in [`FillDirectives`].
+
+use crate::cache::FillDirectives;
+use futures_util::future::BoxFuture;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service};
+
+/// Layer for [`NegativeCache`].
+#[derive(Clone, Copy, Debug)]
+pub struct NegativeCacheLayer {
+    ttl: Duration,
+}
+
+impl NegativeCacheLayer {
+    /// Cache 404/410 answers for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl }
+    }
+}
+
+impl<S> Layer<S> for NegativeCacheLayer {
+    type Service = NegativeCache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        NegativeCache {
+            inner,
+            ttl: self.ttl,
+        }
+    }
+}
+
+/// Marks 404/410 answers cacheable for the negative TTL (see the module docs).
+#[derive(Clone, Debug)]
+pub struct NegativeCache<S> {
+    inner: S,
+    ttl: Duration,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for NegativeCache<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let fut = self.inner.call(req);
+        let ttl = self.ttl;
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if matches!(resp.status().as_u16(), 404 | 410) {
+                match resp.extensions_mut().get_mut::<FillDirectives>() {
+                    Some(d) => d.negative_ttl = Some(ttl),
+                    None => {
+                        resp.extensions_mut().insert(FillDirectives {
+                            negative_ttl: Some(ttl),
+                            ..FillDirectives::default()
+                        });
+                    }
+                }
+            }
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! The layer stack, written once, in scope order, so the order is visible in
+//! one place. Each mitigation can be switched on and off on its own (the
+//! mitigation ladder); with none, the stack is a plain cache-aside.
+//!
+//! ```text
+//! request
+//!   → XFetch                marks: refresh fresh hits early, probabilistically   (the cliff)
+//!   → StaleWhileRevalidate  marks: serve stale + refresh in background            (the wait)
+//!   → CacheLookup(store)    one store read; answers hits; starts refreshes; Cache-Status
+//!   → SingleFlight          one rebuild per key per process                      (per-process herd)
+//!   → DistributedLock       one rebuild per key per fleet; fencing token          (per-fleet herd)
+//!   → CacheFill(store)      re-check, call origin, buffer, fenced write
+//!   → TtlJitter             spreads the TTL the fill writes                       (multi-key herd)
+//!   → NegativeCache         404/410 cacheable for the negative TTL                (absent-key storm)
+//!   → OverloadGate          503 + Retry-After past the origin budget              (metastable overload)
+//!   → origin
+//! ```
+//!
+//! Why the write sits inside the lock: if the fill happened after the lock
+//! was released, a waiter could find nothing, take the lock and rebuild again
+//! — a duplicate rebuild per boundary. Why the gate sits innermost: there it
+//! sees exactly the origin-bound work (a hit can never be shed), and a stale
+//! copy in hand turns its 503 into a stale answer (stale-if-error).
+
+use crate::body::{BoxError, CacheBody};
+use crate::cache::{CacheConfig, CacheFillLayer, CacheLookupLayer};
+use crate::hot_keys::HotKeys;
+use crate::lock::DistributedLockLayer;
+use crate::negative::NegativeCacheLayer;
+use crate::overload::OverloadGateLayer;
+use crate::single_flight::SingleFlightLayer;
+use crate::store::SharedStore;
+use crate::swr::StaleWhileRevalidateLayer;
+use crate::jitter::TtlJitterLayer;
+use crate::xfetch::XFetchLayer;
+use http::{Request, Response};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+/// Which mitigations are on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mitigations {
+    /// Per-process coalescing.
+    pub single_flight: bool,
+    /// Per-fleet lock with fencing.
+    pub lock: bool,
+    /// Stale-while-revalidate (+ stale-if-error).
+    pub swr: bool,
+    /// XFetch early refresh.
+    pub xfetch: bool,
+    /// TTL jitter.
+    pub jitter: bool,
+    /// Negative caching.
+    pub negative: bool,
+    /// Overload gate.
+    pub overload_gate: bool,
+}
+
+impl Mitigations {
+    /// Every mitigation.
+    pub const ALL: Mitigations = Mitigations {
+        single_flight: true,
+        lock: true,
+        swr: true,
+        xfetch: true,
+        jitter: true,
+        negative: true,
+        overload_gate: true,
+    };
+    /// Plain cache-aside.
+    pub const NONE: Mitigations = Mitigations {
+        single_flight: false,
+        lock: false,
+        swr: false,
+        xfetch: false,
+        jitter: false,
+        negative: false,
+        overload_gate: false,
+    };
+    /// The names, in scope order, as `--mitigations` takes them.
+    pub const NAMES: [&'static str; 7] = [
+        "single-flight",
+        "lock",
+        "swr",
+        "xfetch",
+        "jitter",
+        "negative",
+        "overload-gate",
+    ];
+
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "single-flight" => &mut self.single_flight,
+            "lock" => &mut self.lock,
+            "swr" => &mut self.swr,
+            "xfetch" => &mut self.xfetch,
+            "jitter" => &mut self.jitter,
+            "negative" => &mut self.negative,
+            "overload-gate" => &mut self.overload_gate,
+            _ => return None,
+        })
+    }
+
+    fn enabled(&self) -> Vec<&'static str> {
+        let mut copy = *self;
+        Self::NAMES
+            .into_iter()
+            .filter(|n| *copy.flag(n).expect("known name"))
+            .collect()
+    }
+}
+
+/// An unknown name in a mitigation list.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown mitigation {0:?}: expected none, all, or a comma list of single-flight, lock, swr, xfetch, jitter, negative, overload-gate")]
+pub struct UnknownMitigation(String);
+
+impl FromStr for Mitigations {
+    type Err = UnknownMitigation;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        match s {
+            "all" => return Ok(Self::ALL),
+            "none" | "" => return Ok(Self::NONE),
+            _ => {}
+        }
+        let mut m = Self::NONE;
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            *m.flag(name)
+                .ok_or_else(|| UnknownMitigation(name.to_owned()))? = true;
+        }
+        Ok(m)
+    }
+}
+
+impl fmt::Display for Mitigations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = self.enabled();
+        match on.len() {
+            0 => f.write_str("none"),
+            7 => f.write_str("all"),
+            _ => f.write_str(&on.join(",")),
+        }
+    }
+}
+
+/// The composed service: what [`StampedeStack::service`] returns.
+pub type StampedeService<B> = BoxCloneSyncService<Request<B>, Response<CacheBody>, BoxError>;
+
+/// Builder for the whole stack (see the module docs for the order).
+#[derive(Clone, Debug)]
+pub struct StampedeStack {
+    store: SharedStore,
+    cache: CacheConfig,
+    mitigations: Mitigations,
+    lock_ttl: Duration,
+    lock_wait: Option<Duration>,
+    xfetch_beta: f64,
+    jitter: f64,
+    negative_ttl: Duration,
+    gate_max_inflight: usize,
+    gate_queue_wait: Duration,
+    hot_keys: Option<HotKeys>,
+}
+
+impl fmt::Debug for dyn crate::store::CacheStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheStore({})", self.backend())
+    }
+}
+
+impl StampedeStack {
+    /// A stack over `store` with every mitigation on and default knobs.
+    pub fn new(store: SharedStore) -> Self {
+        Self {
+            store,
+            cache: CacheConfig::default(),
+            mitigations: Mitigations::ALL,
+            lock_ttl: Duration::from_secs(2),
+            lock_wait: None,
+            xfetch_beta: 1.0,
+            jitter: 0.2,
+            negative_ttl: Duration::from_secs(5),
+            gate_max_inflight: 64,
+            gate_queue_wait: Duration::ZERO,
+            hot_keys: None,
+        }
+    }
+
+    /// Choose the mitigations.
+    pub fn mitigations(mut self, m: Mitigations) -> Self {
+        self.mitigations = m;
+        self
+    }
+
+    /// Cache settings (name, TTLs, body limit, HTTP semantics).
+    pub fn cache_config(mut self, c: CacheConfig) -> Self {
+        self.cache = c;
+        self
+    }
+
+    /// Fresh TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.cache.ttl = ttl;
+        self
+    }
+
+    /// Stale-while-revalidate window.
+    pub fn stale_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.stale_ttl = ttl;
+        self
+    }
+
+    /// Lock TTL (the losers' wait bound defaults to it).
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// Losers' wait bound.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    /// XFetch `beta`.
+    pub fn xfetch_beta(mut self, beta: f64) -> Self {
+        self.xfetch_beta = beta;
+        self
+    }
+
+    /// TTL jitter fraction.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// Negative-cache TTL.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Overload gate budget: requests at the origin at once, and queue wait.
+    pub fn overload_budget(mut self, max_inflight: usize, queue_wait: Duration) -> Self {
+        self.gate_max_inflight = max_inflight;
+        self.gate_queue_wait = queue_wait;
+        self
+    }
+
+    /// Feed the hot-key report.
+    pub fn hot_keys(mut self, hot: HotKeys) -> Self {
+        self.hot_keys = Some(hot);
+        self
+    }
+
+    /// Wrap `origin` in the stack.
+    pub fn service<S, B, ResBody>(self, origin: S) -> StampedeService<B>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Default + Send + 'static,
+        ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let m = self.mitigations;
+        let mut svc: StampedeService<B> = BoxCloneSyncService::new(
+            origin
+                .map_err(Into::into)
+                .map_response(|r: Response<ResBody>| r.map(CacheBody::from_body)),
+        );
+        if m.overload_gate {
+            let gate = OverloadGateLayer::new(self.gate_max_inflight)
+                .max_queue_wait(self.gate_queue_wait);
+            svc = BoxCloneSyncService::new(gate.layer(svc));
+        }
+        if m.negative {
+            svc = BoxCloneSyncService::new(NegativeCacheLayer::new(self.negative_ttl).layer(svc));
+        }
+        if m.jitter {
+            svc = BoxCloneSyncService::new(TtlJitterLayer::new(self.jitter).layer(svc));
+        }
+        svc = BoxCloneSyncService::new(
+            CacheFillLayer::new(self.store.clone(), self.cache.clone()).layer(svc),
+        );
+        if m.lock {
+            let lock = DistributedLockLayer::new(self.store.clone())
+                .lock_ttl(self.lock_ttl)
+                .max_wait(self.lock_wait.unwrap_or(self.lock_ttl));
+            svc = BoxCloneSyncService::new(lock.layer(svc));
+        }
+        if m.single_flight {
+            svc = BoxCloneSyncService::new(SingleFlightLayer::new().layer(svc));
+        }
+        let mut lookup = CacheLookupLayer::new(self.store.clone(), self.cache.clone());
+        if let Some(hot) = self.hot_keys.clone() {
+            lookup = lookup.hot_keys(hot);
+        }
+        svc = BoxCloneSyncService::new(lookup.layer(svc));
+        if m.swr {
+            svc = BoxCloneSyncService::new(StaleWhileRevalidateLayer::new().layer(svc));
+        }
+        if m.xfetch {
+            svc = BoxCloneSyncService::new(XFetchLayer::new(self.xfetch_beta).layer(svc));
+        }
+        svc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mitigation_lists() {
+        assert_eq!("all".parse::<Mitigations>().unwrap(), Mitigations::ALL);
+        assert_eq!("none".parse::<Mitigations>().unwrap(), Mitigations::NONE);
+        let m: Mitigations = "single-flight, lock".parse().unwrap();
+        assert!(m.single_flight && m.lock && !m.swr);
+        assert_eq!(m.to_string(), "single-flight,lock");
+        assert!("single-flight,bogus".parse::<Mitigations>().is_err());
+        let all: Mitigations = Mitigations::NAMES.join(",").parse().unwrap();
+        assert_eq!(all, Mitigations::ALL);
+        assert_eq!(all.to_string(), "all");
+    }
+}

@@ -1,0 +1,209 @@
+//! RFC 9211 `Cache-Status`, built up by the layers in a response extension
+//! and written once, as a header, by [`CacheLookup`](crate::CacheLookup).
+
+use http::{HeaderValue, StatusCode};
+
+/// RFC 9211 `fwd` reasons used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fwd {
+    /// Not cacheable by configuration or request (`Authorization`, `Cookie`).
+    Bypass,
+    /// The method is not cacheable (`POST`, `PUT`, …).
+    Method,
+    /// No entry for the key.
+    UriMiss,
+    /// An entry exists but its `Vary`ed request headers differ.
+    VaryMiss,
+    /// An entry exists but was past its stale window or could not be served.
+    Miss,
+    /// A stale entry was in hand and the request went to the origin.
+    Stale,
+}
+
+impl Fwd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fwd::Bypass => "bypass",
+            Fwd::Method => "method",
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Miss => "miss",
+            Fwd::Stale => "stale",
+        }
+    }
+}
+
+/// How a request was answered, for metrics (`stampede_requests_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh entry served.
+    Hit,
+    /// Went to the origin.
+    Miss,
+    /// Stale entry served (SWR or stale-if-error).
+    Stale,
+    /// Shared another request's rebuild (single-flight follower).
+    Collapsed,
+    /// Waited on another instance's rebuild (lock loser), then served the fill.
+    LockWaitHit,
+    /// A cached 404/410 served.
+    NegativeHit,
+    /// Refused by the overload gate.
+    Shed,
+    /// Not cacheable, passed through.
+    Bypass,
+}
+
+impl Outcome {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Collapsed => "collapsed",
+            Outcome::LockWaitHit => "lock_wait_hit",
+            Outcome::NegativeHit => "negative_hit",
+            Outcome::Shed => "shed",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// The cache's account of one response (a response extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// The body came from the cache.
+    pub hit: bool,
+    /// Why the request went forward, when it did.
+    pub fwd: Option<Fwd>,
+    /// Status the origin answered with, when forwarded.
+    pub fwd_status: Option<u16>,
+    /// Remaining freshness in seconds (negative: served stale).
+    pub ttl: Option<i64>,
+    /// The response was stored.
+    pub stored: bool,
+    /// Shared another request's rebuild.
+    pub collapsed: bool,
+    /// Extra detail (`lock-wait`, `stale-if-error`, `shed`, `recheck`, …).
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    /// A hit with `ttl` seconds of freshness left.
+    pub fn hit(ttl: i64) -> Self {
+        Self {
+            hit: true,
+            ttl: Some(ttl),
+            ..Self::default()
+        }
+    }
+
+    /// Forwarded to the origin for `fwd`.
+    pub fn forwarded(fwd: Fwd, status: StatusCode) -> Self {
+        Self {
+            fwd: Some(fwd),
+            fwd_status: Some(status.as_u16()),
+            ..Self::default()
+        }
+    }
+
+    /// Set the detail.
+    pub fn with_detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Classify for metrics, given the status served.
+    pub fn outcome(&self, status: StatusCode) -> Outcome {
+        if self.detail == Some("shed") {
+            Outcome::Shed
+        } else if self.hit {
+            if self.ttl.is_some_and(|t| t < 0) {
+                Outcome::Stale
+            } else if self.detail == Some("lock-wait") {
+                Outcome::LockWaitHit
+            } else if matches!(status.as_u16(), 404 | 410) {
+                Outcome::NegativeHit
+            } else {
+                Outcome::Hit
+            }
+        } else if self.collapsed {
+            Outcome::Collapsed
+        } else if matches!(self.fwd, Some(Fwd::Bypass | Fwd::Method)) {
+            Outcome::Bypass
+        } else {
+            Outcome::Miss
+        }
+    }
+
+    /// The header value, e.g. `stampede; hit; ttl=3` or `stampede; fwd=uri-miss; fwd-status=200; stored`.
+    pub fn header_value(&self, cache_name: &str) -> HeaderValue {
+        let mut v = String::with_capacity(64);
+        v.push_str(cache_name);
+        if self.hit {
+            v.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            v.push_str("; fwd=");
+            v.push_str(fwd.as_str());
+        }
+        if let Some(s) = self.fwd_status {
+            v.push_str(&format!("; fwd-status={s}"));
+        }
+        if let Some(t) = self.ttl {
+            v.push_str(&format!("; ttl={t}"));
+        }
+        if self.stored {
+            v.push_str("; stored");
+        }
+        if self.collapsed {
+            v.push_str("; collapsed");
+        }
+        if let Some(d) = self.detail {
+            v.push_str("; detail=");
+            v.push_str(d);
+        }
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("stampede"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc9211() {
+        assert_eq!(CacheStatus::hit(3).header_value("gw"), "gw; hit; ttl=3");
+        let mut miss = CacheStatus::forwarded(Fwd::UriMiss, StatusCode::OK);
+        miss.stored = true;
+        miss.collapsed = true;
+        assert_eq!(
+            miss.header_value("gw"),
+            "gw; fwd=uri-miss; fwd-status=200; stored; collapsed"
+        );
+    }
+
+    #[test]
+    fn outcomes() {
+        let ok = StatusCode::OK;
+        assert_eq!(CacheStatus::hit(1).outcome(ok), Outcome::Hit);
+        assert_eq!(CacheStatus::hit(-1).outcome(ok), Outcome::Stale);
+        assert_eq!(
+            CacheStatus::hit(1).outcome(StatusCode::NOT_FOUND),
+            Outcome::NegativeHit
+        );
+        assert_eq!(
+            CacheStatus::hit(1).with_detail("lock-wait").outcome(ok),
+            Outcome::LockWaitHit
+        );
+        let mut c = CacheStatus::forwarded(Fwd::UriMiss, ok);
+        assert_eq!(c.outcome(ok), Outcome::Miss);
+        c.collapsed = true;
+        assert_eq!(c.outcome(ok), Outcome::Collapsed);
+        assert_eq!(
+            CacheStatus::forwarded(Fwd::Method, ok).outcome(ok),
+            Outcome::Bypass
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The in-process store: moka with per-entry expiry, bounded by entries and bytes.
+
+use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use crate::entry::{CachedResponse, now_ms};
+use crate::key::CacheKey;
+use async_trait::async_trait;
+use moka::Expiry;
+use moka::future::Cache;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// In-process cache store (the embedded default).
+///
+/// Bounded by both entry count and bytes: each entry weighs
+/// `max(its size, max_bytes / max_entries)` against a `max_bytes` capacity,
+/// so neither bound can be exceeded. Its lock only coordinates one process.
+#[derive(Clone)]
+pub struct MemoryStore {
+    entries: Cache<String, Arc<CachedResponse>>,
+    locks: Arc<Mutex<HashMap<String, HeldLock>>>,
+    fills: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    next_token: Arc<AtomicU64>,
+}
+
+struct HeldLock {
+    owner: String,
+    expires: Instant,
+}
+
+struct EntryExpiry;
+
+impl Expiry<String, Arc<CachedResponse>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<CachedResponse>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep_for(now_ms()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Arc<CachedResponse>,
+        _now: std::time::Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep_for(now_ms()))
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(100_000, 256 * 1024 * 1024)
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_entries` entries and about `max_bytes` bytes.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+        let floor = (max_bytes / max_entries.max(1)).clamp(1, u32::MAX as u64) as u32;
+        let entries = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(move |_k: &String, v: &Arc<CachedResponse>| v.weight().max(floor))
+            .expire_after(EntryExpiry)
+            .build();
+        Self {
+            entries,
+            locks: Arc::default(),
+            fills: Arc::default(),
+            next_token: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Run pending evictions now (moka evicts lazily); for tests and reports.
+    pub async fn sync(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+
+    /// Total weight currently held (≈ bytes).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_distributed(&self) -> bool {
+        false
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+        Ok(self
+            .entries
+            .get(key.digest())
+            .await
+            .map(|e| CachedResponse::clone(&e)))
+    }
+
+    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
+        let new = Arc::new(entry.clone());
+        let mut outcome = PutOutcome::Written;
+        self.entries
+            .entry(key.digest().to_owned())
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(cur) if cur.value().fence > new.fence => {
+                        outcome = PutOutcome::Fenced {
+                            current: cur.value().fence,
+                        };
+                        moka::ops::compute::Op::Nop
+                    }
+                    _ => moka::ops::compute::Op::Put(new.clone()),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        if outcome == PutOutcome::Written {
+            let notify = self.fills.lock().expect("fills lock").remove(key.digest());
+            if let Some(n) = notify {
+                n.notify_waiters();
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.entries.invalidate(key.digest()).await;
+        Ok(())
+    }
+
+    async fn try_lock(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StoreError> {
+        let mut locks = self.locks.lock().expect("locks lock");
+        let now = Instant::now();
+        if let Some(held) = locks.get(key.digest())
+            && held.expires > now
+        {
+            return Ok(None);
+        }
+        // Keep the map bounded: drop expired locks while we hold the mutex.
+        if locks.len() > 1024 {
+            locks.retain(|_, l| l.expires > now);
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let owner = format!("{}:{token}", uuid::Uuid::new_v4());
+        locks.insert(
+            key.digest().to_owned(),
+            HeldLock {
+                owner: owner.clone(),
+                expires: now + ttl,
+            },
+        );
+        Ok(Some(LockLease { token, owner }))
+    }
+
+    async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
+        let mut locks = self.locks.lock().expect("locks lock");
+        match locks.get(key.digest()) {
+            Some(held) if held.owner == lease.owner => {
+                locks.remove(key.digest());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration) {
+        let notify = self
+            .fills
+            .lock()
+            .expect("fills lock")
+            .entry(key.digest().to_owned())
+            .or_default()
+            .clone();
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    }
+
+    fn entry_count(&self) -> Option<u64> {
+        Some(self.entries.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::sample;
+    use http::Method;
+
+    fn key(p: &str) -> CacheKey {
+        CacheKey::new(&Method::GET, &p.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_delete() {
+        let s = MemoryStore::default();
+        let e = sample("hello", 5000, 5000);
+        assert_eq!(s.put(&key("/a"), &e).await.unwrap(), PutOutcome::Written);
+        assert_eq!(s.get(&key("/a")).await.unwrap(), Some(e));
+        assert_eq!(s.get(&key("/b")).await.unwrap(), None);
+        s.delete(&key("/a")).await.unwrap();
+        assert_eq!(s.get(&key("/a")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_stale_window() {
+        let s = MemoryStore::default();
+        s.put(&key("/a"), &sample("x", 50, 50)).await.unwrap();
+        assert!(s.get(&key("/a")).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(s.get(&key("/a")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn older_fencing_token_is_rejected() {
+        let s = MemoryStore::default();
+        let mut newer = sample("new", 5000, 0);
+        newer.fence = 7;
+        let mut older = sample("old", 5000, 0);
+        older.fence = 6;
+        s.put(&key("/a"), &newer).await.unwrap();
+        assert_eq!(
+            s.put(&key("/a"), &older).await.unwrap(),
+            PutOutcome::Fenced { current: 7 }
+        );
+        assert_eq!(s.get(&key("/a")).await.unwrap().unwrap().body, "new");
+    }
+
+    #[tokio::test]
+    async fn lock_is_exclusive_and_owner_released() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let a = s.try_lock(&k, Duration::from_secs(5)).await.unwrap().unwrap();
+        assert!(s.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none());
+        let stranger = LockLease {
+            token: a.token,
+            owner: "someone-else".into(),
+        };
+        assert!(!s.unlock(&k, &stranger).await.unwrap());
+        assert!(s.unlock(&k, &a).await.unwrap());
+        let b = s.try_lock(&k, Duration::from_millis(20)).await.unwrap().unwrap();
+        assert!(b.token > a.token, "fencing tokens are monotonic");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let c = s.try_lock(&k, Duration::from_secs(1)).await.unwrap();
+        assert!(c.is_some(), "an expired lock can be taken over");
+    }
+
+    #[tokio::test]
+    async fn bounded_by_entries() {
+        let s = MemoryStore::new(10, 1_000_000);
+        for i in 0..100 {
+            s.put(&key(&format!("/{i}")), &sample("x", 60_000, 0))
+                .await
+                .unwrap();
+        }
+        s.sync().await;
+        assert!(s.entry_count().unwrap() <= 10, "{:?}", s.entry_count());
+    }
+
+    #[tokio::test]
+    async fn fill_wakes_waiters() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let s2 = s.clone();
+        let k2 = k.clone();
+        let waiter = tokio::spawn(async move {
+            let t = Instant::now();
+            s2.wait_for_fill(&k2, Duration::from_secs(5)).await;
+            t.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.put(&k, &sample("x", 1000, 0)).await.unwrap();
+        assert!(waiter.await.unwrap() < Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,104 @@
+//! Cache store backends behind one trait: the in-process store (moka, the
+//! embedded default) and Redis (fred). A store holds entries *and* the
+//! per-key rebuild lock with its fencing token, so that one backend decides
+//! the scope of coordination: process-wide for memory, fleet-wide for Redis.
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::{RedisStore, RedisStoreBuilder};
+
+use crate::entry::{CachedResponse, DecodeError};
+use crate::key::CacheKey;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store operation that failed. The layers treat every error as "no answer
+/// from the cache" and go on without it; none reaches a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or refused the command.
+    #[error("store backend error: {0}")]
+    Backend(String),
+    /// An entry was found but could not be decoded (corrupt or foreign).
+    #[error("undecodable entry: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// The result of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The entry was written.
+    Written,
+    /// Refused: the entry already carries a newer fencing token.
+    Fenced {
+        /// The token the stored entry carries.
+        current: u64,
+    },
+}
+
+/// A held rebuild lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockLease {
+    /// Monotonic fencing token of this acquisition (per key).
+    pub token: u64,
+    /// Unique owner value; only the owner can release the lock.
+    pub owner: String,
+}
+
+/// A shared store handle.
+pub type SharedStore = Arc<dyn CacheStore>;
+
+/// A cache store: entries plus the per-key rebuild lock.
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    /// Short backend name for metrics and logs (`memory`, `redis`).
+    fn backend(&self) -> &'static str;
+
+    /// Whether the lock reaches other processes (a fleet).
+    fn is_distributed(&self) -> bool;
+
+    /// Read an entry (`None`: absent or expired from the store).
+    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError>;
+
+    /// Write `entry`, kept for `entry.keep_for(now)`, unless the stored entry
+    /// carries a newer fencing token (atomic check-and-set).
+    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError>;
+
+    /// Remove the entry.
+    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError>;
+
+    /// Try to take the rebuild lock for `ttl`. `None`: someone else holds it.
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration)
+    -> Result<Option<LockLease>, StoreError>;
+
+    /// Release the lock if `lease` still owns it (compare-and-delete).
+    /// Returns whether it was released.
+    async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError>;
+
+    /// Wait until an entry for `key` is written or `timeout` passes, whichever
+    /// is first. Backends without write events just sleep `timeout`; callers
+    /// re-read the entry either way.
+    async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration);
+
+    /// Number of entries held, where the backend knows it cheaply.
+    fn entry_count(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Count a store error under `stampede_store_errors_total{backend,op}`.
+pub(crate) fn record_error(store: &dyn CacheStore, op: &'static str, err: &StoreError) {
+    let op = if matches!(err, StoreError::Decode(_)) {
+        "decode"
+    } else {
+        op
+    };
+    metrics::counter!("stampede_store_errors_total", "backend" => store.backend(), "op" => op)
+        .increment(1);
+    tracing::warn!(backend = store.backend(), op, error = %err, "cache store error");
+}

@@ -1,0 +1,261 @@
+//! The Redis store (fred): entries, the rebuild lock and fencing tokens.
+//!
+//! Every key for one cache key shares a hash tag, `{prefix}:{<digest>}:e|l|f`,
+//! so the scripts that touch several of them stay valid on Redis Cluster, and
+//! every key a script touches is passed through `KEYS`.
+//!
+//! * entry `…:e` — a hash `{t: fencing token, d: encoded entry}` with `PEXPIRE`
+//!   = fresh TTL + stale window;
+//! * lock `…:l` — `owner|token`, `PX` = lock TTL;
+//! * fence `…:f` — the per-key token counter (`INCR`), kept a day.
+
+use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use crate::entry::{CachedResponse, now_ms};
+use crate::key::CacheKey;
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Take the lock and a fresh fencing token atomically. Idempotent for its
+/// owner: a resent attempt (fred retries after a dropped connection) finds
+/// its own value and gets its token back instead of a false "contended".
+const LOCK_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local owner, tok = string.match(cur, '^(.*)|(%d+)$')
+  if owner == ARGV[1] then return tonumber(tok) end
+  return 0
+end
+local tok = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. tok, 'PX', ARGV[2])
+return tok
+"#;
+
+/// Compare-and-delete: release only our own lock.
+const UNLOCK_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^(.*)|%d+$') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Fenced write: refuse a token older than the stored entry's.
+/// Returns -1 when written, else the stored (newer) token.
+const PUT_SCRIPT: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+local tok = tonumber(ARGV[2])
+if tok < cur then return cur end
+redis.call('HSET', KEYS[1], 't', ARGV[2], 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return -1
+"#;
+
+/// Redis-backed store; entries and locks are shared by every instance.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    prefix: Arc<str>,
+    lock_script: Arc<Script>,
+    unlock_script: Arc<Script>,
+    put_script: Arc<Script>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// Builder for [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// Key prefix (default `stampede`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Number of pooled connections (default 4).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// Timeout of one command (default 250 ms): a slow Redis is a miss, not a hang.
+    pub fn command_timeout(mut self, t: Duration) -> Self {
+        self.command_timeout = t;
+        self
+    }
+
+    /// Connect and return the store. Fails fast when the first connection fails.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let config = Config::from_url(&self.url).map_err(backend)?;
+        let command_timeout = self.command_timeout;
+        let connect_timeout = self.connect_timeout;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = command_timeout.max(Duration::from_secs(1));
+                // One attempt: the lock script is idempotent for its owner, but a
+                // resent fenced write after a timeout is not worth the wait.
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = command_timeout;
+            })
+            // Without a policy fred never reconnects after Redis restarts.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build_pool(self.pool_size)
+            .map_err(backend)?;
+        pool.init().await.map_err(backend)?;
+        let store = RedisStore {
+            pool,
+            prefix: self.prefix.into(),
+            lock_script: Arc::new(Script::from_lua(LOCK_SCRIPT)),
+            unlock_script: Arc::new(Script::from_lua(UNLOCK_SCRIPT)),
+            put_script: Arc::new(Script::from_lua(PUT_SCRIPT)),
+        };
+        Ok(store)
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl RedisStore {
+    /// Start building a store for `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "stampede".into(),
+            pool_size: 4,
+            command_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Connect with default settings.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    fn keys(&self, key: &CacheKey) -> (String, String, String) {
+        let tag = format!("{}:{{{}}}", self.prefix, key.digest());
+        (format!("{tag}:e"), format!("{tag}:l"), format!("{tag}:f"))
+    }
+
+    /// The Redis key an entry lives under (for tests and operators).
+    pub fn entry_key(&self, key: &CacheKey) -> String {
+        self.keys(key).0
+    }
+
+    /// The underlying fred pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl CacheStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_distributed(&self) -> bool {
+        true
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+        let (entry, _, _) = self.keys(key);
+        let data: Option<Bytes> = self.pool.hget(entry, "d").await.map_err(backend)?;
+        match data {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(CachedResponse::decode(&bytes)?)),
+        }
+    }
+
+    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
+        let (entry_key, _, _) = self.keys(key);
+        let payload = Bytes::from(entry.encode());
+        let keep_ms = entry.keep_for(now_ms()).as_millis() as i64;
+        let result: i64 = self
+            .put_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry_key],
+                vec![
+                    Value::Bytes(payload),
+                    Value::from(entry.fence.to_string()),
+                    Value::from(keep_ms),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(if result < 0 {
+            PutOutcome::Written
+        } else {
+            PutOutcome::Fenced {
+                current: result as u64,
+            }
+        })
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
+        let (entry, _, _) = self.keys(key);
+        let _: i64 = self.pool.del(entry).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn try_lock(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StoreError> {
+        let (_, lock, fence) = self.keys(key);
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let token: i64 = self
+            .lock_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![lock, fence],
+                vec![owner.clone(), (ttl.as_millis().max(1) as u64).to_string()],
+            )
+            .await
+            .map_err(backend)?;
+        Ok((token > 0).then(|| LockLease {
+            token: token as u64,
+            owner,
+        }))
+    }
+
+    async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
+        let (_, lock, _) = self.keys(key);
+        let n: i64 = self
+            .unlock_script
+            .evalsha_with_reload(self.pool.next(), vec![lock], vec![lease.owner.clone()])
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    async fn wait_for_fill(&self, _key: &CacheKey, timeout: Duration) {
+        // Polling: the lock layer backs off exponentially with jitter between reads.
+        tokio::time::sleep(timeout).await;
+    }
+}
