@@ -183,7 +183,10 @@ pub struct Bursts {
 /// The gap that separates bursts: `min(ttl / 2, 1 s)`, or 500 ms without a TTL.
 pub fn burst_gap(ttl: Option<Duration>) -> Duration {
     match ttl {
-        Some(t) => (t / 2).min(Duration::from_secs(1)),
+        // A herd's queries start within one rebuild time of each other (ms
+        // apart); successive boundaries are a TTL apart. A quarter TTL,
+        // capped at 500 ms, separates the two even for early refreshes.
+        Some(t) => (t / 4).min(Duration::from_millis(500)),
         None => Duration::from_millis(500),
     }
 }
@@ -236,6 +239,10 @@ pub struct OriginSummary {
     pub status: BTreeMap<String, u64>,
     /// Hot-key queries grouped per TTL boundary.
     pub hot_bursts: Bursts,
+    /// Hot-key queries per TTL of wall time (`hot_queries / (window / ttl)`);
+    /// `None` without `--ttl`. Early refreshes (XFetch) can exceed 1 here while
+    /// every boundary still costs one query.
+    pub hot_queries_per_ttl: Option<f64>,
     /// Queries per 1 s bucket from the window start (index = second).
     pub per_second: Vec<u64>,
     /// Hot-key queries per 1 s bucket from the window start.
@@ -279,6 +286,10 @@ pub fn analyse_origin(
         max_queries_per_second: per_second.iter().copied().max().unwrap_or(0),
         status,
         hot_bursts: group_bursts(&hot_times, burst_gap(ttl)),
+        hot_queries_per_ttl: ttl.filter(|t| !t.is_zero() && end_ms > start_ms).map(|t| {
+            let windows = (end_ms - start_ms) as f64 / t.as_millis() as f64;
+            round3(hot_times.len() as f64 / windows)
+        }),
         per_second,
         hot_per_second,
     }
@@ -312,15 +323,15 @@ mod tests {
         assert_eq!(burst_gap(None), Duration::from_millis(500));
         assert_eq!(
             burst_gap(Some(Duration::from_secs(1))),
-            Duration::from_millis(500)
+            Duration::from_millis(250)
         );
         assert_eq!(
             burst_gap(Some(Duration::from_secs(5))),
-            Duration::from_secs(1)
+            Duration::from_millis(500)
         );
         assert_eq!(
             burst_gap(Some(Duration::from_millis(200))),
-            Duration::from_millis(100)
+            Duration::from_millis(50)
         );
     }
 

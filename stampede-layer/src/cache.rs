@@ -54,7 +54,7 @@ impl Default for CacheConfig {
             max_body_bytes: 1024 * 1024,
             honor_origin_cache_control: true,
             cache_credentialed: false,
-            max_background_refreshes: 1024,
+            max_background_refreshes: 64,
         }
     }
 }

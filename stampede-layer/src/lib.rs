@@ -72,6 +72,8 @@ pub mod stack;
 pub mod status;
 pub mod store;
 pub mod swr;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod xfetch;
 
 pub use body::{BoxError, CacheBody};

@@ -4,6 +4,11 @@
 //! `Retry-After` at once instead of queueing, so a retry storm cannot keep a
 //! saturated origin pinned after the spike that caused it.
 //!
+//! Background refreshes (SWR, XFetch) are the first work shed: they may only
+//! take a slot while more than a quarter of the budget is free, so refresh
+//! traffic over a wide key space can never crowd out requests a client is
+//! waiting on.
+//!
 //! It sits innermost, just above the origin, so by construction it only ever
 //! sees origin-bound work: a cache hit never reaches it. When a stale copy is
 //! in hand, the 503 is turned into a stale answer by stale-if-error above it.
@@ -98,8 +103,17 @@ where
         let inner = self.inner.clone();
         let slots = self.slots.clone();
         let config = self.config.clone();
+        let background = req
+            .extensions()
+            .get::<crate::cache::Lookup>()
+            .is_some_and(|l| l.state == crate::cache::LookupState::Refresh);
         Box::pin(async move {
+            let reserve = config.max_inflight / 4;
             let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) if background && slots.available_permits() < reserve => {
+                    drop(p);
+                    None
+                }
                 Ok(p) => Some(p),
                 Err(_) if config.max_queue_wait.is_zero() => None,
                 Err(_) => tokio::time::timeout(config.max_queue_wait, slots.acquire_owned())
@@ -108,7 +122,9 @@ where
                     .and_then(Result::ok),
             };
             let Some(_permit) = permit else {
-                let reason = if config.max_queue_wait.is_zero() {
+                let reason = if background {
+                    "background"
+                } else if config.max_queue_wait.is_zero() {
                     "inflight"
                 } else {
                     "queue"

@@ -1,0 +1,187 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` (the pre-warm
+//! gate), and the admin API behind a bearer token: purge, warm, hot keys.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::{Method, Request, Uri};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use stampede_layer::{CacheKey, HotKeys, SharedStore, StampedeService};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tower::ServiceExt;
+
+/// Shared state of the admin listener.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Prometheus exporter handle.
+    pub metrics: PrometheusHandle,
+    /// The store (purge).
+    pub store: SharedStore,
+    /// The stack (warm goes through it, so warming is coordinated too).
+    pub stack: StampedeService<Body>,
+    /// Hot-key report.
+    pub hot_keys: HotKeys,
+    /// Admin bearer token; `None` disables the admin API.
+    pub token: Option<Arc<str>>,
+    /// Set once the warm list is loaded.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/purge", post(purge))
+        .route("/admin/warm", post(warm))
+        .route("/admin/hot-keys", get(hot_keys))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming\n").into_response()
+    }
+}
+
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &s.token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "admin API disabled: start the gateway with --admin-token or STAMPEDE_ADMIN_TOKEN\n",
+        )
+            .into_response());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is a secret.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong bearer token\n",
+        )
+            .into_response())
+    }
+}
+
+/// Body of purge and warm: the paths (with query) to act on.
+#[derive(Debug, Deserialize)]
+pub struct Paths {
+    /// e.g. `["/items/1", "/items/2?x=1"]`.
+    pub paths: Vec<String>,
+}
+
+fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Response> {
+    paths
+        .iter()
+        .map(|p| {
+            p.parse::<Uri>()
+                .ok()
+                .filter(|u| u.scheme().is_none() && p.starts_with('/'))
+                .ok_or_else(|| {
+                    (StatusCode::BAD_REQUEST, format!("not a path: {p:?}\n")).into_response()
+                })
+        })
+        .collect()
+}
+
+async fn purge(State(s): State<AdminState>, headers: HeaderMap, Json(body): Json<Paths>) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let uris = match parse_paths(&body.paths) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let mut purged = 0;
+    for uri in &uris {
+        if s.store.delete(&CacheKey::new(&Method::GET, uri)).await.is_ok() {
+            purged += 1;
+        }
+    }
+    Json(serde_json::json!({ "purged": purged })).into_response()
+}
+
+async fn warm(State(s): State<AdminState>, headers: HeaderMap, Json(body): Json<Paths>) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let uris = match parse_paths(&body.paths) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let report = warm_paths(&s.stack, uris).await;
+    Json(report).into_response()
+}
+
+async fn hot_keys(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    Json(serde_json::json!({ "hot_keys": s.hot_keys.top() })).into_response()
+}
+
+/// What a warm run did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct WarmReport {
+    /// Paths answered 2xx (now cached, or already were).
+    pub warmed: usize,
+    /// Paths that failed, with the status or error.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Send a GET for each path through the stack (8 at a time), filling the cache.
+pub async fn warm_paths(stack: &StampedeService<Body>, uris: Vec<Uri>) -> WarmReport {
+    use futures_util::StreamExt;
+    let results: Vec<(String, Result<StatusCode, String>)> =
+        futures_util::stream::iter(uris.into_iter().map(|uri| {
+            let svc = stack.clone();
+            async move {
+                let req = Request::get(uri.clone())
+                    .body(Body::empty())
+                    .expect("valid request");
+                let res = svc.oneshot(req).await.map(|r| r.status()).map_err(|e| e.to_string());
+                (uri.to_string(), res)
+            }
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut report = WarmReport::default();
+    for (path, res) in results {
+        match res {
+            Ok(s) if s.is_success() => report.warmed += 1,
+            Ok(s) => report.failed.push((path, s.to_string())),
+            Err(e) => report.failed.push((path, e)),
+        }
+    }
+    report
+}

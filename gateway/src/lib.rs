@@ -1,0 +1,255 @@
+//! `gateway`: an axum reverse proxy that stacks the stampede-layer
+//! mitigations in front of one HTTP origin.
+//!
+//! The binary is a thin wrapper over [`run`]; tests and the experiment runner
+//! use [`spawn`] to start a gateway in-process on ephemeral ports.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod proxy;
+
+pub use config::Config;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use axum::response::IntoResponse;
+use http::{Request, StatusCode, Uri};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use stampede_layer::{
+    CacheConfig, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeService, StampedeStack,
+};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Histogram buckets for every `_seconds` metric: 0.5 ms … 30 s.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0,
+    2.0, 5.0, 10.0, 30.0,
+];
+
+/// Install the Prometheus recorder once per process, labelled `gateway=<instance>`.
+/// If another recorder is already installed (tests running several servers in
+/// one process), returns a handle of a detached recorder and logs a warning.
+pub fn install_prometheus(instance: &str) -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .add_global_label("gateway", instance)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .expect("buckets are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder is already installed; this /metrics shows nothing");
+            }
+            let upkeep = handle.clone();
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
+        })
+        .clone()
+}
+
+/// Connect the store the configuration asks for.
+pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
+    Ok(match &config.redis {
+        Some(url) => {
+            let store = RedisStore::builder(url.clone())
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it)");
+            Arc::new(store)
+        }
+        None => {
+            if config.mitigations.lock {
+                tracing::info!(
+                    "store: in-process; the lock layer cannot reach other instances \
+                     (it coordinates this process only — pass --redis for fleet-wide locking)"
+                );
+            } else {
+                tracing::info!("store: in-process");
+            }
+            Arc::new(MemoryStore::new(
+                config.memory_max_entries,
+                config.memory_max_bytes,
+            ))
+        }
+    })
+}
+
+/// Build the layer stack over the proxy.
+pub fn build_stack(config: &Config, store: SharedStore, hot_keys: HotKeys) -> StampedeService<Body> {
+    let proxy = proxy::Proxy::new(config.origin.clone(), config.upstream_timeout);
+    StampedeStack::new(store)
+        .mitigations(config.mitigations)
+        .cache_config(CacheConfig {
+            name: "stampede".into(),
+            ttl: config.ttl,
+            stale_ttl: config.stale_ttl,
+            stale_if_error: config.stale_if_error.max(config.stale_ttl),
+            max_body_bytes: config.max_body_bytes,
+            honor_origin_cache_control: true,
+            cache_credentialed: config.cache_credentialed,
+            max_background_refreshes: 64,
+        })
+        .lock_ttl(config.lock_ttl)
+        .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))
+        .xfetch_beta(config.xfetch_beta)
+        .jitter(config.jitter)
+        .negative_ttl(config.negative_ttl)
+        .overload_budget(config.gate_max_inflight, config.gate_queue_wait)
+        .hot_keys(hot_keys)
+        .service(proxy)
+}
+
+/// The proxy router: every path goes through the stack; stack errors become 502.
+pub fn proxy_router(stack: StampedeService<Body>) -> axum::Router {
+    let svc = tower::service_fn(move |req: Request<Body>| {
+        let stack = stack.clone();
+        async move {
+            Ok::<_, Infallible>(match stack.oneshot(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "request failed in the stack");
+                    proxy::error_response(StatusCode::BAD_GATEWAY, "origin request failed")
+                        .into_response()
+                }
+            })
+        }
+    });
+    axum::Router::new().fallback_service(svc)
+}
+
+fn read_warm_list(path: &std::path::Path) -> anyhow::Result<Vec<Uri>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --warm-list {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(n, l)| {
+            l.parse::<Uri>()
+                .ok()
+                .filter(|_| l.starts_with('/'))
+                .with_context(|| format!("{}:{}: not a path: {l:?}", path.display(), n + 1))
+        })
+        .collect()
+}
+
+/// Serve the proxy and admin listeners until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let warm_list = match &config.warm_list {
+        Some(p) => Some(read_warm_list(p)?),
+        None => None,
+    };
+    let store = build_store(&config).await?;
+    let hot_keys = HotKeys::new(10, Duration::from_secs(10), 10_000);
+    let stack = build_stack(&config, store.clone(), hot_keys.clone());
+    let ready = Arc::new(AtomicBool::new(warm_list.is_none()));
+    let admin_state = admin::AdminState {
+        metrics,
+        store,
+        stack: stack.clone(),
+        hot_keys,
+        token: config.admin_token.clone().map(Into::into),
+        ready: ready.clone(),
+    };
+    if let Some(list) = warm_list {
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            let n = list.len();
+            let report = admin::warm_paths(&stack, list).await;
+            tracing::info!(paths = n, warmed = report.warmed, failed = report.failed.len(), "warm list loaded; ready");
+            ready.store(true, Ordering::Release);
+        });
+    }
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        origin = ?config.origin,
+        mitigations = %config.mitigations,
+        instance = %config.instance,
+        "gateway up"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = axum::serve(admin_listener, admin::router(admin_state))
+        .with_graceful_shutdown(stop(stop_rx.clone()));
+    let main = axum::serve(listener, proxy_router(stack)).with_graceful_shutdown(stop(stop_rx));
+    let (a, b) = tokio::join!(admin, main);
+    a.context("admin listener")?;
+    b.context("proxy listener")?;
+    Ok(())
+}
+
+/// A gateway started in-process by [`spawn`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// Proxy address.
+    pub addr: SocketAddr,
+    /// Admin address.
+    pub admin_addr: SocketAddr,
+    /// The server task.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Spawned {
+    /// Stop the gateway and wait for it.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// For tests: serve `config` on ephemeral 127.0.0.1 ports (ignoring
+/// `listen`/`admin_listen`). Fails if the store cannot be reached.
+pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    // Fail here, not in the task, when the store is unreachable.
+    if let Some(url) = &config.redis {
+        RedisStore::connect(url).await.with_context(|| format!("cannot connect to Redis at {url}"))?;
+    }
+    let metrics = install_prometheus(&config.instance);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, listener, admin_listener, metrics, async move {
+        let _ = rx.await;
+    }));
+    Ok(Spawned {
+        addr,
+        admin_addr,
+        task,
+        stop: Some(tx),
+    })
+}

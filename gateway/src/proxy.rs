@@ -1,0 +1,203 @@
+//! The reverse proxy: a pooled hyper client to one origin.
+//!
+//! Strips hop-by-hop headers both ways (RFC 9110 §7.6.1), sets the origin's
+//! `Host` (so no client-sent `Host` can change the body behind a cache key),
+//! answers 504 when the origin does not answer within the upstream timeout
+//! and 502 when it cannot be reached — as responses, never errors.
+
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The origin a gateway proxies to.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+/// Why an origin URL was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --origin {url:?}: {reason}")]
+pub struct OriginError {
+    url: String,
+    reason: &'static str,
+}
+
+impl std::str::FromStr for Origin {
+    type Err = OriginError;
+
+    fn from_str(url: &str) -> Result<Self, OriginError> {
+        let err = |reason| OriginError {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| err("not a URL (expected http://host:port)"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| err("missing scheme"))?;
+        if scheme != Scheme::HTTP {
+            return Err(err("only http:// origins are supported"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| err("missing host"))?;
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(err("the origin URL must not have a path"));
+        }
+        Ok(Origin { scheme, authority })
+    }
+}
+
+/// The proxy service (cheap to clone: the connection pool is shared).
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    origin: Origin,
+    timeout: Duration,
+    host: HeaderValue,
+}
+
+impl Proxy {
+    /// Proxy to `origin`, giving up on an answer after `timeout`.
+    pub fn new(origin: Origin, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let host = HeaderValue::from_str(origin.authority.as_str()).expect("authority is a valid header");
+        Self {
+            client,
+            origin,
+            timeout,
+            host,
+        }
+    }
+
+    async fn forward(self, req: Request<Body>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(self.origin.scheme.clone())
+            .authority(self.origin.authority.clone())
+            .path_and_query(path);
+        parts.uri = match uri.build() {
+            Ok(u) => u,
+            Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid request target"),
+        };
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::HOST, self.host.clone());
+        let req = Request::from_parts(parts, body);
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "origin timed out");
+                error_response(StatusCode::GATEWAY_TIMEOUT, "origin timed out")
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "origin unreachable");
+                error_response(StatusCode::BAD_GATEWAY, "origin unreachable")
+            }
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Body::new(body))
+            }
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+/// A small plain-text error answer.
+pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(format!("{msg}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_origins() {
+        assert!("http://127.0.0.1:8081".parse::<Origin>().is_ok());
+        assert!("http://origin-sim:8081/".parse::<Origin>().is_ok());
+        for bad in ["", "127.0.0.1:8081", "https://x", "http://x/path", "ftp://x", "http://"] {
+            assert!(bad.parse::<Origin>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+}

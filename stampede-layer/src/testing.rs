@@ -1,0 +1,100 @@
+//! Test support (feature `test-util`): a real `redis-server` on a free
+//! loopback port, owned by the test and killed (by PID) when dropped.
+//!
+//! A missing `redis-server` is a loud failure, never a silent skip: the
+//! test command installs it (`scripts/test.sh`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on 127.0.0.1.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+impl RedisServer {
+    /// Start a standalone server (no persistence) and wait until it answers.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        Self::start_on(port, extra)
+    }
+
+    /// Start on `port` (e.g. to restart a killed server on the same port).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("stampede-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let port_s = port.to_string();
+        let mut args = vec![
+            "--port", &port_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--protected-mode", "yes",
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new("redis-server")
+            .args(&args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install it (Debian: apt-get install redis-server) \
+                     or run the tests through scripts/test.sh, which does"
+                )
+            });
+        let server = RedisServer { child, port, dir };
+        server.wait_ready(Duration::from_secs(10));
+        server
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not come up within {timeout:?}", self.port);
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its `redis://` URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it now (SIGKILL, by PID) and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
