@@ -163,6 +163,20 @@ pub async fn run(
         None => None,
     };
     let store = build_store(&config).await?;
+    stampede_layer::telemetry::register(store.backend());
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if let Some(n) = store.entry_count() {
+                    metrics::gauge!("stampede_store_entries", "backend" => store.backend())
+                        .set(n as f64);
+                }
+            }
+        });
+    }
     let hot_keys = HotKeys::new(10, Duration::from_secs(10), 10_000);
     let stack = build_stack(&config, store.clone(), hot_keys.clone());
     let ready = Arc::new(AtomicBool::new(warm_list.is_none()));

@@ -72,6 +72,7 @@ pub mod stack;
 pub mod status;
 pub mod store;
 pub mod swr;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod xfetch;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, on a fresh Debian machine with only the
+# Rust toolchain: installs what the tests need when it is missing
+# (redis-server; promtool from the `prometheus` package), then checks
+# formatting, lints, the ops files (Prometheus config, alert rules + their
+# unit tests, compose, dashboard) and runs `cargo test --workspace`.
+# Tests that need Redis start their own redis-server on a free port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  step "installing ${missing[*]} (Debian packages)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+for tool in redis-server promtool python3; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after the install step" >&2; exit 1; }
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "ops files: promtool check/test, compose, dashboard"
+bash scripts/check-ops.sh
+
+step "build every binary (tests spawn them as real processes)"
+cargo build --workspace --bins --locked
+
+step "cargo test --workspace"
+cargo test --workspace --locked

@@ -1,0 +1,105 @@
+//! Metric names, help texts and start-up registration.
+//!
+//! The layers record through the `metrics` facade; the binary chooses the
+//! exporter. [`register`] describes every metric and creates its zero-valued
+//! series up front, so dashboards and alert rules see `0`, not "no data",
+//! before the first miss, shed or store error.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Outcome label values of `stampede_requests_total`.
+pub const OUTCOMES: [&str; 8] = [
+    "hit",
+    "miss",
+    "stale",
+    "collapsed",
+    "lock_wait_hit",
+    "negative_hit",
+    "shed",
+    "bypass",
+];
+
+/// Describe every metric and create its zero-valued series for `backend`.
+pub fn register(backend: &'static str) {
+    describe_counter!(
+        "stampede_requests_total",
+        "Client requests by how the cache answered them"
+    );
+    describe_histogram!(
+        "stampede_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request to response headers, by outcome"
+    );
+    describe_counter!(
+        "stampede_origin_requests_total",
+        "Requests sent to the origin, by status code (or error)"
+    );
+    describe_histogram!(
+        "stampede_rebuild_duration_seconds",
+        Unit::Seconds,
+        "Time one origin rebuild took"
+    );
+    describe_histogram!(
+        "stampede_lock_wait_seconds",
+        Unit::Seconds,
+        "Time a lock loser waited for the winner's fill"
+    );
+    describe_counter!(
+        "stampede_lock_acquisitions_total",
+        "Rebuild-lock attempts by result"
+    );
+    describe_counter!(
+        "stampede_fencing_rejections_total",
+        "Cache writes refused because a newer fencing token already wrote"
+    );
+    describe_counter!(
+        "stampede_background_refreshes_total",
+        "Background refreshes started, by trigger"
+    );
+    describe_gauge!(
+        "stampede_inflight_rebuilds",
+        "Origin rebuilds in flight in this instance"
+    );
+    describe_counter!(
+        "stampede_store_errors_total",
+        "Failed store operations (decode failures are treated as misses)"
+    );
+    describe_counter!(
+        "stampede_shed_total",
+        "Requests the overload gate answered 503"
+    );
+    describe_gauge!(
+        "stampede_hot_key_requests_per_second",
+        "Request rate of the hottest keys, by rank"
+    );
+
+    for outcome in OUTCOMES {
+        metrics::counter!("stampede_requests_total", "outcome" => outcome).increment(0);
+        let _ = metrics::histogram!("stampede_request_duration_seconds", "outcome" => outcome);
+    }
+    metrics::counter!("stampede_origin_requests_total", "status" => "200").increment(0);
+    let _ = metrics::histogram!("stampede_rebuild_duration_seconds");
+    for result in ["filled", "timeout"] {
+        let _ = metrics::histogram!("stampede_lock_wait_seconds", "result" => result);
+    }
+    for result in ["acquired", "contended", "error"] {
+        metrics::counter!("stampede_lock_acquisitions_total", "result" => result).increment(0);
+    }
+    metrics::counter!("stampede_fencing_rejections_total").increment(0);
+    for trigger in ["swr", "xfetch"] {
+        metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
+            .increment(0);
+    }
+    metrics::gauge!("stampede_inflight_rebuilds").increment(0.0);
+    for op in ["get", "put", "delete", "lock", "decode"] {
+        metrics::counter!("stampede_store_errors_total", "backend" => backend, "op" => op)
+            .increment(0);
+    }
+    for reason in ["inflight", "queue", "background"] {
+        metrics::counter!("stampede_shed_total", "reason" => reason).increment(0);
+    }
+    for rank in 1..=10 {
+        metrics::gauge!("stampede_hot_key_requests_per_second", "rank" => rank.to_string())
+            .set(0.0);
+    }
+}
