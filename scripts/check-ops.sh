@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the operations files: Prometheus config, alert rules and their unit
 # tests, compose.yaml, Grafana provisioning and the dashboard (including that
-# its PromQL parses and every metric it names is in docs/METRICS.md).
+# its PromQL parses and every metric it names is in the README metrics section).
 #
 #   scripts/check-ops.sh          (from anywhere; it cd's to the repo root)
 #
@@ -45,7 +45,7 @@ step "compose.yaml + prometheus.yml targets + grafana provisioning" \
     python3 scripts/check_compose.py compose.yaml --prometheus prometheus.yml
 tmp=$(mktemp -d)
 trap 'rm -rf "${tmp}"' EXIT
-step "dashboard, alert annotations/runbook links/test coverage, metric names vs docs/METRICS.md" \
+step "dashboard, alert annotations/runbook links/test coverage, metric names vs the README metrics section" \
     python3 scripts/check_dashboard.py grafana/dashboards/stampede.json --promql-rules "${tmp}/dashboard-exprs.json"
 # promtool parses the dashboard's PromQL too: each panel expr becomes a recording rule.
 step "promtool check rules <dashboard exprs>" promtool check rules "${tmp}/dashboard-exprs.json"

@@ -16,7 +16,7 @@ de-duplicated, nothing else on stdout. Recording rules defined in alerts.yml and
 Prometheus' own series (`up`, `ALERTS`) are left out: every printed name must
 appear as a sample name in the /metrics output of a running gateway
 (`stampede_*`) or origin-sim (`origin_*`). With --base, names are reduced to the
-metric family listed in docs/METRICS.md (`_bucket`/`_sum`/`_count` stripped).
+metric family listed in README.md (Metrics section) (`_bucket`/`_sum`/`_count` stripped).
 
 Checks, dashboard (grafana/dashboards/stampede.json):
   * valid JSON, schemaVersion >= 39, a uid;
@@ -34,7 +34,7 @@ Checks, alerts.yml (and alerts_test.yml):
   * alerts_test.yml has, for every alert, a case where it fires and one where
     it does not (`exp_alerts: []`).
 Checks, every expr (dashboard and alerts.yml):
-  * every metric name is in docs/METRICS.md (after stripping _bucket, _sum,
+  * every metric name is in README.md (Metrics section) (after stripping _bucket, _sum,
     _count), a recording rule of alerts.yml, or `up` / `ALERTS`;
   * every label in a selector exists on that metric (METRICS.md labels, plus
     `gateway` on gateway metrics, `job`, `instance`, `le` on `_bucket`) and
@@ -70,34 +70,38 @@ _MATCHER = re.compile(r'''\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\
 
 
 # --------------------------------------------------------------------------
-# docs/METRICS.md
+# README.md (Metrics section)
 
 
 def load_metrics_doc(path: str) -> dict:
     """name -> {"type": str, "labels": {label: set(values) | None}}"""
     metrics = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|([^|]*)\|([^|]*)\|", line)
-            if not m:
+        text = f.read()
+    # The README documents the metrics between these markers.
+    if "<!-- metrics:start -->" in text:
+        text = text.split("<!-- metrics:start -->", 1)[1].split("<!-- metrics:end -->", 1)[0]
+    for line in text.splitlines():
+        m = re.match(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|([^|]*)\|([^|]*)\|", line)
+        if not m:
+            continue
+        name, mtype, labels_col = m.group(1), m.group(2).strip(), m.group(3)
+        labels = {}
+        for part in labels_col.split(";"):
+            ticks = re.findall(r"`([^`]*)`", part)
+            if not ticks:
                 continue
-            name, mtype, labels_col = m.group(1), m.group(2).strip(), m.group(3)
-            labels = {}
-            for part in labels_col.split(";"):
-                ticks = re.findall(r"`([^`]*)`", part)
-                if not ticks:
-                    continue
-                label = ticks[0]
-                values = None
-                if "as above" in part:
-                    # "`outcome` (as above)": the values listed for that label earlier
-                    values = "as above"
-                elif "=" in part:
-                    prose = re.sub(r"`[^`]*`", "", part.split("=", 1)[1])
-                    if re.fullmatch(r"[\s,]*", prose):
-                        values = set(ticks[1:])
-                labels[label] = values
-            metrics[name] = {"type": mtype, "labels": labels}
+            label = ticks[0]
+            values = None
+            if "as above" in part:
+                # "`outcome` (as above)": the values listed for that label earlier
+                values = "as above"
+            elif "=" in part:
+                prose = re.sub(r"`[^`]*`", "", part.split("=", 1)[1])
+                if re.fullmatch(r"[\s,]*", prose):
+                    values = set(ticks[1:])
+            labels[label] = values
+        metrics[name] = {"type": mtype, "labels": labels}
     # resolve "(as above)" against the same label name earlier in the file
     seen: dict = {}
     for meta in metrics.values():
@@ -199,7 +203,7 @@ def check_expr(where: str, expr: str, metrics: dict, recorded: set, found: set) 
             continue
         base = base_name(name, metrics)
         if base not in metrics:
-            errors.append(f"{where}: metric {name!r} is not in docs/METRICS.md")
+            errors.append(f"{where}: metric {name!r} is not documented in README.md (Metrics)")
             continue
         if name != base and "histogram" not in metrics[base]["type"]:
             errors.append(f"{where}: {name!r}: {base} is a {metrics[base]['type']}, not a histogram")
@@ -451,7 +455,7 @@ def main(argv: list[str]) -> int:
         argv = argv[:i] + argv[i + 2 :]
     dashboard = "grafana/dashboards/stampede.json"
     rules_path, tests_path = "alerts.yml", "alerts_test.yml"
-    metrics_doc, runbook = "docs/METRICS.md", "docs/RUNBOOK.md"
+    metrics_doc, runbook = "README.md", "docs/RUNBOOK.md"
     for a in argv:
         if not a.startswith("--"):
             dashboard = a
