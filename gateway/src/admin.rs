@@ -2,12 +2,12 @@
 //! gate), and the admin API behind a bearer token: purge, warm, hot keys.
 
 use axum::Json;
+use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use http::{Method, Request, Uri};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -113,7 +113,11 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Response> {
         .collect()
 }
 
-async fn purge(State(s): State<AdminState>, headers: HeaderMap, Json(body): Json<Paths>) -> Response {
+async fn purge(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Json(body): Json<Paths>,
+) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
@@ -123,14 +127,22 @@ async fn purge(State(s): State<AdminState>, headers: HeaderMap, Json(body): Json
     };
     let mut purged = 0;
     for uri in &uris {
-        if s.store.delete(&CacheKey::new(&Method::GET, uri)).await.is_ok() {
+        if s.store
+            .delete(&CacheKey::new(&Method::GET, uri))
+            .await
+            .is_ok()
+        {
             purged += 1;
         }
     }
     Json(serde_json::json!({ "purged": purged })).into_response()
 }
 
-async fn warm(State(s): State<AdminState>, headers: HeaderMap, Json(body): Json<Paths>) -> Response {
+async fn warm(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Json(body): Json<Paths>,
+) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
@@ -168,7 +180,11 @@ pub async fn warm_paths(stack: &StampedeService<Body>, uris: Vec<Uri>) -> WarmRe
                 let req = Request::get(uri.clone())
                     .body(Body::empty())
                     .expect("valid request");
-                let res = svc.oneshot(req).await.map(|r| r.status()).map_err(|e| e.to_string());
+                let res = svc
+                    .oneshot(req)
+                    .await
+                    .map(|r| r.status())
+                    .map_err(|e| e.to_string());
                 (uri.to_string(), res)
             }
         }))

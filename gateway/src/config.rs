@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (use e.g. 500ms, 5s, 1m)"))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (use e.g. 500ms, 5s, 1m)"))
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

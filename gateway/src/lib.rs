@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 use http::{Request, StatusCode, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
-    CacheConfig, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeService, StampedeStack,
+    CacheConfig, FallbackStore, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeService, StampedeStack,
 };
 use std::convert::Infallible;
 use std::future::Future;
@@ -71,8 +71,9 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
                 .connect()
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
-            tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it)");
-            Arc::new(store)
+            tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
+            let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
+            Arc::new(FallbackStore::new(store, fallback))
         }
         None => {
             if config.mitigations.lock {

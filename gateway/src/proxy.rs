@@ -78,7 +78,8 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        let host = HeaderValue::from_str(origin.authority.as_str()).expect("authority is a valid header");
+        let host =
+            HeaderValue::from_str(origin.authority.as_str()).expect("authority is a valid header");
         Self {
             client,
             origin,
@@ -108,7 +109,10 @@ impl Proxy {
         let req = Request::from_parts(parts, body);
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
-                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "origin timed out");
+                tracing::warn!(
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "origin timed out"
+                );
                 error_response(StatusCode::GATEWAY_TIMEOUT, "origin timed out")
             }
             Ok(Err(err)) => {
@@ -183,7 +187,14 @@ mod tests {
     fn parses_origins() {
         assert!("http://127.0.0.1:8081".parse::<Origin>().is_ok());
         assert!("http://origin-sim:8081/".parse::<Origin>().is_ok());
-        for bad in ["", "127.0.0.1:8081", "https://x", "http://x/path", "ftp://x", "http://"] {
+        for bad in [
+            "",
+            "127.0.0.1:8081",
+            "https://x",
+            "http://x/path",
+            "ftp://x",
+            "http://",
+        ] {
             assert!(bad.parse::<Origin>().is_err(), "{bad}");
         }
     }

@@ -19,8 +19,14 @@ fn bad_flags_are_one_clear_error() {
         (vec!["--ttl", "soon"], "--ttl"),
         (vec!["--jitter", "2"], "--jitter"),
         (vec!["--origin", "ftp://x"], "only http://"),
-        (vec!["--origin", "http://x/some/path"], "must not have a path"),
-        (vec!["--mitigations", "single-flight,bogus"], "unknown mitigation"),
+        (
+            vec!["--origin", "http://x/some/path"],
+            "must not have a path",
+        ),
+        (
+            vec!["--mitigations", "single-flight,bogus"],
+            "unknown mitigation",
+        ),
         (vec!["--redis", "localhost:6379"], "redis://"),
         (vec!["--listen", "nowhere"], "--listen"),
     ] {

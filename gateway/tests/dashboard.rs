@@ -26,7 +26,11 @@ async fn every_dashboard_and_alert_metric_is_exported() {
         .current_dir(&repo)
         .output()
         .expect("python3 is needed to read the dashboard");
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let wanted: Vec<String> = String::from_utf8(listed.stdout)
         .unwrap()
         .lines()
@@ -34,7 +38,10 @@ async fn every_dashboard_and_alert_metric_is_exported() {
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect();
-    assert!(wanted.len() >= 10, "suspiciously few metrics listed: {wanted:?}");
+    assert!(
+        wanted.len() >= 10,
+        "suspiciously few metrics listed: {wanted:?}"
+    );
 
     let (origin, _task) = origin_sim::spawn(origin_sim::Config {
         latency_ms: 5,
@@ -86,14 +93,20 @@ async fn every_dashboard_and_alert_metric_is_exported() {
     get(&format!("http://{origin}/items/1")).await;
 
     let mut exported = get(&format!("{admin}/metrics")).await.body;
-    assert!(exported.contains("gateway=\"dash-test\""), "the gateway label is missing");
+    assert!(
+        exported.contains("gateway=\"dash-test\""),
+        "the gateway label is missing"
+    );
     exported.push_str(&get(&format!("http://{origin}/metrics")).await.body);
     let names: std::collections::HashSet<&str> = exported
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let missing: Vec<&String> = wanted.iter().filter(|w| !names.contains(w.as_str())).collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !names.contains(w.as_str()))
+        .collect();
     assert!(missing.is_empty(), "queried but not exported: {missing:?}");
     drop(gateway);
 }

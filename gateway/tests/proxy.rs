@@ -3,10 +3,10 @@
 
 mod common;
 
+use axum::Router;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::routing::get;
-use axum::Router;
 use common::{config, get as http_get, send, serve};
 use http::Method;
 use std::sync::Arc;
@@ -31,7 +31,10 @@ async fn test_origin() -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>)
                     .map(|h| h.to_str().unwrap().to_owned())
                     .unwrap_or_default();
                 (
-                    [("connection", "x-origin-private"), ("x-origin-private", "1")],
+                    [
+                        ("connection", "x-origin-private"),
+                        ("x-origin-private", "1"),
+                    ],
                     format!("host={host} headers={}", names.join(",")),
                 )
             }),
@@ -112,36 +115,61 @@ async fn stalled_origin_is_504_at_the_upstream_timeout() {
     let a = http_get(&format!("http://{}/slow", gw.addr)).await;
     assert_eq!(a.status, 504);
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     gw.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn caches_gets_and_passes_writes_through_invalidating() {
     let (origin, calls, _) = test_origin().await;
-    let gw = gateway::spawn(config(origin, "none", &["--ttl", "30s"])).await.unwrap();
+    let gw = gateway::spawn(config(origin, "none", &["--ttl", "30s"]))
+        .await
+        .unwrap();
     let url = format!("http://{}/items/7", gw.addr);
     let first = http_get(&url).await;
     assert_eq!(first.status, 200);
-    assert!(first.cache_status().contains("fwd=uri-miss"), "{}", first.cache_status());
+    assert!(
+        first.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        first.cache_status()
+    );
     assert!(first.cache_status().contains("stored"));
     let second = http_get(&url).await;
-    assert!(second.cache_status().contains("; hit"), "{}", second.cache_status());
+    assert!(
+        second.cache_status().contains("; hit"),
+        "{}",
+        second.cache_status()
+    );
     assert_eq!(second.body, first.body);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // A write passes through (not cached) and invalidates the GET entry.
     let put = send(Method::PUT, &url, &[], "").await;
     assert_eq!(put.status, 200);
-    assert!(put.cache_status().contains("fwd=method"), "{}", put.cache_status());
+    assert!(
+        put.cache_status().contains("fwd=method"),
+        "{}",
+        put.cache_status()
+    );
     let third = http_get(&url).await;
-    assert!(third.cache_status().contains("fwd="), "{}", third.cache_status());
+    assert!(
+        third.cache_status().contains("fwd="),
+        "{}",
+        third.cache_status()
+    );
     assert!(third.body.contains("\"version\":2"), "{}", third.body);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     // HEAD is answered from the cached GET, without a body.
     let head = send(Method::HEAD, &url, &[], "").await;
-    assert!(head.cache_status().contains("; hit"), "{}", head.cache_status());
+    assert!(
+        head.cache_status().contains("; hit"),
+        "{}",
+        head.cache_status()
+    );
     assert!(head.body.is_empty());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     gw.shutdown().await.unwrap();
@@ -150,16 +178,26 @@ async fn caches_gets_and_passes_writes_through_invalidating() {
 #[tokio::test]
 async fn private_and_credentialed_answers_are_not_cached() {
     let (origin, calls, _) = test_origin().await;
-    let gw = gateway::spawn(config(origin, "all", &["--ttl", "30s"])).await.unwrap();
+    let gw = gateway::spawn(config(origin, "all", &["--ttl", "30s"]))
+        .await
+        .unwrap();
     let private = format!("http://{}/private", gw.addr);
     http_get(&private).await;
     let again = http_get(&private).await;
-    assert!(!again.cache_status().contains("; hit"), "{}", again.cache_status());
+    assert!(
+        !again.cache_status().contains("; hit"),
+        "{}",
+        again.cache_status()
+    );
 
     let url = format!("http://{}/items/9", gw.addr);
     for _ in 0..2 {
         let a = send(Method::GET, &url, &[("authorization", "Bearer x")], "").await;
-        assert!(a.cache_status().contains("fwd=bypass"), "{}", a.cache_status());
+        assert!(
+            a.cache_status().contains("fwd=bypass"),
+            "{}",
+            a.cache_status()
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     gw.shutdown().await.unwrap();
@@ -168,15 +206,23 @@ async fn private_and_credentialed_answers_are_not_cached() {
 #[tokio::test]
 async fn entries_expire_after_the_ttl_without_mitigations() {
     let (origin, calls, _) = test_origin().await;
-    let gw = gateway::spawn(config(origin, "none", &["--ttl", "300ms", "--stale-ttl", "1s"]))
-        .await
-        .unwrap();
+    let gw = gateway::spawn(config(
+        origin,
+        "none",
+        &["--ttl", "300ms", "--stale-ttl", "1s"],
+    ))
+    .await
+    .unwrap();
     let url = format!("http://{}/items/3", gw.addr);
     http_get(&url).await;
     assert!(http_get(&url).await.cache_status().contains("; hit"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after = http_get(&url).await;
-    assert!(after.cache_status().contains("fwd=stale"), "{}", after.cache_status());
+    assert!(
+        after.cache_status().contains("fwd=stale"),
+        "{}",
+        after.cache_status()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     gw.shutdown().await.unwrap();
 }
@@ -202,16 +248,29 @@ async fn admin_listener_health_metrics_and_token() {
     let purge = send(
         Method::POST,
         &format!("{admin}/admin/purge"),
-        &[("authorization", "Bearer s3cret"), ("content-type", "application/json")],
+        &[
+            ("authorization", "Bearer s3cret"),
+            ("content-type", "application/json"),
+        ],
         r#"{"paths":["/items/1"]}"#,
     )
     .await;
     assert_eq!(purge.status, 200, "{}", purge.body);
     let after = http_get(&format!("http://{}/items/1", gw.addr)).await;
-    assert!(after.cache_status().contains("fwd=uri-miss"), "{}", after.cache_status());
+    assert!(
+        after.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        after.cache_status()
+    );
 
     // The admin API is not on the proxy listener.
-    let on_proxy = send(Method::GET, &format!("http://{}/admin/hot-keys", gw.addr), &[("authorization", "Bearer s3cret")], "").await;
+    let on_proxy = send(
+        Method::GET,
+        &format!("http://{}/admin/hot-keys", gw.addr),
+        &[("authorization", "Bearer s3cret")],
+        "",
+    )
+    .await;
     assert!(!on_proxy.body.contains("hot_keys"));
     gw.shutdown().await.unwrap();
 }
@@ -239,9 +298,13 @@ async fn readyz_waits_for_the_warm_list() {
     let paths: String = (1..=20).map(|i| format!("/items/{i}\n")).collect();
     std::fs::write(&list, format!("# warm these first\n{paths}")).unwrap();
     let list_s = list.to_str().unwrap().to_owned();
-    let gw = gateway::spawn(config(origin, "all", &["--warm-list", &list_s, "--ttl", "30s"]))
-        .await
-        .unwrap();
+    let gw = gateway::spawn(config(
+        origin,
+        "all",
+        &["--warm-list", &list_s, "--ttl", "30s"],
+    ))
+    .await
+    .unwrap();
     let admin = format!("http://{}", gw.admin_addr);
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(&format!("{admin}/readyz")).await.status != 200 {
@@ -284,7 +347,11 @@ async fn two_gateways_share_a_redis_cache() {
         .unwrap();
     http_get(&format!("http://{}/items/4", a.addr)).await;
     let from_b = http_get(&format!("http://{}/items/4", b.addr)).await;
-    assert!(from_b.cache_status().contains("; hit"), "{}", from_b.cache_status());
+    assert!(
+        from_b.cache_status().contains("; hit"),
+        "{}",
+        from_b.cache_status()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

@@ -91,7 +91,7 @@ pub use stack::{Mitigations, StampedeService, StampedeStack};
 pub use status::{CacheStatus, Fwd, Outcome};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
-pub use store::{CacheStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError};
+pub use store::{CacheStore, FallbackStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError};
 pub use swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
 pub use xfetch::{XFetch, XFetchLayer};
 

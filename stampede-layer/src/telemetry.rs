@@ -64,6 +64,10 @@ pub fn register(backend: &'static str) {
         "stampede_store_errors_total",
         "Failed store operations (decode failures are treated as misses)"
     );
+    describe_gauge!(
+        "stampede_store_circuit_open",
+        "1 while the store's circuit breaker routes to the in-process fallback"
+    );
     describe_counter!(
         "stampede_shed_total",
         "Requests the overload gate answered 503"
@@ -95,6 +99,7 @@ pub fn register(backend: &'static str) {
         metrics::counter!("stampede_store_errors_total", "backend" => backend, "op" => op)
             .increment(0);
     }
+    metrics::gauge!("stampede_store_circuit_open", "backend" => backend).set(0.0);
     for reason in ["inflight", "queue", "background"] {
         metrics::counter!("stampede_shed_total", "reason" => reason).increment(0);
     }

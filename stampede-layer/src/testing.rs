@@ -85,6 +85,25 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Freeze it (SIGSTOP, by PID): connections stay open but nothing answers —
+    /// the hung-Redis case, where every command runs into its timeout.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaw a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {} failed", self.child.id());
+    }
+
     /// Kill it now (SIGKILL, by PID) and wait for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

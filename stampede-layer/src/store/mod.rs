@@ -3,10 +3,12 @@
 //! per-key rebuild lock with its fencing token, so that one backend decides
 //! the scope of coordination: process-wide for memory, fleet-wide for Redis.
 
+mod fallback;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use fallback::FallbackStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
