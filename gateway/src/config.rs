@@ -30,10 +30,15 @@ fn beta(s: &str) -> Result<f64, String> {
 }
 
 fn redis_url(s: &str) -> Result<String, String> {
-    if s.starts_with("redis://") || s.starts_with("rediss://") {
+    if ["redis://", "rediss://", "redis-cluster://"]
+        .iter()
+        .any(|p| s.starts_with(p))
+    {
         Ok(s.to_owned())
     } else {
-        Err(format!("{s:?} is not a redis:// URL"))
+        Err(format!(
+            "{s:?} is not a redis:// URL (or redis-cluster://host:port?node=host:port for a cluster)"
+        ))
     }
 }
 
@@ -55,7 +60,8 @@ pub struct Config {
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub origin: Origin,
     /// Redis URL: store and lock live in Redis (shared by a fleet). Without it the
-    /// store is in-process and the lock reaches this process only.
+    /// store is in-process and the lock reaches this process only. A cluster:
+    /// redis-cluster://host:port?node=host:port&node=host:port.
     #[arg(long, value_parser = redis_url)]
     pub redis: Option<String>,
     /// Fresh TTL when the origin sends no max-age.

@@ -1,9 +1,12 @@
 //! The reverse proxy: a pooled hyper client to one origin.
 //!
 //! Strips hop-by-hop headers both ways (RFC 9110 §7.6.1), sets the origin's
-//! `Host` (so no client-sent `Host` can change the body behind a cache key),
-//! answers 504 when the origin does not answer within the upstream timeout
-//! and 502 when it cannot be reached — as responses, never errors.
+//! `Host` and drops the unkeyed override headers origins are known to honour
+//! (`X-Forwarded-Host`, `X-Original-URL`, …), so no header outside the cache
+//! key can change the body stored behind it (cache poisoning). Answers 504
+//! when the origin does not answer within the upstream timeout, 502 when it
+//! cannot be reached or sends garbage — as responses, never errors — and
+//! cuts a body that stalls for longer than the timeout between two chunks.
 
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -105,6 +108,9 @@ impl Proxy {
         };
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
+        for name in UNKEYED_OVERRIDES {
+            parts.headers.remove(name);
+        }
         parts.headers.insert(header::HOST, self.host.clone());
         let req = Request::from_parts(parts, body);
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
@@ -122,7 +128,7 @@ impl Proxy {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Body::new(body))
+                Response::from_parts(parts, idle_timeout(body, self.timeout))
             }
         }
     }
@@ -142,6 +148,40 @@ impl tower::Service<Request<Body>> for Proxy {
         Box::pin(async move { Ok(this.forward(req).await) })
     }
 }
+
+/// Fail a body that sends nothing for `idle` (an origin stalled mid-body):
+/// the cache then never waits forever to buffer it.
+fn idle_timeout(body: hyper::body::Incoming, idle: Duration) -> Body {
+    use http_body_util::BodyExt;
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let frames = futures_util::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
+            Ok(Some(Err(err))) => Some((Err(BoxError::from(err)), None)),
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!(idle_ms = idle.as_millis() as u64, "origin stalled mid-body");
+                Some((Err(BoxError::from("origin stalled mid-body")), None))
+            }
+        }
+    });
+    Body::new(http_body_util::StreamBody::new(frames))
+}
+
+/// Request headers that some origins and frameworks honour to rewrite the
+/// URL, host or method. They are not part of the cache key, so they are never
+/// forwarded: otherwise one request could poison the entry everyone gets.
+pub const UNKEYED_OVERRIDES: [HeaderName; 8] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-host"),
+];
 
 /// A small plain-text error answer.
 pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Body> {

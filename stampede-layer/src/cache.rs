@@ -81,6 +81,9 @@ pub struct Lookup {
     pub entry: Option<Arc<CachedResponse>>,
     /// Why the request was forwarded (RFC 9211).
     pub fwd: Fwd,
+    /// The request's values of the headers entries may vary on: a re-read
+    /// entry only counts if its `Vary` matches them.
+    pub request_headers: Arc<HeaderMap>,
 }
 
 impl Lookup {
@@ -94,6 +97,7 @@ impl Lookup {
     pub fn is_newer(&self, entry: &CachedResponse, now: u64) -> bool {
         entry.freshness(now) == Freshness::Fresh
             && self.seen_stored_at().is_none_or(|seen| entry.stored_at_ms > seen)
+            && vary_matches(entry, &self.request_headers)
     }
 }
 
@@ -324,11 +328,13 @@ impl<S> CacheLookup<S> {
             .filter(|p| p.stale_if_error)
             .and(in_hand.clone())
             .filter(|e| now < e.error_until_ms.max(e.stale_until_ms));
+        let request_headers = Arc::new(req.headers().clone());
         req.extensions_mut().insert(Lookup {
             key,
             state,
             entry: in_hand,
             fwd,
+            request_headers,
         });
         let result = self.inner.oneshot(req).await.map_err(Into::into);
         match (result, stale_if_error) {
@@ -404,6 +410,7 @@ impl<S> CacheLookup<S> {
             state: LookupState::Refresh,
             entry: Some(Arc::new(entry.clone())),
             fwd: Fwd::Stale,
+            request_headers: Arc::new(req.headers().clone()),
         });
         let inner = self.inner.clone();
         let refreshing = self.refreshing.clone();

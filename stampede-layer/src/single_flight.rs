@@ -7,11 +7,16 @@
 //! the same error (as Go's `singleflight`): retrying N times against a failing
 //! origin is the herd we are here to stop. A response too large to buffer
 //! cannot be shared: the leader streams it, followers make their own call.
+//! Neither can the non-answer of a background refresh (SWR, XFetch) that
+//! found the lock held elsewhere or was shed by the overload gate: a client
+//! request that joined such a flight makes its own call (through the lock and
+//! the gate, which bound it) instead of answering its client with the
+//! refresh's empty 204 or background-only 503.
 //! A flight's map entry is removed when its task ends, so the map holds only
 //! keys with a rebuild in flight, and at most `max_flights` of them.
 
 use crate::body::{BoxError, CacheBody};
-use crate::cache::Lookup;
+use crate::cache::{Lookup, LookupState};
 use crate::status::CacheStatus;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -69,6 +74,20 @@ struct SharedResponse {
     headers: HeaderMap,
     body: Bytes,
     cache_status: Option<CacheStatus>,
+    /// The leader was a background refresh ([`LookupState::Refresh`]).
+    background: bool,
+}
+
+impl SharedResponse {
+    /// A background refresh's non-answer (lock held elsewhere, or shed as
+    /// background work): no answer for a client request.
+    fn is_background_non_answer(&self) -> bool {
+        self.background
+            && matches!(
+                self.cache_status.as_ref().and_then(|s| s.detail),
+                Some("refresh-elsewhere" | "shed")
+            )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -129,10 +148,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let Some(key) = req
+        let Some((key, background)) = req
             .extensions()
             .get::<Lookup>()
-            .map(|l| l.key.digest().to_owned())
+            .map(|l| (l.key.digest().to_owned(), l.state == LookupState::Refresh))
         else {
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         };
@@ -142,6 +161,9 @@ where
             drop(flights);
             return Box::pin(async move {
                 match flight.await {
+                    Ok(shared) if shared.is_background_non_answer() && !background => {
+                        inner.oneshot(req).await.map_err(Into::into)
+                    }
                     Ok(shared) => Ok(to_response(&shared, true)),
                     Err(FlightError::NotShareable) => {
                         inner.oneshot(req).await.map_err(Into::into)
@@ -164,7 +186,7 @@ where
         let task = tokio::spawn(async move {
             let _guard = guard;
             match inner.oneshot(req).await.map_err(Into::into) {
-                Ok(resp) => match share(resp) {
+                Ok(resp) => match share(resp, background) {
                     Ok(shared) => Ok(Arc::new(shared)),
                     Err(streaming) => {
                         let _ = stream_tx.send(streaming);
@@ -198,7 +220,10 @@ where
     }
 }
 
-fn share(resp: Response<CacheBody>) -> Result<SharedResponse, Response<CacheBody>> {
+fn share(
+    resp: Response<CacheBody>,
+    background: bool,
+) -> Result<SharedResponse, Response<CacheBody>> {
     let Some(body) = resp.body().as_bytes() else {
         return Err(resp);
     };
@@ -208,6 +233,7 @@ fn share(resp: Response<CacheBody>) -> Result<SharedResponse, Response<CacheBody
         headers: resp.headers().clone(),
         body,
         cache_status: resp.extensions().get::<CacheStatus>().cloned(),
+        background,
     })
 }
 
