@@ -1,0 +1,142 @@
+//! Store, lock and fencing unchanged on a local 3-node Redis Cluster
+//! (started here from redis-server processes): the hash-tagged keys and the
+//! Lua scripts are cluster-safe.
+
+mod common;
+
+use axum::Router;
+use axum::routing::get;
+use common::{config, get as http_get, serve};
+use stampede_layer::testing::RedisServer;
+use stampede_layer::{CacheKey, CacheStore, CachedResponse, PutOutcome, RedisStore};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
+        args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli is needed (Debian: redis-tools, installed with redis-server)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = cluster.nodes.iter().all(|n| {
+                Command::new("redis-cli")
+                    .args(["-p", &n.port().to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster never reached state ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn url(&self) -> String {
+        let first = self.nodes[0].port();
+        let rest: Vec<String> = self.nodes[1..]
+            .iter()
+            .map(|n| format!("node=127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+    }
+}
+
+fn entry(body: &str, fence: u64) -> CachedResponse {
+    let now = stampede_layer::entry::now_ms();
+    CachedResponse {
+        status: 200,
+        headers: vec![],
+        body: body.to_owned().into(),
+        stored_at_ms: now,
+        fresh_until_ms: now + 60_000,
+        stale_until_ms: now + 60_000,
+        error_until_ms: now + 60_000,
+        rebuild_ms: 1,
+        fence,
+        vary: vec![],
+    }
+}
+
+#[tokio::test]
+async fn store_lock_and_fencing_work_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let url = cluster.url();
+    let a = RedisStore::connect(&url).await.expect("connect to the cluster");
+    let b = RedisStore::connect(&url).await.unwrap();
+
+    // Many keys, so they land on every node's slots.
+    for i in 0..50 {
+        let key = CacheKey::new(&http::Method::GET, &format!("/items/{i}").parse().unwrap());
+        assert_eq!(a.put(&key, &entry(&format!("v{i}"), 0)).await.unwrap(), PutOutcome::Written);
+        assert_eq!(b.get(&key).await.unwrap().unwrap().body, format!("v{i}"));
+
+        let lease = a.try_lock(&key, Duration::from_secs(5)).await.unwrap().expect("free");
+        assert!(b.try_lock(&key, Duration::from_secs(5)).await.unwrap().is_none());
+        let newer = entry("newer", lease.token);
+        assert_eq!(a.put(&key, &newer).await.unwrap(), PutOutcome::Written);
+        let stale = entry("stale", lease.token - 1);
+        assert_eq!(
+            b.put(&key, &stale).await.unwrap(),
+            PutOutcome::Fenced { current: lease.token },
+            "fenced write on key {i}"
+        );
+        assert!(a.unlock(&key, &lease).await.unwrap());
+        assert!(b.try_lock(&key, Duration::from_secs(5)).await.unwrap().is_some());
+    }
+
+    // Two gateways on the cluster share one cache.
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let origin = serve(Router::new().route(
+        "/items/{id}",
+        get(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                "{}"
+            }
+        }),
+    ))
+    .await;
+    let g1 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"])).await.unwrap();
+    let g2 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"])).await.unwrap();
+    http_get(&format!("http://{}/items/500", g1.addr)).await;
+    let hit = http_get(&format!("http://{}/items/500", g2.addr)).await;
+    assert!(hit.cache_status().contains("; hit"), "{}", hit.cache_status());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    g1.shutdown().await.unwrap();
+    g2.shutdown().await.unwrap();
+    drop(cluster);
+}
