@@ -202,6 +202,40 @@ mod tests {
         }
     }
 
+    /// Fuzz-style: mutated encodings (bit flips, truncations, splices) and
+    /// random bytes never panic the decoder; whatever decodes re-encodes.
+    #[test]
+    fn decoder_survives_mutations() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let valid = sample("{\"id\":1,\"payload\":\"x\"}", 1000, 1000).encode();
+        for _ in 0..50_000 {
+            let mut bytes = valid.clone();
+            match rng.random_range(0..4) {
+                0 => {
+                    let i = rng.random_range(0..bytes.len());
+                    bytes[i] ^= 1 << rng.random_range(0..8);
+                }
+                1 => bytes.truncate(rng.random_range(0..bytes.len())),
+                2 => {
+                    let i = rng.random_range(4..bytes.len());
+                    let junk: Vec<u8> = (0..rng.random_range(1..16)).map(|_| rng.random()).collect();
+                    bytes.splice(i..i, junk);
+                }
+                _ => {
+                    bytes = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();
+                    if rng.random_bool(0.5) {
+                        bytes.splice(0..0, MAGIC.iter().copied().chain([FORMAT_VERSION]));
+                    }
+                }
+            }
+            if let Ok(decoded) = CachedResponse::decode(&bytes) {
+                let again = CachedResponse::decode(&decoded.encode()).expect("re-encodes");
+                assert_eq!(again, decoded);
+            }
+        }
+    }
+
     #[test]
     fn freshness_and_ttl() {
         let e = sample("x", 2000, 3000);

@@ -211,6 +211,32 @@ mod tests {
         assert_ne!(base, key(Method::POST, "/items/1"));
     }
 
+    /// Fuzz-style: random request targets never panic, always give a
+    /// 32-hex-digit digest, and normalisation is idempotent (the key of the
+    /// normalised form is the key of the original).
+    #[test]
+    fn random_targets_are_safe_and_idempotent() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xcafe);
+        let alphabet: Vec<char> = "abcAZ09-._~%/?&=+;:@!$'()*,#[]{}|^` \"<>\\".chars().collect();
+        let mut tested = 0;
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..40);
+            let target: String = std::iter::once('/')
+                .chain((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
+                .collect();
+            let Ok(uri) = target.parse::<Uri>() else { continue };
+            tested += 1;
+            let k = CacheKey::new(&Method::GET, &uri);
+            assert_eq!(k.digest().len(), 32);
+            let text = normalise(&Method::GET, &uri);
+            let path_and_query = text.strip_prefix("GET ").unwrap();
+            let again: Uri = path_and_query.parse().expect("normalised target parses");
+            assert_eq!(normalise(&Method::GET, &again), text, "{target:?}");
+        }
+        assert!(tested > 10_000, "too few valid targets: {tested}");
+    }
+
     #[test]
     fn long_and_odd_keys_are_safe() {
         let long = format!("/{}", "a".repeat(60_000));
