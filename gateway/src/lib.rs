@@ -18,7 +18,8 @@ use axum::response::IntoResponse;
 use http::{Request, StatusCode, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
-    CacheConfig, FallbackStore, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeService, StampedeStack,
+    CacheConfig, FallbackStore, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeService,
+    StampedeStack,
 };
 use std::convert::Infallible;
 use std::future::Future;
@@ -49,7 +50,9 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder is already installed; this /metrics shows nothing");
+                tracing::warn!(
+                    "a metrics recorder is already installed; this /metrics shows nothing"
+                );
             }
             let upkeep = handle.clone();
             std::thread::spawn(move || {
@@ -93,7 +96,11 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
 }
 
 /// Build the layer stack over the proxy.
-pub fn build_stack(config: &Config, store: SharedStore, hot_keys: HotKeys) -> StampedeService<Body> {
+pub fn build_stack(
+    config: &Config,
+    store: SharedStore,
+    hot_keys: HotKeys,
+) -> StampedeService<Body> {
     let proxy = proxy::Proxy::new(config.origin.clone(), config.upstream_timeout);
     StampedeStack::new(store)
         .mitigations(config.mitigations)
@@ -194,7 +201,12 @@ pub async fn run(
         tokio::spawn(async move {
             let n = list.len();
             let report = admin::warm_paths(&stack, list).await;
-            tracing::info!(paths = n, warmed = report.warmed, failed = report.failed.len(), "warm list loaded; ready");
+            tracing::info!(
+                paths = n,
+                warmed = report.warmed,
+                failed = report.failed.len(),
+                "warm list loaded; ready"
+            );
             ready.store(true, Ordering::Release);
         });
     }
@@ -254,7 +266,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
     let admin_addr = admin_listener.local_addr()?;
     // Fail here, not in the task, when the store is unreachable.
     if let Some(url) = &config.redis {
-        RedisStore::connect(url).await.with_context(|| format!("cannot connect to Redis at {url}"))?;
+        RedisStore::connect(url)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {url}"))?;
     }
     let metrics = install_prometheus(&config.instance);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -6,7 +6,7 @@ mod common;
 
 use axum::Router;
 use axum::routing::get;
-use common::{config, get as http_get, serve};
+use common::{config, get as http_get, report, serve};
 use stampede_layer::testing::RedisServer;
 use stampede_layer::{CacheKey, CacheStore, CachedResponse, PutOutcome, RedisStore};
 use std::process::Command;
@@ -93,27 +93,48 @@ fn entry(body: &str, fence: u64) -> CachedResponse {
 async fn store_lock_and_fencing_work_on_a_cluster() {
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
     let url = cluster.url();
-    let a = RedisStore::connect(&url).await.expect("connect to the cluster");
+    let a = RedisStore::connect(&url)
+        .await
+        .expect("connect to the cluster");
     let b = RedisStore::connect(&url).await.unwrap();
 
     // Many keys, so they land on every node's slots.
     for i in 0..50 {
         let key = CacheKey::new(&http::Method::GET, &format!("/items/{i}").parse().unwrap());
-        assert_eq!(a.put(&key, &entry(&format!("v{i}"), 0)).await.unwrap(), PutOutcome::Written);
+        assert_eq!(
+            a.put(&key, &entry(&format!("v{i}"), 0)).await.unwrap(),
+            PutOutcome::Written
+        );
         assert_eq!(b.get(&key).await.unwrap().unwrap().body, format!("v{i}"));
 
-        let lease = a.try_lock(&key, Duration::from_secs(5)).await.unwrap().expect("free");
-        assert!(b.try_lock(&key, Duration::from_secs(5)).await.unwrap().is_none());
+        let lease = a
+            .try_lock(&key, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("free");
+        assert!(
+            b.try_lock(&key, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let newer = entry("newer", lease.token);
         assert_eq!(a.put(&key, &newer).await.unwrap(), PutOutcome::Written);
         let stale = entry("stale", lease.token - 1);
         assert_eq!(
             b.put(&key, &stale).await.unwrap(),
-            PutOutcome::Fenced { current: lease.token },
+            PutOutcome::Fenced {
+                current: lease.token
+            },
             "fenced write on key {i}"
         );
         assert!(a.unlock(&key, &lease).await.unwrap());
-        assert!(b.try_lock(&key, Duration::from_secs(5)).await.unwrap().is_some());
+        assert!(
+            b.try_lock(&key, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 
     // Two gateways on the cluster share one cache.
@@ -130,13 +151,29 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         }),
     ))
     .await;
-    let g1 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"])).await.unwrap();
-    let g2 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"])).await.unwrap();
+    let g1 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"]))
+        .await
+        .unwrap();
+    let g2 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"]))
+        .await
+        .unwrap();
     http_get(&format!("http://{}/items/500", g1.addr)).await;
     let hit = http_get(&format!("http://{}/items/500", g2.addr)).await;
-    assert!(hit.cache_status().contains("; hit"), "{}", hit.cache_status());
+    assert!(
+        hit.cache_status().contains("; hit"),
+        "{}",
+        hit.cache_status()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     g1.shutdown().await.unwrap();
     g2.shutdown().await.unwrap();
+    report(
+        "3-node Redis Cluster: store, lock, fencing, two gateways",
+        serde_json::json!({
+            "keys": 50,
+            "fenced_writes_rejected": 50,
+            "origin_calls_for_two_gateways": calls.load(Ordering::SeqCst),
+        }),
+    );
     drop(cluster);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use axum::Router;
 use axum::routing::get;
-use common::{config, get as http_get, serve};
+use common::{config, get as http_get, report, serve};
 use stampede_layer::testing::RedisServer;
 use stampede_layer::{CacheKey, CacheStore, RedisStore};
 use std::sync::Arc;
@@ -93,6 +93,7 @@ async fn redis_outage_is_survived_and_recovered_from() {
     redis.kill(); // gone: connections refused
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _redis = RedisServer::start_on(port, &[]);
+    let restarted = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::SeqCst);
     let (mut ok, mut failed, mut slow) = (0, 0, 0);
@@ -178,7 +179,16 @@ async fn origin_errors_serve_stale_copies() {
     }
     let t = Instant::now();
     let never = http_get(&format!("{base}/items/2")).await;
+    let never_cached_ms = t.elapsed().as_millis() as u64;
     assert_eq!(never.status, 500);
     assert!(t.elapsed() < Duration::from_secs(1));
+    report(
+        "Origin answers 5xx past the TTL and SWR window",
+        serde_json::json!({
+            "stale_answers_served": 5,
+            "failed_for_cached_keys": 0,
+            "never_cached_key_error_ms": never_cached_ms,
+        }),
+    );
     gw.shutdown().await.unwrap();
 }

@@ -71,22 +71,46 @@ async fn malformed_requests_get_4xx_and_the_gateway_keeps_serving() {
     let gw = gateway::spawn(config(origin, "all", &[])).await.unwrap();
     let garbage = raw(gw.addr, b"GARBAGE\r\n\r\n").await;
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
-    let bad_header = raw(gw.addr, b"GET /items/1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await;
+    let bad_header = raw(
+        gw.addr,
+        b"GET /items/1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    )
+    .await;
     assert!(bad_header.starts_with("HTTP/1.1 400"), "{bad_header:?}");
-    let huge_uri = format!("GET /items/{} HTTP/1.1\r\nHost: x\r\n\r\n", "9".repeat(200_000));
+    let huge_uri = format!(
+        "GET /items/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "9".repeat(200_000)
+    );
     let answer = raw(gw.addr, huge_uri.as_bytes()).await;
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{:?}", &answer[..answer.len().min(100)]);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{:?}",
+        &answer[..answer.len().min(100)]
+    );
     let huge_header = format!(
         "GET /items/1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(1024 * 1024)
     );
     let answer = raw(gw.addr, huge_header.as_bytes()).await;
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{:?}", &answer[..answer.len().min(100)]);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{:?}",
+        &answer[..answer.len().min(100)]
+    );
     // Invalid percent-encoding is a normal request, not a crash.
     let odd = http_get(&format!("http://{}/items/%zz%", gw.addr)).await;
-    assert!(odd.status.as_u16() < 500 || odd.status == 502, "{}", odd.status);
+    assert!(
+        odd.status.as_u16() < 500 || odd.status == 502,
+        "{}",
+        odd.status
+    );
     // Still serving.
-    assert_eq!(http_get(&format!("http://{}/items/1", gw.addr)).await.status, 200);
+    assert_eq!(
+        http_get(&format!("http://{}/items/1", gw.addr))
+            .await
+            .status,
+        200
+    );
     gw.shutdown().await.unwrap();
 }
 
@@ -97,7 +121,9 @@ async fn raw_origin(reply: &'static [u8], stall: bool) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
@@ -157,12 +183,24 @@ async fn bodies_over_the_buffer_limit_stream_through_uncached() {
 #[tokio::test]
 async fn unkeyed_headers_cannot_poison_the_cache() {
     let (origin, _) = origin().await;
-    let gw = gateway::spawn(config(origin, "all", &["--ttl", "30s"])).await.unwrap();
+    let gw = gateway::spawn(config(origin, "all", &["--ttl", "30s"]))
+        .await
+        .unwrap();
     let url = format!("http://{}/reflect", gw.addr);
-    let attack = send(Method::GET, &url, &[("x-forwarded-host", "evil.example")], "").await;
+    let attack = send(
+        Method::GET,
+        &url,
+        &[("x-forwarded-host", "evil.example")],
+        "",
+    )
+    .await;
     assert!(!attack.body.contains("evil"), "{}", attack.body);
     let victim = http_get(&url).await;
-    assert!(victim.cache_status().contains("; hit"), "{}", victim.cache_status());
+    assert!(
+        victim.cache_status().contains("; hit"),
+        "{}",
+        victim.cache_status()
+    );
     assert!(!victim.body.contains("evil"), "{}", victim.body);
     // Equivalent URIs share one entry; a different query does not.
     let a = http_get(&format!("http://{}/items/1?b=2&a=1", gw.addr)).await;
@@ -175,18 +213,27 @@ async fn unkeyed_headers_cannot_poison_the_cache() {
 #[tokio::test]
 async fn vary_and_max_age_are_honoured() {
     let (origin, _) = origin().await;
-    let gw = gateway::spawn(config(origin, "all", &["--ttl", "30s"])).await.unwrap();
+    let gw = gateway::spawn(config(origin, "all", &["--ttl", "30s"]))
+        .await
+        .unwrap();
     let url = format!("http://{}/lang", gw.addr);
     let en = send(Method::GET, &url, &[("accept-language", "en")], "").await;
     assert_eq!(en.body, "hello in en");
     let fr = send(Method::GET, &url, &[("accept-language", "fr")], "").await;
     assert_eq!(fr.body, "hello in fr", "served another language's entry");
-    assert!(fr.cache_status().contains("vary-miss"), "{}", fr.cache_status());
+    assert!(
+        fr.cache_status().contains("vary-miss"),
+        "{}",
+        fr.cache_status()
+    );
 
     let short = format!("http://{}/short", gw.addr);
     http_get(&short).await;
     assert!(http_get(&short).await.cache_status().contains("; hit"));
     let ttl = http_get(&short).await.cache_status();
-    assert!(ttl.contains("ttl=0") || ttl.contains("ttl=1"), "max-age=1 must win over --ttl 30s: {ttl}");
+    assert!(
+        ttl.contains("ttl=0") || ttl.contains("ttl=1"),
+        "max-age=1 must win over --ttl 30s: {ttl}"
+    );
     gw.shutdown().await.unwrap();
 }

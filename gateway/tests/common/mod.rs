@@ -74,3 +74,12 @@ pub fn config(origin: SocketAddr, mitigations: &str, extra: &[&str]) -> gateway:
     args.extend_from_slice(extra);
     gateway::Config::try_parse_from(args).expect("valid test config")
 }
+
+/// Emit a figure for docs/RELIABILITY.md (collected by scripts/reliability.py
+/// from `--nocapture` output).
+pub fn report(test: &str, figures: serde_json::Value) {
+    eprintln!(
+        "RELIABILITY {}",
+        serde_json::json!({ "test": test, "figures": figures })
+    );
+}
