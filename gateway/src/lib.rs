@@ -193,7 +193,8 @@ pub async fn run(
         store,
         stack: stack.clone(),
         hot_keys,
-        token: config.admin_token.clone().map(Into::into),
+        // An empty token (e.g. an unset compose variable) disables the API, never opens it.
+        token: config.admin_token.clone().filter(|t| !t.trim().is_empty()).map(Into::into),
         ready: ready.clone(),
     };
     if let Some(list) = warm_list {

@@ -278,16 +278,19 @@ async fn admin_listener_health_metrics_and_token() {
 #[tokio::test]
 async fn admin_api_is_off_without_a_token() {
     let (origin, _, _) = test_origin().await;
-    let gw = gateway::spawn(config(origin, "all", &[])).await.unwrap();
-    let a = send(
-        Method::POST,
-        &format!("http://{}/admin/warm", gw.admin_addr),
-        &[("content-type", "application/json")],
-        r#"{"paths":["/items/1"]}"#,
-    )
-    .await;
-    assert_eq!(a.status, 403);
-    gw.shutdown().await.unwrap();
+    // No token, and an empty one (an unset compose variable): both keep it off.
+    for extra in [&[][..], &["--admin-token", ""][..]] {
+        let gw = gateway::spawn(config(origin, "all", extra)).await.unwrap();
+        let a = send(
+            Method::POST,
+            &format!("http://{}/admin/warm", gw.admin_addr),
+            &[("content-type", "application/json"), ("authorization", "Bearer ")],
+            r#"{"paths":["/items/1"]}"#,
+        )
+        .await;
+        assert_eq!(a.status, 403, "{extra:?}");
+        gw.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test]
