@@ -40,7 +40,8 @@ impl CacheBody {
         B::Error: Into<BoxError>,
     {
         let mut slot = Some(body);
-        if let Some(same) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<CacheBody>>()
+        if let Some(same) =
+            (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<CacheBody>>()
         {
             return same.take().expect("slot is filled");
         }

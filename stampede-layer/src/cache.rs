@@ -96,7 +96,9 @@ impl Lookup {
     /// Whether `entry` (just re-read) is a rebuild newer than what we saw.
     pub fn is_newer(&self, entry: &CachedResponse, now: u64) -> bool {
         entry.freshness(now) == Freshness::Fresh
-            && self.seen_stored_at().is_none_or(|seen| entry.stored_at_ms > seen)
+            && self
+                .seen_stored_at()
+                .is_none_or(|seen| entry.stored_at_ms > seen)
             && vary_matches(entry, &self.request_headers)
     }
 }
@@ -236,10 +238,8 @@ where
                 .remove::<CacheStatus>()
                 .unwrap_or_else(|| CacheStatus::forwarded(Fwd::Miss, resp.status()));
             let outcome = status.outcome(resp.status()).as_str();
-            resp.headers_mut().insert(
-                crate::CACHE_STATUS,
-                status.header_value(&name),
-            );
+            resp.headers_mut()
+                .insert(crate::CACHE_STATUS, status.header_value(&name));
             metrics::counter!("stampede_requests_total", "outcome" => outcome).increment(1);
             metrics::histogram!("stampede_request_duration_seconds", "outcome" => outcome)
                 .record(started.elapsed().as_secs_f64());
@@ -301,7 +301,12 @@ impl<S> CacheLookup<S> {
                         self.spawn_refresh(&req, &key, &entry, "xfetch");
                     }
                     let ttl = entry.ttl_secs(now);
-                    return Ok(response_from_entry(&entry, now, head, CacheStatus::hit(ttl)));
+                    return Ok(response_from_entry(
+                        &entry,
+                        now,
+                        head,
+                        CacheStatus::hit(ttl),
+                    ));
                 }
                 Freshness::Stale if swr.is_some() => {
                     self.spawn_refresh(&req, &key, &entry, "swr");
@@ -367,10 +372,11 @@ impl<S> CacheLookup<S> {
         let invalidates = !matches!(*req.method(), Method::OPTIONS | Method::TRACE);
         let key = CacheKey::new(&Method::GET, req.uri());
         let mut resp = self.inner.oneshot(req).await.map_err(Into::into)?;
-        if invalidates && (resp.status().is_success() || resp.status().is_redirection()) {
-            if let Err(err) = self.store.delete(&key).await {
-                record_error(self.store.as_ref(), "delete", &err);
-            }
+        if invalidates
+            && (resp.status().is_success() || resp.status().is_redirection())
+            && let Err(err) = self.store.delete(&key).await
+        {
+            record_error(self.store.as_ref(), "delete", &err);
         }
         let status = CacheStatus::forwarded(Fwd::Method, resp.status());
         resp.extensions_mut().insert(status);
@@ -566,7 +572,10 @@ impl<S> CacheFill<S> {
         metrics::histogram!("stampede_rebuild_duration_seconds").record(rebuild.as_secs_f64());
 
         let (mut parts, body) = resp.into_parts();
-        let directives = parts.extensions.remove::<FillDirectives>().unwrap_or_default();
+        let directives = parts
+            .extensions
+            .remove::<FillDirectives>()
+            .unwrap_or_default();
         let mut status = CacheStatus::forwarded(lookup.fwd, parts.status);
         if let Some(shed) = parts.extensions.remove::<CacheStatus>() {
             status = shed; // the overload gate's account
@@ -645,6 +654,10 @@ impl<S> CacheFill<S> {
         let ttl = base.mul_f64(directives.ttl_scale.unwrap_or(1.0).max(0.0));
         if ttl.is_zero() {
             return None;
+        }
+        if matches!(parts.status.as_u16(), 404 | 410) {
+            // A negative entry lives exactly its negative TTL: no stale window.
+            return Some((ttl, Duration::ZERO, Duration::ZERO));
         }
         let (stale, error) = if honor {
             (

@@ -79,7 +79,9 @@ mod tests {
 
     #[test]
     fn parses_directives() {
-        let d = parse("public, max-age=60, s-maxage=30, stale-while-revalidate=5, stale-if-error=\"600\"");
+        let d = parse(
+            "public, max-age=60, s-maxage=30, stale-while-revalidate=5, stale-if-error=\"600\"",
+        );
         assert_eq!(d.freshness(), Some(Duration::from_secs(30)));
         assert_eq!(d.stale_while_revalidate, Some(Duration::from_secs(5)));
         assert_eq!(d.stale_if_error, Some(Duration::from_secs(600)));

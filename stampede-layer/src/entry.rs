@@ -219,7 +219,8 @@ mod tests {
                 1 => bytes.truncate(rng.random_range(0..bytes.len())),
                 2 => {
                     let i = rng.random_range(4..bytes.len());
-                    let junk: Vec<u8> = (0..rng.random_range(1..16)).map(|_| rng.random()).collect();
+                    let junk: Vec<u8> =
+                        (0..rng.random_range(1..16)).map(|_| rng.random()).collect();
                     bytes.splice(i..i, junk);
                 }
                 _ => {

@@ -218,14 +218,18 @@ mod tests {
     fn random_targets_are_safe_and_idempotent() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0xcafe);
-        let alphabet: Vec<char> = "abcAZ09-._~%/?&=+;:@!$'()*,#[]{}|^` \"<>\\".chars().collect();
+        let alphabet: Vec<char> = "abcAZ09-._~%/?&=+;:@!$'()*,#[]{}|^` \"<>\\"
+            .chars()
+            .collect();
         let mut tested = 0;
         for _ in 0..50_000 {
             let len = rng.random_range(0..40);
             let target: String = std::iter::once('/')
                 .chain((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
                 .collect();
-            let Ok(uri) = target.parse::<Uri>() else { continue };
+            let Ok(uri) = target.parse::<Uri>() else {
+                continue;
+            };
             tested += 1;
             let k = CacheKey::new(&Method::GET, &uri);
             assert_eq!(k.digest().len(), 32);
@@ -243,7 +247,15 @@ mod tests {
         let k = key(Method::GET, &long);
         assert_eq!(k.digest().len(), 32);
         assert!(k.display().len() <= DISPLAY_LIMIT + '…'.len_utf8());
-        for odd in ["/%", "/%z", "/%zz%", "/%E2%82", "/{}*'", "/..", "/../../etc"] {
+        for odd in [
+            "/%",
+            "/%z",
+            "/%zz%",
+            "/%E2%82",
+            "/{}*'",
+            "/..",
+            "/../../etc",
+        ] {
             let k = key(Method::GET, odd);
             assert!(k.digest().chars().all(|c| c.is_ascii_hexdigit()));
         }

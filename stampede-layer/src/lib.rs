@@ -89,9 +89,11 @@ pub use overload::{OverloadGate, OverloadGateLayer};
 pub use single_flight::{SingleFlight, SingleFlightLayer};
 pub use stack::{Mitigations, StampedeService, StampedeStack};
 pub use status::{CacheStatus, Fwd, Outcome};
+pub use store::{
+    CacheStore, FallbackStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError,
+};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
-pub use store::{CacheStore, FallbackStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError};
 pub use swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
 pub use xfetch::{XFetch, XFetchLayer};
 

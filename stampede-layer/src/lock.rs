@@ -149,8 +149,7 @@ where
         }
         Err(err) => {
             // No lock service: degrade to process-local coordination.
-            metrics::counter!("stampede_lock_acquisitions_total", "result" => "error")
-                .increment(1);
+            metrics::counter!("stampede_lock_acquisitions_total", "result" => "error").increment(1);
             record_error(store.as_ref(), "lock", &err);
             return inner.oneshot(req).await.map_err(Into::into);
         }

@@ -131,9 +131,8 @@ where
                 };
                 metrics::counter!("stampede_shed_total", "reason" => reason).increment(1);
                 let mut resp = service_unavailable(config.retry_after);
-                let mut status =
-                    CacheStatus::forwarded(Fwd::Miss, StatusCode::SERVICE_UNAVAILABLE)
-                        .with_detail("shed");
+                let mut status = CacheStatus::forwarded(Fwd::Miss, StatusCode::SERVICE_UNAVAILABLE)
+                    .with_detail("shed");
                 status.fwd_status = None;
                 resp.extensions_mut().insert(status);
                 return Ok(resp);

@@ -165,9 +165,7 @@ where
                         inner.oneshot(req).await.map_err(Into::into)
                     }
                     Ok(shared) => Ok(to_response(&shared, true)),
-                    Err(FlightError::NotShareable) => {
-                        inner.oneshot(req).await.map_err(Into::into)
-                    }
+                    Err(FlightError::NotShareable) => inner.oneshot(req).await.map_err(Into::into),
                     Err(FlightError::Failed(msg)) => Err(msg.to_string().into()),
                 }
             });
@@ -189,7 +187,7 @@ where
                 Ok(resp) => match share(resp, background) {
                     Ok(shared) => Ok(Arc::new(shared)),
                     Err(streaming) => {
-                        let _ = stream_tx.send(streaming);
+                        let _ = stream_tx.send(*streaming);
                         Err(FlightError::NotShareable)
                     }
                 },
@@ -223,9 +221,9 @@ where
 fn share(
     resp: Response<CacheBody>,
     background: bool,
-) -> Result<SharedResponse, Response<CacheBody>> {
+) -> Result<SharedResponse, Box<Response<CacheBody>>> {
     let Some(body) = resp.body().as_bytes() else {
-        return Err(resp);
+        return Err(Box::new(resp));
     };
     Ok(SharedResponse {
         status: resp.status(),

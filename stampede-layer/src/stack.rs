@@ -25,13 +25,13 @@
 use crate::body::{BoxError, CacheBody};
 use crate::cache::{CacheConfig, CacheFillLayer, CacheLookupLayer};
 use crate::hot_keys::HotKeys;
+use crate::jitter::TtlJitterLayer;
 use crate::lock::DistributedLockLayer;
 use crate::negative::NegativeCacheLayer;
 use crate::overload::OverloadGateLayer;
 use crate::single_flight::SingleFlightLayer;
 use crate::store::SharedStore;
 use crate::swr::StaleWhileRevalidateLayer;
-use crate::jitter::TtlJitterLayer;
 use crate::xfetch::XFetchLayer;
 use http::{Request, Response};
 use std::fmt;
@@ -115,7 +115,9 @@ impl Mitigations {
 
 /// An unknown name in a mitigation list.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown mitigation {0:?}: expected none, all, or a comma list of single-flight, lock, swr, xfetch, jitter, negative, overload-gate")]
+#[error(
+    "unknown mitigation {0:?}: expected none, all, or a comma list of single-flight, lock, swr, xfetch, jitter, negative, overload-gate"
+)]
 pub struct UnknownMitigation(String);
 
 impl FromStr for Mitigations {
@@ -275,8 +277,8 @@ impl StampedeStack {
                 .map_response(|r: Response<ResBody>| r.map(CacheBody::from_body)),
         );
         if m.overload_gate {
-            let gate = OverloadGateLayer::new(self.gate_max_inflight)
-                .max_queue_wait(self.gate_queue_wait);
+            let gate =
+                OverloadGateLayer::new(self.gate_max_inflight).max_queue_wait(self.gate_queue_wait);
             svc = BoxCloneSyncService::new(gate.layer(svc));
         }
         if m.negative {

@@ -91,8 +91,7 @@ pub fn register(backend: &'static str) {
     }
     metrics::counter!("stampede_fencing_rejections_total").increment(0);
     for trigger in ["swr", "xfetch"] {
-        metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
-            .increment(0);
+        metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger).increment(0);
     }
     metrics::gauge!("stampede_inflight_rebuilds").increment(0.0);
     for op in ["get", "put", "delete", "lock", "decode"] {

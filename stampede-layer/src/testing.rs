@@ -39,12 +39,23 @@ impl RedisServer {
 
     /// Start on `port` (e.g. to restart a killed server on the same port).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("stampede-redis-{port}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("stampede-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
         let port_s = port.to_string();
         let mut args = vec![
-            "--port", &port_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--protected-mode", "yes",
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
         ];
         args.extend_from_slice(extra);
         let child = Command::new("redis-server")
@@ -72,7 +83,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not come up within {timeout:?}", self.port);
+        panic!(
+            "redis-server on port {} did not come up within {timeout:?}",
+            self.port
+        );
     }
 
     /// Its port.

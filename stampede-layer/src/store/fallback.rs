@@ -102,7 +102,10 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
         let mut s = self.state.lock().expect("breaker lock");
         if !matches!(*s, State::Closed { failures: 0 }) {
             if !matches!(*s, State::Closed { .. }) {
-                tracing::info!(backend = self.primary.backend(), "store recovered; circuit closed");
+                tracing::info!(
+                    backend = self.primary.backend(),
+                    "store recovered; circuit closed"
+                );
                 metrics::gauge!("stampede_store_circuit_open", "backend" => self.primary.backend())
                     .set(0.0);
             }
@@ -258,7 +261,11 @@ mod tests {
         async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
             self.inner.delete(key).await
         }
-        async fn try_lock(&self, k: &CacheKey, t: Duration) -> Result<Option<LockLease>, StoreError> {
+        async fn try_lock(
+            &self,
+            k: &CacheKey,
+            t: Duration,
+        ) -> Result<Option<LockLease>, StoreError> {
             self.inner.try_lock(k, t).await
         }
         async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
@@ -296,7 +303,11 @@ mod tests {
 
         down.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(store.get(&k).await.unwrap().unwrap().body, "v1", "probe went to Redis");
+        assert_eq!(
+            store.get(&k).await.unwrap().unwrap().body,
+            "v1",
+            "probe went to Redis"
+        );
         assert!(!store.is_open(), "a successful probe closes the circuit");
     }
 }

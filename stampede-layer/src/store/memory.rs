@@ -193,6 +193,14 @@ impl CacheStore for MemoryStore {
             .or_default()
             .clone();
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
+        // Keep the map bounded: drop the entry once nobody waits on it.
+        let mut fills = self.fills.lock().expect("fills lock");
+        if fills
+            .get(key.digest())
+            .is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) == 2)
+        {
+            fills.remove(key.digest());
+        }
     }
 
     fn entry_count(&self) -> Option<u64> {
@@ -249,15 +257,28 @@ mod tests {
     async fn lock_is_exclusive_and_owner_released() {
         let s = MemoryStore::default();
         let k = key("/a");
-        let a = s.try_lock(&k, Duration::from_secs(5)).await.unwrap().unwrap();
-        assert!(s.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none());
+        let a = s
+            .try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            s.try_lock(&k, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let stranger = LockLease {
             token: a.token,
             owner: "someone-else".into(),
         };
         assert!(!s.unlock(&k, &stranger).await.unwrap());
         assert!(s.unlock(&k, &a).await.unwrap());
-        let b = s.try_lock(&k, Duration::from_millis(20)).await.unwrap().unwrap();
+        let b = s
+            .try_lock(&k, Duration::from_millis(20))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(b.token > a.token, "fencing tokens are monotonic");
         tokio::time::sleep(Duration::from_millis(40)).await;
         let c = s.try_lock(&k, Duration::from_secs(1)).await.unwrap();

@@ -75,8 +75,11 @@ pub trait CacheStore: Send + Sync + 'static {
     async fn delete(&self, key: &CacheKey) -> Result<(), StoreError>;
 
     /// Try to take the rebuild lock for `ttl`. `None`: someone else holds it.
-    async fn try_lock(&self, key: &CacheKey, ttl: Duration)
-    -> Result<Option<LockLease>, StoreError>;
+    async fn try_lock(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StoreError>;
 
     /// Release the lock if `lease` still owns it (compare-and-delete).
     /// Returns whether it was released.

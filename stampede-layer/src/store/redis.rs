@@ -238,7 +238,7 @@ impl CacheStore for RedisStore {
             )
             .await
             .map_err(backend)?;
-        Ok((token > 0).then(|| LockLease {
+        Ok((token > 0).then_some(LockLease {
             token: token as u64,
             owner,
         }))

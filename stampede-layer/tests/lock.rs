@@ -1,0 +1,203 @@
+//! DistributedLock against a real redis-server: two "instances" are two
+//! separately built stacks, each with its own `RedisStore`, on one Redis.
+
+mod common;
+
+use common::*;
+use futures_util::future::join_all;
+use stampede_layer::testing::RedisServer;
+use stampede_layer::{
+    BoxError, CacheStore, Mitigations, RedisStore, SharedStore, StampedeService, StampedeStack,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::{Service, ServiceExt};
+
+const LOCK_ONLY: Mitigations = Mitigations {
+    lock: true,
+    ..Mitigations::NONE
+};
+
+/// One instance: its own Redis connection pool and its own stack.
+async fn instance<O>(
+    server: &RedisServer,
+    origin: O,
+    mitigations: Mitigations,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+) -> (RedisStore, StampedeService<Body>)
+where
+    O: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    O::Future: Send + 'static,
+{
+    let redis = RedisStore::connect(&server.url()).await.unwrap();
+    let store: SharedStore = Arc::new(redis.clone());
+    let svc = StampedeStack::new(store)
+        .mitigations(mitigations)
+        .ttl(Duration::from_secs(30))
+        .stale_ttl(Duration::ZERO)
+        .lock_ttl(lock_ttl)
+        .lock_wait(lock_wait)
+        .service(origin);
+    (redis, svc)
+}
+
+async fn one_rebuild_fleet_wide(mitigations: Mitigations) -> Vec<String> {
+    let server = RedisServer::start();
+    let (calls, origin) = slow_origin(Duration::from_millis(200));
+    let wait = Duration::from_secs(2);
+    let (_, a) = instance(&server, origin.clone(), mitigations, wait, wait).await;
+    let (_, b) = instance(&server, origin, mitigations, wait, wait).await;
+
+    let reqs = (0..20).map(|i| {
+        let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        svc.oneshot(get("/items/1"))
+    });
+    let mut statuses = Vec::new();
+    for resp in join_all(reqs).await {
+        let (status, cs, body) = read(resp.unwrap()).await;
+        assert_eq!((status.as_u16(), body.as_ref()), (200, &b"v1"[..]), "{cs}");
+        statuses.push(cs);
+    }
+    assert_eq!(
+        calls.total(),
+        1,
+        "one origin call fleet-wide: {statuses:#?}"
+    );
+    statuses
+}
+
+#[tokio::test]
+async fn lock_excludes_across_instances() {
+    let statuses = one_rebuild_fleet_wide(LOCK_ONLY).await;
+    let waited = statuses
+        .iter()
+        .filter(|cs| is_hit(cs) && cs.contains("detail=lock-wait"))
+        .count();
+    assert_eq!(
+        waited, 19,
+        "losers are answered from the cache: {statuses:#?}"
+    );
+}
+
+#[tokio::test]
+async fn full_stack_makes_one_rebuild_across_instances() {
+    one_rebuild_fleet_wide(Mitigations {
+        jitter: false,
+        ..Mitigations::ALL
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fencing_rejects_the_write_of_an_expired_lock_holder() {
+    let recorder = DebuggingRecorder::new();
+    let metrics = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let server = RedisServer::start();
+    // Call 1 (instance A) outlives its 150 ms lock; call 2 (instance B) is quick.
+    let (calls, origin) = origin(|n, _| async move {
+        let (delay, body) = if n == 1 { (700, "old") } else { (50, "new") };
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        Ok(respond(200, body))
+    });
+    let ttl = Duration::from_millis(150);
+    let (redis, a) = instance(&server, origin.clone(), LOCK_ONLY, ttl, ttl).await;
+    let (_, b) = instance(&server, origin, LOCK_ONLY, ttl, ttl).await;
+
+    let started = Instant::now();
+    let slow = tokio::spawn(a.oneshot(get("/items/1")));
+    calls.wait_inflight(1).await;
+    tokio::time::sleep(Duration::from_millis(300).saturating_sub(started.elapsed())).await;
+    // A's lock has expired: B takes it (newer token) and fills first.
+    let (status, cs, body) = read(b.oneshot(get("/items/1")).await.unwrap()).await;
+    assert_eq!((status.as_u16(), body.as_ref()), (200, &b"new"[..]), "{cs}");
+    assert!(cs.contains("stored"), "{cs}");
+    assert_eq!(calls.total(), 2);
+
+    // A's rebuild ends: its client gets its answer, but the write is refused.
+    let (status, cs, body) = read(slow.await.unwrap().unwrap()).await;
+    assert_eq!((status.as_u16(), body.as_ref()), (200, &b"old"[..]));
+    assert!(
+        cs.contains("detail=fenced") && !cs.contains("stored"),
+        "{cs}"
+    );
+
+    let held = redis.get(&key("/items/1")).await.unwrap().unwrap();
+    assert_eq!(held.body, "new", "the stale holder's write was rejected");
+    assert_eq!(held.fence, 2, "the entry carries the newer token");
+    assert_eq!(
+        counter(&metrics, "stampede_fencing_rejections_total", &[]),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_lock_never_released_bounds_the_wait_then_the_waiter_takes_over() {
+    let server = RedisServer::start();
+    let (calls, origin) = slow_origin(Duration::from_millis(50));
+    let wait = Duration::from_millis(300);
+    let (redis, svc) = instance(&server, origin, LOCK_ONLY, Duration::from_secs(2), wait).await;
+    // A holder that never releases (crashed mid-rebuild, lock TTL 30 s).
+    let zombie = redis
+        .try_lock(&key("/items/1"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(zombie.is_some());
+
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(get("/items/1")))
+        .await
+        .expect("the lock wait must be bounded")
+        .unwrap();
+    let elapsed = started.elapsed();
+    let (status, cs, body) = read(resp).await;
+    assert_eq!((status.as_u16(), body.as_ref()), (200, &b"v1"[..]), "{cs}");
+    assert!(
+        elapsed >= wait && elapsed < wait + Duration::from_millis(600),
+        "waited {elapsed:?}, bound {wait:?}"
+    );
+    assert_eq!(
+        calls.total(),
+        1,
+        "past the bound the waiter rebuilds itself"
+    );
+    // Its fill serves the next request.
+    let (_, cs, _) = read(svc.oneshot(get("/items/1")).await.unwrap()).await;
+    assert!(is_hit(&cs), "{cs}");
+    assert_eq!(calls.total(), 1);
+}
+
+#[tokio::test]
+async fn a_lock_never_released_serves_the_stale_copy_past_the_bound() {
+    let server = RedisServer::start();
+    let (calls, origin) = slow_origin(Duration::from_millis(50));
+    let wait = Duration::from_millis(200);
+    let (redis, svc) = instance(&server, origin, LOCK_ONLY, Duration::from_secs(2), wait).await;
+    // An entry past its fresh TTL, kept for stale-if-error, and a stuck lock.
+    let mut old = entry("stale body", 0, 0, 1);
+    old.error_until_ms += 60_000;
+    redis.put(&key("/items/1"), &old).await.unwrap();
+    let _zombie = redis
+        .try_lock(&key("/items/1"), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let started = Instant::now();
+    let (status, cs, body) = read(svc.oneshot(get("/items/1")).await.unwrap()).await;
+    let elapsed = started.elapsed();
+    assert_eq!((status.as_u16(), body.as_ref()), (200, &b"stale body"[..]));
+    assert!(is_hit(&cs) && cs.contains("detail=lock-timeout"), "{cs}");
+    assert!(ttl_param(&cs).unwrap() < 0, "{cs}");
+    assert!(
+        elapsed >= wait && elapsed < wait + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+    assert_eq!(calls.total(), 0);
+}

@@ -1,0 +1,98 @@
+//! XFetch: on a hot key the entry is refreshed in the background before it
+//! expires, so no request meets the cliff; with beta 0 it is not.
+
+mod common;
+
+use common::*;
+use stampede_layer::entry::now_ms;
+use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeStack};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Run {
+    /// `fresh_until` of the first entry.
+    first_expiry_ms: u64,
+    /// Start times of the origin calls.
+    origin_calls_ms: Vec<u64>,
+    /// Cache-Status of every request after the first.
+    statuses: Vec<String>,
+}
+
+/// A hot key: one request every ~2 ms from the first fill until 200 ms past
+/// the first entry's expiry. TTL 600 ms; every rebuild takes 50 ms (XFetch's delta).
+async fn hot_key(beta: f64) -> Run {
+    let (calls, origin) = slow_origin(Duration::from_millis(50));
+    let memory = Arc::new(MemoryStore::default());
+    let store: SharedStore = memory.clone();
+    let svc = StampedeStack::new(store)
+        .mitigations(Mitigations {
+            xfetch: true,
+            single_flight: true,
+            ..Mitigations::NONE
+        })
+        .ttl(Duration::from_millis(600))
+        .stale_ttl(Duration::ZERO)
+        .xfetch_beta(beta)
+        .service(origin);
+
+    read(svc.clone().oneshot(get("/hot")).await.unwrap()).await;
+    let first = memory.get(&key("/hot")).await.unwrap().unwrap();
+    assert!(
+        first.rebuild_ms >= 50,
+        "delta is measured: {}",
+        first.rebuild_ms
+    );
+    let mut statuses = Vec::new();
+    while now_ms() < first.fresh_until_ms + 200 {
+        let (status, cs, _) = read(svc.clone().oneshot(get("/hot")).await.unwrap()).await;
+        assert_eq!(status, 200);
+        statuses.push(cs);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Run {
+        first_expiry_ms: first.fresh_until_ms,
+        origin_calls_ms: calls.start_times(),
+        statuses,
+    }
+}
+
+#[tokio::test]
+async fn hot_key_is_refreshed_before_expiry() {
+    let run = hot_key(2.0).await;
+    assert!(
+        run.statuses.len() > 100,
+        "a hot key: {}",
+        run.statuses.len()
+    );
+    assert!(
+        run.origin_calls_ms.len() >= 2,
+        "a refresh ran: {:?}",
+        run.origin_calls_ms
+    );
+    assert!(
+        run.origin_calls_ms[1] < run.first_expiry_ms,
+        "the origin saw the rebuild before fresh_until ({} ≥ {})",
+        run.origin_calls_ms[1],
+        run.first_expiry_ms
+    );
+    let misses: Vec<_> = run.statuses.iter().filter(|cs| !is_hit(cs)).collect();
+    assert!(misses.is_empty(), "no request meets the expiry: {misses:?}");
+}
+
+#[tokio::test]
+async fn beta_zero_never_refreshes_early() {
+    let run = hot_key(0.0).await;
+    assert!(
+        run.origin_calls_ms.len() >= 2,
+        "the entry expired and was rebuilt"
+    );
+    assert!(
+        run.origin_calls_ms[1] >= run.first_expiry_ms,
+        "no early refresh with beta 0"
+    );
+    assert!(
+        run.statuses.iter().any(|cs| !is_hit(cs)),
+        "a request meets the expiry (a miss)"
+    );
+}
