@@ -182,6 +182,8 @@ pub async fn run(
                     metrics::gauge!("stampede_store_entries", "backend" => store.backend())
                         .set(n as f64);
                 }
+                let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+                metrics::gauge!("gateway_runtime_alive_tasks").set(tasks as f64);
             }
         });
     }
