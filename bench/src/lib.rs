@@ -1,11 +1,16 @@
-//! `stampede-bench`: the load generator (`load`) and, later, the experiment
-//! runner (`ladder`) for stampede-layer.
+//! `stampede-bench`: the load generator (`load`), the experiment runner
+//! (`ladder`) and the soak (`soak`) for stampede-layer.
 //!
 //! The `load` runner is a library function, [`load::run_load`], so the ladder
 //! can drive it directly; the binary is a thin clap front-end over it.
 
 pub mod cache_status;
+pub mod charts;
+pub mod ladder;
+pub mod ladder_report;
 pub mod load;
+pub mod procs;
+pub mod soak;
 pub mod stats;
 
 pub use load::{LoadConfig, LoadSummary, run_load};

@@ -74,11 +74,15 @@ pub struct LoadConfig {
     #[serde(with = "humantime_serde")]
     pub backoff: Duration,
     /// The gateway's TTL, if known: hot-key origin queries are grouped into
-    /// bursts separated by more than `min(ttl / 2, 1 s)` (500 ms when unset).
+    /// bursts separated by more than `min(ttl / 4, 500 ms)` (500 ms when unset).
     #[serde(with = "humantime_serde_opt")]
     pub ttl: Option<Duration>,
     /// RNG seed (worker `i` uses `seed + i`); random when unset.
     pub seed: Option<u64>,
+    /// Pause of each worker after each request (open-ish, slower clients);
+    /// zero (the default) is a tight closed loop.
+    #[serde(with = "humantime_serde")]
+    pub think_time: Duration,
     /// origin-sim base URL for `/stats/queries`; `None` skips the origin section.
     pub origin: Option<String>,
 }
@@ -98,6 +102,7 @@ impl Default for LoadConfig {
             backoff: Duration::from_millis(10),
             ttl: None,
             seed: None,
+            think_time: Duration::ZERO,
             origin: Some(DEFAULT_ORIGIN.to_string()),
         }
     }
@@ -293,6 +298,9 @@ pub struct TimelineSecond {
     pub errors: u64,
     /// p99 latency of those requests, ms (`null` when none started).
     pub p99_ms: Option<f64>,
+    /// p99 latency of the hot-key requests among them, ms (`null` when none).
+    #[serde(default)]
+    pub hot_p99_ms: Option<f64>,
     /// Origin queries started in this second (`null` without origin stats).
     pub origin_queries: Option<u64>,
     /// Hot-key origin queries started in this second (`null` without origin stats).
@@ -358,6 +366,7 @@ struct Second {
     requests: u64,
     errors: u64,
     hist: hdrhistogram::Histogram<u64>,
+    hot_hist: hdrhistogram::Histogram<u64>,
 }
 
 #[derive(Default)]
@@ -423,6 +432,7 @@ impl Recorder {
                 requests: 0,
                 errors: 0,
                 hist: new_histogram(2),
+                hot_hist: new_histogram(2),
             });
         }
         let s = &mut self.seconds[o.second];
@@ -430,6 +440,10 @@ impl Recorder {
         s.errors += u64::from(failed);
         s.hist
             .saturating_record(crate::stats::duration_us(o.latency));
+        if o.hot {
+            s.hot_hist
+                .saturating_record(crate::stats::duration_us(o.latency));
+        }
     }
 }
 
@@ -577,6 +591,9 @@ pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSu
                 p99_ms: s
                     .filter(|s| s.requests > 0)
                     .map(|s| us_to_ms(s.hist.value_at_quantile(0.99))),
+                hot_p99_ms: s
+                    .filter(|s| !s.hot_hist.is_empty())
+                    .map(|s| us_to_ms(s.hot_hist.value_at_quantile(0.99))),
                 origin_queries: origin
                     .as_ref()
                     .map(|o| o.per_second.get(i).copied().unwrap_or(0)),
@@ -685,6 +702,13 @@ async fn worker(shared: Arc<Shared>, mut rng: StdRng) {
             attempt_errors,
             result,
         });
+        if !cfg.think_time.is_zero() {
+            let now = Instant::now();
+            if now + cfg.think_time >= shared.deadline {
+                break;
+            }
+            tokio::time::sleep(cfg.think_time).await;
+        }
     }
 }
 

@@ -1,11 +1,12 @@
-//! `stampede-bench` command line: `load` (drive load, print a JSON summary)
-//! and `ladder` (not built yet).
+//! `stampede-bench` command line: `load` (drive load, print a JSON summary),
+//! `ladder` (run every rung, write docs/results) and `soak` (bounded soak).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use stampede_bench::ladder::{LadderOptions, Rung, parse_rows, run_ladder};
 use stampede_bench::load::{DEFAULT_ORIGIN, LoadConfig, parse_base_url, run_load};
 
 /// Load generator and experiment runner for stampede-layer.
@@ -21,8 +22,40 @@ enum Command {
     /// Drive closed-loop keep-alive load (round-robin over targets) and print a JSON summary to stdout.
     #[command(after_help = LOAD_AFTER_HELP)]
     Load(Box<LoadArgs>),
-    /// Run every rung of the mitigation ladder under identical load (not built yet).
-    Ladder,
+    /// Run every rung of the mitigation ladder under identical load and write RESULTS.md, results.json and charts.
+    #[command(after_help = LADDER_AFTER_HELP)]
+    Ladder(LadderArgs),
+    /// Soak one gateway under hot-key load over a wide key space; check memory stays bounded and nothing leaks.
+    Soak(SoakArgs),
+}
+
+/// Flags of `stampede-bench soak`.
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// How long the load runs (the full soak is 10m; CI runs a short one).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Distinct keys (the wide key space).
+    #[arg(long, default_value_t = 200_000)]
+    keys: u64,
+    /// Share of requests to the hot key.
+    #[arg(long, default_value_t = 0.9)]
+    hot_fraction: f64,
+    /// The gateway's in-process store bound: entries.
+    #[arg(long, default_value_t = 20_000)]
+    max_entries: u64,
+    /// The gateway's in-process store bound: bytes.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_bytes: u64,
+    /// Directory holding the origin-sim and gateway binaries (default: this executable's directory).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Also write the JSON report here (docs/results/soak.json feeds scripts/reliability.py).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 const LOAD_AFTER_HELP: &str = "\
@@ -32,6 +65,58 @@ RFC 9211 Cache-Status header (hit, stale hit = hit with ttl<0, miss = fwd=..., c
 After the load, GET {origin}/stats/queries gives origin queries in the load window, the most in any second,
 and hot-key queries per TTL boundary. Progress goes to stderr once a second; the JSON summary to stdout.
 Exit status: 0 ok, 1 run failed, 2 bad flags.";
+
+const LADDER_AFTER_HELP: &str = "\
+Starts its own origin-sim, gateways and (when redis-server is on PATH) a redis-server on free 127.0.0.1 ports,
+as child processes killed by PID at the end, on error and on ctrl-c. Without redis-server the fleet rungs are
+skipped (and listed as skipped). Rungs: table (before/after, rows naive..full on the fleet), scope, multi-key,
+negative, xfetch, fencing, metastable, peers. Progress goes to stderr. Exit status: 0 ok, 1 a rung failed, 2 bad flags.";
+
+/// Flags of `stampede-bench ladder`.
+#[derive(Debug, Args)]
+struct LadderArgs {
+    /// Output directory for RESULTS.md, results.json and the PNG charts.
+    #[arg(long, default_value = "docs/results")]
+    out: PathBuf,
+    /// Load duration of each protocol run.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Directory holding the origin-sim and gateway binaries (default: this executable's directory).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Rungs to run: all, or a comma list of table,scope,multi-key,negative,xfetch,fencing,metastable,peers.
+    #[arg(long, default_value = "all", value_parser = parse_rungs)]
+    rungs: RungList,
+    /// Rows of the before/after table: all, or a comma list of naive,single-flight,lock,swr,xfetch,jitter,negative,full.
+    #[arg(long, default_value = "all", value_parser = parse_rows_list)]
+    rows: RowList,
+    /// Gateway TTL of the protocol runs.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Gateways in the fleet rungs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=16))]
+    instances: u16,
+    /// Shorter phases everywhere (6 s runs unless --duration is given): a quick look, not for committing.
+    #[arg(long)]
+    quick: bool,
+    /// Do not draw the PNG charts.
+    #[arg(long)]
+    no_charts: bool,
+}
+
+#[derive(Debug, Clone)]
+struct RungList(Vec<Rung>);
+
+#[derive(Debug, Clone)]
+struct RowList(Vec<String>);
+
+fn parse_rungs(s: &str) -> Result<RungList, String> {
+    Rung::parse_list(s).map(RungList)
+}
+
+fn parse_rows_list(s: &str) -> Result<RowList, String> {
+    parse_rows(s).map(RowList)
+}
 
 /// Flags of `stampede-bench load`. The first six are the interface contract.
 #[derive(Debug, Args)]
@@ -66,7 +151,7 @@ struct LoadArgs {
     /// Request path before the key: GET {target}{path-prefix}{key}.
     #[arg(long, default_value = "/items/")]
     path_prefix: String,
-    /// The gateway's TTL: hot-key origin queries separated by more than min(ttl/2, 1s) form separate TTL boundaries (500ms gap when unset).
+    /// The gateway's TTL: hot-key origin queries separated by more than min(ttl/4, 500ms) form separate TTL boundaries (500ms gap when unset).
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
     /// Back-off before each retry (plus up to 20% jitter).
@@ -75,6 +160,9 @@ struct LoadArgs {
     /// RNG seed for key choice and jitter (worker i uses seed+i); random when unset.
     #[arg(long)]
     seed: Option<u64>,
+    /// Pause of each client after each answer, e.g. 50ms (0 = tight closed loop).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    think_time: Duration,
     /// Also write the JSON summary to FILE.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -120,6 +208,7 @@ impl LoadArgs {
             backoff: self.backoff,
             ttl: self.ttl,
             seed: self.seed,
+            think_time: self.think_time,
             origin,
         }
     }
@@ -155,6 +244,87 @@ async fn load(args: Box<LoadArgs>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn explicit_duration() -> bool {
+    std::env::args().any(|a| a == "--duration" || a.starts_with("--duration="))
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn ladder(args: LadderArgs, explicit_duration: bool) -> ExitCode {
+    let bin_dir = match args.bin_dir.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    }) {
+        Some(d) => d,
+        None => {
+            eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
+            return ExitCode::from(2);
+        }
+    };
+    let duration = if args.quick && !explicit_duration {
+        Duration::from_secs(6)
+    } else {
+        args.duration
+    };
+    let opts = LadderOptions {
+        out: args.out,
+        duration,
+        ttl: args.ttl,
+        bin_dir,
+        rungs: args.rungs.0,
+        rows: args.rows.0,
+        quick: args.quick,
+        instances: usize::from(args.instances),
+        charts: !args.no_charts,
+        command: command_line(),
+    };
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot watch SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Dropping the ladder's future drops every child-process guard, which
+    // kills those children (by PID) before we exit.
+    tokio::select! {
+        r = run_ladder(opts) => match r {
+            Ok(res) if res.failed.is_empty() => ExitCode::SUCCESS,
+            Ok(res) => {
+                for f in &res.failed {
+                    eprintln!("error: rung {} failed: {}", f.what, f.why);
+                }
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stampede-bench ladder: interrupted; stopped the processes it started");
+            ExitCode::from(130)
+        }
+        _ = sigterm.recv() => {
+            eprintln!("stampede-bench ladder: terminated; stopped the processes it started");
+            ExitCode::from(143)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -166,8 +336,57 @@ async fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Load(args) => load(args).await,
-        Command::Ladder => {
-            eprintln!("stampede-bench ladder: not built yet");
+        Command::Ladder(args) => ladder(args, explicit_duration()).await,
+        Command::Soak(args) => soak(args).await,
+    }
+}
+
+async fn soak(args: SoakArgs) -> ExitCode {
+    let Some(bin_dir) = args.bin_dir.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    }) else {
+        eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
+        return ExitCode::from(2);
+    };
+    if !(0.0..=1.0).contains(&args.hot_fraction) || args.concurrency == 0 || args.keys == 0 {
+        eprintln!("error: --hot-fraction must be in [0, 1], --concurrency and --keys above 0");
+        return ExitCode::from(2);
+    }
+    let cfg = stampede_bench::soak::SoakConfig {
+        duration: args.duration,
+        concurrency: args.concurrency,
+        keys: args.keys,
+        hot_fraction: args.hot_fraction,
+        max_entries: args.max_entries,
+        max_bytes: args.max_bytes,
+        bin_dir,
+        work_dir: std::env::temp_dir().join(format!("stampede-soak-{}", std::process::id())),
+        progress: true,
+    };
+    match stampede_bench::soak::run_soak(&cfg).await {
+        Ok(report) => {
+            let json = serde_json::to_string_pretty(&report).expect("serialisable");
+            println!("{json}");
+            if let Some(path) = &args.output
+                && let Err(e) = std::fs::write(path, &json)
+            {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            if report.failures.is_empty() {
+                eprintln!("soak: all checks passed");
+                ExitCode::SUCCESS
+            } else {
+                for f in &report.failures {
+                    eprintln!("soak: FAILED: {f}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -180,7 +180,7 @@ pub struct Bursts {
     pub sizes: Vec<u64>,
 }
 
-/// The gap that separates bursts: `min(ttl / 2, 1 s)`, or 500 ms without a TTL.
+/// The gap that separates bursts: `min(ttl / 4, 500 ms)`, or 500 ms without a TTL.
 pub fn burst_gap(ttl: Option<Duration>) -> Duration {
     match ttl {
         // A herd's queries start within one rebuild time of each other (ms
@@ -386,8 +386,9 @@ mod tests {
         assert_eq!(o.per_second, vec![4, 1, 2, 0]);
         assert_eq!(o.hot_per_second, vec![3, 0, 2, 0]);
         assert_eq!(o.max_queries_per_second, 4);
-        assert_eq!(o.hot_bursts.gap_ms, 1_000);
-        assert_eq!(o.hot_bursts.sizes, vec![3, 2]);
+        // Gap = min(ttl / 4, 500 ms) = 500 ms: start, +5 | +999 | +2600, +2601.
+        assert_eq!(o.hot_bursts.gap_ms, 500);
+        assert_eq!(o.hot_bursts.sizes, vec![2, 1, 2]);
         assert_eq!(o.status.get("200"), Some(&7));
     }
 

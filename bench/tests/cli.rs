@@ -30,10 +30,28 @@ fn bad_flags_exit_2_with_one_error_line() {
 }
 
 #[test]
-fn ladder_is_a_stub() {
-    let out = bench(&["ladder"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+fn ladder_bad_flags_and_missing_binaries() {
+    for args in [
+        &["ladder", "--rungs", "nonsense"][..],
+        &["ladder", "--rows", "naive,bogus"],
+        &["ladder", "--duration", "forever"],
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let empty = std::env::temp_dir().join(format!("no-bins-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = bench(&[
+        "ladder",
+        "--bin-dir",
+        empty.to_str().unwrap(),
+        "--out",
+        empty.join("out").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo build --release --workspace"), "{err}");
+    let _ = std::fs::remove_dir_all(empty);
 }
 
 #[test]

@@ -105,7 +105,7 @@ async fn two_targets_round_robin_hot_fraction_cache_status_and_origin_bursts() {
         duration: Duration::from_secs(2),
         hot_fraction: 0.8,
         keys: 1000,
-        ttl: Some(Duration::from_secs(1)),
+        ttl: Some(Duration::from_secs(2)),
         seed: Some(42),
         origin: Some(a.clone()),
         ..LoadConfig::default()
@@ -147,7 +147,8 @@ async fn two_targets_round_robin_hot_fraction_cache_status_and_origin_bursts() {
         (0, 0, 0, n)
     );
 
-    // Origin: in-window queries only, 1 s buckets, hot bursts split at 500 ms.
+    // Origin: in-window queries only, 1 s buckets, hot bursts split at 500 ms
+    // (min(ttl / 4, 500 ms) with the 2 s TTL).
     let o = s.origin.as_ref().expect("origin section");
     assert_eq!(s.origin_error, None);
     assert_eq!(o.total_queries, 9);

@@ -60,13 +60,18 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+/// A refusal, already rendered (boxed: a `Response` is large).
+type Refusal = Box<Response>;
+
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(token) = &s.token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "admin API disabled: start the gateway with --admin-token or STAMPEDE_ADMIN_TOKEN\n",
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                "admin API disabled: start the gateway with --admin-token or STAMPEDE_ADMIN_TOKEN\n",
+            )
+                .into_response(),
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -83,12 +88,14 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     if ok {
         Ok(())
     } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "missing or wrong bearer token\n",
-        )
-            .into_response())
+        Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "missing or wrong bearer token\n",
+            )
+                .into_response(),
+        ))
     }
 }
 
@@ -99,7 +106,7 @@ pub struct Paths {
     pub paths: Vec<String>,
 }
 
-fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Response> {
+fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Refusal> {
     paths
         .iter()
         .map(|p| {
@@ -107,7 +114,9 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Response> {
                 .ok()
                 .filter(|u| u.scheme().is_none() && p.starts_with('/'))
                 .ok_or_else(|| {
-                    (StatusCode::BAD_REQUEST, format!("not a path: {p:?}\n")).into_response()
+                    Box::new(
+                        (StatusCode::BAD_REQUEST, format!("not a path: {p:?}\n")).into_response(),
+                    )
                 })
         })
         .collect()
@@ -119,11 +128,11 @@ async fn purge(
     Json(body): Json<Paths>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     let uris = match parse_paths(&body.paths) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut purged = 0;
     for uri in &uris {
@@ -144,11 +153,11 @@ async fn warm(
     Json(body): Json<Paths>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     let uris = match parse_paths(&body.paths) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let report = warm_paths(&s.stack, uris).await;
     Json(report).into_response()
@@ -156,7 +165,7 @@ async fn warm(
 
 async fn hot_keys(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     Json(serde_json::json!({ "hot_keys": s.hot_keys.top() })).into_response()
 }

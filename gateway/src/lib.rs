@@ -182,7 +182,9 @@ pub async fn run(
                     metrics::gauge!("stampede_store_entries", "backend" => store.backend())
                         .set(n as f64);
                 }
-                let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+                let tasks = tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks();
                 metrics::gauge!("gateway_runtime_alive_tasks").set(tasks as f64);
             }
         });
@@ -196,7 +198,11 @@ pub async fn run(
         stack: stack.clone(),
         hot_keys,
         // An empty token (e.g. an unset compose variable) disables the API, never opens it.
-        token: config.admin_token.clone().filter(|t| !t.trim().is_empty()).map(Into::into),
+        token: config
+            .admin_token
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .map(Into::into),
         ready: ready.clone(),
     };
     if let Some(list) = warm_list {

@@ -284,7 +284,10 @@ async fn admin_api_is_off_without_a_token() {
         let a = send(
             Method::POST,
             &format!("http://{}/admin/warm", gw.admin_addr),
-            &[("content-type", "application/json"), ("authorization", "Bearer ")],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer "),
+            ],
             r#"{"paths":["/items/1"]}"#,
         )
         .await;

@@ -1,0 +1,323 @@
+//! `stampede-bench soak`: a bounded soak of one gateway (in-process store
+//! with small limits) under high hot-key load plus a wide key space, sampling
+//! the gateway process: resident memory, open file descriptors, threads,
+//! alive tokio tasks and store entries. Checks that memory stays bounded by
+//! the configured store limits and that nothing leaks once the load stops.
+//!
+//! The full soak (`--duration 10m`) is run by hand; the test suite runs a
+//! short one (`bench/tests/soak_smoke.rs`).
+
+use crate::load::{LoadConfig, run_load};
+use crate::procs::{ChildProc, Http, free_port, metric_sum};
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Soak settings.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    /// How long the load runs.
+    pub duration: Duration,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Distinct keys (the wide key space).
+    pub keys: u64,
+    /// Share of requests to the hot key.
+    pub hot_fraction: f64,
+    /// Gateway store bound: entries.
+    pub max_entries: u64,
+    /// Gateway store bound: bytes.
+    pub max_bytes: u64,
+    /// Directory with the `gateway` and `origin-sim` binaries.
+    pub bin_dir: PathBuf,
+    /// Where the child logs go.
+    pub work_dir: PathBuf,
+    /// Print progress.
+    pub progress: bool,
+}
+
+/// One sample of the gateway process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    /// Resident set size, MiB.
+    pub rss_mib: f64,
+    /// Open file descriptors.
+    pub fds: u64,
+    /// OS threads.
+    pub threads: u64,
+    /// Alive tokio tasks (`gateway_runtime_alive_tasks`).
+    pub tasks: f64,
+    /// Store entries (`stampede_store_entries`).
+    pub entries: f64,
+}
+
+/// The soak's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoakReport {
+    /// The command line equivalent.
+    pub command: String,
+    /// Headline figures.
+    pub figures: serde_json::Map<String, serde_json::Value>,
+    /// Every sample.
+    pub samples: Vec<Sample>,
+    /// Failed checks (empty: passed).
+    pub failures: Vec<String>,
+}
+
+fn proc_status(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:") as f64 / 1024.0, field("Threads:")))
+}
+
+fn fd_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+async fn sample(http: &Http, pid: u32, admin: &str, t0: Instant) -> anyhow::Result<Sample> {
+    let (rss_mib, threads) = proc_status(pid)?;
+    let text = http.get_ok(&format!("{admin}/metrics")).await?;
+    let text = String::from_utf8_lossy(&text);
+    Ok(Sample {
+        t_s: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        rss_mib: (rss_mib * 10.0).round() / 10.0,
+        fds: fd_count(pid),
+        threads,
+        tasks: metric_sum(&text, "gateway_runtime_alive_tasks", &[]),
+        entries: metric_sum(&text, "stampede_store_entries", &[]),
+    })
+}
+
+fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!(
+            "{} not found: build the binaries first (cargo build --release --workspace --bins) or pass --bin-dir",
+            p.display()
+        )
+    }
+}
+
+/// Run the soak.
+pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
+    std::fs::create_dir_all(&cfg.work_dir)?;
+    let http = Http::new();
+    let origin_port = free_port()?;
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let origin_url = format!("http://127.0.0.1:{origin_port}");
+    let mut origin = ChildProc::spawn(
+        "origin-sim",
+        &bin(&cfg.bin_dir, "origin-sim")?,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{origin_port}"),
+            "--latency-ms".into(),
+            "2".into(),
+            "--db-connections".into(),
+            "32".into(),
+            "--items".into(),
+            cfg.keys.to_string(),
+            "--stats-capacity".into(),
+            "100000".into(),
+        ],
+        &cfg.work_dir.join("soak-origin.log"),
+    )?;
+    origin
+        .wait_ready(
+            &http,
+            &format!("{origin_url}/healthz"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let mut gateway = ChildProc::spawn(
+        "gateway",
+        &bin(&cfg.bin_dir, "gateway")?,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--origin".into(),
+            origin_url.clone(),
+            "--mitigations".into(),
+            "all".into(),
+            "--ttl".into(),
+            "2s".into(),
+            "--memory-max-entries".into(),
+            cfg.max_entries.to_string(),
+            "--memory-max-bytes".into(),
+            cfg.max_bytes.to_string(),
+            "--instance".into(),
+            "soak".into(),
+        ],
+        &cfg.work_dir.join("soak-gateway.log"),
+    )?;
+    gateway
+        .wait_ready(&http, &format!("{admin}/readyz"), Duration::from_secs(30))
+        .await?;
+    let pid = gateway.pid();
+    let t0 = Instant::now();
+    let mut samples = vec![sample(&http, pid, &admin, t0).await?];
+
+    let load_cfg = LoadConfig {
+        targets: vec![format!("http://127.0.0.1:{port}")],
+        concurrency: cfg.concurrency,
+        duration: cfg.duration,
+        hot_fraction: cfg.hot_fraction,
+        keys: cfg.keys,
+        origin: None,
+        timeout: Duration::from_secs(5),
+        ..LoadConfig::default()
+    };
+    let load = tokio::spawn(async move { run_load(&load_cfg, false).await });
+    let every = (cfg.duration / 30).clamp(Duration::from_secs(1), Duration::from_secs(20));
+    while !load.is_finished() {
+        tokio::time::sleep(every).await;
+        gateway.check_alive()?;
+        let s = sample(&http, pid, &admin, t0).await?;
+        if cfg.progress {
+            eprintln!(
+                "soak {:>6.1}s  rss {:>7.1} MiB  fds {:>4}  threads {:>3}  tasks {:>5}  entries {:>7}",
+                s.t_s, s.rss_mib, s.fds, s.threads, s.tasks, s.entries
+            );
+        }
+        samples.push(s);
+    }
+    let summary = load.await.context("load task")??;
+    // Idle: connections close, tasks end.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let idle = sample(&http, pid, &admin, t0).await?;
+    samples.push(idle.clone());
+    origin.check_alive()?;
+
+    let loaded: Vec<&Sample> = samples[1..samples.len() - 1].iter().collect();
+    let warm = loaded.get(loaded.len() / 4).copied().unwrap_or(&samples[0]);
+    let peak_rss = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    let late: Vec<&&Sample> = loaded.iter().skip(loaded.len() / 2).collect();
+    let late_max = late.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    let max_entries = samples.iter().map(|s| s.entries).fold(0.0, f64::max);
+    let budget_mib = cfg.max_bytes as f64 / 1024.0 / 1024.0;
+
+    let mut failures = Vec::new();
+    let base = &samples[0];
+    // Memory: the store is bounded, so the resident set may grow by at most
+    // the store budget (plus a fixed allowance for buffers) over the baseline,
+    // and must not keep growing in the second half of the run.
+    let allowance = budget_mib * 2.0 + 64.0;
+    if peak_rss > base.rss_mib + allowance {
+        failures.push(format!(
+            "rss peaked at {peak_rss:.1} MiB: more than baseline {:.1} + {allowance:.1} MiB",
+            base.rss_mib
+        ));
+    }
+    if late_max > warm.rss_mib * 1.5 + 32.0 {
+        failures.push(format!(
+            "rss kept growing: {late_max:.1} MiB late vs {:.1} MiB after warm-up",
+            warm.rss_mib
+        ));
+    }
+    if max_entries > cfg.max_entries as f64 * 1.1 + 10.0 {
+        failures.push(format!(
+            "store held {max_entries} entries, over its bound of {}",
+            cfg.max_entries
+        ));
+    }
+    // Leaks grow with the number of requests served; pooled keep-alive
+    // connections (and their tasks) do not. So: fds and tasks at the end of
+    // the load may not exceed their level after warm-up by more than a small
+    // allowance, and at idle they may not exceed what the load needed.
+    let last = loaded.last().copied().unwrap_or(warm);
+    let (max_fds, max_tasks) = loaded
+        .iter()
+        .fold((0u64, 0f64), |(f, t), s| (f.max(s.fds), t.max(s.tasks)));
+    if last.fds > warm.fds + 16 {
+        failures.push(format!(
+            "fd leak: {} open at the end of the load vs {} after warm-up",
+            last.fds, warm.fds
+        ));
+    }
+    if last.tasks > warm.tasks + 32.0 {
+        failures.push(format!(
+            "task leak: {} alive at the end of the load vs {} after warm-up",
+            last.tasks, warm.tasks
+        ));
+    }
+    if idle.fds > max_fds.max(base.fds) {
+        failures.push(format!(
+            "fd leak: {} open at idle, more than under load ({max_fds})",
+            idle.fds
+        ));
+    }
+    if idle.tasks > max_tasks.max(base.tasks) {
+        failures.push(format!(
+            "task leak: {} alive at idle, more than under load ({max_tasks})",
+            idle.tasks
+        ));
+    }
+    if summary.requests == 0 {
+        failures.push("no requests completed".into());
+    }
+
+    let mut figures = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        figures.insert(k.to_owned(), v);
+    };
+    put("duration_s", cfg.duration.as_secs_f64().into());
+    put("requests", summary.requests.into());
+    put("failed_requests", summary.failed_requests.into());
+    put("keys", cfg.keys.into());
+    put("store_max_entries", cfg.max_entries.into());
+    put("store_max_mib", budget_mib.into());
+    put("max_store_entries_seen", max_entries.into());
+    put("rss_start_mib", base.rss_mib.into());
+    put("rss_after_warmup_mib", warm.rss_mib.into());
+    put("rss_peak_mib", peak_rss.into());
+    put("rss_idle_mib", idle.rss_mib.into());
+    put("fds_start", base.fds.into());
+    put("fds_after_warmup", warm.fds.into());
+    put("fds_end_of_load", last.fds.into());
+    put("fds_idle", idle.fds.into());
+    put("tasks_start", base.tasks.into());
+    put("tasks_after_warmup", warm.tasks.into());
+    put("tasks_end_of_load", last.tasks.into());
+    put("tasks_idle", idle.tasks.into());
+    put(
+        "checks",
+        if failures.is_empty() {
+            "passed"
+        } else {
+            "FAILED"
+        }
+        .into(),
+    );
+    Ok(SoakReport {
+        command: format!(
+            "stampede-bench soak --duration {} --concurrency {} --keys {} --hot-fraction {} --max-entries {} --max-bytes {}",
+            humantime::format_duration(cfg.duration),
+            cfg.concurrency,
+            cfg.keys,
+            cfg.hot_fraction,
+            cfg.max_entries,
+            cfg.max_bytes
+        ),
+        figures,
+        samples,
+        failures,
+    })
+}
