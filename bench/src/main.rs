@@ -365,7 +365,25 @@ async fn soak(args: SoakArgs) -> ExitCode {
         work_dir: std::env::temp_dir().join(format!("stampede-soak-{}", std::process::id())),
         progress: true,
     };
-    match stampede_bench::soak::run_soak(&cfg).await {
+    let Ok(mut sigterm) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        eprintln!("error: cannot install the SIGTERM handler");
+        return ExitCode::FAILURE;
+    };
+    // On ctrl-c or SIGTERM the soak's future is dropped, and with it the
+    // guards that kill the gateway and origin-sim it started.
+    let result = tokio::select! {
+        r = stampede_bench::soak::run_soak(&cfg) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stampede-bench soak: interrupted; stopped the processes it started");
+            return ExitCode::from(130);
+        }
+        _ = sigterm.recv() => {
+            eprintln!("stampede-bench soak: terminated; stopped the processes it started");
+            return ExitCode::from(143);
+        }
+    };
+    match result {
         Ok(report) => {
             let json = serde_json::to_string_pretty(&report).expect("serialisable");
             println!("{json}");

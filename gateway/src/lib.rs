@@ -113,6 +113,7 @@ pub fn build_stack(
             honor_origin_cache_control: true,
             cache_credentialed: config.cache_credentialed,
             max_background_refreshes: 64,
+            refresh_claim_ttl: config.lock_ttl,
         })
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))

@@ -42,6 +42,9 @@ pub struct CacheConfig {
     pub cache_credentialed: bool,
     /// Most background refreshes in flight at once per process.
     pub max_background_refreshes: usize,
+    /// On a shared store, a background refresh first claims the key's lock
+    /// for this long, so one instance of the fleet refreshes, not each.
+    pub refresh_claim_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -55,6 +58,7 @@ impl Default for CacheConfig {
             honor_origin_cache_control: true,
             cache_credentialed: false,
             max_background_refreshes: 64,
+            refresh_claim_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -384,7 +388,9 @@ impl<S> CacheLookup<S> {
     }
 
     /// Refresh `key` in the background through the inner stack (single-flight,
-    /// lock, fill). At most one per key per process, and a bounded number overall.
+    /// lock, fill). At most one per key per process, a bounded number overall,
+    /// and — on a shared store — one per key per fleet (the refresh claims the
+    /// key's lock first and gives up if another instance holds it).
     fn spawn_refresh<B>(
         &self,
         req: &Request<B>,
@@ -405,7 +411,6 @@ impl<S> CacheLookup<S> {
                 return;
             }
         }
-        metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger).increment(1);
         let mut refresh = Request::new(B::default());
         *refresh.method_mut() = Method::GET;
         *refresh.uri_mut() = req.uri().clone();
@@ -420,12 +425,47 @@ impl<S> CacheLookup<S> {
         });
         let inner = self.inner.clone();
         let refreshing = self.refreshing.clone();
-        let digest = key.digest().to_owned();
+        let store = self.store.clone();
+        let claim_ttl = self.config.refresh_claim_ttl;
+        let key = key.clone();
         tokio::spawn(async move {
+            // On a shared store, claim the refresh fleet-wide first: the
+            // claim is the key's rebuild lock, so its fencing token guards the
+            // write and the lock layer below does not take it again.
+            let mut claim = None;
+            if store.is_distributed() {
+                match store.try_lock(&key, claim_ttl).await {
+                    Ok(Some(lease)) => {
+                        refresh
+                            .extensions_mut()
+                            .insert(crate::lock::FencingToken(lease.token));
+                        claim = Some(lease);
+                    }
+                    Ok(None) => {
+                        // Another instance is refreshing (or rebuilding) it.
+                        refreshing
+                            .lock()
+                            .expect("refreshing lock")
+                            .remove(key.digest());
+                        return;
+                    }
+                    Err(err) => record_error(store.as_ref(), "lock", &err),
+                }
+            }
+            metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
+                .increment(1);
             if let Err(err) = inner.oneshot(refresh).await.map_err(Into::into) {
                 tracing::debug!(error = %err, trigger, "background refresh failed");
             }
-            refreshing.lock().expect("refreshing lock").remove(&digest);
+            if let Some(lease) = claim
+                && let Err(err) = store.unlock(&key, &lease).await
+            {
+                record_error(store.as_ref(), "lock", &err);
+            }
+            refreshing
+                .lock()
+                .expect("refreshing lock")
+                .remove(key.digest());
         });
     }
 }
@@ -594,7 +634,10 @@ impl<S> CacheFill<S> {
             let entry = CachedResponse {
                 status: parts.status.as_u16(),
                 headers: CachedResponse::headers_from(&parts.headers),
-                body: bytes.clone(),
+                // A copy of exactly the body's size: the buffered `Bytes` may be a
+                // slice of a much larger connection read buffer, which an
+                // in-process entry would otherwise keep alive for its lifetime.
+                body: bytes::Bytes::copy_from_slice(&bytes),
                 stored_at_ms: now,
                 fresh_until_ms,
                 stale_until_ms: fresh_until_ms + stale.as_millis() as u64,

@@ -118,6 +118,10 @@ where
         let Some(lookup) = req.extensions().get::<Lookup>().cloned() else {
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         };
+        if req.extensions().get::<FencingToken>().is_some() {
+            // Already holds the key's lock (a claimed background refresh).
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        }
         Box::pin(locked(inner, config, lookup, req))
     }
 }

@@ -17,12 +17,20 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 async fn round_trip_and_delete(store: &dyn CacheStore) {
-    let e = entry("hello", 5_000, 5_000, 0);
+    let mut e = entry("hello", 5_000, 5_000, 0);
     assert_eq!(
         store.put(&key("/a"), &e).await.unwrap(),
         PutOutcome::Written
     );
-    assert_eq!(store.get(&key("/a")).await.unwrap(), Some(e));
+    let got = store.get(&key("/a")).await.unwrap().unwrap();
+    // A write without a lock takes the key's next token as it lands.
+    assert!(
+        got.fence > 0,
+        "{}: unlocked write got no token",
+        store.backend()
+    );
+    e.fence = got.fence;
+    assert_eq!(got, e);
     assert_eq!(store.get(&key("/b")).await.unwrap(), None);
     store.delete(&key("/a")).await.unwrap();
     assert_eq!(store.get(&key("/a")).await.unwrap(), None);

@@ -114,7 +114,12 @@ impl CacheStore for MemoryStore {
     }
 
     async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
-        let new = Arc::new(entry.clone());
+        let mut entry = entry.clone();
+        if entry.fence == 0 {
+            // An unlocked write is the newest at the moment it lands.
+            entry.fence = self.next_token.fetch_add(1, Ordering::Relaxed);
+        }
+        let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
         self.entries
             .entry(key.digest().to_owned())
@@ -221,9 +226,12 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_delete() {
         let s = MemoryStore::default();
-        let e = sample("hello", 5000, 5000);
+        let mut e = sample("hello", 5000, 5000);
         assert_eq!(s.put(&key("/a"), &e).await.unwrap(), PutOutcome::Written);
-        assert_eq!(s.get(&key("/a")).await.unwrap(), Some(e));
+        let got = s.get(&key("/a")).await.unwrap().unwrap();
+        assert!(got.fence > 0, "an unlocked write takes a fresh token");
+        e.fence = got.fence;
+        assert_eq!(got, e);
         assert_eq!(s.get(&key("/b")).await.unwrap(), None);
         s.delete(&key("/a")).await.unwrap();
         assert_eq!(s.get(&key("/a")).await.unwrap(), None);
@@ -236,6 +244,27 @@ mod tests {
         assert!(s.get(&key("/a")).await.unwrap().is_some());
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(s.get(&key("/a")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn unlocked_writes_are_the_newest_when_they_land() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let lease = s
+            .try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        // Someone without the lock writes meanwhile (lock wait timed out)...
+        s.put(&k, &sample("unlocked", 5000, 0)).await.unwrap();
+        // ...so the lock holder's late write is refused.
+        let mut late = sample("late", 5000, 0);
+        late.fence = lease.token;
+        assert!(matches!(
+            s.put(&k, &late).await.unwrap(),
+            PutOutcome::Fenced { .. }
+        ));
+        assert_eq!(s.get(&k).await.unwrap().unwrap().body, "unlocked");
     }
 
     #[tokio::test]

@@ -68,7 +68,8 @@ pub trait CacheStore: Send + Sync + 'static {
     async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError>;
 
     /// Write `entry`, kept for `entry.keep_for(now)`, unless the stored entry
-    /// carries a newer fencing token (atomic check-and-set).
+    /// carries a newer fencing token (atomic check-and-set). A write with
+    /// token 0 (no lock held) takes the key's next token as it lands.
     async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError>;
 
     /// Remove the entry.

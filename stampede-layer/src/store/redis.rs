@@ -7,7 +7,8 @@
 //! * entry `…:e` — a hash `{t: fencing token, d: encoded entry}` with `PEXPIRE`
 //!   = fresh TTL + stale window;
 //! * lock `…:l` — `owner|token`, `PX` = lock TTL;
-//! * fence `…:f` — the per-key token counter (`INCR`), kept a day.
+//! * fence `…:f` — the per-key token counter (`INCR`), kept a day; lock
+//!   acquisitions and unlocked writes both draw from it.
 
 use super::{CacheStore, LockLease, PutOutcome, StoreError};
 use crate::entry::{CachedResponse, now_ms};
@@ -44,13 +45,20 @@ end
 return 0
 "#;
 
-/// Fenced write: refuse a token older than the stored entry's.
+/// Fenced write: refuse a token older than the stored entry's. A write
+/// without a lock (token 0) takes the next token of the key's counter, so it
+/// counts as the newest write at the moment it lands (monotonic versions):
+/// a lock holder that lost its lock meanwhile is still refused afterwards.
 /// Returns -1 when written, else the stored (newer) token.
 const PUT_SCRIPT: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
 local tok = tonumber(ARGV[2])
+if tok == 0 then
+  tok = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 86400000)
+end
 if tok < cur then return cur end
-redis.call('HSET', KEYS[1], 't', ARGV[2], 'd', ARGV[1])
+redis.call('HSET', KEYS[1], 't', tok, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return -1
 "#;
@@ -183,22 +191,30 @@ impl CacheStore for RedisStore {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
         let (entry, _, _) = self.keys(key);
-        let data: Option<Bytes> = self.pool.hget(entry, "d").await.map_err(backend)?;
+        let (token, data): (Option<u64>, Option<Bytes>) = self
+            .pool
+            .hmget(entry, vec!["t", "d"])
+            .await
+            .map_err(backend)?;
         match data {
             None => Ok(None),
-            Some(bytes) => Ok(Some(CachedResponse::decode(&bytes)?)),
+            Some(bytes) => {
+                let mut entry = CachedResponse::decode(&bytes)?;
+                entry.fence = token.unwrap_or(entry.fence);
+                Ok(Some(entry))
+            }
         }
     }
 
     async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
-        let (entry_key, _, _) = self.keys(key);
+        let (entry_key, _, fence_key) = self.keys(key);
         let payload = Bytes::from(entry.encode());
         let keep_ms = entry.keep_for(now_ms()).as_millis() as i64;
         let result: i64 = self
             .put_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![entry_key],
+                vec![entry_key, fence_key],
                 vec![
                     Value::Bytes(payload),
                     Value::from(entry.fence.to_string()),
