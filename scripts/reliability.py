@@ -44,7 +44,9 @@ PROTECTIONS = [
 
 def run(cmd):
     print("+", " ".join(cmd), file=sys.stderr)
-    return subprocess.run(cmd, capture_output=True, text=True)
+    # One stream, so cargo's "Running tests/x.rs" lines stay in order with
+    # the test lines that follow them.
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def main():
@@ -59,20 +61,28 @@ def main():
         cmd += ["--test", t]
     cmd += ["--", "--nocapture", "--test-threads", "1"]
     proc = run(cmd)
-    out = proc.stdout + "\n" + proc.stderr
+    out = proc.stdout
+    # --nocapture output interleaves: "test x ... " may be followed by the
+    # test's own lines before its "ok", so track the pending test.
     results = {}
-    current = None
+    figures = []
+    current = pending = None
     for line in out.splitlines():
         m = re.match(r"^\s+Running tests/(\w+)\.rs", line)
         if m:
             current = m.group(1)
-        m = re.match(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", line)
+            continue
+        if "RELIABILITY {" in line:
+            figures.append(json.loads(line[line.index("RELIABILITY {") + len("RELIABILITY "):]))
+            line = line[: line.index("RELIABILITY {")]
+        m = re.match(r"^test (\S+) \.\.\. ?(.*)$", line)
         if m and current:
-            results[f"{current}::{m.group(1)}"] = m.group(2)
-    figures = []
-    for line in out.splitlines():
-        if line.startswith("RELIABILITY "):
-            figures.append(json.loads(line[len("RELIABILITY "):]))
+            pending = f"{current}::{m.group(1)}"
+            line = m.group(2)
+        status = line.strip().split(" ")[-1] if line.strip() else ""
+        if pending and status in ("ok", "FAILED", "ignored"):
+            results[pending] = status
+            pending = None
     if proc.returncode != 0:
         sys.stderr.write(out[-4000:])
         print("reliability tests failed; RELIABILITY.md not written", file=sys.stderr)

@@ -552,12 +552,10 @@ pub struct MetaSecond {
     pub errors: u64,
 }
 
-/// (9) Peers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PeersResult {
-    /// What happened.
-    pub note: String,
-}
+/// (9) Peers: nginx and Varnish (their own module, a child of this one).
+#[path = "peers.rs"]
+pub mod peers;
+pub use peers::PeersResult;
 
 /// Everything a ladder produced (`results.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1018,6 +1016,15 @@ impl Ladder {
     }
 
     fn standard_chart(&self, run: &Run) -> Option<String> {
+        let title = format!(
+            "{} — {} × gateway, --mitigations {}",
+            run.label, run.instances, run.mitigations
+        );
+        self.standard_chart_titled(run, &title)
+    }
+
+    /// The standard two-panel chart of a run, with the given title.
+    fn standard_chart_titled(&self, run: &Run, title: &str) -> Option<String> {
         let file = format!("{}.png", run.id);
         let tl = chart_timeline(&run.summary);
         let x = |i: usize| i as f64 + 0.5;
@@ -1073,11 +1080,7 @@ impl Ladder {
                 ],
             },
         ];
-        let title = format!(
-            "{} — {} × gateway, --mitigations {}",
-            run.label, run.instances, run.mitigations
-        );
-        self.chart(&file, &title, &panels)
+        self.chart(&file, title, &panels)
     }
 
     fn chart(&self, file: &str, title: &str, panels: &[Panel]) -> Option<String> {
@@ -2122,10 +2125,12 @@ pub async fn run_ladder(opts: LadderOptions) -> anyhow::Result<Results> {
         opts.out.display()
     );
 
-    let needs_redis = opts
-        .rungs
-        .iter()
-        .any(|r| matches!(r, Rung::Table | Rung::Scope | Rung::Xfetch | Rung::Fencing));
+    let needs_redis = opts.rungs.iter().any(|r| {
+        matches!(
+            r,
+            Rung::Table | Rung::Scope | Rung::Xfetch | Rung::Fencing | Rung::Peers
+        )
+    });
     let (redis, redis_desc) = match which("redis-server") {
         Some(p) if needs_redis => {
             let version = std::process::Command::new(&p)
@@ -2207,26 +2212,7 @@ pub async fn run_ladder(opts: LadderOptions) -> anyhow::Result<Results> {
                 Rung::Xfetch => results.xfetch = Some(ladder.xfetch().await?),
                 Rung::Fencing => results.fencing = ladder.fencing().await?,
                 Rung::Metastable => results.metastable = Some(ladder.metastable().await?),
-                Rung::Peers => {
-                    let present: Vec<&str> = ["nginx", "varnishd"]
-                        .into_iter()
-                        .filter(|b| which(b).is_some())
-                        .collect();
-                    let note = if present.is_empty() {
-                        "skipped: neither nginx nor varnishd is installed on this machine".to_string()
-                    } else {
-                        format!(
-                            "skipped: {} installed, but the peer rung is not built yet (lowest priority of issue 4)",
-                            present.join(" and ")
-                        )
-                    };
-                    ladder.progress.note(Rung::Peers, &note);
-                    ladder.skipped.push(Skipped {
-                        what: "(9) peers: nginx, Varnish".into(),
-                        why: note.clone(),
-                    });
-                    results.peers = Some(PeersResult { note });
-                }
+                Rung::Peers => results.peers = Some(ladder.peers().await?),
             }
             Ok(())
         }
@@ -2353,7 +2339,8 @@ fn planned_runs(opts: &LadderOptions, redis: bool) -> usize {
             Rung::MultiKey | Rung::Negative | Rung::Metastable => 2,
             Rung::Xfetch => 2 + if redis { 3 } else { 0 },
             Rung::Fencing => usize::from(redis),
-            _ => 0,
+            Rung::Peers => peers::planned_runs(redis, table_rows.contains(&"full")),
+            Rung::Table => 0,
         };
     }
     n

@@ -27,6 +27,37 @@ fn chart_link(r: &Run) -> String {
         .map_or_else(|| "–".into(), |c| format!("[chart]({c})"))
 }
 
+/// Header (and alignment line) of the before/after table; `second` names
+/// its second column. Section 9 (peers) uses the same columns.
+pub(crate) fn table_header(second: &str) -> String {
+    format!(
+        "| row | {second} | hot-key origin queries per boundary: mean | max | boundaries | hot-key origin queries per TTL | max origin q/s | total origin queries | hot p50 ms | hot p99 ms | other p50 ms | other p99 ms | >150 ms | miss rate | errors | requests | chart |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    )
+}
+
+/// One row of the before/after table (see [`table_header`]).
+pub(crate) fn table_row(label: &str, second: &str, r: &Run) -> String {
+    let x = &r.metrics;
+    format!(
+        "| {label} | {second} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        f2(x.hot_mean_per_boundary),
+        x.hot_max_per_boundary,
+        x.hot_boundaries,
+        opt_f2(x.hot_queries_per_ttl),
+        x.max_origin_qps,
+        x.total_origin_queries,
+        f1(x.hot_p50_ms),
+        f1(x.hot_p99_ms),
+        f1(x.other_p50_ms),
+        f1(x.other_p99_ms),
+        x.over_150ms,
+        pct(x.miss_rate),
+        x.errors,
+        x.requests,
+        chart_link(r)
+    )
+}
+
 /// Render RESULTS.md.
 pub fn render(res: &Results) -> String {
     let mut md = String::new();
@@ -100,37 +131,13 @@ pub fn render(res: &Results) -> String {
             "## 1. Before/after, one mitigation added per row ({} gateways, one Redis)\n",
             p.fleet_instances
         );
-        let _ = writeln!(
-            md,
-            "| row | --mitigations | hot-key origin queries per boundary: mean | max | boundaries | hot-key origin queries per TTL | max origin q/s | total origin queries | hot p50 ms | hot p99 ms | other p50 ms | other p99 ms | >150 ms | miss rate | errors | requests | chart |"
-        );
-        let _ = writeln!(
-            md,
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
-        );
+        let _ = writeln!(md, "{}", table_header("--mitigations"));
         for id in &res.table {
             let Some(r) = res.run(id) else { continue };
-            let x = &r.metrics;
             let _ = writeln!(
                 md,
-                "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.label,
-                r.mitigations,
-                f2(x.hot_mean_per_boundary),
-                x.hot_max_per_boundary,
-                x.hot_boundaries,
-                opt_f2(x.hot_queries_per_ttl),
-                x.max_origin_qps,
-                x.total_origin_queries,
-                f1(x.hot_p50_ms),
-                f1(x.hot_p99_ms),
-                f1(x.other_p50_ms),
-                f1(x.other_p99_ms),
-                x.over_150ms,
-                pct(x.miss_rate),
-                x.errors,
-                x.requests,
-                chart_link(r)
+                "{}",
+                table_row(&r.label, &format!("`{}`", r.mitigations), r)
             );
         }
         md.push('\n');
@@ -433,7 +440,7 @@ pub fn render(res: &Results) -> String {
 
     // (9)
     if let Some(pe) = &res.peers {
-        let _ = writeln!(md, "## 9. Peers: nginx and Varnish\n\n{}\n", pe.note);
+        crate::ladder::peers::render(&mut md, res, pe);
     }
     md
 }

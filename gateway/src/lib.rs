@@ -176,7 +176,7 @@ pub async fn run(
     {
         let store = store.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 if let Some(n) = store.entry_count() {
