@@ -116,6 +116,18 @@ pub struct FillDirectives {
     pub negative_ttl: Option<Duration>,
 }
 
+impl FillDirectives {
+    /// The directives of `resp`, inserted (empty) if it has none yet.
+    pub fn of<B>(resp: &mut Response<B>) -> &mut FillDirectives {
+        if resp.extensions().get::<FillDirectives>().is_none() {
+            resp.extensions_mut().insert(FillDirectives::default());
+        }
+        resp.extensions_mut()
+            .get_mut::<FillDirectives>()
+            .expect("just inserted")
+    }
+}
+
 /// Build the response for a cached entry (`Age` set, no body for `HEAD`).
 pub fn response_from_entry(
     entry: &CachedResponse,

@@ -72,15 +72,7 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             let scale = ttl_scale(fraction);
-            match resp.extensions_mut().get_mut::<FillDirectives>() {
-                Some(d) => d.ttl_scale = Some(scale),
-                None => {
-                    resp.extensions_mut().insert(FillDirectives {
-                        ttl_scale: Some(scale),
-                        ..FillDirectives::default()
-                    });
-                }
-            }
+            FillDirectives::of(&mut resp).ttl_scale = Some(scale);
             Ok(resp)
         })
     }

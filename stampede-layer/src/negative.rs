@@ -64,15 +64,7 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             if matches!(resp.status().as_u16(), 404 | 410) {
-                match resp.extensions_mut().get_mut::<FillDirectives>() {
-                    Some(d) => d.negative_ttl = Some(ttl),
-                    None => {
-                        resp.extensions_mut().insert(FillDirectives {
-                            negative_ttl: Some(ttl),
-                            ..FillDirectives::default()
-                        });
-                    }
-                }
+                FillDirectives::of(&mut resp).negative_ttl = Some(ttl);
             }
             Ok(resp)
         })
