@@ -122,15 +122,22 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Refusal> {
         .collect()
 }
 
+/// Authorize the caller, then parse the body's paths.
+fn authorized_paths(
+    s: &AdminState,
+    headers: &HeaderMap,
+    body: &Paths,
+) -> Result<Vec<Uri>, Refusal> {
+    authorize(s, headers)?;
+    parse_paths(&body.paths)
+}
+
 async fn purge(
     State(s): State<AdminState>,
     headers: HeaderMap,
     Json(body): Json<Paths>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return *r;
-    }
-    let uris = match parse_paths(&body.paths) {
+    let uris = match authorized_paths(&s, &headers, &body) {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -152,10 +159,7 @@ async fn warm(
     headers: HeaderMap,
     Json(body): Json<Paths>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return *r;
-    }
-    let uris = match parse_paths(&body.paths) {
+    let uris = match authorized_paths(&s, &headers, &body) {
         Ok(u) => u,
         Err(r) => return *r,
     };
