@@ -262,11 +262,7 @@ fn command_line() -> String {
 }
 
 async fn ladder(args: LadderArgs, explicit_duration: bool) -> ExitCode {
-    let bin_dir = match args.bin_dir.clone().or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
-    }) {
+    let bin_dir = match bin_dir_or_exe_dir(args.bin_dir.clone()) {
         Some(d) => d,
         None => {
             eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
@@ -341,12 +337,18 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn soak(args: SoakArgs) -> ExitCode {
-    let Some(bin_dir) = args.bin_dir.clone().or_else(|| {
+/// `--bin-dir` if given, else the directory of this executable (where cargo
+/// puts the gateway and origin-sim binaries next to it).
+fn bin_dir_or_exe_dir(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()))
-    }) else {
+    })
+}
+
+async fn soak(args: SoakArgs) -> ExitCode {
+    let Some(bin_dir) = bin_dir_or_exe_dir(args.bin_dir.clone()) else {
         eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
         return ExitCode::from(2);
     };

@@ -11,7 +11,7 @@ use crate::entry::{CachedResponse, Freshness, now_ms};
 use crate::hot_keys::HotKeys;
 use crate::key::CacheKey;
 use crate::status::{CacheStatus, Fwd};
-use crate::store::{PutOutcome, SharedStore, record_error};
+use crate::store::{PutOutcome, SharedStore, get_or_miss, record_error};
 use crate::swr::SwrPolicy;
 use crate::xfetch::XFetchPolicy;
 use futures_util::future::BoxFuture;
@@ -147,6 +147,15 @@ pub fn response_from_entry(
     resp.headers_mut().insert(AGE, HeaderValue::from(age));
     resp.extensions_mut().insert(status);
     resp
+}
+
+/// A response from an entry someone else just rebuilt (a re-check inside the
+/// flight, or a lock loser woken by the fill): a hit that shared a rebuild.
+pub(crate) fn collapsed_hit(entry: &CachedResponse, detail: &'static str) -> Response<CacheBody> {
+    let now = now_ms();
+    let mut status = CacheStatus::hit(entry.ttl_secs(now)).with_detail(detail);
+    status.collapsed = true;
+    response_from_entry(entry, now, false, status)
 }
 
 fn vary_matches(entry: &CachedResponse, headers: &HeaderMap) -> bool {
@@ -290,13 +299,7 @@ impl<S> CacheLookup<S> {
             hot.record(&key);
         }
         let now = now_ms();
-        let found = match self.store.get(&key).await {
-            Ok(found) => found,
-            Err(err) => {
-                record_error(self.store.as_ref(), "get", &err);
-                None
-            }
-        };
+        let found = get_or_miss(self.store.as_ref(), &key).await;
         let mut fwd = Fwd::UriMiss;
         let found = found.filter(|e| {
             let ok = vary_matches(e, req.headers());
@@ -591,15 +594,10 @@ impl<S> CacheFill<S> {
             return Ok(resp.map(CacheBody::from_body));
         };
         // Re-check inside the flight / lock.
-        match self.store.get(&lookup.key).await {
-            Ok(Some(entry)) if lookup.is_newer(&entry, now_ms()) => {
-                let now = now_ms();
-                let mut status = CacheStatus::hit(entry.ttl_secs(now)).with_detail("recheck");
-                status.collapsed = true;
-                return Ok(response_from_entry(&entry, now, false, status));
-            }
-            Ok(_) => {}
-            Err(err) => record_error(self.store.as_ref(), "get", &err),
+        if let Some(entry) = get_or_miss(self.store.as_ref(), &lookup.key).await
+            && lookup.is_newer(&entry, now_ms())
+        {
+            return Ok(collapsed_hit(&entry, "recheck"));
         }
         let fence = req
             .extensions()

@@ -12,10 +12,10 @@
 //! the lock simply stops: someone else is refreshing.
 
 use crate::body::{BoxError, CacheBody};
-use crate::cache::{Lookup, LookupState, response_from_entry};
+use crate::cache::{Lookup, LookupState, collapsed_hit, response_from_entry};
 use crate::entry::now_ms;
 use crate::status::CacheStatus;
-use crate::store::{SharedStore, record_error};
+use crate::store::{SharedStore, get_or_miss, record_error};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use rand::Rng;
@@ -181,17 +181,12 @@ where
             jittered.min(deadline - now)
         };
         store.wait_for_fill(key, sleep).await;
-        match store.get(key).await {
-            Ok(Some(entry)) if lookup.is_newer(&entry, now_ms()) => {
-                metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
-                    .record(started.elapsed().as_secs_f64());
-                let now = now_ms();
-                let mut status = CacheStatus::hit(entry.ttl_secs(now)).with_detail("lock-wait");
-                status.collapsed = true;
-                return Ok(response_from_entry(&entry, now, false, status));
-            }
-            Ok(_) => {}
-            Err(err) => record_error(store.as_ref(), "get", &err),
+        if let Some(entry) = get_or_miss(store.as_ref(), key).await
+            && lookup.is_newer(&entry, now_ms())
+        {
+            metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
+                .record(started.elapsed().as_secs_f64());
+            return Ok(collapsed_hit(&entry, "lock-wait"));
         }
         backoff = (backoff * 2).min(config.max_backoff);
     }

@@ -97,6 +97,18 @@ pub trait CacheStore: Send + Sync + 'static {
     }
 }
 
+/// Read an entry; a failed read is counted and answered as a miss (the
+/// layers never fail a request because the cache did).
+pub(crate) async fn get_or_miss(store: &dyn CacheStore, key: &CacheKey) -> Option<CachedResponse> {
+    match store.get(key).await {
+        Ok(found) => found,
+        Err(err) => {
+            record_error(store, "get", &err);
+            None
+        }
+    }
+}
+
 /// Count a store error under `stampede_store_errors_total{backend,op}`.
 pub(crate) fn record_error(store: &dyn CacheStore, op: &'static str, err: &StoreError) {
     let op = if matches!(err, StoreError::Decode(_)) {
