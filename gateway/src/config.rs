@@ -115,6 +115,11 @@ pub struct Config {
     /// Cache answers to requests with Authorization or Cookie (off: they bypass).
     #[arg(long)]
     pub cache_credentialed: bool,
+    /// How long a key whose answer could not be shared (private, Set-Cookie,
+    /// no-store, Vary: *, …) goes straight to the origin, uncoordinated
+    /// (hit-for-miss; Varnish's default is 120 s; 0s: never mark).
+    #[arg(long, default_value = "120s", value_parser = duration)]
+    pub hit_for_miss_ttl: Duration,
     /// Bearer token for the admin API (purge, warm, hot keys); unset: admin API off.
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

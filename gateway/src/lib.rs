@@ -18,8 +18,8 @@ use axum::response::IntoResponse;
 use http::{Request, StatusCode, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
-    CacheConfig, FallbackStore, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeService,
-    StampedeStack,
+    CacheConfig, FallbackStore, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeLayer,
+    StampedeService,
 };
 use std::convert::Infallible;
 use std::future::Future;
@@ -102,7 +102,7 @@ pub fn build_stack(
     hot_keys: HotKeys,
 ) -> StampedeService<Body> {
     let proxy = proxy::Proxy::new(config.origin.clone(), config.upstream_timeout);
-    StampedeStack::new(store)
+    StampedeLayer::new(store)
         .mitigations(config.mitigations)
         .cache_config(CacheConfig {
             name: "stampede".into(),
@@ -112,8 +112,7 @@ pub fn build_stack(
             max_body_bytes: config.max_body_bytes,
             honor_origin_cache_control: true,
             cache_credentialed: config.cache_credentialed,
-            max_background_refreshes: 64,
-            refresh_claim_ttl: config.lock_ttl,
+            hit_for_miss_ttl: config.hit_for_miss_ttl,
         })
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))

@@ -183,10 +183,13 @@ pub const UNKEYED_OVERRIDES: [HeaderName; 8] = [
     HeaderName::from_static("x-host"),
 ];
 
-/// A small plain-text error answer.
+/// A small plain-text error answer, made by the gateway: it carries no
+/// origin data, so requests that waited on it may share it.
 pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::from(format!("{msg}\n")));
     *resp.status_mut() = status;
+    resp.extensions_mut()
+        .insert(stampede_layer::Sharing::Generated);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -40,7 +40,12 @@ async fn origin() -> (SocketAddr, Calls) {
         let calls = c.clone();
         let seq = seq.clone();
         async move {
-            *calls.0.lock().unwrap().entry(uri.path().to_owned()).or_default() += 1;
+            *calls
+                .0
+                .lock()
+                .unwrap()
+                .entry(uri.path().to_owned())
+                .or_default() += 1;
             tokio::time::sleep(SLOW).await;
             answer(&uri, &headers, seq.fetch_add(1, Ordering::SeqCst))
         }
@@ -58,7 +63,12 @@ fn answer(uri: &Uri, h: &HeaderMap, n: u64) -> Response {
         // An origin that redirects raw dot segments to the clean path.
         let clean = stampede_layer::key::normalise(&Method::GET, uri);
         let clean = clean.trim_start_matches("GET ").to_owned();
-        return (StatusCode::MOVED_PERMANENTLY, [("location", clean)], "moved").into_response();
+        return (
+            StatusCode::MOVED_PERMANENTLY,
+            [("location", clean)],
+            "moved",
+        )
+            .into_response();
     }
     match path {
         "/cookie" => (
@@ -109,7 +119,15 @@ fn doc(h: &HeaderMap) -> Response {
 fn config(origin: SocketAddr, extra: &[&str]) -> gateway::Config {
     use clap::Parser;
     let origin = format!("http://{origin}");
-    let mut args = vec!["gateway", "--origin", &origin, "--mitigations", "all", "--ttl", "30s"];
+    let mut args = vec![
+        "gateway",
+        "--origin",
+        &origin,
+        "--mitigations",
+        "all",
+        "--ttl",
+        "30s",
+    ];
     args.extend_from_slice(extra);
     gateway::Config::try_parse_from(args).expect("valid test config")
 }
@@ -123,9 +141,7 @@ struct Topology {
 
 impl Topology {
     async fn single(origin: SocketAddr) -> Self {
-        let gw = gateway::spawn(config(origin, &[]))
-        .await
-        .unwrap();
+        let gw = gateway::spawn(config(origin, &[])).await.unwrap();
         Topology {
             gateways: vec![gw],
             _redis: None,
@@ -138,8 +154,8 @@ impl Topology {
         let mut gateways = Vec::new();
         for _ in 0..2 {
             let gw = gateway::spawn(config(origin, &["--redis", &url, "--lock-wait", "3s"]))
-            .await
-            .unwrap();
+                .await
+                .unwrap();
             gateways.push(gw);
         }
         Topology {
@@ -149,7 +165,10 @@ impl Topology {
     }
 
     fn url(&self, i: usize, path: &str) -> String {
-        format!("http://{}{path}", self.gateways[i % self.gateways.len()].addr)
+        format!(
+            "http://{}{path}",
+            self.gateways[i % self.gateways.len()].addr
+        )
     }
 
     /// Fire `clients` concurrently (each 30 ms after the previous, so the
@@ -163,8 +182,10 @@ impl Topology {
                 .collect();
             async move {
                 tokio::time::sleep(Duration::from_millis(30 * i as u64)).await;
-                let h: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 send(Method::GET, &url, &h, "").await
             }
         });
@@ -204,16 +225,27 @@ async fn set_cookie_is_never_shared() {
             assert_eq!(a.status, 200, "{name}");
             let cookie = a.headers["set-cookie"].to_str().unwrap();
             let sid = cookie.split(';').next().unwrap().trim_start_matches("sid=");
-            assert_eq!(a.body, format!("welcome, {sid}"), "{name}: body and cookie match");
+            assert_eq!(
+                a.body,
+                format!("welcome, {sid}"),
+                "{name}: body and cookie match"
+            );
         }
         cookies.sort();
         cookies.dedup();
-        assert_eq!(cookies.len(), 5, "{name}: every client its own session: {cookies:?}");
+        assert_eq!(
+            cookies.len(),
+            5,
+            "{name}: every client its own session: {cookies:?}"
+        );
         assert_eq!(calls.of("/cookie"), 5, "{name}");
         // Hit-for-miss: the next request goes straight to the origin, and says so.
         let next = send(Method::GET, &t.url(0, "/cookie"), &[], "").await;
         let cs = next.cache_status();
-        assert!(cs.contains("fwd=bypass") && cs.contains("hit-for-miss"), "{name}: {cs}");
+        assert!(
+            cs.contains("fwd=bypass") && cs.contains("hit-for-miss"),
+            "{name}: {cs}"
+        );
     })
     .await;
 }
@@ -246,7 +278,11 @@ async fn each_client_gets_its_own_variant() {
             assert_eq!(a.body, format!("hello in {lang}"), "{name}");
         }
         // Four variants: at most one rebuild each (the two fr clients share one).
-        assert!(calls.of("/lang") <= 4, "{name}: {} calls", calls.of("/lang"));
+        assert!(
+            calls.of("/lang") <= 4,
+            "{name}: {} calls",
+            calls.of("/lang")
+        );
     })
     .await;
 }
@@ -256,22 +292,53 @@ async fn a_range_request_never_answers_a_plain_one() {
     both(async |t, calls, name| {
         // The Range client leads; plain clients join its rebuild.
         let answers = t
-            .race("/doc", &[&[("range", "bytes=0-3")], &[], &[], &[("range", "bytes=4-7")]])
+            .race(
+                "/doc",
+                &[
+                    &[("range", "bytes=0-3")],
+                    &[],
+                    &[],
+                    &[("range", "bytes=4-7")],
+                ],
+            )
             .await;
         assert_eq!(answers[0].status, 206, "{name}");
         assert_eq!(answers[0].body, "0123", "{name}");
-        assert_eq!(answers[0].headers["content-range"], "bytes 0-3/16", "{name}");
+        assert_eq!(
+            answers[0].headers["content-range"], "bytes 0-3/16",
+            "{name}"
+        );
         for a in &answers[1..3] {
             assert_eq!(a.status, 200, "{name}: {}", a.cache_status());
             assert_eq!(a.body, DOC, "{name}");
         }
         assert_eq!(answers[3].status, 206, "{name}");
         assert_eq!(answers[3].body, "4567", "{name}");
-        assert_eq!(calls.of("/doc"), 1, "{name}: one full rebuild serves all four");
+        assert_eq!(
+            calls.of("/doc"),
+            1,
+            "{name}: one full rebuild serves all four"
+        );
         // From storage too: a range, an unsatisfiable range, a plain GET.
-        let r = send(Method::GET, &t.url(0, "/doc"), &[("range", "bytes=10-")], "").await;
-        assert_eq!((r.status.as_u16(), r.body.as_str()), (206, "abcdef"), "{name}");
-        let r = send(Method::GET, &t.url(1, "/doc"), &[("range", "bytes=99-")], "").await;
+        let r = send(
+            Method::GET,
+            &t.url(0, "/doc"),
+            &[("range", "bytes=10-")],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (206, "abcdef"),
+            "{name}"
+        );
+        let r = send(
+            Method::GET,
+            &t.url(1, "/doc"),
+            &[("range", "bytes=99-")],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 416, "{name}");
         assert_eq!(r.headers["content-range"], "bytes */16", "{name}");
         let r = send(Method::GET, &t.url(0, "/doc"), &[], "").await;
@@ -284,7 +351,15 @@ async fn a_range_request_never_answers_a_plain_one() {
 async fn a_conditional_request_never_answers_a_plain_one() {
     both(async |t, calls, name| {
         let answers = t
-            .race("/doc", &[&[("if-none-match", "\"doc-v1\"")], &[], &[], &[("if-none-match", "\"other\"")]])
+            .race(
+                "/doc",
+                &[
+                    &[("if-none-match", "\"doc-v1\"")],
+                    &[],
+                    &[],
+                    &[("if-none-match", "\"other\"")],
+                ],
+            )
             .await;
         assert_eq!(answers[0].status, 304, "{name}");
         assert_eq!(answers[0].body, "", "{name}");
@@ -294,9 +369,19 @@ async fn a_conditional_request_never_answers_a_plain_one() {
         }
         assert_eq!(calls.of("/doc"), 1, "{name}");
         // From storage: a matching validator gets 304, a stale one 200.
-        let r = send(Method::GET, &t.url(1, "/doc"), &[("if-none-match", "\"doc-v1\"")], "").await;
+        let r = send(
+            Method::GET,
+            &t.url(1, "/doc"),
+            &[("if-none-match", "\"doc-v1\"")],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 304, "{name}");
-        assert!(r.cache_status().contains("hit"), "{name}: {}", r.cache_status());
+        assert!(
+            r.cache_status().contains("hit"),
+            "{name}: {}",
+            r.cache_status()
+        );
     })
     .await;
 }
@@ -318,7 +403,11 @@ async fn a_raw_dot_segment_cannot_change_what_the_clean_key_serves() {
             assert_eq!(a.status, 200, "{name}: {}", a.cache_status());
             assert_eq!(a.body, "item 42", "{name}");
         }
-        assert_eq!(calls.of("/x/../items/42"), 0, "{name}: the raw target never reaches the origin");
+        assert_eq!(
+            calls.of("/x/../items/42"),
+            0,
+            "{name}: the raw target never reaches the origin"
+        );
     })
     .await;
 }

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! * `bare` — the inner service alone (an instant origin);
-//! * `stack_none_hit` — `StampedeStack` with `Mitigations::NONE` (plain
+//! * `stack_none_hit` — `StampedeLayer` with `Mitigations::NONE` (plain
 //!   cache-aside), answering a fresh hit from `MemoryStore`;
 //! * `stack_all_hit` — every mitigation on (`Mitigations::ALL`), fresh hit.
 //!
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use stampede_layer::{MemoryStore, Mitigations, SharedStore, StampedeStack};
+use stampede_layer::{MemoryStore, Mitigations, SharedStore, StampedeLayer};
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
         ("stack_all_hit", Mitigations::ALL),
     ] {
         let store: SharedStore = Arc::new(MemoryStore::default());
-        let svc = StampedeStack::new(store)
+        let svc = StampedeLayer::new(store)
             .mitigations(mitigations)
             .ttl(Duration::from_secs(3600))
             .service(origin);

@@ -1,5 +1,5 @@
 //! An axum app whose slow handler (`/items/{id}`, 200 ms) sits behind
-//! `StampedeStack` with every mitigation on and the in-process store.
+//! `StampedeLayer` with every mitigation on and the in-process store.
 //!
 //! ```text
 //! cargo run -p stampede-layer --example axum_app                      # serve on 127.0.0.1:3000
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use stampede_layer::{BoxError, MemoryStore, Mitigations, StampedeStack};
+use stampede_layer::{BoxError, MemoryStore, Mitigations, StampedeLayer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,7 +55,7 @@ fn app() -> Router {
     let origin = Router::new()
         .route("/items/{id}", get(item).put(bump))
         .with_state(Version::new(AtomicU64::new(1)));
-    let cached = StampedeStack::new(Arc::new(MemoryStore::default()))
+    let cached = StampedeLayer::new(Arc::new(MemoryStore::default()))
         .mitigations(Mitigations::ALL)
         .ttl(Duration::from_secs(5))
         .stale_ttl(Duration::from_secs(5))

@@ -14,6 +14,10 @@ pub struct ResponseDirectives {
     pub no_cache: bool,
     /// `private`.
     pub private: bool,
+    /// `public`.
+    pub public: bool,
+    /// `must-revalidate` (or, for a shared cache, `proxy-revalidate`).
+    pub must_revalidate: bool,
     /// `max-age`.
     pub max_age: Option<Duration>,
     /// `s-maxage` (wins over `max-age` for a shared cache).
@@ -45,6 +49,8 @@ impl ResponseDirectives {
                     "no-store" => d.no_store = true,
                     "no-cache" => d.no_cache = true,
                     "private" => d.private = true,
+                    "public" => d.public = true,
+                    "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
                     "max-age" => d.max_age = secs(),
                     "s-maxage" => d.s_maxage = secs(),
                     "stale-while-revalidate" => d.stale_while_revalidate = secs(),

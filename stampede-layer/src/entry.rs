@@ -3,6 +3,7 @@
 //! fencing token), with a versioned binary encoding for remote stores.
 
 use bytes::Bytes;
+use http::header::VARY;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// an error (and is treated as a miss), never to a wrong response.
 const MAGIC: &[u8; 3] = b"SLe";
 /// Version of the encoding; bump it when [`CachedResponse`] changes shape.
-pub const FORMAT_VERSION: u8 = 1;
+/// Remote stores put it in their key prefix too, so two versions of the
+/// gateway in one fleet (a rolling deploy) never read each other's entries.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Milliseconds since the Unix epoch, the clock every deadline uses (it is
 /// shared by all instances of a fleet, unlike `Instant`).
@@ -44,8 +47,105 @@ pub struct CachedResponse {
     pub rebuild_ms: u32,
     /// The fencing token of the lock holder that wrote it (0: written without a lock).
     pub fence: u64,
-    /// Request header values this response varies on (`Vary`), lower-case names.
-    pub vary: Vec<(String, Option<Vec<u8>>)>,
+    /// Request header values this response varies on (`Vary`).
+    pub vary: VaryValues,
+    /// A stored response, or a hit-for-miss marker.
+    pub kind: EntryKind,
+}
+
+/// What an entry holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A stored response.
+    #[default]
+    Response,
+    /// Hit-for-miss (Varnish's name): the key's last answer could not be
+    /// shared, so requests for it go straight to the origin, uncoordinated,
+    /// until the marker expires or a cacheable answer replaces it.
+    HitForMiss,
+}
+
+/// The request header values a stored response varies on (RFC 9111 §4.1):
+/// lower-case header names from `Vary`, each with the request's value
+/// (`None`: absent), normalised (field lines combined, whitespace around
+/// commas removed) so equivalent requests match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VaryValues(pub Vec<(String, Option<Vec<u8>>)>);
+
+impl VaryValues {
+    /// The `Vary` of `response`, with the values `request` sent.
+    pub fn of(response: &HeaderMap, request: &HeaderMap) -> Self {
+        let mut out: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for name in vary_names(response) {
+            if !out.iter().any(|(n, _)| *n == name) {
+                let value = normalised_value(request, &name);
+                out.push((name, value));
+            }
+        }
+        VaryValues(out)
+    }
+
+    /// Whether the response varies on nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `request` selects this variant.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.0
+            .iter()
+            .all(|(name, want)| normalised_value(request, name).as_deref() == want.as_deref())
+    }
+
+    /// A short digest of `request`'s values for these header names: the
+    /// variant it selects, to scope rebuild coordination.
+    pub fn variant_of(&self, request: &HeaderMap) -> String {
+        let mut h = blake3::Hasher::new();
+        for (name, _) in &self.0 {
+            h.update(name.as_bytes());
+            match normalised_value(request, name) {
+                Some(v) => h.update(b"=").update(&v),
+                None => h.update(b"!"),
+            };
+            h.update(b"\n");
+        }
+        h.finalize().to_hex()[..16].to_owned()
+    }
+
+    /// Approximate bytes held, for store weighing.
+    pub fn weight(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len) + 32)
+            .sum()
+    }
+}
+
+/// Lower-case header names listed in `Vary` (`*` included as is).
+pub fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    response
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+}
+
+/// All field lines of `name` combined with `,`, whitespace around commas removed.
+fn normalised_value(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for value in headers.get_all(name) {
+        let buf = out.get_or_insert_with(Vec::new);
+        for part in value.as_bytes().split(|b| *b == b',') {
+            if !buf.is_empty() {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(part.trim_ascii());
+        }
+    }
+    out
 }
 
 /// Where an entry stands at a given instant.
@@ -76,6 +176,39 @@ pub enum DecodeError {
 }
 
 impl CachedResponse {
+    /// A hit-for-miss marker kept `ttl` from `now_ms` (see [`EntryKind::HitForMiss`]).
+    pub fn hit_for_miss(now_ms: u64, ttl: Duration, fence: u64) -> Self {
+        let until = now_ms + ttl.as_millis().min(u64::MAX as u128 / 2) as u64;
+        CachedResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            stored_at_ms: now_ms,
+            fresh_until_ms: until,
+            stale_until_ms: until,
+            error_until_ms: until,
+            rebuild_ms: 0,
+            fence,
+            vary: VaryValues::default(),
+            kind: EntryKind::HitForMiss,
+        }
+    }
+
+    /// Whether this is a hit-for-miss marker.
+    pub fn is_hit_for_miss(&self) -> bool {
+        self.kind == EntryKind::HitForMiss
+    }
+
+    /// Whether it is within its fresh TTL at `now_ms`.
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms
+    }
+
+    /// Whether it is past every window (as good as absent) at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.freshness(now_ms) == Freshness::Expired
+    }
+
     /// Classify the entry at `now_ms`.
     pub fn freshness(&self, now_ms: u64) -> Freshness {
         if now_ms < self.fresh_until_ms {
@@ -102,8 +235,12 @@ impl CachedResponse {
 
     /// Approximate size in memory, for store weighing.
     pub fn weight(&self) -> u32 {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        (self.body.len() + headers + 128).min(u32::MAX as usize) as u32
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + self.vary.weight() + 128).min(u32::MAX as usize) as u32
     }
 
     /// Status as a [`StatusCode`] (an invalid stored code reads as 500).
@@ -164,7 +301,8 @@ pub(crate) fn sample(body: &str, fresh_ms: u64, stale_ms: u64) -> CachedResponse
         error_until_ms: now + fresh_ms + stale_ms,
         rebuild_ms: 200,
         fence: 0,
-        vary: Vec::new(),
+        vary: VaryValues::default(),
+        kind: EntryKind::Response,
     }
 }
 
@@ -246,5 +384,64 @@ mod tests {
         assert_eq!(e.freshness(t + 5000), Freshness::Expired);
         assert_eq!(e.ttl_secs(t), 2);
         assert_eq!(e.ttl_secs(t + 2500), -1);
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn vary_matching_normalises_and_scopes_variants() {
+        let resp = headers(&[
+            ("vary", "Accept-Language, accept-encoding"),
+            ("vary", "Accept-Language"),
+        ]);
+        let fr = headers(&[("accept-language", "fr, en"), ("accept-encoding", "gzip")]);
+        let v = VaryValues::of(&resp, &fr);
+        assert_eq!(v.0.len(), 2, "duplicates collapse: {v:?}");
+        assert!(v.matches(&headers(&[
+            ("accept-language", "fr,en"),
+            ("accept-encoding", "gzip")
+        ])));
+        assert!(v.matches(&headers(&[
+            ("accept-language", "fr"),
+            ("accept-language", "en"),
+            ("Accept-Encoding", "gzip")
+        ])));
+        assert!(!v.matches(&headers(&[
+            ("accept-language", "de"),
+            ("accept-encoding", "gzip")
+        ])));
+        assert!(
+            !v.matches(&headers(&[("accept-encoding", "gzip")])),
+            "absent is a value too"
+        );
+        assert_eq!(
+            v.variant_of(&fr),
+            v.variant_of(&headers(&[
+                ("accept-language", "fr,en"),
+                ("accept-encoding", "gzip")
+            ]))
+        );
+        assert_ne!(
+            v.variant_of(&fr),
+            v.variant_of(&headers(&[("accept-language", "de")]))
+        );
+        assert!(VaryValues::default().matches(&fr));
+    }
+
+    #[test]
+    fn hit_for_miss_markers_round_trip() {
+        let m = CachedResponse::hit_for_miss(1_000, Duration::from_secs(120), 3);
+        assert!(m.is_hit_for_miss() && m.is_fresh(1_000) && !m.is_fresh(121_000));
+        assert_eq!(CachedResponse::decode(&m.encode()).unwrap(), m);
+        assert!(!sample("x", 1, 1).is_hit_for_miss());
     }
 }

@@ -5,7 +5,7 @@
 //! Sits below [`CacheFill`](crate::CacheFill) and marks each origin response
 //! with a TTL scale in [`FillDirectives`], which the fill applies.
 
-use crate::cache::FillDirectives;
+use crate::context::{FillDirectives, FillPending, warn_misplaced};
 use futures_util::future::BoxFuture;
 use rand::Rng;
 use std::task::{Context, Poll};
@@ -53,6 +53,8 @@ pub struct TtlJitter<S> {
     fraction: f64,
 }
 
+crate::inner_access!(TtlJitter);
+
 impl<S, B, ResBody> Service<http::Request<B>> for TtlJitter<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>>,
@@ -67,6 +69,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.extensions().get::<FillPending>().is_none() {
+            warn_misplaced("TtlJitter", "inside CacheFill");
+        }
         let fut = self.inner.call(req);
         let fraction = self.fraction;
         Box::pin(async move {

@@ -1,27 +1,55 @@
-//! Cache-key derivation: method + normalised URI, hashed before it reaches a store.
+//! Cache-key derivation: method + normalised request target, hashed before it
+//! reaches a store — and the *same* normalised target is what the origin
+//! receives ([`normalise_target`]), so a raw request can never make the origin
+//! answer something else than what the key stands for.
 //!
 //! Two requests share a key exactly when they ask for the same representation:
 //! `HEAD` shares `GET`'s key (a `HEAD` can be answered from a cached `GET`), the
 //! path is normalised (RFC 3986 §6.2.2: percent-encoding case, unreserved
 //! characters decoded, dot segments removed) and the query parameters are
-//! sorted. The scheme and authority are not part of the key: a gateway proxies
-//! to one origin and sets the origin's `Host` itself, so no client-controlled
-//! header can change the body behind a key (cache poisoning).
+//! ordered by name (a stable sort: parameters of one name keep their order).
+//! The scheme and authority are not part of the key: a gateway proxies to one
+//! origin and sets the origin's `Host` itself, so no client-controlled header
+//! can change the body behind a key (cache poisoning).
+//!
+//! Targets that have no unambiguous normal form are refused
+//! ([`TargetError`], a 400): a backslash (raw or `%5C`, a path separator to
+//! some servers and not to others) and an encoded NUL. Kept verbatim, as data:
+//! an encoded slash `%2F` (never a separator, so `..` around it is not a dot
+//! segment) and duplicate slashes (`/a//b` is its own key and is forwarded as
+//! `/a//b`: an origin that collapses them serves one resource under two keys,
+//! never two resources under one).
 //!
 //! The normalised text is hashed with BLAKE3 and only the hex digest is used in
 //! store keys, so no client-controlled string ever becomes a raw Redis key.
 
+use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest normalised text kept for display (hot-key report, logs).
 const DISPLAY_LIMIT: usize = 256;
 
-/// A derived cache key: a 128-bit digest plus a bounded display form.
+/// A derived cache key: a 128-bit digest plus a bounded display form, and —
+/// once the key is known to vary — the variant the request selects, which
+/// scopes rebuild coordination (flights and locks) to that variant.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     digest: String,
     display: String,
+    variant: Option<Arc<str>>,
+}
+
+/// A request target that cannot be normalised unambiguously (answered 400).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// A backslash, raw or `%5C`: a path separator to some servers only.
+    #[error("backslash in the request target")]
+    Backslash,
+    /// An encoded NUL (`%00`).
+    #[error("encoded NUL in the request target")]
+    Nul,
 }
 
 impl CacheKey {
@@ -43,12 +71,37 @@ impl CacheKey {
             display.truncate(cut);
             display.push('…');
         }
-        Self { digest, display }
+        Self {
+            digest,
+            display,
+            variant: None,
+        }
+    }
+
+    /// The same key, scoped to one variant (a digest of the request's values
+    /// of the headers the stored response varies on): two concurrent
+    /// requests that select different variants rebuild separately.
+    pub fn with_variant(mut self, variant: Option<String>) -> Self {
+        self.variant = variant.map(Into::into);
+        self
     }
 
     /// The hex digest: the only form of the key that reaches a store.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The variant this key is scoped to, if any.
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
+    }
+
+    /// The identity rebuilds coordinate on: the digest, plus the variant.
+    pub fn flight_id(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}:{v}", self.digest),
+            None => self.digest.clone(),
+        }
     }
 
     /// The normalised request text, truncated for display.
@@ -59,7 +112,11 @@ impl CacheKey {
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({} {:?})", &self.digest[..8], self.display)
+        write!(f, "CacheKey({} {:?}", &self.digest[..8], self.display)?;
+        if let Some(v) = &self.variant {
+            write!(f, " variant {v}")?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -76,24 +133,57 @@ pub fn normalise(method: &Method, uri: &Uri) -> String {
     } else {
         method.as_str()
     };
-    let path = normalise_path(uri.path());
-    let mut out = String::with_capacity(method.len() + path.len() + 16);
+    let target = normalised_target_text(uri);
+    let mut out = String::with_capacity(method.len() + target.len() + 1);
     out.push_str(method);
     out.push(' ');
-    out.push_str(&path);
+    out.push_str(&target);
+    out
+}
+
+/// The normalised origin-form target (`/path?query`) of `uri`: what the key
+/// is derived from and what the origin must receive. Refuses targets without
+/// an unambiguous normal form (see the module docs).
+pub fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
+    let raw = uri.path_and_query().map_or("/", |p| p.as_str());
+    let upper = raw.to_ascii_uppercase();
+    if raw.contains('\\') || upper.contains("%5C") {
+        return Err(TargetError::Backslash);
+    }
+    if upper.contains("%00") {
+        return Err(TargetError::Nul);
+    }
+    let text = normalised_target_text(uri);
+    // The normalised text only ever removes or decodes characters of a valid
+    // target, so it parses; fall back to the raw target if it ever did not.
+    Ok(PathAndQuery::try_from(text.as_str()).unwrap_or_else(|_| {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    }))
+}
+
+fn normalised_target_text(uri: &Uri) -> String {
+    let path = normalise_path(uri.path());
+    let mut out = path;
     if let Some(query) = uri.query() {
         let mut params: Vec<String> = query
             .split('&')
             .filter(|p| !p.is_empty())
             .map(normalise_percent)
             .collect();
-        params.sort();
+        // Stable, by name only: parameters of one name keep their order.
+        params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
         if !params.is_empty() {
             out.push('?');
             out.push_str(&params.join("&"));
         }
     }
     out
+}
+
+fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(name, _)| name)
 }
 
 fn normalise_path(path: &str) -> String {
@@ -260,5 +350,44 @@ mod tests {
             assert!(k.digest().chars().all(|c| c.is_ascii_hexdigit()));
         }
         assert_eq!(key(Method::GET, "/../../etc").display(), "GET /etc");
+    }
+
+    fn target(t: &str) -> Result<String, TargetError> {
+        normalise_target(&t.parse().unwrap()).map(|p| p.as_str().to_owned())
+    }
+
+    /// What the origin receives is the key's own text.
+    #[test]
+    fn the_forwarded_target_is_the_keyed_one() {
+        for (raw, clean) in [
+            ("/x/../items/42", "/items/42"),
+            ("/items/./42", "/items/42"),
+            ("/a/%2e%2E/items/42", "/items/42"),
+            ("/%69tems/1?b=2&a=1", "/items/1?a=1&b=2"),
+            ("/q?a=2&b=1&a=1", "/q?a=2&a=1&b=1"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2F..%2Fb", "/a%2F..%2Fb"),
+            ("/a//b", "/a//b"),
+            ("/", "/"),
+        ] {
+            assert_eq!(target(raw).as_deref(), Ok(clean), "{raw}");
+            let k = key(Method::GET, raw);
+            assert_eq!(k.display(), format!("GET {clean}"), "{raw}");
+            assert_eq!(k, key(Method::GET, clean), "{raw}");
+        }
+        for bad in ["/a%5cb", "/a%5C..%5Cb", "/a%00b"] {
+            assert!(target(bad).is_err(), "{bad}");
+        }
+        if let Ok(uri) = "/a\\..\\b".parse::<Uri>() {
+            assert_eq!(normalise_target(&uri), Err(TargetError::Backslash));
+        }
+    }
+
+    #[test]
+    fn variants_scope_flights_not_entries() {
+        let base = key(Method::GET, "/lang");
+        let fr = base.clone().with_variant(Some("fr".into()));
+        assert_eq!(base.digest(), fr.digest());
+        assert_ne!(base.flight_id(), fr.flight_id());
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! The cache itself is [`CacheLookup`] + [`CacheFill`] over a [`CacheStore`]:
 //! [`MemoryStore`] (moka, in-process) or `RedisStore` (fred, feature `redis`).
-//! [`StampedeStack`] composes everything in the right order.
+//! [`StampedeLayer`] composes everything in the right order, as one tower `Layer`.
 //!
 //! # Example
 //!
@@ -26,7 +26,7 @@
 //! use http_body_util::Full;
 //! use bytes::Bytes;
 //! use tower::{service_fn, ServiceExt};
-//! use stampede_layer::{MemoryStore, Mitigations, StampedeStack};
+//! use stampede_layer::{MemoryStore, Mitigations, StampedeLayer};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), stampede_layer::BoxError> {
 //! // Any tower service can be the origin; here, one that counts its calls.
@@ -37,7 +37,7 @@
 //!     async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hello")))) }
 //! });
 //!
-//! let svc = StampedeStack::new(Arc::new(MemoryStore::default()))
+//! let svc = StampedeLayer::new(Arc::new(MemoryStore::default()))
 //!     .mitigations(Mitigations::ALL)
 //!     .ttl(Duration::from_secs(5))
 //!     .service(origin);
@@ -57,16 +57,48 @@
 
 #![warn(missing_docs)]
 
+/// `get_ref`/`get_mut`/`into_inner` for a service whose inner service is
+/// its `inner` field (the tower-http accessors).
+macro_rules! inner_access {
+    ($service:ident) => {
+        impl<S> $service<S> {
+            /// The inner service.
+            pub fn get_ref(&self) -> &S {
+                &self.inner
+            }
+
+            /// The inner service, mutably.
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.inner
+            }
+
+            /// The inner service, consuming this one.
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+    };
+}
+pub(crate) use inner_access;
+
 pub mod body;
-pub mod cache;
 pub mod cache_control;
+pub mod conditional;
+pub mod config;
+pub mod context;
 pub mod entry;
+pub mod fill;
 pub mod hot_keys;
 pub mod jitter;
 pub mod key;
+pub mod lease;
 pub mod lock;
+pub mod lookup;
 pub mod negative;
 pub mod overload;
+pub mod policy;
+mod refresh;
+pub mod serve;
 pub mod single_flight;
 pub mod stack;
 pub mod status;
@@ -78,17 +110,21 @@ pub mod testing;
 pub mod xfetch;
 
 pub use body::{BoxError, CacheBody};
-pub use cache::{CacheConfig, CacheFill, CacheFillLayer, CacheLookup, CacheLookupLayer, Lookup};
+pub use config::CacheConfig;
+pub use context::{FencingToken, FillDirectives, Lookup, LookupState, Sharing};
 pub use entry::CachedResponse;
+pub use fill::{CacheFill, CacheFillLayer};
 pub use hot_keys::{HotKey, HotKeys};
 pub use jitter::{TtlJitter, TtlJitterLayer};
 pub use key::CacheKey;
-pub use lock::{DistributedLock, DistributedLockLayer, FencingToken};
+pub use lock::{DistributedLock, DistributedLockLayer};
+pub use lookup::{CacheLookup, CacheLookupLayer};
 pub use negative::{NegativeCache, NegativeCacheLayer};
 pub use overload::{OverloadGate, OverloadGateLayer};
+pub use policy::NotShareable;
 pub use single_flight::{SingleFlight, SingleFlightLayer};
-pub use stack::{Mitigations, StampedeService, StampedeStack};
-pub use status::{CacheStatus, Fwd, Outcome};
+pub use stack::{Mitigations, Stampede, StampedeLayer, StampedeService};
+pub use status::{CacheStatus, Detail, Fwd, Outcome};
 pub use store::{
     CacheStore, FallbackStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError,
 };

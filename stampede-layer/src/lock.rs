@@ -1,31 +1,37 @@
-//! Per-fleet coalescing: one rebuild per key across every instance sharing a
-//! store, through the store's lock (`SET NX PX` + a fencing token in Redis).
+//! Per-fleet coalescing: one rebuild per key (and variant) across every
+//! instance sharing a store, through the store's lock (`SET NX PX` + a
+//! fencing token in Redis).
 //!
 //! The winner attaches its [`FencingToken`] to the request, so the fill below
 //! writes only if no newer token already did (a winner whose lock expired
 //! mid-rebuild cannot overwrite the newer holder's entry). Losers wait for the
 //! fill — woken by the store's fill event where it has one (in-process), else
 //! polling with exponential backoff and full jitter — for at most `max_wait`,
-//! then answer from the cache. Past the bound they serve the stale copy in
-//! hand if there is one, else take the lock over or, failing that, go to the
-//! origin themselves: every wait is bounded. A background refresh that loses
-//! the lock simply stops: someone else is refreshing.
+//! and then:
+//!
+//! * a fresh entry that their headers select: answered from it (`lock-wait`);
+//! * an entry of another variant: they coordinate again on their own variant;
+//! * a hit-for-miss marker (the winner's answer could not be shared): they go
+//!   to the origin themselves, at once, without waiting out the bound;
+//! * nothing by the bound: the stale copy in hand if there is one, else they
+//!   take the lock over or, failing that, go to the origin themselves.
+//!
+//! Every wait is bounded. A background refresh that loses the lock simply
+//! stops ([`RefreshSkipped::Elsewhere`]): someone else is refreshing.
 
 use crate::body::{BoxError, CacheBody};
-use crate::cache::{Lookup, LookupState, collapsed_hit, response_from_entry};
+use crate::context::{FencingToken, Lookup, LookupState, RefreshSkipped, Reread};
 use crate::entry::now_ms;
-use crate::status::CacheStatus;
-use crate::store::{SharedStore, get_or_miss, record_error};
+use crate::lease::{Acquire, LeaseGuard};
+use crate::serve::{collapsed_hit, stale};
+use crate::status::Detail;
+use crate::store::{SharedStore, get_or_miss};
 use futures_util::future::BoxFuture;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use rand::Rng;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
-
-/// Request extension: the fencing token of the lock this rebuild holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FencingToken(pub u64);
 
 /// Layer for [`DistributedLock`].
 #[derive(Clone)]
@@ -97,6 +103,17 @@ pub struct DistributedLock<S> {
     config: DistributedLockLayer,
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for DistributedLock<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributedLock")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+crate::inner_access!(DistributedLock);
+
 impl<S, B> Service<Request<B>> for DistributedLock<S>
 where
     S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
@@ -115,14 +132,19 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let config = self.config.clone();
-        let Some(lookup) = req.extensions().get::<Lookup>().cloned() else {
-            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
-        };
-        if req.extensions().get::<FencingToken>().is_some() {
-            // Already holds the key's lock (a claimed background refresh).
-            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        let lookup = req
+            .extensions()
+            .get::<Lookup>()
+            .filter(|l| l.state != LookupState::Pass)
+            .cloned();
+        match lookup {
+            // Holds the key's lock already (a claimed background refresh), or
+            // nothing to coordinate.
+            Some(lookup) if req.extensions().get::<FencingToken>().is_none() => {
+                Box::pin(locked(inner, config, lookup, req, true))
+            }
+            _ => Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) }),
         }
-        Box::pin(locked(inner, config, lookup, req))
     }
 }
 
@@ -130,7 +152,8 @@ async fn locked<S, B>(
     inner: S,
     config: DistributedLockLayer,
     lookup: Lookup,
-    req: Request<B>,
+    mut req: Request<B>,
+    may_rescope: bool,
 ) -> Result<Response<CacheBody>, BoxError>
 where
     S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
@@ -141,76 +164,77 @@ where
     let store = config.store.clone();
     let key = &lookup.key;
     let started = Instant::now();
-    match store.try_lock(key, config.lock_ttl).await {
-        Ok(Some(lease)) => {
+    match LeaseGuard::acquire(&store, key, config.lock_ttl).await {
+        Acquire::Held(guard) => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "acquired")
                 .increment(1);
-            return lead(inner, store, lookup.clone(), lease, req).await;
+            return lead(inner, guard, req).await;
         }
-        Ok(None) => {
+        Acquire::Contended => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "contended")
                 .increment(1);
         }
-        Err(err) => {
+        Acquire::Failed => {
             // No lock service: degrade to process-local coordination.
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "error").increment(1);
-            record_error(store.as_ref(), "lock", &err);
             return inner.oneshot(req).await.map_err(Into::into);
         }
     }
-
     if lookup.state == LookupState::Refresh {
-        // Someone else is refreshing this key; a background refresh just stops.
-        let mut resp = Response::new(CacheBody::empty());
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        resp.extensions_mut()
-            .insert(CacheStatus::default().with_detail("refresh-elsewhere"));
-        return Ok(resp);
+        return Err(Box::new(RefreshSkipped::Elsewhere));
     }
 
     // Lose: wait for the winner's fill, bounded.
     let deadline = started + config.max_wait;
     let mut backoff = config.initial_backoff;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let sleep = {
-            let jittered = rand::rng().random_range(backoff / 2..=backoff);
-            jittered.min(deadline - now)
-        };
+    while Instant::now() < deadline {
+        let sleep = rand::rng()
+            .random_range(backoff / 2..=backoff)
+            .min(deadline - Instant::now());
         store.wait_for_fill(key, sleep).await;
-        if let Some(entry) = get_or_miss(store.as_ref(), key).await
-            && lookup.is_newer(&entry, now_ms())
-        {
-            metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
-                .record(started.elapsed().as_secs_f64());
-            return Ok(collapsed_hit(&entry, "lock-wait"));
-        }
         backoff = (backoff * 2).min(config.max_backoff);
+        let Some(entry) = get_or_miss(store.as_ref(), key).await else {
+            continue;
+        };
+        match lookup.classify_reread(&entry, now_ms()) {
+            Reread::Nothing => continue,
+            Reread::Usable => {
+                metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
+                    .record(started.elapsed().as_secs_f64());
+                return Ok(collapsed_hit(&entry, Detail::LockWait));
+            }
+            Reread::Uncacheable => {
+                req.extensions_mut().insert(Lookup {
+                    state: LookupState::Pass,
+                    ..lookup
+                });
+                return inner.oneshot(req).await.map_err(Into::into);
+            }
+            Reread::OtherVariant(vary) if may_rescope => {
+                let scoped = lookup.for_variant(&vary);
+                req.extensions_mut().insert(scoped.clone());
+                return Box::pin(locked(inner, config, scoped, req, false)).await;
+            }
+            Reread::OtherVariant(_) => continue,
+        }
     }
     metrics::histogram!("stampede_lock_wait_seconds", "result" => "timeout")
         .record(started.elapsed().as_secs_f64());
     tracing::warn!(key = %key, waited_ms = started.elapsed().as_millis() as u64, "lock wait timed out");
-    if let Some(stale) = &lookup.entry {
-        let now = now_ms();
-        let status = CacheStatus::hit(stale.ttl_secs(now).min(-1)).with_detail("lock-timeout");
-        return Ok(response_from_entry(stale, now, false, status));
+    if let Some(entry) = &lookup.entry {
+        return Ok(stale(entry, false, Detail::LockTimeout));
     }
-    match store.try_lock(key, config.lock_ttl).await {
-        Ok(Some(lease)) => lead(inner, store, lookup, lease, req).await,
+    match LeaseGuard::acquire(&store, key, config.lock_ttl).await {
+        Acquire::Held(guard) => lead(inner, guard, req).await,
         _ => inner.oneshot(req).await.map_err(Into::into),
     }
 }
 
-/// Run the rebuild holding `lease`, detached from the caller's future so a
+/// Run the rebuild holding the lock, detached from the caller's future so a
 /// cancelled request still releases the lock (compare-and-delete).
 async fn lead<S, B>(
     inner: S,
-    store: SharedStore,
-    lookup: Lookup,
-    lease: crate::store::LockLease,
+    guard: LeaseGuard,
     mut req: Request<B>,
 ) -> Result<Response<CacheBody>, BoxError>
 where
@@ -219,12 +243,10 @@ where
     S::Future: Send,
     B: Send + 'static,
 {
-    req.extensions_mut().insert(FencingToken(lease.token));
+    req.extensions_mut().insert(guard.token());
     let task = tokio::spawn(async move {
         let result = inner.oneshot(req).await.map_err(Into::into);
-        if let Err(err) = store.unlock(&lookup.key, &lease).await {
-            record_error(store.as_ref(), "lock", &err);
-        }
+        guard.release().await;
         result
     });
     match task.await {

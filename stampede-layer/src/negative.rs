@@ -8,7 +8,7 @@
 //! Sits below [`CacheFill`](crate::CacheFill) and marks 404/410 responses with
 //! a negative TTL in [`FillDirectives`].
 
-use crate::cache::FillDirectives;
+use crate::context::{FillDirectives, FillPending, warn_misplaced};
 use futures_util::future::BoxFuture;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,6 +45,8 @@ pub struct NegativeCache<S> {
     ttl: Duration,
 }
 
+crate::inner_access!(NegativeCache);
+
 impl<S, B, ResBody> Service<http::Request<B>> for NegativeCache<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>>,
@@ -59,6 +61,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.extensions().get::<FillPending>().is_none() {
+            warn_misplaced("NegativeCache", "inside CacheFill");
+        }
         let fut = self.inner.call(req);
         let ttl = self.ttl;
         Box::pin(async move {

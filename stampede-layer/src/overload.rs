@@ -14,8 +14,9 @@
 //! in hand, the 503 is turned into a stale answer by stale-if-error above it.
 
 use crate::body::{BoxError, CacheBody};
-use crate::cache::service_unavailable;
-use crate::status::{CacheStatus, Fwd};
+use crate::context::{Lookup, LookupState, RefreshSkipped};
+use crate::serve::service_unavailable;
+use crate::status::{CacheStatus, Detail, Fwd};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use std::sync::Arc;
@@ -82,6 +83,8 @@ impl<S> OverloadGate<S> {
     }
 }
 
+crate::inner_access!(OverloadGate);
+
 impl<S, B, ResBody> Service<Request<B>> for OverloadGate<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -105,8 +108,8 @@ where
         let config = self.config.clone();
         let background = req
             .extensions()
-            .get::<crate::cache::Lookup>()
-            .is_some_and(|l| l.state == crate::cache::LookupState::Refresh);
+            .get::<Lookup>()
+            .is_some_and(|l| l.state == LookupState::Refresh);
         Box::pin(async move {
             let reserve = config.max_inflight / 4;
             let permit = match slots.clone().try_acquire_owned() {
@@ -130,9 +133,12 @@ where
                     "queue"
                 };
                 metrics::counter!("stampede_shed_total", "reason" => reason).increment(1);
+                if background {
+                    return Err(Box::new(RefreshSkipped::Shed) as BoxError);
+                }
                 let mut resp = service_unavailable(config.retry_after);
                 let mut status = CacheStatus::forwarded(Fwd::Miss, StatusCode::SERVICE_UNAVAILABLE)
-                    .with_detail("shed");
+                    .with_detail(Detail::Shed);
                 status.fwd_status = None;
                 resp.extensions_mut().insert(status);
                 return Ok(resp);

@@ -1,23 +1,32 @@
-//! Per-process coalescing: concurrent rebuilds of one key become one inner call.
+//! Per-process coalescing: concurrent rebuilds of one key (and variant)
+//! become one inner call.
 //!
 //! The first request for a key (the leader) runs the inner call in a spawned
 //! task, so a leader whose client disconnects does not cancel the rebuild its
-//! followers wait on. Followers get a copy of the leader's buffered response,
-//! marked `collapsed`. If the leader's call fails or panics, every waiter gets
-//! the same error (as Go's `singleflight`): retrying N times against a failing
-//! origin is the herd we are here to stop. A response too large to buffer
-//! cannot be shared: the leader streams it, followers make their own call.
-//! Neither can the non-answer of a background refresh (SWR, XFetch) that
-//! found the lock held elsewhere or was shed by the overload gate: a client
-//! request that joined such a flight makes its own call (through the lock and
-//! the gate, which bound it) instead of answering its client with the
-//! refresh's empty 204 or background-only 503.
-//! A flight's map entry is removed when its task ends, so the map holds only
-//! keys with a rebuild in flight, and at most `max_flights` of them.
+//! followers wait on. A follower is given the leader's buffered answer only
+//! where a shared cache could have served it to that follower from storage —
+//! the answer's [`Sharing`], decided by the fill with the same rules that
+//! decide storage:
+//!
+//! * stored, and the follower's headers select the same variant: shared
+//!   (`collapsed`);
+//! * stored, but another variant (`Vary`): the follower coordinates again on
+//!   its own variant (two variants are two flights);
+//! * not shareable (`private`, `Set-Cookie`, `no-store`, …) or too large to
+//!   buffer: every follower sends its own request to the origin, concurrently
+//!   and uncoordinated, and gets its own answer.
+//!
+//! If the leader's call fails or panics, every waiter gets the same error (as
+//! Go's `singleflight`): retrying N times against a failing origin is the
+//! herd we are here to stop. A background refresh that was skipped (lock
+//! held elsewhere, shed) is no answer for a client: a client request that
+//! joined it makes its own call. A flight's map entry is removed when its
+//! task ends, so the map holds only keys with a rebuild in flight, and at
+//! most `max_flights` of them.
 
 use crate::body::{BoxError, CacheBody};
-use crate::cache::{Lookup, LookupState};
-use crate::status::CacheStatus;
+use crate::context::{Lookup, LookupState, RefreshSkipped, Share, Sharing};
+use crate::status::{CacheStatus, Detail};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -67,6 +76,7 @@ impl<S> Layer<S> for SingleFlightLayer {
     }
 }
 
+/// The leader's answer, buffered for its followers.
 #[derive(Clone, Debug)]
 struct SharedResponse {
     status: StatusCode,
@@ -74,26 +84,16 @@ struct SharedResponse {
     headers: HeaderMap,
     body: Bytes,
     cache_status: Option<CacheStatus>,
-    /// The leader was a background refresh ([`LookupState::Refresh`]).
-    background: bool,
+    sharing: Sharing,
 }
 
-impl SharedResponse {
-    /// A background refresh's non-answer (lock held elsewhere, or shed as
-    /// background work): no answer for a client request.
-    fn is_background_non_answer(&self) -> bool {
-        self.background
-            && matches!(
-                self.cache_status.as_ref().and_then(|s| s.detail),
-                Some("refresh-elsewhere" | "shed")
-            )
-    }
-}
-
+/// How a flight ended, as its followers see it.
 #[derive(Clone, Debug)]
 enum FlightError {
-    /// The response streams: it cannot be shared.
-    NotShareable,
+    /// The response streams (too large to buffer): it cannot be shared.
+    NotBuffered,
+    /// A background refresh ended without an answer.
+    Skipped,
     /// The rebuild failed (or panicked); the message is shared.
     Failed(Arc<str>),
 }
@@ -110,12 +110,24 @@ pub struct SingleFlight<S> {
     max_flights: usize,
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for SingleFlight<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleFlight")
+            .field("inner", &self.inner)
+            .field("in_flight", &self.in_flight())
+            .field("max_flights", &self.max_flights)
+            .finish()
+    }
+}
+
 impl<S> SingleFlight<S> {
     /// Keys with a rebuild in flight now.
     pub fn in_flight(&self) -> usize {
         self.flights.lock().expect("flights lock").len()
     }
 }
+
+crate::inner_access!(SingleFlight);
 
 /// Removes the flight from the map when the leader's task ends, however it ends.
 struct RemoveOnDrop {
@@ -147,26 +159,57 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(this.coalesce(req, true))
+    }
+}
+
+impl<S> SingleFlight<S> {
+    fn coalesce<B>(
+        self,
+        mut req: Request<B>,
+        may_rescope: bool,
+    ) -> BoxFuture<'static, Result<Response<CacheBody>, BoxError>>
+    where
+        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: Send + 'static,
+    {
         let inner = self.inner.clone();
-        let Some((key, background)) = req
+        let Some(lookup) = req
             .extensions()
             .get::<Lookup>()
-            .map(|l| (l.key.digest().to_owned(), l.state == LookupState::Refresh))
+            .filter(|l| l.state != LookupState::Pass)
+            .cloned()
         else {
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         };
+        let id = lookup.key.flight_id();
+        let background = lookup.state == LookupState::Refresh;
 
         let mut flights = self.flights.lock().expect("flights lock");
-        if let Some(flight) = flights.get(&key).cloned() {
+        if let Some(flight) = flights.get(&id).cloned() {
             drop(flights);
             return Box::pin(async move {
-                match flight.await {
-                    Ok(shared) if shared.is_background_non_answer() && !background => {
-                        inner.oneshot(req).await.map_err(Into::into)
+                let shared = match flight.await {
+                    Ok(shared) => shared,
+                    Err(FlightError::Failed(msg)) => return Err(msg.to_string().into()),
+                    Err(FlightError::Skipped) if !background => {
+                        return inner.oneshot(req).await.map_err(Into::into);
                     }
-                    Ok(shared) => Ok(to_response(&shared, true)),
-                    Err(FlightError::NotShareable) => inner.oneshot(req).await.map_err(Into::into),
-                    Err(FlightError::Failed(msg)) => Err(msg.to_string().into()),
+                    Err(FlightError::Skipped) => {
+                        return Err(Box::new(RefreshSkipped::Elsewhere) as BoxError);
+                    }
+                    Err(FlightError::NotBuffered) => return pass(inner, req, &lookup).await,
+                };
+                match shared.sharing.decide(&lookup.request_headers) {
+                    Share::Yes => Ok(to_response(&shared, true)),
+                    Share::OtherVariant(vary) if may_rescope => {
+                        req.extensions_mut().insert(lookup.for_variant(&vary));
+                        self.coalesce(req, false).await
+                    }
+                    Share::OtherVariant(_) | Share::No => pass(inner, req, &lookup).await,
                 }
             });
         }
@@ -179,18 +222,19 @@ where
         let (stream_tx, stream_rx) = oneshot::channel::<Response<CacheBody>>();
         let guard = RemoveOnDrop {
             flights: self.flights.clone(),
-            key: key.clone(),
+            key: id.clone(),
         };
         let task = tokio::spawn(async move {
             let _guard = guard;
             match inner.oneshot(req).await.map_err(Into::into) {
-                Ok(resp) => match share(resp, background) {
+                Ok(resp) => match buffered(resp) {
                     Ok(shared) => Ok(Arc::new(shared)),
                     Err(streaming) => {
                         let _ = stream_tx.send(*streaming);
-                        Err(FlightError::NotShareable)
+                        Err(FlightError::NotBuffered)
                     }
                 },
+                Err(err) if RefreshSkipped::is(err.as_ref()) => Err(FlightError::Skipped),
                 Err(err) => Err(FlightError::Failed(err.to_string().into())),
             }
         });
@@ -204,24 +248,45 @@ where
         }
         .boxed()
         .shared();
-        flights.insert(key, flight.clone());
+        flights.insert(id, flight.clone());
         drop(flights);
         Box::pin(async move {
             match flight.await {
                 Ok(shared) => Ok(to_response(&shared, false)),
-                Err(FlightError::NotShareable) => stream_rx
+                Err(FlightError::NotBuffered) => stream_rx
                     .await
                     .map_err(|_| BoxError::from("rebuild ended without a response")),
+                Err(FlightError::Skipped) => Err(Box::new(RefreshSkipped::Elsewhere) as BoxError),
                 Err(FlightError::Failed(msg)) => Err(msg.to_string().into()),
             }
         })
     }
 }
 
-fn share(
-    resp: Response<CacheBody>,
-    background: bool,
-) -> Result<SharedResponse, Box<Response<CacheBody>>> {
+/// A follower that may not be given the leader's answer sends its own
+/// request, straight to the origin (no lock to queue on: the key's answers
+/// are not shareable, so there is nothing to wait for).
+async fn pass<S, B>(
+    inner: S,
+    mut req: Request<B>,
+    lookup: &Lookup,
+) -> Result<Response<CacheBody>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<CacheBody>>,
+    S::Error: Into<BoxError>,
+{
+    req.extensions_mut().insert(Lookup {
+        state: LookupState::Pass,
+        ..lookup.clone()
+    });
+    let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
+    if let Some(status) = resp.extensions_mut().get_mut::<CacheStatus>() {
+        status.detail.get_or_insert(Detail::NotShareable);
+    }
+    Ok(resp)
+}
+
+fn buffered(resp: Response<CacheBody>) -> Result<SharedResponse, Box<Response<CacheBody>>> {
     let Some(body) = resp.body().as_bytes() else {
         return Err(Box::new(resp));
     };
@@ -231,7 +296,7 @@ fn share(
         headers: resp.headers().clone(),
         body,
         cache_status: resp.extensions().get::<CacheStatus>().cloned(),
-        background,
+        sharing: Sharing::of(&resp),
     })
 }
 
@@ -246,5 +311,6 @@ fn to_response(shared: &SharedResponse, follower: bool) -> Response<CacheBody> {
         status.stored = false;
     }
     resp.extensions_mut().insert(status);
+    resp.extensions_mut().insert(shared.sharing.clone());
     resp
 }

@@ -1,44 +1,54 @@
-//! The layer stack, written once, in scope order, so the order is visible in
-//! one place. Each mitigation can be switched on and off on its own (the
-//! mitigation ladder); with none, the stack is a plain cache-aside.
+//! The layer stack, written once, top-down in scope order, so the order is
+//! visible in one place ([`StampedeLayer`], one `ServiceBuilder` chain). Each
+//! mitigation can be switched on and off on its own (the mitigation ladder);
+//! with none, the stack is a plain cache-aside.
 //!
 //! ```text
 //! request
-//!   → XFetch                marks: refresh fresh hits early, probabilistically   (the cliff)
-//!   → StaleWhileRevalidate  marks: serve stale + refresh in background            (the wait)
-//!   → CacheLookup(store)    one store read; answers hits; starts refreshes; Cache-Status
-//!   → SingleFlight          one rebuild per key per process                      (per-process herd)
-//!   → DistributedLock       one rebuild per key per fleet; fencing token          (per-fleet herd)
-//!   → CacheFill(store)      re-check, call origin, buffer, fenced write
-//!   → TtlJitter             spreads the TTL the fill writes                       (multi-key herd)
-//!   → NegativeCache         404/410 cacheable for the negative TTL                (absent-key storm)
-//!   → OverloadGate          503 + Retry-After past the origin budget              (metastable overload)
+//!   → XFetch                fresh hits: maybe refresh early, in the background  (the cliff)
+//!   → CacheLookup(store)    one target, one store read; answers fresh hits;
+//!                           each client answered by its own validators/Range; Cache-Status
+//!   → StaleWhileRevalidate  stale in the window: answer stale, refresh behind   (the wait)
+//!   → SingleFlight          one rebuild per key and variant per process         (per-process herd)
+//!   → DistributedLock       one rebuild per key and variant per fleet; fencing  (per-fleet herd)
+//!   → CacheFill(store)      re-check, call origin, buffer, fenced write;
+//!                           decides what waiters may share; hit-for-miss
+//!   → TtlJitter             spreads the TTL the fill writes                     (multi-key herd)
+//!   → NegativeCache         404/410 storable for the negative TTL               (absent-key storm)
+//!   → OverloadGate          503 + Retry-After past the origin budget            (metastable overload)
 //!   → origin
 //! ```
 //!
-//! Why the write sits inside the lock: if the fill happened after the lock
-//! was released, a waiter could find nothing, take the lock and rebuild again
-//! — a duplicate rebuild per boundary. Why the gate sits innermost: there it
+//! Why XFetch sits outside the lookup: it acts on fresh hits, which the
+//! lookup answers. Why SWR sits inside it: it acts on the stale entry the
+//! lookup found, before the request reaches the origin-bound layers. Why the
+//! write sits inside the lock: if the fill happened after the lock was
+//! released, a waiter could find nothing, take the lock and rebuild again —
+//! a duplicate rebuild per boundary. Why the gate sits innermost: there it
 //! sees exactly the origin-bound work (a hit can never be shed), and a stale
 //! copy in hand turns its 503 into a stale answer (stale-if-error).
 
 use crate::body::{BoxError, CacheBody};
-use crate::cache::{CacheConfig, CacheFillLayer, CacheLookupLayer};
+use crate::config::CacheConfig;
+use crate::fill::{CacheFill, CacheFillLayer};
 use crate::hot_keys::HotKeys;
-use crate::jitter::TtlJitterLayer;
-use crate::lock::DistributedLockLayer;
-use crate::negative::NegativeCacheLayer;
-use crate::overload::OverloadGateLayer;
-use crate::single_flight::SingleFlightLayer;
+use crate::jitter::{TtlJitter, TtlJitterLayer};
+use crate::lock::{DistributedLock, DistributedLockLayer};
+use crate::lookup::{CacheLookup, CacheLookupLayer};
+use crate::negative::{NegativeCache, NegativeCacheLayer};
+use crate::overload::{OverloadGate, OverloadGateLayer};
+use crate::single_flight::{SingleFlight, SingleFlightLayer};
 use crate::store::SharedStore;
-use crate::swr::StaleWhileRevalidateLayer;
-use crate::xfetch::XFetchLayer;
+use crate::swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
+use crate::xfetch::{XFetch, XFetchLayer};
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use std::fmt;
 use std::str::FromStr;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceExt};
+use tower::util::{BoxCloneSyncService, Either};
+use tower::{Layer, Service, ServiceBuilder};
 
 /// Which mitigations are on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,12 +160,25 @@ impl fmt::Display for Mitigations {
     }
 }
 
-/// The composed service: what [`StampedeStack::service`] returns.
+/// The whole stack over an origin `S` (what [`StampedeLayer`] makes).
+pub type Stampede<S> = Either<XFetch<LookedUp<S>>, LookedUp<S>>;
+type LookedUp<S> = CacheLookup<Revalidating<S>>;
+type Revalidating<S> = Either<StaleWhileRevalidate<Coalesced<S>>, Coalesced<S>>;
+type Coalesced<S> = Either<SingleFlight<Locked<S>>, Locked<S>>;
+type Locked<S> = Either<DistributedLock<Filled<S>>, Filled<S>>;
+type Filled<S> = CacheFill<Jittered<S>>;
+type Jittered<S> = Either<TtlJitter<Negative<S>>, Negative<S>>;
+type Negative<S> = Either<NegativeCache<Gated<S>>, Gated<S>>;
+type Gated<S> = Either<OverloadGate<Origin<S>>, Origin<S>>;
+
+/// The stack, boxed: what [`StampedeLayer::service`] returns.
 pub type StampedeService<B> = BoxCloneSyncService<Request<B>, Response<CacheBody>, BoxError>;
 
-/// Builder for the whole stack (see the module docs for the order).
-#[derive(Clone, Debug)]
-pub struct StampedeStack {
+/// The whole stack as one tower [`Layer`], with builder methods for every
+/// knob (see the module docs for the order). Goes into a `ServiceBuilder` or
+/// axum's `Router::layer` like any other layer.
+#[derive(Clone)]
+pub struct StampedeLayer {
     store: SharedStore,
     cache: CacheConfig,
     mitigations: Mitigations,
@@ -166,16 +189,22 @@ pub struct StampedeStack {
     negative_ttl: Duration,
     gate_max_inflight: usize,
     gate_queue_wait: Duration,
+    max_background_refreshes: usize,
     hot_keys: Option<HotKeys>,
 }
 
-impl fmt::Debug for dyn crate::store::CacheStore {
+impl fmt::Debug for StampedeLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheStore({})", self.backend())
+        f.debug_struct("StampedeLayer")
+            .field("backend", &self.store.backend())
+            .field("mitigations", &self.mitigations.to_string())
+            .field("cache", &self.cache)
+            .field("lock_ttl", &self.lock_ttl)
+            .finish_non_exhaustive()
     }
 }
 
-impl StampedeStack {
+impl StampedeLayer {
     /// A stack over `store` with every mitigation on and default knobs.
     pub fn new(store: SharedStore) -> Self {
         Self {
@@ -189,6 +218,7 @@ impl StampedeStack {
             negative_ttl: Duration::from_secs(5),
             gate_max_inflight: 64,
             gate_queue_wait: Duration::ZERO,
+            max_background_refreshes: 64,
             hot_keys: None,
         }
     }
@@ -217,7 +247,8 @@ impl StampedeStack {
         self
     }
 
-    /// Lock TTL (the losers' wait bound defaults to it).
+    /// Lock TTL (the losers' wait bound defaults to it; background refreshes
+    /// claim the key's lock for as long).
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
@@ -254,14 +285,20 @@ impl StampedeStack {
         self
     }
 
+    /// Most background refreshes (SWR, XFetch, each) in flight per process.
+    pub fn max_background_refreshes(mut self, n: usize) -> Self {
+        self.max_background_refreshes = n;
+        self
+    }
+
     /// Feed the hot-key report.
     pub fn hot_keys(mut self, hot: HotKeys) -> Self {
         self.hot_keys = Some(hot);
         self
     }
 
-    /// Wrap `origin` in the stack.
-    pub fn service<S, B, ResBody>(self, origin: S) -> StampedeService<B>
+    /// Wrap `origin` in the stack, boxed (a nameable, cloneable service).
+    pub fn service<S, B, ResBody>(&self, origin: S) -> StampedeService<B>
     where
         S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
@@ -270,47 +307,78 @@ impl StampedeStack {
         ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
+        BoxCloneSyncService::new(self.layer(origin))
+    }
+}
+
+impl<S> Layer<S> for StampedeLayer {
+    type Service = Stampede<S>;
+
+    fn layer(&self, origin: S) -> Stampede<S> {
         let m = self.mitigations;
-        let mut svc: StampedeService<B> = BoxCloneSyncService::new(
-            origin
-                .map_err(Into::into)
-                .map_response(|r: Response<ResBody>| r.map(CacheBody::from_body)),
-        );
-        if m.overload_gate {
-            let gate =
-                OverloadGateLayer::new(self.gate_max_inflight).max_queue_wait(self.gate_queue_wait);
-            svc = BoxCloneSyncService::new(gate.layer(svc));
+        let store = &self.store;
+        let claim_ttl = self.lock_ttl;
+        let mut lookup = CacheLookupLayer::new(store.clone(), self.cache.clone());
+        if let Some(hot) = &self.hot_keys {
+            lookup = lookup.hot_keys(hot.clone());
         }
-        if m.negative {
-            svc = BoxCloneSyncService::new(NegativeCacheLayer::new(self.negative_ttl).layer(svc));
-        }
-        if m.jitter {
-            svc = BoxCloneSyncService::new(TtlJitterLayer::new(self.jitter).layer(svc));
-        }
-        svc = BoxCloneSyncService::new(
-            CacheFillLayer::new(self.store.clone(), self.cache.clone()).layer(svc),
-        );
-        if m.lock {
-            let lock = DistributedLockLayer::new(self.store.clone())
-                .lock_ttl(self.lock_ttl)
-                .max_wait(self.lock_wait.unwrap_or(self.lock_ttl));
-            svc = BoxCloneSyncService::new(lock.layer(svc));
-        }
-        if m.single_flight {
-            svc = BoxCloneSyncService::new(SingleFlightLayer::new().layer(svc));
-        }
-        let mut lookup = CacheLookupLayer::new(self.store.clone(), self.cache.clone());
-        if let Some(hot) = self.hot_keys.clone() {
-            lookup = lookup.hot_keys(hot);
-        }
-        svc = BoxCloneSyncService::new(lookup.layer(svc));
-        if m.swr {
-            svc = BoxCloneSyncService::new(StaleWhileRevalidateLayer::new().layer(svc));
-        }
-        if m.xfetch {
-            svc = BoxCloneSyncService::new(XFetchLayer::new(self.xfetch_beta).layer(svc));
-        }
-        svc
+        ServiceBuilder::new()
+            .option_layer(m.xfetch.then(|| {
+                XFetchLayer::new(self.xfetch_beta)
+                    .max_refreshes(self.max_background_refreshes)
+                    .claim_through(store.clone(), claim_ttl)
+            }))
+            .layer(lookup)
+            .option_layer(m.swr.then(|| {
+                StaleWhileRevalidateLayer::new()
+                    .max_refreshes(self.max_background_refreshes)
+                    .claim_through(store.clone(), claim_ttl)
+            }))
+            .option_layer(m.single_flight.then(SingleFlightLayer::new))
+            .option_layer(m.lock.then(|| {
+                DistributedLockLayer::new(store.clone())
+                    .lock_ttl(self.lock_ttl)
+                    .max_wait(self.lock_wait.unwrap_or(self.lock_ttl))
+            }))
+            .layer(CacheFillLayer::new(store.clone(), self.cache.clone()))
+            .option_layer(m.jitter.then(|| TtlJitterLayer::new(self.jitter)))
+            .option_layer(
+                m.negative
+                    .then(|| NegativeCacheLayer::new(self.negative_ttl)),
+            )
+            .option_layer(m.overload_gate.then(|| {
+                OverloadGateLayer::new(self.gate_max_inflight).max_queue_wait(self.gate_queue_wait)
+            }))
+            .service(Origin(origin))
+    }
+}
+
+/// The origin, speaking the stack's body and error types.
+#[derive(Clone, Debug)]
+pub struct Origin<S>(pub S);
+
+impl<S, B, ResBody> Service<Request<B>> for Origin<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<CacheBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let resp = fut.await.map_err(Into::into)?;
+            Ok(resp.map(CacheBody::from_body))
+        })
     }
 }
 

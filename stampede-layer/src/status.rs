@@ -33,6 +33,46 @@ impl Fwd {
     }
 }
 
+/// Extra detail in `Cache-Status` (`detail=…`): which path answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Served stale while a background refresh runs (RFC 5861).
+    Swr,
+    /// Served stale because the origin failed (RFC 5861 `stale-if-error`).
+    StaleIfError,
+    /// A lock loser, answered from the winner's fill.
+    LockWait,
+    /// A lock loser whose wait ran out, answered from the stale copy.
+    LockTimeout,
+    /// Found filled by a rebuild that finished after the lookup.
+    Recheck,
+    /// Refused by the overload gate.
+    Shed,
+    /// The write was refused: a newer fencing token had written.
+    Fenced,
+    /// The key is marked uncacheable: straight to the origin.
+    HitForMiss,
+    /// Waited on a rebuild whose answer could not be shared with it: sent its own.
+    NotShareable,
+}
+
+impl Detail {
+    /// The `detail` parameter value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detail::Swr => "swr",
+            Detail::StaleIfError => "stale-if-error",
+            Detail::LockWait => "lock-wait",
+            Detail::LockTimeout => "lock-timeout",
+            Detail::Recheck => "recheck",
+            Detail::Shed => "shed",
+            Detail::Fenced => "fenced",
+            Detail::HitForMiss => "hit-for-miss",
+            Detail::NotShareable => "not-shareable",
+        }
+    }
+}
+
 /// How a request was answered, for metrics (`stampede_requests_total{outcome}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -85,8 +125,8 @@ pub struct CacheStatus {
     pub stored: bool,
     /// Shared another request's rebuild.
     pub collapsed: bool,
-    /// Extra detail (`lock-wait`, `stale-if-error`, `shed`, `recheck`, …).
-    pub detail: Option<&'static str>,
+    /// Extra detail: which path answered.
+    pub detail: Option<Detail>,
 }
 
 impl CacheStatus {
@@ -109,19 +149,19 @@ impl CacheStatus {
     }
 
     /// Set the detail.
-    pub fn with_detail(mut self, detail: &'static str) -> Self {
+    pub fn with_detail(mut self, detail: Detail) -> Self {
         self.detail = Some(detail);
         self
     }
 
     /// Classify for metrics, given the status served.
     pub fn outcome(&self, status: StatusCode) -> Outcome {
-        if self.detail == Some("shed") {
+        if self.detail == Some(Detail::Shed) {
             Outcome::Shed
         } else if self.hit {
             if self.ttl.is_some_and(|t| t < 0) {
                 Outcome::Stale
-            } else if self.detail == Some("lock-wait") {
+            } else if self.detail == Some(Detail::LockWait) {
                 Outcome::LockWaitHit
             } else if matches!(status.as_u16(), 404 | 410) {
                 Outcome::NegativeHit
@@ -162,7 +202,7 @@ impl CacheStatus {
         }
         if let Some(d) = self.detail {
             v.push_str("; detail=");
-            v.push_str(d);
+            v.push_str(d.as_str());
         }
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("stampede"))
     }
@@ -194,7 +234,9 @@ mod tests {
             Outcome::NegativeHit
         );
         assert_eq!(
-            CacheStatus::hit(1).with_detail("lock-wait").outcome(ok),
+            CacheStatus::hit(1)
+                .with_detail(Detail::LockWait)
+                .outcome(ok),
             Outcome::LockWaitHit
         );
         let mut c = CacheStatus::forwarded(Fwd::UriMiss, ok);

@@ -1,26 +1,34 @@
-//! Stale-while-revalidate (RFC 5861): bounds the *wait* — nobody blocks on a
-//! rebuild while a stale copy is in the window; the refresh runs in the
-//! background through single-flight and the lock. With `stale_if_error`, an
-//! origin error or 5xx is answered with the stale copy instead.
+//! Stale-while-revalidate (RFC 5861): bounds the *wait*. When
+//! [`CacheLookup`](crate::CacheLookup) found an entry past its freshness but
+//! within its stale window, this layer answers the stale copy at once and
+//! starts a refresh in the background through its own inner service (so the
+//! refresh is coalesced by single-flight and the lock below it); nobody
+//! blocks on the rebuild. With stale-if-error (on by default) an origin error
+//! or 5xx, while an entry within its stale-if-error window is in hand, is
+//! answered with the stale copy instead.
 //!
-//! This layer only marks requests with a [`SwrPolicy`]; it must sit outside
-//! [`CacheLookup`](crate::CacheLookup), which acts on the mark (it holds the
-//! one store read and the background-refresh machinery).
+//! It sits inside [`CacheLookup`](crate::CacheLookup) (it acts on the
+//! [`Lookup`] the lookup attaches), above the coordination layers.
 
+use crate::body::{BoxError, CacheBody};
+use crate::context::{Lookup, LookupState, warn_misplaced};
+use crate::entry::{Freshness, now_ms};
+use crate::refresh::{Refresher, refresh_headers};
+use crate::serve::stale;
+use crate::status::Detail;
+use crate::store::SharedStore;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
-
-/// Request extension: serve stale within the window and refresh in the background.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SwrPolicy {
-    /// Also serve stale when the origin fails (RFC 5861 `stale-if-error`).
-    pub stale_if_error: bool,
-}
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`StaleWhileRevalidate`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StaleWhileRevalidateLayer {
-    policy: SwrPolicy,
+    stale_if_error: bool,
+    refresher: Refresher,
 }
 
 impl Default for StaleWhileRevalidateLayer {
@@ -30,18 +38,30 @@ impl Default for StaleWhileRevalidateLayer {
 }
 
 impl StaleWhileRevalidateLayer {
-    /// SWR with stale-if-error on.
+    /// SWR with stale-if-error on, at most 64 refreshes in flight.
     pub fn new() -> Self {
         Self {
-            policy: SwrPolicy {
-                stale_if_error: true,
-            },
+            stale_if_error: true,
+            refresher: Refresher::new("swr"),
         }
     }
 
     /// Serve stale on origin errors (default on).
     pub fn stale_if_error(mut self, on: bool) -> Self {
-        self.policy.stale_if_error = on;
+        self.stale_if_error = on;
+        self
+    }
+
+    /// Most background refreshes in flight at once in this process.
+    pub fn max_refreshes(mut self, n: usize) -> Self {
+        self.refresher = self.refresher.max_in_flight(n);
+        self
+    }
+
+    /// On a shared `store`, claim the key's lock (for `ttl`) before a
+    /// refresh, so one instance of the fleet refreshes it, not each.
+    pub fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
+        self.refresher = self.refresher.claim_through(store, ttl);
         self
     }
 }
@@ -52,32 +72,75 @@ impl<S> Layer<S> for StaleWhileRevalidateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         StaleWhileRevalidate {
             inner,
-            policy: self.policy,
+            config: self.clone(),
         }
     }
 }
 
-/// Marks requests for stale-while-revalidate (see the module docs).
+/// Serves stale within the window and refreshes in the background (see the module docs).
 #[derive(Clone, Debug)]
 pub struct StaleWhileRevalidate<S> {
     inner: S,
-    policy: SwrPolicy,
+    config: StaleWhileRevalidateLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for StaleWhileRevalidate<S>
-where
-    S: Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+crate::inner_access!(StaleWhileRevalidate);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+impl<S, B> Service<Request<B>> for StaleWhileRevalidate<S>
+where
+    S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Default + Send + 'static,
+{
+    type Response = Response<CacheBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<CacheBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        req.extensions_mut().insert(self.policy);
-        self.inner.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let Some(lookup) = req.extensions().get::<Lookup>().cloned() else {
+            warn_misplaced("StaleWhileRevalidate", "inside CacheLookup");
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        };
+        let entry = match (&lookup.state, &lookup.entry) {
+            (LookupState::Stale, Some(entry)) => entry.clone(),
+            _ => return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) }),
+        };
+        let now = now_ms();
+        if entry.freshness(now) == Freshness::Stale {
+            // Within the window: answer now, refresh behind the client's back.
+            let mut refresh = Request::new(B::default());
+            *refresh.method_mut() = Method::GET;
+            *refresh.uri_mut() = req.uri().clone();
+            *refresh.version_mut() = req.version();
+            *refresh.headers_mut() = refresh_headers(&entry.vary, req.headers());
+            let request_headers = Arc::new(refresh.headers().clone());
+            refresh.extensions_mut().insert(Lookup {
+                state: LookupState::Refresh,
+                request_headers,
+                ..lookup.clone()
+            });
+            self.config.refresher.spawn(inner, refresh, &lookup.key);
+            return Box::pin(async move { Ok(stale(&entry, false, Detail::Swr)) });
+        }
+        let stale_if_error = self.config.stale_if_error && now < entry.error_until_ms;
+        Box::pin(async move {
+            let result = inner.oneshot(req).await.map_err(Into::into);
+            match result {
+                Ok(resp) if stale_if_error && resp.status().is_server_error() => {
+                    Ok(stale(&entry, false, Detail::StaleIfError))
+                }
+                Err(err) if stale_if_error => {
+                    tracing::warn!(error = %err, "origin failed; serving stale (stale-if-error)");
+                    Ok(stale(&entry, false, Detail::StaleIfError))
+                }
+                other => other,
+            }
+        })
     }
 }

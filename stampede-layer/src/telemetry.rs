@@ -72,6 +72,10 @@ pub fn register(backend: &'static str) {
         "stampede_shed_total",
         "Requests the overload gate answered 503"
     );
+    describe_counter!(
+        "stampede_uncacheable_total",
+        "Origin answers that could be neither stored nor shared, by reason"
+    );
     describe_gauge!(
         "stampede_hot_key_requests_per_second",
         "Request rate of the hottest keys, by rank"
@@ -101,6 +105,9 @@ pub fn register(backend: &'static str) {
     metrics::gauge!("stampede_store_circuit_open", "backend" => backend).set(0.0);
     for reason in ["inflight", "queue", "background"] {
         metrics::counter!("stampede_shed_total", "reason" => reason).increment(0);
+    }
+    for reason in crate::policy::NotShareable::ALL {
+        metrics::counter!("stampede_uncacheable_total", "reason" => reason.as_str()).increment(0);
     }
     for rank in 1..=10 {
         metrics::gauge!("stampede_hot_key_requests_per_second", "rank" => rank.to_string())

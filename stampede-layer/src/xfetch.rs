@@ -12,15 +12,25 @@
 //! under load; a cold key read about once per TTL rarely rolls the dice in
 //! the window, and still misses at expiry.
 //!
-//! Like [`StaleWhileRevalidate`](crate::StaleWhileRevalidate), this layer marks
-//! requests; [`CacheLookup`](crate::CacheLookup) evaluates the mark on fresh hits.
+//! It sits outside [`CacheLookup`](crate::CacheLookup): it reads the
+//! [`FreshHit`] the lookup attaches to a fresh hit, rolls the dice from the
+//! entry's timing, and on a hit starts the refresh itself, through its own
+//! inner service (the lookup, then single-flight and the lock), marked
+//! [`ForceRefresh`]. The client's answer is the hit, untouched.
 
-use crate::entry::CachedResponse;
+use crate::body::{BoxError, CacheBody};
+use crate::context::{ForceRefresh, FreshHit, Lookup, warn_misplaced};
+use crate::entry::{CachedResponse, now_ms};
+use crate::refresh::Refresher;
+use crate::store::SharedStore;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response};
 use rand::Rng;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
 
-/// Request extension: evaluate XFetch on fresh hits.
+/// The XFetch decision for one read of an entry.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct XFetchPolicy {
     /// The `beta` knob (default 1.0).
@@ -49,9 +59,10 @@ pub fn should_refresh_early(now_ms: u64, delta_ms: u64, beta: f64, expiry_ms: u6
 }
 
 /// Layer for [`XFetch`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct XFetchLayer {
     policy: XFetchPolicy,
+    refresher: Refresher,
 }
 
 impl XFetchLayer {
@@ -61,7 +72,21 @@ impl XFetchLayer {
             policy: XFetchPolicy {
                 beta: beta.max(0.0),
             },
+            refresher: Refresher::new("xfetch"),
         }
+    }
+
+    /// Most early refreshes in flight at once in this process.
+    pub fn max_refreshes(mut self, n: usize) -> Self {
+        self.refresher = self.refresher.max_in_flight(n);
+        self
+    }
+
+    /// On a shared `store`, claim the key's lock (for `ttl`) before a
+    /// refresh, so one instance of the fleet refreshes it, not each.
+    pub fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
+        self.refresher = self.refresher.claim_through(store, ttl);
+        self
     }
 }
 
@@ -77,33 +102,57 @@ impl<S> Layer<S> for XFetchLayer {
     fn layer(&self, inner: S) -> Self::Service {
         XFetch {
             inner,
-            policy: self.policy,
+            config: self.clone(),
         }
     }
 }
 
-/// Marks requests for XFetch early refresh (see the module docs).
+/// Refreshes fresh hits early, probabilistically (see the module docs).
 #[derive(Clone, Debug)]
 pub struct XFetch<S> {
     inner: S,
-    policy: XFetchPolicy,
+    config: XFetchLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for XFetch<S>
-where
-    S: Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+crate::inner_access!(XFetch);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+impl<S, B> Service<Request<B>> for XFetch<S>
+where
+    S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Default + Send + 'static,
+{
+    type Response = Response<CacheBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<CacheBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        req.extensions_mut().insert(self.policy);
-        self.inner.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.extensions().get::<Lookup>().is_some() {
+            warn_misplaced("XFetch", "outside CacheLookup");
+        }
+        let inner = self.inner.clone();
+        let config = self.config.clone();
+        let version = req.version();
+        Box::pin(async move {
+            let resp = inner.clone().oneshot(req).await.map_err(Into::into)?;
+            if let Some(hit) = resp.extensions().get::<FreshHit>()
+                && config.policy.should_refresh(&hit.entry, now_ms())
+            {
+                let mut refresh = Request::new(B::default());
+                *refresh.method_mut() = Method::GET;
+                *refresh.uri_mut() = hit.target.clone();
+                *refresh.version_mut() = version;
+                *refresh.headers_mut() = hit.refresh_headers.clone();
+                refresh.extensions_mut().insert(ForceRefresh);
+                config.refresher.spawn(inner, refresh, &hit.key);
+            }
+            Ok(resp)
+        })
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use futures_util::future::join_all;
-use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeStack};
+use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -17,7 +17,7 @@ async fn stored_lifetimes(jitter: bool) -> Vec<u64> {
     let (_, origin) = slow_origin(Duration::ZERO);
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(Mitigations {
             jitter,
             ..Mitigations::NONE

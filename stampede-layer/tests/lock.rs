@@ -7,7 +7,7 @@ use common::*;
 use futures_util::future::join_all;
 use stampede_layer::testing::RedisServer;
 use stampede_layer::{
-    BoxError, CacheStore, Mitigations, RedisStore, SharedStore, StampedeService, StampedeStack,
+    BoxError, CacheStore, Mitigations, RedisStore, SharedStore, StampedeLayer, StampedeService,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ where
 {
     let redis = RedisStore::connect(&server.url()).await.unwrap();
     let store: SharedStore = Arc::new(redis.clone());
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(mitigations)
         .ttl(Duration::from_secs(30))
         .stale_ttl(Duration::ZERO)

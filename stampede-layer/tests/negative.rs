@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use http::Method;
 use stampede_layer::{
-    BoxError, MemoryStore, Mitigations, SharedStore, StampedeService, StampedeStack,
+    BoxError, MemoryStore, Mitigations, SharedStore, StampedeLayer, StampedeService,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ fn stack(negative: bool) -> (Calls, StampedeService<Body>) {
         ))
     });
     let store: SharedStore = Arc::new(MemoryStore::default());
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(Mitigations {
             negative,
             ..Mitigations::NONE

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use stampede_layer::{
-    CacheConfig, CacheStore, MemoryStore, Mitigations, SharedStore, StampedeService, StampedeStack,
+    CacheConfig, CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer, StampedeService,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ fn stack(mitigations: Mitigations) -> (Calls, Arc<MemoryStore>, StampedeService<
     let (calls, origin) = slow_origin(ORIGIN_DELAY);
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(mitigations)
         .cache_config(CacheConfig {
             ttl: Duration::from_secs(30),

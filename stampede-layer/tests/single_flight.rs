@@ -257,7 +257,7 @@ async fn a_client_never_gets_the_non_answer_of_a_refresh_that_lost_the_lock() {
     let expiry = e.fresh_until_ms;
     store.put(&key("/items/1"), &e).await.unwrap();
     let shared: SharedStore = store;
-    let svc = stampede_layer::StampedeStack::new(shared)
+    let svc = stampede_layer::StampedeLayer::new(shared)
         .mitigations(stampede_layer::Mitigations {
             xfetch: true,
             single_flight: true,

@@ -9,7 +9,7 @@ use common::*;
 use fred::prelude::*;
 use stampede_layer::testing::RedisServer;
 use stampede_layer::{
-    CacheStore, MemoryStore, Mitigations, PutOutcome, RedisStore, SharedStore, StampedeStack,
+    CacheStore, MemoryStore, Mitigations, PutOutcome, RedisStore, SharedStore, StampedeLayer,
     StoreError,
 };
 use std::sync::Arc;
@@ -144,7 +144,7 @@ async fn redis_corrupt_or_foreign_entry_is_a_counted_miss() {
     let redis = RedisStore::connect(&server.url()).await.unwrap();
     let (calls, origin) = slow_origin(Duration::ZERO);
     let store: SharedStore = Arc::new(redis.clone());
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(Mitigations::NONE)
         .ttl(Duration::from_secs(30))
         .service(origin);

@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use futures_util::future::join_all;
 use stampede_layer::{
-    BoxError, CacheConfig, CacheStore, MemoryStore, Mitigations, SharedStore, StampedeService,
-    StampedeStack,
+    BoxError, CacheConfig, CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer,
+    StampedeService,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ where
 {
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(mitigations)
         .cache_config(config)
         .service(origin);

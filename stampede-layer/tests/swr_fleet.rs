@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use futures_util::future::join_all;
 use stampede_layer::testing::RedisServer;
-use stampede_layer::{CacheConfig, Mitigations, RedisStore, SharedStore, StampedeStack};
+use stampede_layer::{CacheConfig, Mitigations, RedisStore, SharedStore, StampedeLayer};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -30,7 +30,7 @@ async fn one_background_refresh_per_fleet() {
     for _ in 0..3 {
         let store: SharedStore = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
         fleet.push(
-            StampedeStack::new(store)
+            StampedeLayer::new(store)
                 .mitigations(swr_only)
                 .cache_config(config.clone())
                 .service(origin.clone()),

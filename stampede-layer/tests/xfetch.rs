@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use stampede_layer::entry::now_ms;
-use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeStack};
+use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -25,7 +25,7 @@ async fn hot_key(beta: f64) -> Run {
     let (calls, origin) = slow_origin(Duration::from_millis(50));
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
-    let svc = StampedeStack::new(store)
+    let svc = StampedeLayer::new(store)
         .mitigations(Mitigations {
             xfetch: true,
             single_flight: true,

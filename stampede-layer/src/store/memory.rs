@@ -157,7 +157,8 @@ impl CacheStore for MemoryStore {
     ) -> Result<Option<LockLease>, StoreError> {
         let mut locks = self.locks.lock().expect("locks lock");
         let now = Instant::now();
-        if let Some(held) = locks.get(key.digest())
+        let id = key.flight_id();
+        if let Some(held) = locks.get(&id)
             && held.expires > now
         {
             return Ok(None);
@@ -169,7 +170,7 @@ impl CacheStore for MemoryStore {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{}:{token}", uuid::Uuid::new_v4());
         locks.insert(
-            key.digest().to_owned(),
+            id,
             HeldLock {
                 owner: owner.clone(),
                 expires: now + ttl,
@@ -180,9 +181,10 @@ impl CacheStore for MemoryStore {
 
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
         let mut locks = self.locks.lock().expect("locks lock");
-        match locks.get(key.digest()) {
+        let id = key.flight_id();
+        match locks.get(&id) {
             Some(held) if held.owner == lease.owner => {
-                locks.remove(key.digest());
+                locks.remove(&id);
                 Ok(true)
             }
             _ => Ok(false),

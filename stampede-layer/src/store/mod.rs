@@ -55,6 +55,12 @@ pub struct LockLease {
 /// A shared store handle.
 pub type SharedStore = Arc<dyn CacheStore>;
 
+impl std::fmt::Debug for dyn CacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CacheStore({})", self.backend())
+    }
+}
+
 /// A cache store: entries plus the per-key rebuild lock.
 #[async_trait]
 pub trait CacheStore: Send + Sync + 'static {
@@ -75,7 +81,10 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Remove the entry.
     async fn delete(&self, key: &CacheKey) -> Result<(), StoreError>;
 
-    /// Try to take the rebuild lock for `ttl`. `None`: someone else holds it.
+    /// Try to take the rebuild lock of `key` (scoped to its variant, if any:
+    /// [`CacheKey::flight_id`]) for `ttl`. `None`: someone else holds it.
+    /// Tokens come from one counter per key, whatever the variant, so the
+    /// fenced write compares like with like.
     async fn try_lock(
         &self,
         key: &CacheKey,

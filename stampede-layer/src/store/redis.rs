@@ -1,17 +1,20 @@
 //! The Redis store (fred): entries, the rebuild lock and fencing tokens.
 //!
-//! Every key for one cache key shares a hash tag, `{prefix}:{<digest>}:e|l|f`,
+//! Every key for one cache key shares a hash tag,
+//! `{prefix}:v{FORMAT_VERSION}:{<digest>}:e|l|f` (the entry format version is
+//! in the prefix, so two versions of the gateway in one fleet never read each
+//! other's entries),
 //! so the scripts that touch several of them stay valid on Redis Cluster, and
 //! every key a script touches is passed through `KEYS`.
 //!
 //! * entry `…:e` — a hash `{t: fencing token, d: encoded entry}` with `PEXPIRE`
 //!   = fresh TTL + stale window;
-//! * lock `…:l` — `owner|token`, `PX` = lock TTL;
+//! * lock `…:l` (`…:l:<variant>` for a variant's rebuild) — `owner|token`, `PX` = lock TTL;
 //! * fence `…:f` — the per-key token counter (`INCR`), kept a day; lock
 //!   acquisitions and unlocked writes both draw from it.
 
 use super::{CacheStore, LockLease, PutOutcome, StoreError};
-use crate::entry::{CachedResponse, now_ms};
+use crate::entry::{CachedResponse, FORMAT_VERSION, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -164,8 +167,12 @@ impl RedisStore {
     }
 
     fn keys(&self, key: &CacheKey) -> (String, String, String) {
-        let tag = format!("{}:{{{}}}", self.prefix, key.digest());
-        (format!("{tag}:e"), format!("{tag}:l"), format!("{tag}:f"))
+        let tag = format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest());
+        let lock = match key.variant() {
+            Some(v) => format!("{tag}:l:{v}"),
+            None => format!("{tag}:l"),
+        };
+        (format!("{tag}:e"), lock, format!("{tag}:f"))
     }
 
     /// The Redis key an entry lives under (for tests and operators).

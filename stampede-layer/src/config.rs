@@ -1,0 +1,57 @@
+//! Settings shared by [`CacheLookup`](crate::CacheLookup),
+//! [`CacheFill`](crate::CacheFill) and the layers that serve from storage.
+
+use crate::policy::StorageRules;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cache settings.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Cache name in `Cache-Status` (RFC 9211).
+    pub name: Arc<str>,
+    /// Fresh TTL when the origin gives none.
+    pub ttl: Duration,
+    /// Stale-while-revalidate window after the TTL (when the origin gives none).
+    pub stale_ttl: Duration,
+    /// Stale-if-error window after the TTL (when the origin gives none).
+    pub stale_if_error: Duration,
+    /// Largest body buffered (and so cached or shared); larger ones stream through.
+    pub max_body_bytes: usize,
+    /// Honour the origin's `Cache-Control` (`max-age`, `s-maxage`, `no-store`, …).
+    pub honor_origin_cache_control: bool,
+    /// Cache answers to requests carrying `Authorization` or `Cookie` (an
+    /// `Authorization` answer is still stored only when it says `public` or
+    /// `s-maxage`, RFC 9111 §3.5).
+    pub cache_credentialed: bool,
+    /// How long a key whose answer could not be shared goes straight to the
+    /// origin, uncoordinated (hit-for-miss; zero: never marked).
+    pub hit_for_miss_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            name: "stampede".into(),
+            ttl: Duration::from_secs(5),
+            stale_ttl: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(60),
+            max_body_bytes: 1024 * 1024,
+            honor_origin_cache_control: true,
+            cache_credentialed: false,
+            hit_for_miss_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The storage rules these settings give.
+    pub fn storage_rules(&self) -> StorageRules {
+        StorageRules {
+            ttl: self.ttl,
+            stale_ttl: self.stale_ttl,
+            stale_if_error: self.stale_if_error,
+            honor_origin_cache_control: self.honor_origin_cache_control,
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The vocabulary the layers speak: the typed request and response
+//! extensions through which they talk (never globals).
+//!
+//! Request side: [`CacheLookup`](crate::CacheLookup) attaches a [`Lookup`] —
+//! the key, what the store held and why the request goes on — for the
+//! layers below; [`DistributedLock`](crate::DistributedLock) or a claimed
+//! background refresh attaches the [`FencingToken`] the fill writes with.
+//!
+//! Response side: every answer that leaves the rebuild path carries a
+//! [`Sharing`]: whether *other* requests that waited on this rebuild may be
+//! given it. The default — no extension — is "not shareable", so a response
+//! nobody vouched for is never handed to a second client.
+
+use crate::entry::{CachedResponse, VaryValues};
+use crate::key::CacheKey;
+use crate::policy::NotShareable;
+use http::HeaderMap;
+use std::sync::Arc;
+
+/// Why a request goes past [`CacheLookup`](crate::CacheLookup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupState {
+    /// No usable entry.
+    Missing,
+    /// An entry past its freshness is in hand (for stale-while-revalidate,
+    /// stale-if-error, and lock timeouts).
+    Stale,
+    /// A background refresh of a still-servable entry (SWR or XFetch).
+    Refresh,
+    /// Straight to the origin, not coordinated: the key is known to be
+    /// uncacheable (hit-for-miss), or the answer a follower waited for could
+    /// not be shared with it.
+    Pass,
+}
+
+/// Request extension set by [`CacheLookup`](crate::CacheLookup) for the layers below.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// The derived key (scoped to a variant once the key is known to vary).
+    pub key: CacheKey,
+    /// Why the request goes on.
+    pub state: LookupState,
+    /// The entry in hand (stale, or the one being refreshed), if any.
+    pub entry: Option<Arc<CachedResponse>>,
+    /// Why the request is forwarded (RFC 9211 `fwd`).
+    pub fwd: crate::status::Fwd,
+    /// The request's headers as forwarded (client preconditions removed): a
+    /// stored or shared answer counts only if its `Vary` matches them.
+    pub request_headers: Arc<HeaderMap>,
+}
+
+impl Lookup {
+    /// `stored_at` of the entry in hand: a re-read entry newer than this was
+    /// written by someone else meanwhile.
+    pub fn seen_stored_at(&self) -> Option<u64> {
+        self.entry.as_ref().map(|e| e.stored_at_ms)
+    }
+
+    /// What a re-read of the store (inside the flight, or while waiting on
+    /// another instance's lock) means for this request.
+    pub fn classify_reread(&self, entry: &CachedResponse, now_ms: u64) -> Reread {
+        let newer = self
+            .seen_stored_at()
+            .is_none_or(|seen| entry.stored_at_ms > seen);
+        if !newer || entry.is_expired(now_ms) {
+            return Reread::Nothing;
+        }
+        if entry.is_hit_for_miss() {
+            return Reread::Uncacheable;
+        }
+        if !entry.is_fresh(now_ms) {
+            return Reread::Nothing;
+        }
+        if entry.vary.matches(&self.request_headers) {
+            Reread::Usable
+        } else {
+            Reread::OtherVariant(entry.vary.clone())
+        }
+    }
+
+    /// The same lookup, scoped to the variant `vary` selects for this request.
+    pub fn for_variant(&self, vary: &VaryValues) -> Lookup {
+        let mut scoped = self.clone();
+        scoped.key = self
+            .key
+            .clone()
+            .with_variant(Some(vary.variant_of(&self.request_headers)));
+        scoped
+    }
+}
+
+/// What re-reading the store found, for a request that waited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reread {
+    /// Nothing new: keep waiting, or rebuild.
+    Nothing,
+    /// A newer fresh entry that this request may be answered from.
+    Usable,
+    /// A newer fresh entry of another variant: coordinate on our own variant.
+    OtherVariant(VaryValues),
+    /// The key turned out uncacheable (a hit-for-miss marker): go to the origin.
+    Uncacheable,
+}
+
+/// Request extension: the fencing token of the lock this rebuild holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FencingToken(pub u64);
+
+/// Response extension: may requests that waited on this rebuild be given it?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Stored (or servable from storage): shareable with every request whose
+    /// headers select the same variant.
+    Stored(VaryValues),
+    /// Made by the gateway itself (a 502/504 for an unreachable origin, a
+    /// shed 503): it carries no origin data and no one's session.
+    Generated,
+    /// Not shareable: a waiter sends its own request.
+    NotShareable(NotShareable),
+}
+
+impl Sharing {
+    /// The sharing of `resp` (none recorded: not shareable).
+    pub fn of<B>(resp: &http::Response<B>) -> Sharing {
+        resp.extensions()
+            .get::<Sharing>()
+            .cloned()
+            .unwrap_or(Sharing::NotShareable(NotShareable::Unknown))
+    }
+
+    /// What a request with `headers` that waited on this answer may do with it.
+    pub fn decide(&self, headers: &HeaderMap) -> Share {
+        match self {
+            Sharing::Generated => Share::Yes,
+            Sharing::Stored(vary) if vary.matches(headers) => Share::Yes,
+            Sharing::Stored(vary) => Share::OtherVariant(vary.clone()),
+            Sharing::NotShareable(_) => Share::No,
+        }
+    }
+}
+
+/// A waiting request's verdict on a shared answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Share {
+    /// It may be given the answer.
+    Yes,
+    /// The answer is another variant: coordinate on its own variant.
+    OtherVariant(VaryValues),
+    /// It must send its own request to the origin.
+    No,
+}
+
+/// Response extension on fresh hits, for [`XFetch`](crate::XFetch): the key
+/// and the entry whose timing decides an early refresh.
+#[derive(Clone, Debug)]
+pub struct FreshHit {
+    /// The key the entry was found under.
+    pub key: CacheKey,
+    /// The entry served.
+    pub entry: Arc<CachedResponse>,
+    /// The normalised target it was served for.
+    pub target: http::Uri,
+    /// The request headers a refresh of it carries (those it varies on).
+    pub refresh_headers: HeaderMap,
+}
+
+/// Request extension: rebuild this key in the background even though its
+/// entry is fresh (an [`XFetch`](crate::XFetch) early refresh).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForceRefresh;
+
+/// Why a background refresh ended without an answer. It never reaches a
+/// client: a client request that joined such a flight makes its own call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshSkipped {
+    /// Another instance holds the key's lock: it is refreshing it.
+    #[error("refresh skipped: another instance is rebuilding the key")]
+    Elsewhere,
+    /// The overload gate sheds background work first.
+    #[error("refresh skipped: shed by the overload gate")]
+    Shed,
+}
+
+impl RefreshSkipped {
+    /// Whether `err` is a skipped refresh.
+    pub fn is(err: &(dyn std::error::Error + 'static)) -> bool {
+        err.downcast_ref::<RefreshSkipped>().is_some()
+    }
+}
+
+/// Response extension set by the layers below [`CacheFill`](crate::CacheFill)
+/// to steer the write: [`TtlJitter`](crate::TtlJitter) scales the TTL,
+/// [`NegativeCache`](crate::NegativeCache) makes a 404/410 storable.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FillDirectives {
+    /// Multiply the TTL by this factor.
+    pub ttl_scale: Option<f64>,
+    /// Store this 404/410 for this long.
+    pub negative_ttl: Option<std::time::Duration>,
+}
+
+impl FillDirectives {
+    /// The directives of `resp`, inserted (empty) if it has none yet.
+    pub fn of<B>(resp: &mut http::Response<B>) -> &mut FillDirectives {
+        if resp.extensions().get::<FillDirectives>().is_none() {
+            resp.extensions_mut().insert(FillDirectives::default());
+        }
+        resp.extensions_mut()
+            .get_mut::<FillDirectives>()
+            .expect("just inserted")
+    }
+}
+
+/// Request extension set by [`CacheFill`](crate::CacheFill) on the request it
+/// sends towards the origin: the layers that steer the write
+/// ([`TtlJitter`](crate::TtlJitter), [`NegativeCache`](crate::NegativeCache))
+/// check for it, so a stack that places them where no fill reads their
+/// directives says so in its log instead of silently doing nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FillPending;
+
+/// Log once per process that `layer` sits where it cannot act.
+pub(crate) fn warn_misplaced(layer: &'static str, needs: &'static str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let first = WARNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .map(|mut w| w.insert(layer))
+        .unwrap_or(false);
+    if first {
+        tracing::warn!(
+            layer,
+            needs,
+            "layer misplaced in the stack: it does nothing here"
+        );
+    }
+}

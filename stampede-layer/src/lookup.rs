@@ -1,0 +1,307 @@
+//! [`CacheLookup`]: the cache's front door. Per request it
+//!
+//! 1. normalises the target once and forwards *that* target (a raw dot
+//!    segment can never make the origin answer something else than what the
+//!    key stands for; targets without a normal form get 400, see [`crate::key`]);
+//! 2. lets uncacheable requests through untouched (unsafe methods, which
+//!    invalidate the target on success, RFC 9111 §4.4; credentialed requests);
+//! 3. reads the store once and answers fresh hits — each client from the
+//!    stored representation by its own validators and `Range`;
+//! 4. otherwise takes the client's preconditions and `Range` off the request
+//!    (a rebuild fills the shared object with the full representation, never
+//!    one client's partial or 304 answer), attaches a [`Lookup`] for the
+//!    layers below (stale-while-revalidate, single-flight, lock, fill), and
+//!    answers the client from what comes back by its own headers;
+//! 5. writes the RFC 9211 `Cache-Status` and the request metrics.
+//!
+//! A key marked hit-for-miss (its last answer could not be shared) goes
+//! straight to the origin with the client's own headers, uncoordinated.
+
+use crate::body::{BoxError, CacheBody};
+use crate::conditional::ClientConditions;
+use crate::config::CacheConfig;
+use crate::context::{ForceRefresh, FreshHit, Lookup, LookupState};
+use crate::entry::{Freshness, now_ms};
+use crate::hot_keys::HotKeys;
+use crate::key::{CacheKey, normalise_target};
+use crate::refresh::refresh_headers;
+use crate::serve::{bad_target, response_from_entry};
+use crate::status::{CacheStatus, Detail, Fwd};
+use crate::store::{SharedStore, get_or_miss, record_error};
+use futures_util::future::BoxFuture;
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{Method, Request, Response, Uri};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// Layer for [`CacheLookup`].
+#[derive(Clone)]
+pub struct CacheLookupLayer {
+    store: SharedStore,
+    config: Arc<CacheConfig>,
+    hot_keys: Option<HotKeys>,
+}
+
+impl std::fmt::Debug for CacheLookupLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLookupLayer")
+            .field("backend", &self.store.backend())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl CacheLookupLayer {
+    /// Look up in `store` with `config`.
+    pub fn new(store: SharedStore, config: CacheConfig) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            hot_keys: None,
+        }
+    }
+
+    /// Count requests per key in `hot_keys` (the bounded hot-key report).
+    pub fn hot_keys(mut self, hot_keys: HotKeys) -> Self {
+        self.hot_keys = Some(hot_keys);
+        self
+    }
+}
+
+impl<S> Layer<S> for CacheLookupLayer {
+    type Service = CacheLookup<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheLookup {
+            inner,
+            store: self.store.clone(),
+            config: self.config.clone(),
+            hot_keys: self.hot_keys.clone(),
+        }
+    }
+}
+
+/// The cache's front door (see the module docs).
+#[derive(Clone)]
+pub struct CacheLookup<S> {
+    inner: S,
+    store: SharedStore,
+    config: Arc<CacheConfig>,
+    hot_keys: Option<HotKeys>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CacheLookup<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLookup")
+            .field("inner", &self.inner)
+            .field("backend", &self.store.backend())
+            .finish()
+    }
+}
+
+crate::inner_access!(CacheLookup);
+
+impl<S, B> Service<Request<B>> for CacheLookup<S>
+where
+    S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<CacheBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<CacheBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is awaited per call (`oneshot`), on a clone of the inner service.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let background = req.extensions().get::<ForceRefresh>().is_some();
+            let name = this.config.name.clone();
+            let mut resp = this.handle(req).await?;
+            let status = resp
+                .extensions_mut()
+                .remove::<CacheStatus>()
+                .unwrap_or_default();
+            resp.headers_mut()
+                .insert(crate::CACHE_STATUS, status.header_value(&name));
+            if !background {
+                let outcome = status.outcome(resp.status()).as_str();
+                metrics::counter!("stampede_requests_total", "outcome" => outcome).increment(1);
+                metrics::histogram!("stampede_request_duration_seconds", "outcome" => outcome)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// Forward through `inner`, recording `fwd` unless a layer below gave its own account.
+async fn forward<S, B>(inner: S, req: Request<B>, fwd: Fwd) -> Result<Response<CacheBody>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<CacheBody>>,
+    S::Error: Into<BoxError>,
+{
+    let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
+    if resp.extensions().get::<CacheStatus>().is_none() {
+        let status = CacheStatus::forwarded(fwd, resp.status());
+        resp.extensions_mut().insert(status);
+    }
+    Ok(resp)
+}
+
+impl<S> CacheLookup<S> {
+    async fn handle<B>(self, mut req: Request<B>) -> Result<Response<CacheBody>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        // One target: the key and the origin see the same normalised form.
+        if req.uri().path() != "*" {
+            match normalise_target(req.uri()) {
+                Ok(target) => *req.uri_mut() = Uri::from(target),
+                Err(err) => return Ok(bad_target(&err)),
+            }
+        }
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            return self.pass_unsafe(req).await;
+        }
+        if !self.config.cache_credentialed
+            && (req.headers().contains_key(AUTHORIZATION) || req.headers().contains_key(COOKIE))
+        {
+            return forward(self.inner, req, Fwd::Bypass).await;
+        }
+        let force_refresh = req.extensions().get::<ForceRefresh>().is_some();
+        let head = method == Method::HEAD;
+        let mut key = CacheKey::new(&method, req.uri());
+        if let Some(hot) = self.hot_keys.as_ref().filter(|_| !force_refresh) {
+            hot.record(&key);
+        }
+        let now = now_ms();
+        let found = get_or_miss(self.store.as_ref(), &key)
+            .await
+            .filter(|e| !e.is_expired(now));
+
+        if found.as_ref().is_some_and(|e| e.is_hit_for_miss()) {
+            // Known uncacheable: straight to the origin, the client's own
+            // headers and all; a cacheable answer replaces the marker.
+            let request_headers = Arc::new(req.headers().clone());
+            req.extensions_mut().insert(Lookup {
+                key,
+                state: LookupState::Pass,
+                entry: None,
+                fwd: Fwd::Bypass,
+                request_headers,
+            });
+            let mut resp = forward(self.inner, req, Fwd::Bypass).await?;
+            if let Some(status) = resp.extensions_mut().get_mut::<CacheStatus>() {
+                status.detail.get_or_insert(Detail::HitForMiss);
+            }
+            return Ok(resp);
+        }
+
+        let mut fwd = Fwd::UriMiss;
+        let found = match found {
+            Some(e) if !e.vary.matches(req.headers()) => {
+                fwd = Fwd::VaryMiss;
+                key = key.with_variant(Some(e.vary.variant_of(req.headers())));
+                None
+            }
+            other => other,
+        };
+        let conditions = ClientConditions::take(req.headers_mut());
+        let mut state = LookupState::Missing;
+        let mut in_hand = None;
+        if let Some(entry) = found {
+            match entry.freshness(now) {
+                Freshness::Fresh if force_refresh => {
+                    state = LookupState::Refresh;
+                    in_hand = Some(Arc::new(entry));
+                }
+                Freshness::Fresh => {
+                    let entry = Arc::new(entry);
+                    let mut resp = response_from_entry(
+                        &entry,
+                        now,
+                        head,
+                        CacheStatus::hit(entry.ttl_secs(now)),
+                    );
+                    let refresh_headers = refresh_headers(&entry.vary, req.headers());
+                    resp.extensions_mut().insert(FreshHit {
+                        key,
+                        entry,
+                        target: req.uri().clone(),
+                        refresh_headers,
+                    });
+                    return Ok(answer(conditions, resp));
+                }
+                Freshness::Stale | Freshness::ErrorOnly => {
+                    fwd = Fwd::Stale;
+                    state = LookupState::Stale;
+                    in_hand = Some(Arc::new(entry));
+                }
+                Freshness::Expired => fwd = Fwd::Miss,
+            }
+        }
+        if head {
+            // A HEAD miss is forwarded as is and never fills the GET entry.
+            return forward(self.inner, restore(req, conditions), fwd).await;
+        }
+        let request_headers = Arc::new(req.headers().clone());
+        req.extensions_mut().insert(Lookup {
+            key,
+            state,
+            entry: in_hand,
+            fwd,
+            request_headers,
+        });
+        let resp = forward(self.inner, req, fwd).await?;
+        Ok(answer(conditions, resp))
+    }
+
+    /// Unsafe methods pass through; a success invalidates the target URI's
+    /// entry (RFC 9111 §4.4) — this also clears a cached 404 on create.
+    async fn pass_unsafe<B>(self, req: Request<B>) -> Result<Response<CacheBody>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        let invalidates = !matches!(*req.method(), Method::OPTIONS | Method::TRACE);
+        let key = CacheKey::new(&Method::GET, req.uri());
+        let resp = forward(self.inner, req, Fwd::Method).await?;
+        if invalidates
+            && (resp.status().is_success() || resp.status().is_redirection())
+            && let Err(err) = self.store.delete(&key).await
+        {
+            record_error(self.store.as_ref(), "delete", &err);
+        }
+        Ok(resp)
+    }
+}
+
+/// Answer the client from the full representation by its own headers.
+fn answer(conditions: Option<ClientConditions>, resp: Response<CacheBody>) -> Response<CacheBody> {
+    match conditions {
+        Some(c) => c.apply(resp),
+        None => resp,
+    }
+}
+
+/// Put the client's conditional headers back (a request forwarded as is).
+fn restore<B>(mut req: Request<B>, conditions: Option<ClientConditions>) -> Request<B> {
+    if let Some(c) = conditions {
+        c.restore(req.headers_mut());
+    }
+    req
+}

@@ -1,0 +1,119 @@
+//! Background refreshes, as [`StaleWhileRevalidate`](crate::StaleWhileRevalidate)
+//! and [`XFetch`](crate::XFetch) start them: at most one per key per process,
+//! a bounded number overall, and — on a shared store — one per key per fleet
+//! (the refresh first claims the key's rebuild lock and gives up if another
+//! instance holds it; the claim's fencing token then guards its write, and
+//! the lock layer below does not take the lock again).
+
+use crate::body::BoxError;
+use crate::context::RefreshSkipped;
+use crate::key::CacheKey;
+use crate::lease::{Acquire, LeaseGuard};
+use crate::store::SharedStore;
+use http::{HeaderMap, Request};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{Service, ServiceExt};
+
+/// Starts background refreshes (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct Refresher {
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    max_in_flight: usize,
+    claim: Option<(SharedStore, Duration)>,
+    trigger: &'static str,
+}
+
+impl Refresher {
+    pub(crate) fn new(trigger: &'static str) -> Self {
+        Self {
+            in_flight: Arc::default(),
+            max_in_flight: 64,
+            claim: None,
+            trigger,
+        }
+    }
+
+    pub(crate) fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Claim the key's lock in `store` (when it is shared) for `ttl` first.
+    pub(crate) fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
+        self.claim = Some((store, ttl));
+        self
+    }
+
+    /// Refresh `key` through `inner` with `req`, unless one is running.
+    pub(crate) fn spawn<S, B>(&self, inner: S, mut req: Request<B>, key: &CacheKey)
+    where
+        S: Service<Request<B>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        let id = key.flight_id();
+        {
+            let mut in_flight = self.in_flight.lock().expect("refresh set lock");
+            if in_flight.len() >= self.max_in_flight || !in_flight.insert(id.clone()) {
+                return;
+            }
+        }
+        let in_flight = self.in_flight.clone();
+        let claim = self.claim.clone();
+        let trigger = self.trigger;
+        let key = key.clone();
+        tokio::spawn(async move {
+            let _done = RemoveOnDrop(in_flight, id);
+            let mut guard = None;
+            if let Some((store, ttl)) = claim.filter(|(s, _)| s.is_distributed()) {
+                match LeaseGuard::acquire(&store, &key, ttl).await {
+                    Acquire::Held(g) => {
+                        req.extensions_mut().insert(g.token());
+                        guard = Some(g);
+                    }
+                    Acquire::Contended => return, // another instance refreshes it
+                    Acquire::Failed => {}
+                }
+            }
+            metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
+                .increment(1);
+            match inner.oneshot(req).await.map_err(Into::into) {
+                Err(err) if !RefreshSkipped::is(err.as_ref()) => {
+                    tracing::debug!(error = %err, trigger, "background refresh failed");
+                }
+                _ => {}
+            }
+            if let Some(g) = guard {
+                g.release().await;
+            }
+        });
+    }
+}
+
+struct RemoveOnDrop(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&self.1);
+        }
+    }
+}
+
+/// The headers a refresh carries: only those the stored variant varies on,
+/// with the values of the request that triggered it — never another client's
+/// `Cookie`, `Authorization` or anything else.
+pub(crate) fn refresh_headers(vary: &crate::entry::VaryValues, from: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, _) in &vary.0 {
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            for v in from.get_all(&name) {
+                out.append(name.clone(), v.clone());
+            }
+        }
+    }
+    out
+}

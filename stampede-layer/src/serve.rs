@@ -1,0 +1,79 @@
+//! Responses built from stored entries (hits, stale answers, answers to
+//! requests that waited on someone else's rebuild) and the responses the
+//! layers make themselves.
+
+use crate::body::CacheBody;
+use crate::context::Sharing;
+use crate::entry::{CachedResponse, now_ms};
+use crate::status::{CacheStatus, Detail};
+use http::header::AGE;
+use http::{HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+/// The response for a stored entry (`Age` set, no body for `HEAD`). It is
+/// shareable with whoever selects the same variant.
+pub fn response_from_entry(
+    entry: &CachedResponse,
+    now: u64,
+    head: bool,
+    status: CacheStatus,
+) -> Response<CacheBody> {
+    let body = if head {
+        CacheBody::empty()
+    } else {
+        CacheBody::full(entry.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status_code();
+    *resp.headers_mut() = entry.header_map();
+    let age = now.saturating_sub(entry.stored_at_ms) / 1000;
+    resp.headers_mut().insert(AGE, HeaderValue::from(age));
+    resp.extensions_mut().insert(status);
+    resp.extensions_mut()
+        .insert(Sharing::Stored(entry.vary.clone()));
+    resp
+}
+
+/// A response from an entry someone else just rebuilt (a re-check inside the
+/// flight, or a lock loser woken by the fill): a hit that shared a rebuild.
+pub fn collapsed_hit(entry: &CachedResponse, detail: Detail) -> Response<CacheBody> {
+    let now = now_ms();
+    let mut status = CacheStatus::hit(entry.ttl_secs(now)).with_detail(detail);
+    status.collapsed = true;
+    response_from_entry(entry, now, false, status)
+}
+
+/// A stale entry served in place of an answer from the origin.
+pub fn stale(entry: &CachedResponse, head: bool, detail: Detail) -> Response<CacheBody> {
+    let now = now_ms();
+    let status = CacheStatus::hit(entry.ttl_secs(now).min(-1)).with_detail(detail);
+    response_from_entry(entry, now, head, status)
+}
+
+/// A 503 with `Retry-After`, as the overload gate answers. Made by the
+/// layers, so shareable with anyone who waited on it.
+pub fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
+    let mut resp = Response::new(CacheBody::full("origin overloaded, retry later\n"));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs().max(1)),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.extensions_mut().insert(Sharing::Generated);
+    resp
+}
+
+/// A 400 for a request target without an unambiguous normal form.
+pub fn bad_target(err: &crate::key::TargetError) -> Response<CacheBody> {
+    let mut resp = Response::new(CacheBody::full(format!("bad request target: {err}\n")));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
