@@ -6,7 +6,8 @@
 #   scripts/check-ops.sh          (from anywhere; it cd's to the repo root)
 #
 # Needs promtool (Debian/Ubuntu: `apt-get install prometheus`, or the
-# prometheus release tarball) and python3 (standard library only).
+# prometheus release tarball) and python3 with PyYAML (Debian: python3-yaml;
+# scripts/test.sh installs both).
 # Exit status 0 = all checks passed; the first failing step stops the run.
 set -euo pipefail
 

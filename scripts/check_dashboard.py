@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Static checks of the Grafana dashboard and the Prometheus alert rules.
 
-Standard library only (CI has no PyYAML: alerts.yml and alerts_test.yml are
-read with the YAML-subset parser in check_compose.py). Run from the repo root:
+alerts.yml and alerts_test.yml are read with PyYAML (scripts/ops_yaml.py).
+Run from the repo root:
 
     python3 scripts/check_dashboard.py                 # check, exit 1 on any problem
     python3 scripts/check_dashboard.py --list-metrics  # print metric names, one a line
@@ -50,7 +50,7 @@ import sys
 
 sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_compose import YamlSubsetError, load_yaml_subset  # noqa: E402
+from ops_yaml import load as load_yaml_subset, yaml  # noqa: E402
 
 DS = {"type": "prometheus", "uid": "prometheus"}
 DASHBOARD_EXPRS: list = []  # (where, expr) of every panel target, filled by check_dashboard
@@ -467,7 +467,7 @@ def main(argv: list[str]) -> int:
         found: set = set()
         errors = check_dashboard(dashboard, metrics, recorded, found)
         errors += check_alerts(rules_path, tests_path, runbook, metrics, recorded, found)
-    except (OSError, YamlSubsetError) as e:
+    except (OSError, yaml.YAMLError) as e:
         errors, found = [str(e)], set()
     if list_metrics:
         if errors:
