@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ops_yaml import load, yaml  # noqa: E402
 

@@ -9,8 +9,6 @@ under /usr/bin/python3 instead of failing.
 import os
 import sys
 
-sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
-
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 try:
