@@ -25,9 +25,10 @@ import sys
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
@@ -37,9 +38,11 @@ from grafana_foundation_sdk.models.dashboard import (
     ThresholdsMode,
     VariableOption,
     VariableRefresh,
+    ValueMap,
+    ValueMappingResult,
     VariableSort,
 )
-from grafana_foundation_sdk.models.prometheus import QueryEditorMode
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
 # The provisioned datasource (grafana/provisioning/datasources/prometheus.yml), by uid.
 DS = DataSourceRef(type_val="prometheus", uid="prometheus")
@@ -388,6 +391,7 @@ def lock_and_store() -> list:
             interval="15s",
             dashed=".*rebuild p99",
         ),
+        lock_wait_heatmap(),
         graph(
             "Lock acquisitions and fencing rejections",
             "Distributed-lock attempts per second by result (acquired: this instance rebuilds; contended: another instance "
@@ -407,7 +411,73 @@ def lock_and_store() -> list:
             (f'sum by (gateway, backend, op) (rate({gw("stampede_store_errors_total")}[$__rate_interval]))', "{{gateway}} {{backend}} {{op}}"),
             interval="5s",
         ),
+        _panel(
+            statetimeline.Panel(),
+            "Redis fallback (store circuit breaker)",
+            "Per gateway: is the store circuit open (stampede_store_circuit_open = 1)? While open, entries and locks live "
+            "in the gateway's in-process fallback store: no shared cache and no fleet-wide lock, so every gateway rebuilds "
+            "a hot key on its own (origin load x the number of gateways). Alert StampedeStoreFallbackActive; the cause is "
+            "on Store errors.",
+            "short",
+            24,
+            5,
+        )
+        .color_scheme(db.FieldColor().mode(FieldColorModeId.THRESHOLDS))
+        .thresholds(thresholds((None, "green"), (1, "red")))
+        .mappings([ValueMap({
+            "0": ValueMappingResult(text="shared store", color="green", index=0),
+            "1": ValueMappingResult(text="FALLBACK: circuit open", color="red", index=1),
+        })])
+        .show_value(common.VisibilityMode.NEVER)
+        .merge_values(True)
+        .row_height(0.8)
+        .fill_opacity(70)
+        .legend(cb.VizLegendOptions().show_legend(False).display_mode(common.LegendDisplayMode.LIST).placement(common.LegendPlacement.BOTTOM))
+        .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE).sort(common.SortOrder.NONE))
+        .interval("5s")
+        .with_target(query(f'max by (gateway, backend) ({gw("stampede_store_circuit_open")})', "{{gateway}} {{backend}}")),
     ]
+
+
+def lock_wait_heatmap() -> heatmap.Panel:
+    return (
+        _panel(
+            heatmap.Panel(),
+            "Lock wait distribution (heatmap)",
+            "How long lock losers waited for the winner's fill, all selected gateways: lock waits per histogram bucket "
+            "(stampede_lock_wait_seconds_bucket) and interval, darker = more. A band at the rebuild time is healthy (waiters "
+            "woken by the fill); a band at --lock-ttl means holders died and waiters sat out the lock TTL; a smear between "
+            "them means a coarse backoff. The p99 line is on the panel to the left.",
+            "s",
+            12,
+            8,
+        )
+        .calculate(False)
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+        .y_axis(heatmap.YAxisConfig().unit("s").axis_placement(common.AxisPlacement.LEFT))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_model.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .scale(heatmap_model.HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)
+            .steps(64)
+            .fill("dark-orange")
+            .reverse(False)
+        )
+        .filter_values(heatmap.FilterValueRange().le(1e-9))
+        .cell_gap(1)
+        .show_value(common.VisibilityMode.NEVER)
+        .mode(common.TooltipDisplayMode.SINGLE)
+        .show_y_histogram()
+        .show_legend()
+        .exemplars_color("rgba(255,0,255,0.7)")
+        .interval("15s")
+        .with_target(
+            query(f'sum by (le) (increase({gw("stampede_lock_wait_seconds_bucket")}[$__rate_interval]))', "{{le}}")
+            .format(PromQueryFormat.HEATMAP)
+        )
+    )
 
 
 def origin_and_overload() -> list:
@@ -430,6 +500,18 @@ def origin_and_overload() -> list:
                 DASHED[0],
             ],
         ),
+        graph(
+            "Origin answers by status code",
+            "Origin answers per second by HTTP status: as origin-sim served them (origin_queries_total, solid) and as each "
+            "gateway received them (stampede_origin_requests_total, dashed; `error` = no answer: connect failure or "
+            "timeout). 5xx and errors are red. 404s are a negative-key storm (turn on `negative`); 5xx/errors feed "
+            "stale-if-error and the alert StampedeOriginErrorRatio.",
+            "reqps",
+            ("sum by (status) (rate(origin_queries_total[$__rate_interval]))", "origin-sim {{status}}"),
+            (f'sum by (gateway, status) (rate({gw("stampede_origin_requests_total")}[$__rate_interval]))', "{{gateway}} -> origin {{status}}"),
+            interval="5s",
+            dashed=".* -> origin .*",
+        ).override_by_regexp(".* (5\\d\\d|error)", [DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"})]),
         graph(
             "Shed rate (overload gate 503s)",
             "Requests the overload gate answered 503 + Retry-After, per gateway and reason (inflight: origin-bound work above "
