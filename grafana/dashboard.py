@@ -252,7 +252,7 @@ def overview() -> list:
         ),
         stat_panel(
             "Targets up",
-            "Scrape targets up: 3 gateways + origin-sim = 4. Below 4, some panels are missing an instance.",
+            "Scrape targets up: 3 gateways + origin-sim = 4. Below 4, some panels are missing an instance (alert ScrapeTargetDown).",
             'sum(up{job=~"gateway|origin-sim"})', "short", (None, "red"), (4, "green"), decimals=0,
         ),
         graph(
