@@ -2,7 +2,8 @@
 # Checks the operations files: Prometheus config, alert rules and their unit
 # tests, compose.yaml, Grafana provisioning and the dashboard (that the
 # committed JSON is what grafana/dashboard.py generates, that its PromQL parses
-# and every metric it names is in the README metrics section).
+# and every metric it names is in the README metrics section); and that no
+# relative link in the repository's markdown is dead.
 #
 #   scripts/check-ops.sh          (from anywhere; it cd's to the repo root)
 #
@@ -53,4 +54,5 @@ step "dashboard, alert annotations/runbook links/test coverage, metric names vs 
     python3 scripts/check_dashboard.py --promql-rules "${tmp}/dashboard-exprs.json"
 # promtool parses the dashboard's PromQL too: each panel expr becomes a recording rule.
 step "promtool check rules <dashboard exprs>" promtool check rules "${tmp}/dashboard-exprs.json"
+step "relative links in the markdown files" python3 scripts/check_links.py
 echo "check-ops: all checks passed"

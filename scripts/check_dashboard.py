@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_links import markdown_anchors  # noqa: E402
 from ops_yaml import load, yaml  # noqa: E402
 
 DASHBOARD, RULES, TESTS = "grafana/dashboards/stampede.json", "alerts.yml", "alerts_test.yml"
@@ -149,19 +150,6 @@ def dashboard_exprs(dash) -> list[tuple[str, str]]:
     return out
 
 
-def runbook_anchors(path: str) -> set:
-    """GitHub-style heading anchors of a markdown file."""
-    with open(path, encoding="utf-8") as f:
-        text = re.sub(r"^```.*?^```", "", f.read(), flags=re.M | re.S)
-    anchors, counts = set(), {}
-    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, re.M):
-        heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
-        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
-        anchors.add(slug if slug not in counts else f"{slug}-{counts[slug]}")
-        counts[slug] = counts.get(slug, 0) + 1
-    return anchors
-
-
 def runbook_base() -> str:
     if os.environ.get("RUNBOOK_BASE"):
         return os.environ["RUNBOOK_BASE"]
@@ -182,7 +170,7 @@ def set_runbook_base(base: str) -> None:
 
 def check_alerts(rules: list[dict], metrics: dict, recorded: set, found: set) -> list[str]:
     errors, names = [], []
-    anchors = runbook_anchors(RUNBOOK)
+    anchors = markdown_anchors(RUNBOOK)
     base = runbook_base()
     if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc:
         errors.append(f"RUNBOOK_BASE {base!r} is not an absolute http(s) URL")
