@@ -36,8 +36,8 @@ if [ ! -f "$lib/.complete" ]; then
   echo "dashboard: installing $(grep -v '^#' "$req" | xargs) into $lib (pip, PyPI)" >&2
   rm -rf "$lib" "$lib.partial"
   mkdir -p "$(dirname "$lib")"
-  "$python" -m pip install --quiet --disable-pip-version-check --no-input --no-cache-dir \
-    --root-user-action=ignore --target "$lib.partial" -r "$req" >&2 ||
+  PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check --no-input \
+    --no-cache-dir --target "$lib.partial" -r "$req" >&2 ||
     die "pip could not install $req into $lib.partial (PyPI unreachable?); the dashboard cannot be generated without it"
   touch "$lib.partial/.complete"
   mv "$lib.partial" "$lib"
