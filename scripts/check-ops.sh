@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Checks the operations files: Prometheus config, alert rules and their unit
-# tests, compose.yaml, Grafana provisioning and the dashboard (including that
-# its PromQL parses and every metric it names is in the README metrics section).
+# tests, compose.yaml, Grafana provisioning and the dashboard (that the
+# committed JSON is what grafana/dashboard.py generates, that its PromQL parses
+# and every metric it names is in the README metrics section); and that no
+# relative link in the repository's markdown is dead.
 #
 #   scripts/check-ops.sh          (from anywhere; it cd's to the repo root)
 #
 # Needs promtool (Debian/Ubuntu: `apt-get install prometheus`, or the
-# prometheus release tarball) and python3 (standard library only).
+# prometheus release tarball), python3 with PyYAML (Debian: python3-yaml) and
+# pip (Debian: python3-pip; scripts/dashboard.sh installs the Grafana SDK with it
+# under target/); scripts/test.sh installs all of them.
 # Exit status 0 = all checks passed; the first failing step stops the run.
 set -euo pipefail
 
@@ -43,10 +47,12 @@ step "promtool check rules alerts.yml" promtool check rules alerts.yml
 step "promtool test rules alerts_test.yml" promtool test rules alerts_test.yml
 step "compose.yaml + prometheus.yml targets + grafana provisioning" \
     python3 scripts/check_compose.py compose.yaml --prometheus prometheus.yml
+step "dashboard JSON = grafana/dashboard.py output" bash scripts/dashboard.sh --check
 tmp=$(mktemp -d)
 trap 'rm -rf "${tmp}"' EXIT
 step "dashboard, alert annotations/runbook links/test coverage, metric names vs the README metrics section" \
-    python3 scripts/check_dashboard.py grafana/dashboards/stampede.json --promql-rules "${tmp}/dashboard-exprs.json"
+    python3 scripts/check_dashboard.py --promql-rules "${tmp}/dashboard-exprs.json"
 # promtool parses the dashboard's PromQL too: each panel expr becomes a recording rule.
 step "promtool check rules <dashboard exprs>" promtool check rules "${tmp}/dashboard-exprs.json"
+step "relative links in the markdown files" python3 scripts/check_links.py
 echo "check-ops: all checks passed"

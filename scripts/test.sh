@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, on a fresh Debian machine with only the
 # Rust toolchain: installs what the tests need when it is missing
-# (redis-server; promtool from the `prometheus` package), then checks
+# (redis-server; promtool from the `prometheus` package; PyYAML from
+# `python3-yaml` and pip from `python3-pip` for the ops checks; pip installs
+# the pinned Grafana SDK under target/, see scripts/dashboard.sh), then checks
 # formatting, lints, the ops files (Prometheus config, alert rules + their
 # unit tests, compose, dashboard) and runs `cargo test --workspace`.
 # Tests that need Redis start their own redis-server on a free port.
@@ -14,6 +16,11 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Debian's python3-yaml and python3-pip serve /usr/bin/python3; the ops scripts
+# fall back to that interpreter when the python3 on PATH (pyenv, a venv) lacks them.
+has_py_module() { python3 -c "import $1" 2>/dev/null || /usr/bin/python3 -c "import $1" 2>/dev/null; }
+has_py_module yaml || missing+=(python3-yaml)
+has_py_module pip || missing+=(python3-pip)
 if ((${#missing[@]})); then
   step "installing ${missing[*]} (Debian packages)"
   sudo=""
@@ -24,6 +31,9 @@ if ((${#missing[@]})); then
 fi
 for tool in redis-server promtool python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after the install step" >&2; exit 1; }
+done
+for module in yaml pip; do
+  has_py_module "$module" || { echo "error: python module $module is still missing after the install step" >&2; exit 1; }
 done
 
 step "cargo fmt --check"
