@@ -42,7 +42,18 @@ fn redis_url(s: &str) -> Result<String, String> {
     }
 }
 
-/// The gateway's configuration.
+/// The host name, or `gateway` when it cannot be read.
+pub fn default_instance() -> String {
+    whoami::fallible::hostname()
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// The gateway's configuration. Every flag can also be set by an environment
+/// variable: `STAMPEDE_` and the flag's name in capitals with `_` for `-`
+/// (`--lock-ttl` → `STAMPEDE_LOCK_TTL`); a flag on the command line wins.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "gateway",
@@ -51,80 +62,119 @@ fn redis_url(s: &str) -> Result<String, String> {
 )]
 pub struct Config {
     /// Address for proxied traffic.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "STAMPEDE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Address for /metrics, /healthz, /readyz and the admin API.
-    #[arg(long, default_value = "127.0.0.1:9080")]
+    #[arg(long, env = "STAMPEDE_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: SocketAddr,
     /// The origin to proxy to (http://host:port).
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    #[arg(long, env = "STAMPEDE_ORIGIN", default_value = "http://127.0.0.1:8081")]
     pub origin: Origin,
     /// Redis URL: store and lock live in Redis (shared by a fleet). Without it the
     /// store is in-process and the lock reaches this process only. A cluster:
     /// redis-cluster://host:port?node=host:port&node=host:port.
-    #[arg(long, value_parser = redis_url)]
+    #[arg(long, env = "STAMPEDE_REDIS", hide_env_values = true, value_parser = redis_url)]
     pub redis: Option<String>,
     /// Fresh TTL when the origin sends no max-age.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_TTL", default_value = "5s", value_parser = duration)]
     pub ttl: Duration,
     /// Stale-while-revalidate window after the TTL.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_STALE_TTL", default_value = "5s", value_parser = duration)]
     pub stale_ttl: Duration,
     /// Stale-if-error window after the TTL (at least the stale TTL).
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_STALE_IF_ERROR", default_value = "60s", value_parser = duration)]
     pub stale_if_error: Duration,
     /// TTL of cached 404/410 answers (negative caching).
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
     pub negative_ttl: Duration,
     /// TTL jitter: each TTL is scaled by a random factor in [1-j, 1+j].
-    #[arg(long, default_value = "0.2", value_parser = fraction)]
+    #[arg(long, env = "STAMPEDE_JITTER", default_value = "0.2", value_parser = fraction)]
     pub jitter: f64,
     /// Lifetime of a rebuild lock (must exceed a normal rebuild).
-    #[arg(long, default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_LOCK_TTL", default_value = "2s", value_parser = duration)]
     pub lock_ttl: Duration,
     /// Longest a lock loser waits for the fill (default: the lock TTL).
-    #[arg(long, value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_LOCK_WAIT", value_parser = duration)]
     pub lock_wait: Option<Duration>,
     /// XFetch beta (> 1 refreshes earlier, < 1 later; 0 disables).
-    #[arg(long, default_value = "1.0", value_parser = beta)]
+    #[arg(long, env = "STAMPEDE_XFETCH_BETA", default_value = "1.0", value_parser = beta)]
     pub xfetch_beta: f64,
     /// none, all, or a comma list of single-flight,lock,swr,xfetch,jitter,negative,overload-gate.
-    #[arg(long, default_value = "all")]
+    #[arg(long, env = "STAMPEDE_MITIGATIONS", default_value = "all")]
     pub mitigations: Mitigations,
-    /// Instance name (metrics label `gateway`, logs).
-    #[arg(long, default_value = "gateway")]
+    /// Instance name (metrics label `gateway`, logs); default: the host name,
+    /// so replicas never share a label.
+    #[arg(long, env = "STAMPEDE_INSTANCE", default_value_t = default_instance())]
     pub instance: String,
     /// Origin answer timeout (then 504).
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub upstream_timeout: Duration,
     /// Largest body cached or shared; larger ones stream through uncached.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, env = "STAMPEDE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Overload gate: most requests at the origin at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "STAMPEDE_GATE_MAX_INFLIGHT", default_value_t = 64)]
     pub gate_max_inflight: usize,
     /// Overload gate: longest wait for an origin slot before a 503.
-    #[arg(long, default_value = "0ms", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_GATE_QUEUE_WAIT", default_value = "0ms", value_parser = duration)]
     pub gate_queue_wait: Duration,
     /// In-process store bound: entries.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "STAMPEDE_MEMORY_MAX_ENTRIES", default_value_t = 100_000)]
     pub memory_max_entries: u64,
     /// In-process store bound: bytes.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "STAMPEDE_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub memory_max_bytes: u64,
     /// Cache answers to requests with Authorization or Cookie (off: they bypass).
-    #[arg(long)]
+    #[arg(long, env = "STAMPEDE_CACHE_CREDENTIALED")]
     pub cache_credentialed: bool,
     /// Bearer token for the admin API (purge, warm, hot keys); unset: admin API off.
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// File of paths (one per line, `#` comments) to warm before /readyz says ready.
-    #[arg(long)]
+    #[arg(long, env = "STAMPEDE_WARM_LIST")]
     pub warm_list: Option<PathBuf>,
 }
 
 impl Default for Config {
+    /// The command line's defaults, whatever the environment says.
     fn default() -> Self {
-        Config::parse_from(["gateway"])
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Config::command().mut_args(|a| a.env(None));
+        let matches = cmd.get_matches_from(["gateway"]);
+        Config::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_an_env_var_and_secrets_are_hidden() {
+        let cmd = Config::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let want = format!("STAMPEDE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}"
+            );
+            if ["admin-token", "redis"].contains(&long) {
+                assert!(arg.is_hide_env_values_set(), "--{long} is a secret");
+            }
+        }
+    }
+
+    #[test]
+    fn default_is_the_command_line_default() {
+        let d = Config::default();
+        assert_eq!(d.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(d.instance, default_instance());
+        assert!(!d.instance.is_empty());
     }
 }
