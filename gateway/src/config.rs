@@ -29,6 +29,37 @@ fn beta(s: &str) -> Result<f64, String> {
     }
 }
 
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0".into()),
+        d => Ok(d),
+    }
+}
+
+fn connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        Ok(_) => Err("must be between 1 and 1000000".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Bounds of `--max-header-bytes` (hyper's read buffer is ~400 KiB).
+const HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=256 * 1024;
+
+fn header_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if HEADER_BYTES.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            HEADER_BYTES.start(),
+            HEADER_BYTES.end()
+        ))
+    }
+}
+
 fn redis_url(s: &str) -> Result<String, String> {
     if ["redis://", "rediss://", "redis-cluster://"]
         .iter()
@@ -133,6 +164,26 @@ pub struct Config {
     /// File of paths (one per line, `#` comments) to warm before /readyz says ready.
     #[arg(long, env = "STAMPEDE_WARM_LIST")]
     pub warm_list: Option<PathBuf>,
+    /// Both listeners: longest a client may take to send a request's line and
+    /// headers, counted from the connection's accept or, on a kept-alive
+    /// connection, from the request's first byte; then the connection is closed.
+    #[arg(long, env = "STAMPEDE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: Duration,
+    /// Both listeners: longest a kept-alive connection may wait, idle, for its
+    /// next request; then it is closed.
+    #[arg(long, env = "STAMPEDE_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// Proxy listener: most client connections open at once. One more is
+    /// answered `503` (`Connection: close`) and closed at once, not queued.
+    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = connections)]
+    pub max_connections: usize,
+    /// Admin listener: most connections open at once (as --max-connections).
+    #[arg(long, env = "STAMPEDE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = connections)]
+    pub admin_max_connections: usize,
+    /// Both listeners: largest request line plus headers, in bytes; a larger
+    /// request is answered `431` and its connection closed.
+    #[arg(long, env = "STAMPEDE_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = header_bytes)]
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod proxy;
+pub mod server;
 
 pub use config::Config;
 
@@ -233,12 +234,26 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let limits = |max_connections| server::Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections,
+        max_header_bytes: config.max_header_bytes,
     };
-    let admin = axum::serve(admin_listener, admin::router(admin_state))
-        .with_graceful_shutdown(stop(stop_rx.clone()));
-    let main = axum::serve(listener, proxy_router(stack)).with_graceful_shutdown(stop(stop_rx));
+    let admin = server::serve(
+        admin_listener,
+        admin::router(admin_state),
+        limits(config.admin_max_connections),
+        "admin",
+        stop_rx.clone(),
+    );
+    let main = server::serve(
+        listener,
+        proxy_router(stack),
+        limits(config.max_connections),
+        "proxy",
+        stop_rx,
+    );
     let (a, b) = tokio::join!(admin, main);
     a.context("admin listener")?;
     b.context("proxy listener")?;
