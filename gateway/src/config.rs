@@ -60,6 +60,29 @@ fn header_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
+fn via_name(s: &str) -> Result<String, String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:".contains(c);
+    if !s.is_empty() && s.chars().all(token) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a host name or pseudonym (letters, digits, -._:)"
+        ))
+    }
+}
+
+/// What the proxy does with client-supplied `X-Forwarded-For` and `Forwarded`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardedPolicy {
+    /// Drop what the client sent (and `X-Real-IP`); send only the connecting
+    /// peer's address. For a gateway that clients reach directly.
+    #[default]
+    Replace,
+    /// Keep the chain the client sent and append the connecting peer. Only
+    /// behind a load balancer you trust to have set it.
+    Append,
+}
+
 fn redis_url(s: &str) -> Result<String, String> {
     if ["redis://", "rediss://", "redis-cluster://"]
         .iter()
@@ -184,6 +207,15 @@ pub struct Config {
     /// request is answered `431` and its connection closed.
     #[arg(long, env = "STAMPEDE_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = header_bytes)]
     pub max_header_bytes: usize,
+    /// Client-supplied X-Forwarded-For / Forwarded: `replace` them with the
+    /// connecting peer's address, or `append` the peer to them (behind a
+    /// trusted load balancer).
+    #[arg(long, env = "STAMPEDE_FORWARDED_HEADERS", value_enum, default_value_t = ForwardedPolicy::Replace)]
+    pub forwarded_headers: ForwardedPolicy,
+    /// Name this proxy gives itself in the `Via` header it adds to requests
+    /// and responses (a pseudonym, so no host name leaks to clients).
+    #[arg(long, env = "STAMPEDE_VIA", default_value = "stampede", value_parser = via_name)]
+    pub via: String,
 }
 
 impl Default for Config {

@@ -126,19 +126,31 @@ pub fn build_stack(
         .service(proxy)
 }
 
-/// The proxy router: every path goes through the stack; stack errors become 502.
-pub fn proxy_router(stack: StampedeService<Body>) -> axum::Router {
-    let svc = tower::service_fn(move |req: Request<Body>| {
+/// The proxy router: every path goes through the stack; stack errors become
+/// 502. `forwarding` sets the forwarding headers on the way in (from the
+/// peer address in the request's `ConnectInfo`) and `Via` on the way out.
+pub fn proxy_router(stack: StampedeService<Body>, forwarding: proxy::Forwarding) -> axum::Router {
+    let forwarding = Arc::new(forwarding);
+    let svc = tower::service_fn(move |mut req: Request<Body>| {
         let stack = stack.clone();
+        let forwarding = forwarding.clone();
         async move {
-            Ok::<_, Infallible>(match stack.oneshot(req).await {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            let version = req.version();
+            forwarding.on_request(req.headers_mut(), version, peer);
+            let mut resp = match stack.oneshot(req).await {
                 Ok(resp) => resp.into_response(),
                 Err(err) => {
                     tracing::warn!(error = %err, "request failed in the stack");
                     proxy::error_response(StatusCode::BAD_GATEWAY, "origin request failed")
                         .into_response()
                 }
-            })
+            };
+            forwarding.on_response(resp.headers_mut());
+            Ok::<_, Infallible>(resp)
         }
     });
     axum::Router::new().fallback_service(svc)
@@ -240,6 +252,7 @@ pub async fn run(
         max_connections,
         max_header_bytes: config.max_header_bytes,
     };
+    let forwarding = proxy::Forwarding::new(config.forwarded_headers, &config.via);
     let admin = server::serve(
         admin_listener,
         admin::router(admin_state),
@@ -249,7 +262,7 @@ pub async fn run(
     );
     let main = server::serve(
         listener,
-        proxy_router(stack),
+        proxy_router(stack, forwarding),
         limits(config.max_connections),
         "proxy",
         stop_rx,
