@@ -83,16 +83,88 @@ pub enum ForwardedPolicy {
     Append,
 }
 
-fn redis_url(s: &str) -> Result<String, String> {
-    if ["redis://", "rediss://", "redis-cluster://"]
-        .iter()
-        .any(|p| s.starts_with(p))
-    {
-        Ok(s.to_owned())
-    } else {
+/// Why a Redis URL is refused, if it is: not a `redis://` URL, or a TLS one
+/// (`rediss://`). The Redis client is built without TLS and would connect
+/// in plaintext; the gateway refuses instead. No message repeats the URL.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    if scheme.starts_with("rediss") || scheme.starts_with("valkeys") {
         Err(format!(
-            "{s:?} is not a redis:// URL (or redis-cluster://host:port?node=host:port for a cluster)"
+            "{scheme}:// (TLS) is not supported: this gateway's Redis client is built without TLS \
+             and never falls back to plaintext; use redis:// on a trusted network or through a TLS tunnel"
         ))
+    } else if ["redis", "redis-cluster"].contains(&scheme) {
+        Ok(())
+    } else {
+        Err("not a redis:// URL (or redis-cluster://host:port?node=host:port for a cluster)".into())
+    }
+}
+
+/// `url` with its password (and any `…password=` query value) replaced by
+/// `***`, for logs and error messages: `redis://:***@host:6379`. A user
+/// name alone before `@` is redacted too (some clients read it as the password).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first `/`, `?` or `#` after the last `@`: a
+    // password is often not percent-encoded.
+    let host_from = rest.rfind('@').map_or(0, |at| at + 1);
+    let end = rest[host_from..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |i| host_from + i);
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// `--redis`: a custom parser so that a refusal never echoes the URL (clap's
+/// own message would print the password).
+#[derive(Clone, Debug)]
+struct RedisUrl;
+
+impl clap::builder::TypedValueParser for RedisUrl {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let url = value.to_string_lossy();
+        match check_redis_url(&url) {
+            Ok(()) => Ok(url.into_owned()),
+            Err(why) => Err(clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{}' for '--redis <REDIS>': {why}\n",
+                    redact_url(&url)
+                ),
+            )
+            .with_cmd(cmd)),
+        }
     }
 }
 
@@ -127,7 +199,7 @@ pub struct Config {
     /// Redis URL: store and lock live in Redis (shared by a fleet). Without it the
     /// store is in-process and the lock reaches this process only. A cluster:
     /// redis-cluster://host:port?node=host:port&node=host:port.
-    #[arg(long, env = "STAMPEDE_REDIS", hide_env_values = true, value_parser = redis_url)]
+    #[arg(long, env = "STAMPEDE_REDIS", hide_env_values = true, value_parser = RedisUrl)]
     pub redis: Option<String>,
     /// Fresh TTL when the origin sends no max-age.
     #[arg(long, env = "STAMPEDE_TTL", default_value = "5s", value_parser = duration)]
@@ -250,6 +322,35 @@ mod tests {
             if ["admin-token", "redis"].contains(&long) {
                 assert!(arg.is_hide_env_values_set(), "--{long} is a secret");
             }
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_and_tls_refused() {
+        for (url, want) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://user:p@ss:w@h", "redis://user:***@h"),
+            ("redis://pw@h", "redis://***@h"),
+            ("redis://:pa/ss?#@h:1/2", "redis://:***@h:1/2"),
+            (
+                "redis-cluster://:pw@h:1?node=h:2&sentinelPassword=pw",
+                "redis-cluster://:***@h:1?node=h:2&sentinelPassword=***",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
+        assert!(check_redis_url("redis://h").is_ok());
+        assert!(check_redis_url("redis-cluster://h:1?node=h:2").is_ok());
+        for bad in [
+            "rediss://h",
+            "rediss-cluster://h",
+            "valkeys://h",
+            "h:6379",
+            "http://h",
+        ] {
+            assert!(check_redis_url(bad).is_err(), "{bad}");
         }
     }
 

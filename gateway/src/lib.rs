@@ -67,14 +67,22 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
         .clone()
 }
 
+/// Connect to the Redis at `url`, refusing TLS URLs (see
+/// [`config::check_redis_url`]); errors name the URL with its password redacted.
+async fn connect_redis(url: &str) -> anyhow::Result<RedisStore> {
+    config::check_redis_url(url).map_err(anyhow::Error::msg)?;
+    RedisStore::builder(url)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", config::redact_url(url)))
+}
+
 /// Connect the store the configuration asks for.
 pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
     Ok(match &config.redis {
         Some(url) => {
-            let store = RedisStore::builder(url.clone())
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            let store = connect_redis(url).await?;
+            let url = config::redact_url(url);
             tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
             let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
             Arc::new(FallbackStore::new(store, fallback))
@@ -304,9 +312,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
     let admin_addr = admin_listener.local_addr()?;
     // Fail here, not in the task, when the store is unreachable.
     if let Some(url) = &config.redis {
-        RedisStore::connect(url)
-            .await
-            .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        connect_redis(url).await?;
     }
     let metrics = install_prometheus(&config.instance);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -64,6 +64,10 @@ impl std::str::FromStr for Origin {
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(err("the origin URL must not have a path"));
         }
+        if authority.as_str().contains('@') {
+            // It would be sent as the Host header and logged.
+            return Err(err("credentials in the origin URL are not supported"));
+        }
         Ok(Origin { scheme, authority })
     }
 }
@@ -360,6 +364,7 @@ mod tests {
         assert!("http://origin-sim:8081/".parse::<Origin>().is_ok());
         for bad in [
             "",
+            "http://user:pw@127.0.0.1:8081",
             "127.0.0.1:8081",
             "https://x",
             "http://x/path",

@@ -3,8 +3,13 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String) {
+    run_env(args, &[])
+}
+
+fn run_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(args)
+        .envs(envs.iter().copied())
         .output()
         .expect("run gateway");
     (
@@ -44,7 +49,7 @@ fn unreachable_redis_fails_at_start_with_a_clear_message() {
     let admin = format!("127.0.0.1:{}", stampede_layer::testing::free_port());
     let (code, err) = run(&[
         "--redis",
-        &format!("redis://127.0.0.1:{port}"),
+        &format!("redis://:{PASSWORD}@127.0.0.1:{port}"),
         "--listen",
         &listen,
         "--admin-listen",
@@ -53,6 +58,10 @@ fn unreachable_redis_fails_at_start_with_a_clear_message() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot connect to Redis"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // The error names the server, not the password.
+    let redacted = format!("redis://:***@127.0.0.1:{port}");
+    assert!(err.contains(&redacted), "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
 }
 
 /// A gateway binary started with `args` and `envs`, killed (by PID) when dropped.
@@ -77,6 +86,17 @@ impl Running {
                 .spawn()
                 .expect("start gateway"),
         )
+    }
+
+    /// Stop it and return everything it logged.
+    fn logs(mut self) -> String {
+        let _ = self.0.kill();
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        err
     }
 }
 
@@ -137,25 +157,12 @@ fn every_flag_can_come_from_the_environment() {
         out
     };
     assert!(answer.starts_with("HTTP/1.0 502"), "{answer:?}");
-    // A flag wins over the environment.
-    let (code, err) = {
-        let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--ttl", "soon"])
-            .env("STAMPEDE_TTL", "5s")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    assert_eq!(code, Some(2), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .env("STAMPEDE_JITTER", "7")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--jitter"));
+    // A flag wins over the environment; a bad value from it is one clear line.
+    let (code, err) = run_env(&["--ttl", "soon"], &[("STAMPEDE_TTL", "5s")]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = run_env(&[], &[("STAMPEDE_JITTER", "7")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--jitter"), "{err}");
     drop(gw);
 }
 
@@ -172,4 +179,47 @@ fn the_instance_defaults_to_the_host_name() {
         assert!(std::time::Instant::now() < deadline, "no {label} label");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+const PASSWORD: &str = "hunter2-s3cret";
+
+#[test]
+fn rediss_is_refused_in_one_line_never_sent_in_plaintext() {
+    let port = stampede_layer::testing::free_port();
+    for scheme in ["rediss", "rediss-cluster"] {
+        let url = format!("{scheme}://:{PASSWORD}@127.0.0.1:{port}");
+        for (args, envs) in [
+            (vec!["--redis", url.as_str()], vec![]),
+            (vec![], vec![("STAMPEDE_REDIS", url.as_str())]),
+        ] {
+            let (code, err) = run_env(&args, &envs);
+            assert_eq!(code, 2, "{err}");
+            assert!(err.contains("TLS"), "{err}");
+            assert!(!err.contains(PASSWORD), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn the_redis_password_is_never_logged() {
+    let port = stampede_layer::testing::free_port();
+    let (listen, admin) = (free_addr(), free_addr());
+    // A bad URL: the flag's error does not echo it either.
+    let (code, err) = run(&["--redis", &format!("http://:{PASSWORD}@127.0.0.1:{port}")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
+
+    // Reachable, with a password: the start-up log names the store, redacted.
+    let redis = stampede_layer::testing::RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
+    let gw = Running::start(
+        &["--listen", &listen, "--admin-listen", &admin],
+        &[("STAMPEDE_REDIS", &url)],
+    );
+    get_when_up(&admin, "/readyz");
+    let logs = gw.logs();
+    assert!(logs.contains("store: Redis"), "{logs}");
+    assert!(logs.contains(":***@127.0.0.1"), "{logs}");
+    assert!(!logs.contains(PASSWORD), "{logs}");
 }
