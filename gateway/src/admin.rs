@@ -1,11 +1,16 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` (the pre-warm
 //! gate), and the admin API behind a bearer token: purge, warm, hot keys.
+//!
+//! The token is checked by a route layer, before any handler's extractor
+//! reads the body: without the token a caller gets 401 (403 with the API
+//! off) whatever its body, and never makes the gateway buffer it.
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{Method, Request, Uri};
@@ -35,14 +40,26 @@ pub struct AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/admin/purge", post(purge))
+        .route("/admin/warm", post(warm))
+        .route("/admin/hot-keys", get(hot_keys))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/admin/purge", post(purge))
-        .route("/admin/warm", post(warm))
-        .route("/admin/hot-keys", get(hot_keys))
+        .merge(api)
         .with_state(state)
+}
+
+/// Route layer of the admin API: the token first, the handler (and its body
+/// extractor) only after.
+async fn require_token(State(s): State<AdminState>, req: Request<Body>, next: Next) -> Response {
+    match authorize(&s, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => *refusal,
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
@@ -73,19 +90,7 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Refusal> {
                 .into_response(),
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time comparison: the token is a secret.
-    let ok = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if ok {
+    if bearer(headers).is_some_and(|given| token_matches(given, token)) {
         Ok(())
     } else {
         Err(Box::new(
@@ -97,6 +102,20 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Refusal> {
                 .into_response(),
         ))
     }
+}
+
+/// The credentials of an `Authorization: Bearer …` header (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+}
+
+/// Constant-time in the token's content (`subtle`); only its length can show.
+fn token_matches(given: &[u8], token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(token.as_bytes()).into()
 }
 
 /// Body of purge and warm: the paths (with query) to act on.
@@ -122,22 +141,8 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Refusal> {
         .collect()
 }
 
-/// Authorize the caller, then parse the body's paths.
-fn authorized_paths(
-    s: &AdminState,
-    headers: &HeaderMap,
-    body: &Paths,
-) -> Result<Vec<Uri>, Refusal> {
-    authorize(s, headers)?;
-    parse_paths(&body.paths)
-}
-
-async fn purge(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Json(body): Json<Paths>,
-) -> Response {
-    let uris = match authorized_paths(&s, &headers, &body) {
+async fn purge(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response {
+    let uris = match parse_paths(&body.paths) {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -154,12 +159,8 @@ async fn purge(
     Json(serde_json::json!({ "purged": purged })).into_response()
 }
 
-async fn warm(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Json(body): Json<Paths>,
-) -> Response {
-    let uris = match authorized_paths(&s, &headers, &body) {
+async fn warm(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response {
+    let uris = match parse_paths(&body.paths) {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -167,10 +168,7 @@ async fn warm(
     Json(report).into_response()
 }
 
-async fn hot_keys(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return *r;
-    }
+async fn hot_keys(State(s): State<AdminState>) -> Response {
     Json(serde_json::json!({ "hot_keys": s.hot_keys.top() })).into_response()
 }
 
@@ -213,4 +211,27 @@ pub async fn warm_paths(stack: &StampedeService<Body>, uris: Vec<Uri>) -> WarmRe
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, v.parse().unwrap());
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some(&b"abc"[..]));
+        assert_eq!(bearer(&h("bearer abc")), Some(&b"abc"[..]));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+        assert!(token_matches(b"abc", "abc"));
+        assert!(!token_matches(b"abd", "abc"));
+        assert!(!token_matches(b"abcd", "abc"));
+        assert!(!token_matches(b"", "abc"));
+    }
 }

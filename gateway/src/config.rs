@@ -29,20 +29,157 @@ fn beta(s: &str) -> Result<f64, String> {
     }
 }
 
-fn redis_url(s: &str) -> Result<String, String> {
-    if ["redis://", "rediss://", "redis-cluster://"]
-        .iter()
-        .any(|p| s.starts_with(p))
-    {
-        Ok(s.to_owned())
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0".into()),
+        d => Ok(d),
+    }
+}
+
+fn connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        Ok(_) => Err("must be between 1 and 1000000".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Bounds of `--max-header-bytes` (hyper's read buffer is ~400 KiB).
+const HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=256 * 1024;
+
+fn header_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if HEADER_BYTES.contains(&n) {
+        Ok(n)
     } else {
         Err(format!(
-            "{s:?} is not a redis:// URL (or redis-cluster://host:port?node=host:port for a cluster)"
+            "must be between {} and {}",
+            HEADER_BYTES.start(),
+            HEADER_BYTES.end()
         ))
     }
 }
 
-/// The gateway's configuration.
+fn via_name(s: &str) -> Result<String, String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:".contains(c);
+    if !s.is_empty() && s.chars().all(token) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a host name or pseudonym (letters, digits, -._:)"
+        ))
+    }
+}
+
+/// What the proxy does with client-supplied `X-Forwarded-For` and `Forwarded`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardedPolicy {
+    /// Drop what the client sent (and `X-Real-IP`); send only the connecting
+    /// peer's address. For a gateway that clients reach directly.
+    #[default]
+    Replace,
+    /// Keep the chain the client sent and append the connecting peer. Only
+    /// behind a load balancer you trust to have set it.
+    Append,
+}
+
+/// Why a Redis URL is refused, if it is: not a `redis://` URL, or a TLS one
+/// (`rediss://`). The Redis client is built without TLS and would connect
+/// in plaintext; the gateway refuses instead. No message repeats the URL.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    if scheme.starts_with("rediss") || scheme.starts_with("valkeys") {
+        Err(format!(
+            "{scheme}:// (TLS) is not supported: this gateway's Redis client is built without TLS \
+             and never falls back to plaintext; use redis:// on a trusted network or through a TLS tunnel"
+        ))
+    } else if ["redis", "redis-cluster"].contains(&scheme) {
+        Ok(())
+    } else {
+        Err("not a redis:// URL (or redis-cluster://host:port?node=host:port for a cluster)".into())
+    }
+}
+
+/// `url` with its password (and any `…password=` query value) replaced by
+/// `***`, for logs and error messages: `redis://:***@host:6379`. A user
+/// name alone before `@` is redacted too (some clients read it as the password).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first `/`, `?` or `#` after the last `@`: a
+    // password is often not percent-encoded.
+    let host_from = rest.rfind('@').map_or(0, |at| at + 1);
+    let end = rest[host_from..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |i| host_from + i);
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// `--redis`: a custom parser so that a refusal never echoes the URL (clap's
+/// own message would print the password).
+#[derive(Clone, Debug)]
+struct RedisUrl;
+
+impl clap::builder::TypedValueParser for RedisUrl {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let url = value.to_string_lossy();
+        match check_redis_url(&url) {
+            Ok(()) => Ok(url.into_owned()),
+            Err(why) => Err(clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{}' for '--redis <REDIS>': {why}\n",
+                    redact_url(&url)
+                ),
+            )
+            .with_cmd(cmd)),
+        }
+    }
+}
+
+/// The host name, or `gateway` when it cannot be read.
+pub fn default_instance() -> String {
+    whoami::fallible::hostname()
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// The gateway's configuration. Every flag can also be set by an environment
+/// variable: `STAMPEDE_` and the flag's name in capitals with `_` for `-`
+/// (`--lock-ttl` → `STAMPEDE_LOCK_TTL`); a flag on the command line wins.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "gateway",
@@ -51,69 +188,70 @@ fn redis_url(s: &str) -> Result<String, String> {
 )]
 pub struct Config {
     /// Address for proxied traffic.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "STAMPEDE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Address for /metrics, /healthz, /readyz and the admin API.
-    #[arg(long, default_value = "127.0.0.1:9080")]
+    #[arg(long, env = "STAMPEDE_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: SocketAddr,
     /// The origin to proxy to (http://host:port).
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    #[arg(long, env = "STAMPEDE_ORIGIN", default_value = "http://127.0.0.1:8081")]
     pub origin: Origin,
     /// Redis URL: store and lock live in Redis (shared by a fleet). Without it the
     /// store is in-process and the lock reaches this process only. A cluster:
     /// redis-cluster://host:port?node=host:port&node=host:port.
-    #[arg(long, value_parser = redis_url)]
+    #[arg(long, env = "STAMPEDE_REDIS", hide_env_values = true, value_parser = RedisUrl)]
     pub redis: Option<String>,
     /// Fresh TTL when the origin sends no max-age.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_TTL", default_value = "5s", value_parser = duration)]
     pub ttl: Duration,
     /// Stale-while-revalidate window after the TTL.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_STALE_TTL", default_value = "5s", value_parser = duration)]
     pub stale_ttl: Duration,
     /// Stale-if-error window after the TTL (at least the stale TTL).
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_STALE_IF_ERROR", default_value = "60s", value_parser = duration)]
     pub stale_if_error: Duration,
     /// TTL of cached 404/410 answers (negative caching).
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
     pub negative_ttl: Duration,
     /// TTL jitter: each TTL is scaled by a random factor in [1-j, 1+j].
-    #[arg(long, default_value = "0.2", value_parser = fraction)]
+    #[arg(long, env = "STAMPEDE_JITTER", default_value = "0.2", value_parser = fraction)]
     pub jitter: f64,
     /// Lifetime of a rebuild lock (must exceed a normal rebuild).
-    #[arg(long, default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_LOCK_TTL", default_value = "2s", value_parser = duration)]
     pub lock_ttl: Duration,
     /// Longest a lock loser waits for the fill (default: the lock TTL).
-    #[arg(long, value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_LOCK_WAIT", value_parser = duration)]
     pub lock_wait: Option<Duration>,
     /// XFetch beta (> 1 refreshes earlier, < 1 later; 0 disables).
-    #[arg(long, default_value = "1.0", value_parser = beta)]
+    #[arg(long, env = "STAMPEDE_XFETCH_BETA", default_value = "1.0", value_parser = beta)]
     pub xfetch_beta: f64,
     /// none, all, or a comma list of single-flight,lock,swr,xfetch,jitter,negative,overload-gate.
-    #[arg(long, default_value = "all")]
+    #[arg(long, env = "STAMPEDE_MITIGATIONS", default_value = "all")]
     pub mitigations: Mitigations,
-    /// Instance name (metrics label `gateway`, logs).
-    #[arg(long, default_value = "gateway")]
+    /// Instance name (metrics label `gateway`, logs); default: the host name,
+    /// so replicas never share a label.
+    #[arg(long, env = "STAMPEDE_INSTANCE", default_value_t = default_instance())]
     pub instance: String,
     /// Origin answer timeout (then 504).
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub upstream_timeout: Duration,
     /// Largest body cached or shared; larger ones stream through uncached.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, env = "STAMPEDE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Overload gate: most requests at the origin at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "STAMPEDE_GATE_MAX_INFLIGHT", default_value_t = 64)]
     pub gate_max_inflight: usize,
     /// Overload gate: longest wait for an origin slot before a 503.
-    #[arg(long, default_value = "0ms", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_GATE_QUEUE_WAIT", default_value = "0ms", value_parser = duration)]
     pub gate_queue_wait: Duration,
     /// In-process store bound: entries.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "STAMPEDE_MEMORY_MAX_ENTRIES", default_value_t = 100_000)]
     pub memory_max_entries: u64,
     /// In-process store bound: bytes.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "STAMPEDE_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub memory_max_bytes: u64,
     /// Cache answers to requests with Authorization or Cookie (off: they bypass).
-    #[arg(long)]
+    #[arg(long, env = "STAMPEDE_CACHE_CREDENTIALED")]
     pub cache_credentialed: bool,
     /// How long a key whose answer could not be shared (private, Set-Cookie,
     /// no-store, Vary: *, …) goes straight to the origin, uncoordinated
@@ -124,12 +262,108 @@ pub struct Config {
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// File of paths (one per line, `#` comments) to warm before /readyz says ready.
-    #[arg(long)]
+    #[arg(long, env = "STAMPEDE_WARM_LIST")]
     pub warm_list: Option<PathBuf>,
+    /// Both listeners: longest a client may take to send a request's line and
+    /// headers, counted from the connection's accept or, on a kept-alive
+    /// connection, from the request's first byte; then the connection is closed.
+    #[arg(long, env = "STAMPEDE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: Duration,
+    /// Both listeners: longest a kept-alive connection may wait, idle, for its
+    /// next request; then it is closed.
+    #[arg(long, env = "STAMPEDE_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// Proxy listener: most client connections open at once. One more is
+    /// answered `503` (`Connection: close`) and closed at once, not queued.
+    #[arg(long, env = "STAMPEDE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = connections)]
+    pub max_connections: usize,
+    /// Admin listener: most connections open at once (as --max-connections).
+    #[arg(long, env = "STAMPEDE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = connections)]
+    pub admin_max_connections: usize,
+    /// Both listeners: largest request line plus headers, in bytes; a larger
+    /// request is answered `431` and its connection closed.
+    #[arg(long, env = "STAMPEDE_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = header_bytes)]
+    pub max_header_bytes: usize,
+    /// Client-supplied X-Forwarded-For / Forwarded: `replace` them with the
+    /// connecting peer's address, or `append` the peer to them (behind a
+    /// trusted load balancer).
+    #[arg(long, env = "STAMPEDE_FORWARDED_HEADERS", value_enum, default_value_t = ForwardedPolicy::Replace)]
+    pub forwarded_headers: ForwardedPolicy,
+    /// Name this proxy gives itself in the `Via` header it adds to requests
+    /// and responses (a pseudonym, so no host name leaks to clients).
+    #[arg(long, env = "STAMPEDE_VIA", default_value = "stampede", value_parser = via_name)]
+    pub via: String,
 }
 
 impl Default for Config {
+    /// The command line's defaults, whatever the environment says.
     fn default() -> Self {
-        Config::parse_from(["gateway"])
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Config::command().mut_args(|a| a.env(None));
+        let matches = cmd.get_matches_from(["gateway"]);
+        Config::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_an_env_var_and_secrets_are_hidden() {
+        let cmd = Config::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let want = format!("STAMPEDE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}"
+            );
+            if ["admin-token", "redis"].contains(&long) {
+                assert!(arg.is_hide_env_values_set(), "--{long} is a secret");
+            }
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_and_tls_refused() {
+        for (url, want) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://user:p@ss:w@h", "redis://user:***@h"),
+            ("redis://pw@h", "redis://***@h"),
+            ("redis://:pa/ss?#@h:1/2", "redis://:***@h:1/2"),
+            (
+                "redis-cluster://:pw@h:1?node=h:2&sentinelPassword=pw",
+                "redis-cluster://:***@h:1?node=h:2&sentinelPassword=***",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
+        assert!(check_redis_url("redis://h").is_ok());
+        assert!(check_redis_url("redis-cluster://h:1?node=h:2").is_ok());
+        for bad in [
+            "rediss://h",
+            "rediss-cluster://h",
+            "valkeys://h",
+            "h:6379",
+            "http://h",
+        ] {
+            assert!(check_redis_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_is_the_command_line_default() {
+        let d = Config::default();
+        assert_eq!(d.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(d.instance, default_instance());
+        assert!(!d.instance.is_empty());
     }
 }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod proxy;
+pub mod server;
 
 pub use config::Config;
 
@@ -66,14 +67,22 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
         .clone()
 }
 
+/// Connect to the Redis at `url`, refusing TLS URLs (see
+/// [`config::check_redis_url`]); errors name the URL with its password redacted.
+async fn connect_redis(url: &str) -> anyhow::Result<RedisStore> {
+    config::check_redis_url(url).map_err(anyhow::Error::msg)?;
+    RedisStore::builder(url)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", config::redact_url(url)))
+}
+
 /// Connect the store the configuration asks for.
 pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
     Ok(match &config.redis {
         Some(url) => {
-            let store = RedisStore::builder(url.clone())
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            let store = connect_redis(url).await?;
+            let url = config::redact_url(url);
             tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
             let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
             Arc::new(FallbackStore::new(store, fallback))
@@ -124,19 +133,31 @@ pub fn build_stack(
         .service(proxy)
 }
 
-/// The proxy router: every path goes through the stack; stack errors become 502.
-pub fn proxy_router(stack: StampedeService<Body>) -> axum::Router {
-    let svc = tower::service_fn(move |req: Request<Body>| {
+/// The proxy router: every path goes through the stack; stack errors become
+/// 502. `forwarding` sets the forwarding headers on the way in (from the
+/// peer address in the request's `ConnectInfo`) and `Via` on the way out.
+pub fn proxy_router(stack: StampedeService<Body>, forwarding: proxy::Forwarding) -> axum::Router {
+    let forwarding = Arc::new(forwarding);
+    let svc = tower::service_fn(move |mut req: Request<Body>| {
         let stack = stack.clone();
+        let forwarding = forwarding.clone();
         async move {
-            Ok::<_, Infallible>(match stack.oneshot(req).await {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            let version = req.version();
+            forwarding.on_request(req.headers_mut(), version, peer);
+            let mut resp = match stack.oneshot(req).await {
                 Ok(resp) => resp.into_response(),
                 Err(err) => {
                     tracing::warn!(error = %err, "request failed in the stack");
                     proxy::error_response(StatusCode::BAD_GATEWAY, "origin request failed")
                         .into_response()
                 }
-            })
+            };
+            forwarding.on_response(resp.headers_mut());
+            Ok::<_, Infallible>(resp)
         }
     });
     axum::Router::new().fallback_service(svc)
@@ -232,12 +253,27 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let limits = |max_connections| server::Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections,
+        max_header_bytes: config.max_header_bytes,
     };
-    let admin = axum::serve(admin_listener, admin::router(admin_state))
-        .with_graceful_shutdown(stop(stop_rx.clone()));
-    let main = axum::serve(listener, proxy_router(stack)).with_graceful_shutdown(stop(stop_rx));
+    let forwarding = proxy::Forwarding::new(config.forwarded_headers, &config.via);
+    let admin = server::serve(
+        admin_listener,
+        admin::router(admin_state),
+        limits(config.admin_max_connections),
+        "admin",
+        stop_rx.clone(),
+    );
+    let main = server::serve(
+        listener,
+        proxy_router(stack, forwarding),
+        limits(config.max_connections),
+        "proxy",
+        stop_rx,
+    );
     let (a, b) = tokio::join!(admin, main);
     a.context("admin listener")?;
     b.context("proxy listener")?;
@@ -275,9 +311,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
     let admin_addr = admin_listener.local_addr()?;
     // Fail here, not in the task, when the store is unreachable.
     if let Some(url) = &config.redis {
-        RedisStore::connect(url)
-            .await
-            .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        connect_redis(url).await?;
     }
     let metrics = install_prometheus(&config.instance);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -7,16 +7,22 @@
 //! when the origin does not answer within the upstream timeout, 502 when it
 //! cannot be reached or sends garbage — as responses, never errors — and
 //! cuts a body that stalls for longer than the timeout between two chunks.
+//!
+//! [`Forwarding`] sets the forwarding headers (RFC 9110 §7.6.3, RFC 7239):
+//! `Via` on requests and responses, and `X-Forwarded-For` / `Forwarded`
+//! replaced by (or appended with) the connecting peer's address.
 
+use crate::config::ForwardedPolicy;
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,6 +63,10 @@ impl std::str::FromStr for Origin {
             .ok_or_else(|| err("missing host"))?;
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(err("the origin URL must not have a path"));
+        }
+        if authority.as_str().contains('@') {
+            // It would be sent as the Host header and logged.
+            return Err(err("credentials in the origin URL are not supported"));
         }
         Ok(Origin { scheme, authority })
     }
@@ -183,6 +193,131 @@ pub const UNKEYED_OVERRIDES: [HeaderName; 8] = [
     HeaderName::from_static("x-host"),
 ];
 
+/// The forwarding headers the proxy sets (RFC 9110 §7.6.3, RFC 7239).
+///
+/// * `Via: <version> <name>` is appended to every request sent on and every
+///   response sent back (the version being that of the message received).
+/// * [`ForwardedPolicy::Replace`] (the default): the client's
+///   `X-Forwarded-For`, `Forwarded` and `X-Real-IP` are dropped and the
+///   peer's address sent instead (`X-Forwarded-For: 192.0.2.1`,
+///   `Forwarded: for=192.0.2.1`, `for="[2001:db8::1]"`): nothing a client
+///   writes is passed on as if the proxy vouched for it.
+/// * [`ForwardedPolicy::Append`]: the peer is appended to the chain the
+///   client sent (`X-Forwarded-For: a, b, peer`); of `Forwarded` only the
+///   `for=` parameters are kept, since `host=`/`proto=` can rewrite URLs an
+///   origin builds and are not part of the cache key (as `X-Forwarded-Host`).
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    policy: ForwardedPolicy,
+    name: String,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+impl Forwarding {
+    /// `name` is this proxy's pseudonym in `Via` (a token).
+    pub fn new(policy: ForwardedPolicy, name: &str) -> Self {
+        Forwarding {
+            policy,
+            name: name.to_owned(),
+        }
+    }
+
+    fn via(&self, version: Version) -> Option<HeaderValue> {
+        let protocol = match version {
+            Version::HTTP_09 => "0.9",
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            Version::HTTP_3 => "3",
+            _ => "1.1",
+        };
+        HeaderValue::from_str(&format!("{protocol} {}", self.name)).ok()
+    }
+
+    /// Set the forwarding headers of a request received in `version` from `peer`.
+    pub fn on_request(&self, headers: &mut HeaderMap, version: Version, peer: Option<IpAddr>) {
+        if let Some(via) = self.via(version) {
+            headers.append(header::VIA, via);
+        }
+        let (mut xff, mut fwd) = (Vec::new(), Vec::new());
+        if self.policy == ForwardedPolicy::Append {
+            xff = values(headers, &X_FORWARDED_FOR);
+            fwd = values(headers, &header::FORWARDED)
+                .iter()
+                .flat_map(|v| forwarded_for(v))
+                .collect();
+        } else {
+            headers.remove(X_REAL_IP);
+        }
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(header::FORWARDED);
+        if let Some(ip) = peer {
+            xff.push(ip.to_string());
+            fwd.push(match ip {
+                IpAddr::V4(ip) => format!("for={ip}"),
+                IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+            });
+        }
+        for (name, list) in [(X_FORWARDED_FOR, xff), (header::FORWARDED, fwd)] {
+            if let Ok(v) = HeaderValue::from_str(&list.join(", "))
+                && !list.is_empty()
+            {
+                headers.insert(name, v);
+            }
+        }
+    }
+
+    /// Add `Via` to a response forwarded to the client (received as HTTP/1.1).
+    pub fn on_response(&self, headers: &mut HeaderMap) {
+        if let Some(via) = self.via(Version::HTTP_11) {
+            headers.append(header::VIA, via);
+        }
+    }
+}
+
+/// Every value of `name`, as text, split at commas outside quotes.
+fn values(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| split_outside_quotes(v, ','))
+        .collect()
+}
+
+/// Split at `sep` outside quoted strings, trimming and dropping empty parts.
+fn split_outside_quotes(s: &str, sep: char) -> Vec<String> {
+    let (mut parts, mut cur, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+    for c in s.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The `for=` parameter of one `Forwarded` element, if it has one.
+fn forwarded_for(element: &str) -> Option<String> {
+    split_outside_quotes(element, ';').into_iter().find(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+    })
+}
+
 /// A small plain-text error answer, made by the gateway: it carries no
 /// origin data, so requests that waited on it may share it.
 pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Body> {
@@ -232,6 +367,7 @@ mod tests {
         assert!("http://origin-sim:8081/".parse::<Origin>().is_ok());
         for bad in [
             "",
+            "http://user:pw@127.0.0.1:8081",
             "127.0.0.1:8081",
             "https://x",
             "http://x/path",
@@ -253,5 +389,56 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let client = || {
+            let mut h = HeaderMap::new();
+            h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+            h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
+            h.append(
+                "forwarded",
+                "for=1.1.1.1;host=evil, by=x, For=\"[::1]:80\";proto=https"
+                    .parse()
+                    .unwrap(),
+            );
+            h.append("forwarded", "for=\"a,b;c\"".parse().unwrap());
+            h.insert("x-real-ip", "1.1.1.1".parse().unwrap());
+            h
+        };
+        let peer: IpAddr = "2001:db8::1".parse().unwrap();
+
+        let mut h = client();
+        Forwarding::new(ForwardedPolicy::Replace, "gw").on_request(
+            &mut h,
+            Version::HTTP_10,
+            Some(peer),
+        );
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\"");
+        assert!(!h.contains_key("x-real-ip"));
+        assert_eq!(h["via"], "1.0 gw");
+
+        let mut h = client();
+        Forwarding::new(ForwardedPolicy::Append, "gw").on_request(
+            &mut h,
+            Version::HTTP_11,
+            Some(peer),
+        );
+        assert_eq!(
+            h["x-forwarded-for"],
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::1"
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=1.1.1.1, For=\"[::1]:80\", for=\"a,b;c\", for=\"[2001:db8::1]\""
+        );
+        assert_eq!(h["x-real-ip"], "1.1.1.1");
+
+        // No peer (a request the gateway makes itself): nothing vouched for.
+        let mut h = client();
+        Forwarding::new(ForwardedPolicy::Replace, "gw").on_request(&mut h, Version::HTTP_11, None);
+        assert!(!h.contains_key("x-forwarded-for") && !h.contains_key("forwarded"));
     }
 }

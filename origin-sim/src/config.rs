@@ -23,41 +23,43 @@ pub const MAX_LATENCY_MS: u64 = 3_600_000;
 
 /// Configuration of the slow origin. Parsed from the command line by the
 /// binary; library users (tests, the bench) build it with [`Config::default`]
-/// and struct update syntax.
+/// and struct update syntax. Every flag can also be set by an environment
+/// variable: `ORIGIN_SIM_` and the flag's name in capitals with `_` for `-`
+/// (`--latency-ms` → `ORIGIN_SIM_LATENCY_MS`); a flag on the command line wins.
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "origin-sim", version, about)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
+    #[arg(long, env = "ORIGIN_SIM_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Database URL: `sqlite::memory:` (a temporary file shared by the whole
     /// pool), `sqlite:PATH`, or `postgres://…`.
-    #[arg(long, default_value = DEFAULT_DATABASE)]
+    #[arg(long, env = "ORIGIN_SIM_DATABASE", hide_env_values = true, default_value = DEFAULT_DATABASE)]
     pub database: String,
 
     /// Number of items seeded (ids 1..=items answer 200, anything else 404).
-    #[arg(long, default_value_t = DEFAULT_ITEMS)]
+    #[arg(long, env = "ORIGIN_SIM_ITEMS", default_value_t = DEFAULT_ITEMS)]
     pub items: u32,
 
     /// How long each `GET /items/{id}` holds its pool connection, in ms.
-    #[arg(long, default_value_t = DEFAULT_LATENCY_MS, value_parser = clap::value_parser!(u64).range(0..=MAX_LATENCY_MS))]
+    #[arg(long, env = "ORIGIN_SIM_LATENCY_MS", default_value_t = DEFAULT_LATENCY_MS, value_parser = clap::value_parser!(u64).range(0..=MAX_LATENCY_MS))]
     pub latency_ms: u64,
 
     /// Maximum pool connections (concurrent queries before requests queue).
-    #[arg(long, default_value_t = DEFAULT_DB_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ORIGIN_SIM_DB_CONNECTIONS", default_value_t = DEFAULT_DB_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_connections: u32,
 
     /// `Cache-Control` value sent on 200 and 404 item answers (none by default).
-    #[arg(long, value_parser = parse_cache_control)]
+    #[arg(long, env = "ORIGIN_SIM_CACHE_CONTROL", value_parser = parse_cache_control)]
     pub cache_control: Option<String>,
 
     /// Fraction (0.0–1.0) of item queries that answer 500.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_error_rate)]
+    #[arg(long, env = "ORIGIN_SIM_ERROR_RATE", default_value_t = 0.0, value_parser = parse_error_rate)]
     pub error_rate: f64,
 
     /// How many query records `/stats/queries` keeps (oldest dropped first).
-    #[arg(long, default_value_t = DEFAULT_STATS_CAPACITY, value_parser = parse_capacity)]
+    #[arg(long, env = "ORIGIN_SIM_STATS_CAPACITY", default_value_t = DEFAULT_STATS_CAPACITY, value_parser = parse_capacity)]
     pub stats_capacity: usize,
 }
 
@@ -130,6 +132,28 @@ fn parse_cache_control(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_has_an_env_var_and_the_database_url_is_hidden() {
+        use clap::CommandFactory;
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let want = format!("ORIGIN_SIM_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}"
+            );
+        }
+        let db = Config::command()
+            .get_arguments()
+            .find(|a| a.get_long() == Some("database"))
+            .map(|a| a.is_hide_env_values_set());
+        assert_eq!(db, Some(true), "a postgres:// URL carries a password");
+    }
 
     #[test]
     fn cli_defaults_match_default_impl() {
