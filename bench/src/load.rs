@@ -75,7 +75,7 @@ pub struct LoadConfig {
     pub backoff: Duration,
     /// The gateway's TTL, if known: hot-key origin queries are grouped into
     /// bursts separated by more than `min(ttl / 4, 500 ms)` (500 ms when unset).
-    #[serde(with = "humantime_serde_opt")]
+    #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
     /// RNG seed (worker `i` uses `seed + i`); random when unset.
     pub seed: Option<u64>,
@@ -177,42 +177,6 @@ pub fn parse_base_url(s: &str) -> anyhow::Result<String> {
         bail!("a base URL cannot have a query string");
     }
     Ok(s.trim_end_matches('/').to_string())
-}
-
-/// Serde for `Duration` as a humantime string (`"500ms"`, `"30s"`).
-mod humantime_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde for `Option<Duration>` as a humantime string or `null`.
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.collect_str(&humantime::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// The machine the run was made on.
@@ -465,7 +429,8 @@ impl Shared {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
