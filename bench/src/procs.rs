@@ -33,6 +33,27 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `p` as a report shows it: relative to the repository root (the nearest
+/// directory above the current one holding `Cargo.lock`) when under it,
+/// `<tmp>/…` when under the temp directory, else as given. Reports never carry
+/// the absolute paths of the machine that ran them.
+pub fn display_path(p: &Path) -> String {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Ok(rest) = abs.strip_prefix(std::env::temp_dir()) {
+        return Path::new("<tmp>").join(rest).display().to_string();
+    }
+    let root = std::env::current_dir().ok().and_then(|d| {
+        d.ancestors()
+            .find(|a| a.join("Cargo.lock").is_file())
+            .map(Path::to_path_buf)
+    });
+    match root.as_deref().and_then(|r| abs.strip_prefix(r).ok()) {
+        Some(rest) if rest.as_os_str().is_empty() => ".".into(),
+        Some(rest) => rest.display().to_string(),
+        None => p.display().to_string(),
+    }
+}
+
 /// A child process owned by the ladder: killed by PID and reaped on drop.
 #[derive(Debug)]
 pub struct ChildProc {
@@ -81,7 +102,7 @@ impl ChildProc {
                 "{} (pid {}) exited with {status}; end of {}:\n{}",
                 self.name,
                 self.pid(),
-                self.log.display(),
+                display_path(&self.log),
                 self.log_tail(20)
             );
         }
@@ -125,7 +146,7 @@ impl ChildProc {
                     "{} (pid {}) not ready at {url} within {timeout:?}; end of {}:\n{}",
                     self.name,
                     self.pid(),
-                    self.log.display(),
+                    display_path(&self.log),
                     self.log_tail(20)
                 );
             }
@@ -368,6 +389,19 @@ mod tests {
         );
         assert_eq!(metric_sum(text, "plain", &[]), 1.5);
         assert_eq!(metric_sum(text, "missing", &[]), 0.0);
+    }
+
+    #[test]
+    fn paths_are_shown_relative() {
+        let tmp = std::env::temp_dir().join("x/y.log");
+        assert_eq!(display_path(&tmp), "<tmp>/x/y.log");
+        let here = std::env::current_dir().unwrap().join("src");
+        assert!(
+            !display_path(&here).starts_with('/'),
+            "{}",
+            display_path(&here)
+        );
+        assert!(display_path(Path::new("results")).ends_with("bench/results"));
     }
 
     #[test]
