@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use stampede_bench::ladder::{LadderOptions, Rung, parse_rows, run_ladder};
+use stampede_bench::ladder::table::{TABLE_ROWS, rung_names};
+use stampede_bench::ladder::{LadderOptions, Profile, run_ladder};
 use stampede_bench::load::{DEFAULT_ORIGIN, LoadConfig, parse_base_url, run_load};
+use stampede_bench::procs::display_path;
 
 /// Load generator and experiment runner for stampede-layer.
 #[derive(Debug, Parser)]
@@ -23,7 +25,7 @@ enum Command {
     #[command(after_help = LOAD_AFTER_HELP)]
     Load(Box<LoadArgs>),
     /// Run every rung of the mitigation ladder under identical load and write RESULTS.md, results.json and charts.
-    #[command(after_help = LADDER_AFTER_HELP)]
+    #[command(after_help = ladder_after_help())]
     Ladder(LadderArgs),
     /// Soak one gateway under hot-key load over a wide key space; check memory stays bounded and nothing leaks.
     Soak(SoakArgs),
@@ -66,56 +68,90 @@ After the load, GET {origin}/stats/queries gives origin queries in the load wind
 and hot-key queries per TTL boundary. Progress goes to stderr once a second; the JSON summary to stdout.
 Exit status: 0 ok, 1 run failed, 2 bad flags.";
 
-const LADDER_AFTER_HELP: &str = "\
-Starts its own origin-sim, gateways and (when redis-server is on PATH) a redis-server on free 127.0.0.1 ports,
-as child processes killed by PID at the end, on error and on ctrl-c. Without redis-server the fleet rungs are
-skipped (and listed as skipped). Rungs: table (before/after, rows naive..full on the fleet), scope, multi-key,
-negative, xfetch, fencing, metastable, peers. Progress goes to stderr. Exit status: 0 ok, 1 a rung failed, 2 bad flags.";
+fn ladder_after_help() -> String {
+    format!(
+        "Starts its own origin-sim, gateways and (when redis-server is on PATH) a redis-server on free 127.0.0.1 ports,
+as child processes killed by PID at the end, on error and on ctrl-c. Without redis-server the fleet rows are
+skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 11 minutes,
+writes docs/results/RESULTS.md) and quick (rungs {}, rows {}, {} runs, about 2 minutes, writes
+target/ladder-quick/QUICK.md); --rungs, --rows, --duration and --out override the profile. The headline table
+goes to stdout, progress to stderr. Exit status: 0 ok, 1 a run failed, 2 bad flags.",
+        rung_names().join(", "),
+        Profile::Quick.rungs().join(","),
+        Profile::Quick.rows().join(","),
+        humantime::format_duration(Profile::Quick.duration())
+    )
+}
 
 /// Flags of `stampede-bench ladder`.
 #[derive(Debug, Args)]
 struct LadderArgs {
-    /// Output directory for RESULTS.md, results.json and the PNG charts.
-    #[arg(long, default_value = "docs/results")]
-    out: PathBuf,
-    /// Load duration of each protocol run.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    duration: Duration,
+    /// What to run: full (every rung, the committed results) or quick (the headline, about 2 minutes).
+    #[arg(long, value_enum, default_value = "full")]
+    profile: Profile,
+    /// Same as --profile quick.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory for the report, its JSON and the PNG charts [default: docs/results; quick: target/ladder-quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Load duration of each protocol run [default: 20s; quick: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Directory holding the origin-sim and gateway binaries (default: this executable's directory).
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
-    /// Rungs to run: all, or a comma list of table,scope,multi-key,negative,xfetch,fencing,metastable,peers.
-    #[arg(long, default_value = "all", value_parser = parse_rungs)]
-    rungs: RungList,
-    /// Rows of the before/after table: all, or a comma list of naive,single-flight,lock,swr,xfetch,jitter,negative,full.
-    #[arg(long, default_value = "all", value_parser = parse_rows_list)]
-    rows: RowList,
+    #[arg(long, value_parser = parse_rungs, help = format!("Rungs to run: all, or a comma list of {} [default: the profile's]", rung_names().join(",")))]
+    rungs: Option<Names>,
+    #[arg(long, value_parser = parse_rows, help = format!("Rows of the before/after table: all, or a comma list of {} [default: the profile's]", TABLE_ROWS.map(|r| r.0).join(",")))]
+    rows: Option<Names>,
     /// Gateway TTL of the protocol runs.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     ttl: Duration,
     /// Gateways in the fleet rungs.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=16))]
     instances: u16,
-    /// Shorter phases everywhere (6 s runs unless --duration is given): a quick look, not for committing.
-    #[arg(long)]
-    quick: bool,
     /// Do not draw the PNG charts.
     #[arg(long)]
     no_charts: bool,
 }
 
 #[derive(Debug, Clone)]
-struct RungList(Vec<Rung>);
+struct Names(Vec<String>);
 
-#[derive(Debug, Clone)]
-struct RowList(Vec<String>);
-
-fn parse_rungs(s: &str) -> Result<RungList, String> {
-    Rung::parse_list(s).map(RungList)
+/// `all` or a comma list of `known` names, in the order given.
+fn parse_names(s: &str, what: &str, known: &[&str]) -> Result<Names, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let add: Vec<&str> = match part {
+            "all" => known.to_vec(),
+            p if known.contains(&p) => vec![p],
+            p => {
+                return Err(format!(
+                    "unknown {what} {p:?} (expected all or a comma list of {})",
+                    known.join(",")
+                ));
+            }
+        };
+        out.extend(
+            add.into_iter()
+                .filter(|a| !out.iter().any(|o| o == a))
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        );
+    }
+    if out.is_empty() {
+        return Err(format!("no {what} given"));
+    }
+    Ok(Names(out))
 }
 
-fn parse_rows_list(s: &str) -> Result<RowList, String> {
-    parse_rows(s).map(RowList)
+fn parse_rungs(s: &str) -> Result<Names, String> {
+    parse_names(s, "rung", &rung_names())
+}
+
+fn parse_rows(s: &str) -> Result<Names, String> {
+    parse_names(s, "row", &TABLE_ROWS.map(|r| r.0))
 }
 
 /// Flags of `stampede-bench load`. The first six are the interface contract.
@@ -244,80 +280,74 @@ async fn load(args: Box<LoadArgs>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn explicit_duration() -> bool {
-    std::env::args().any(|a| a == "--duration" || a.starts_with("--duration="))
-}
-
+/// The command line as typed, paths shown relative to the repository.
 fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let args = std::env::args().map(|a| {
+        if a.starts_with('/') {
+            display_path(std::path::Path::new(&a))
+        } else {
+            a
+        }
+    });
+    shlex::try_join(args.collect::<Vec<_>>().iter().map(String::as_str)).unwrap_or_default()
 }
 
-async fn ladder(args: LadderArgs, explicit_duration: bool) -> ExitCode {
-    let bin_dir = match bin_dir_or_exe_dir(args.bin_dir.clone()) {
-        Some(d) => d,
-        None => {
-            eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
-            return ExitCode::from(2);
-        }
+/// Run `fut`; on ctrl-c or SIGTERM drop it (its guards kill the processes it
+/// started) and exit 130 / 143.
+async fn until_signal<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut sigterm) = signal(SignalKind::terminate()) else {
+        eprintln!("error: cannot watch SIGTERM");
+        return Err(ExitCode::FAILURE);
     };
-    let duration = if args.quick && !explicit_duration {
-        Duration::from_secs(6)
+    tokio::select! {
+        r = fut => Ok(r),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stampede-bench {what}: interrupted; stopped the processes it started");
+            Err(ExitCode::from(130))
+        }
+        _ = sigterm.recv() => {
+            eprintln!("stampede-bench {what}: terminated; stopped the processes it started");
+            Err(ExitCode::from(143))
+        }
+    }
+}
+
+async fn ladder(args: LadderArgs) -> ExitCode {
+    let Some(bin_dir) = bin_dir_or_exe_dir(args.bin_dir.clone()) else {
+        eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
+        return ExitCode::from(2);
+    };
+    let profile = if args.quick {
+        Profile::Quick
     } else {
-        args.duration
+        args.profile
     };
     let opts = LadderOptions {
-        out: args.out,
-        duration,
+        profile,
+        out: args.out.unwrap_or_else(|| profile.out_dir().into()),
+        duration: args.duration.unwrap_or(profile.duration()),
         ttl: args.ttl,
         bin_dir,
-        rungs: args.rungs.0,
-        rows: args.rows.0,
-        quick: args.quick,
+        rungs: args.rungs.map_or_else(|| profile.rungs(), |n| n.0),
+        rows: args.rows.map_or_else(|| profile.rows(), |n| n.0),
         instances: usize::from(args.instances),
         charts: !args.no_charts,
         command: command_line(),
     };
-    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot watch SIGTERM: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Dropping the ladder's future drops every child-process guard, which
-    // kills those children (by PID) before we exit.
-    tokio::select! {
-        r = run_ladder(opts) => match r {
-            Ok(res) if res.failed.is_empty() => ExitCode::SUCCESS,
-            Ok(res) => {
-                for f in &res.failed {
-                    eprintln!("error: rung {} failed: {}", f.what, f.why);
-                }
-                ExitCode::FAILURE
+    match until_signal("ladder", run_ladder(opts)).await {
+        Ok(Ok(res)) if res.failed.is_empty() => ExitCode::SUCCESS,
+        Ok(Ok(res)) => {
+            for f in &res.failed {
+                eprintln!("error: {} failed: {}", f.what, f.why);
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("stampede-bench ladder: interrupted; stopped the processes it started");
-            ExitCode::from(130)
+            ExitCode::FAILURE
         }
-        _ = sigterm.recv() => {
-            eprintln!("stampede-bench ladder: terminated; stopped the processes it started");
-            ExitCode::from(143)
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
+        Err(code) => code,
     }
 }
 
@@ -332,7 +362,7 @@ async fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Load(args) => load(args).await,
-        Command::Ladder(args) => ladder(args, explicit_duration()).await,
+        Command::Ladder(args) => ladder(args).await,
         Command::Soak(args) => soak(args).await,
     }
 }
@@ -367,23 +397,9 @@ async fn soak(args: SoakArgs) -> ExitCode {
         work_dir: std::env::temp_dir().join(format!("stampede-soak-{}", std::process::id())),
         progress: true,
     };
-    let Ok(mut sigterm) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        eprintln!("error: cannot install the SIGTERM handler");
-        return ExitCode::FAILURE;
-    };
-    // On ctrl-c or SIGTERM the soak's future is dropped, and with it the
-    // guards that kill the gateway and origin-sim it started.
-    let result = tokio::select! {
-        r = stampede_bench::soak::run_soak(&cfg) => r,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("stampede-bench soak: interrupted; stopped the processes it started");
-            return ExitCode::from(130);
-        }
-        _ = sigterm.recv() => {
-            eprintln!("stampede-bench soak: terminated; stopped the processes it started");
-            return ExitCode::from(143);
-        }
+    let result = match until_signal("soak", stampede_bench::soak::run_soak(&cfg)).await {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     match result {
         Ok(report) => {
