@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -250,31 +249,12 @@ impl Http {
     }
 }
 
-/// Send one inline Redis command (e.g. `FLUSHALL`, `PING`) and return the reply line.
-pub async fn redis_command(port: u16, args: &[&str]) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("connect to redis on port {port}"))?;
-    let mut cmd = format!("*{}\r\n", args.len());
-    for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(cmd.as_bytes()).await?;
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .map_err(|_| anyhow::anyhow!("redis: no reply"))??;
-    let reply = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-    if reply.starts_with('-') {
-        bail!("redis {args:?}: {reply}");
-    }
-    Ok(reply)
-}
-
-/// A `redis-server` child on a free port (no persistence), killed on drop.
+/// A `redis-server` child on a free port (no persistence), killed on drop;
+/// commands go through `redis-cli` (installed with it).
 #[derive(Debug)]
 pub struct RedisProc {
     proc_: ChildProc,
+    cli: PathBuf,
     port: u16,
     dir: PathBuf,
 }
@@ -285,38 +265,59 @@ impl RedisProc {
         let port = free_port()?;
         let dir = work_dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&dir)?;
-        let args: Vec<String> = [
+        let (p, d) = (port.to_string(), dir.display().to_string());
+        let args = [
             "--port",
-            &port.to_string(),
+            &p,
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
             "no",
-            "--daemonize",
-            "no",
             "--dir",
-            &dir.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
+            &d,
+        ];
+        let args: Vec<String> = args.map(String::from).into();
+        let proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
+        let cli = program.with_file_name("redis-cli");
+        let cli = if cli.is_file() {
+            cli
+        } else {
+            which("redis-cli").context("redis-cli is not on PATH")?
+        };
+        let mut redis = Self {
+            proc_,
+            cli,
+            port,
+            dir,
+        };
         let start = Instant::now();
-        loop {
-            proc_.check_alive()?;
-            if let Ok(r) = redis_command(port, &["PING"]).await
-                && r.contains("PONG")
-            {
-                break;
-            }
+        while !redis.command("PING").await.is_ok_and(|r| r == "PONG") {
+            redis.proc_.check_alive()?;
             if start.elapsed() > Duration::from_secs(10) {
                 bail!("redis-server on port {port} did not answer PING within 10s");
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        Ok(Self { proc_, port, dir })
+        Ok(redis)
+    }
+
+    /// Run one `redis-cli` command; its reply.
+    async fn command(&self, cmd: &str) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        let out = tokio::process::Command::new(&self.cli)
+            .args(["-p", &port, cmd])
+            .output()
+            .await?;
+        let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || reply.starts_with("ERR") {
+            bail!(
+                "redis-cli {cmd}: {reply}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(reply)
     }
 
     /// Its `redis://` URL.
@@ -327,7 +328,7 @@ impl RedisProc {
     /// Empty every database.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         self.proc_.check_alive()?;
-        redis_command(self.port, &["FLUSHALL"]).await.map(|_| ())
+        self.command("FLUSHALL").await.map(|_| ())
     }
 
     /// Its port.

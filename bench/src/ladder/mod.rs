@@ -12,7 +12,7 @@
 //!
 //! Two profiles: `full` runs every rung (about 11 minutes on 2 cores) and
 //! writes `docs/results/RESULTS.md`; `quick` runs the headline rows of the
-//! before/after table with shorter runs (about 2 minutes) and writes
+//! before/after table with shorter runs (about a minute of load) and writes
 //! `target/ladder-quick/QUICK.md`. Both print the headline table to stdout.
 
 pub mod peers;

@@ -14,8 +14,8 @@ use crate::procs::display_path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
-    /// The headline rows of the before/after table, shorter runs (about 2
-    /// minutes): `QUICK.md` under `target/`, never the committed `RESULTS.md`.
+    /// The headline rows of the before/after table, shorter runs (about a
+    /// minute of load): `QUICK.md` under `target/`, never `RESULTS.md`.
     Quick,
     /// Every rung at full length (about 11 minutes): `docs/results/RESULTS.md`.
     Full,
