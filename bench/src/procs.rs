@@ -59,6 +59,7 @@ pub struct ChildProc {
     name: String,
     child: Child,
     log: PathBuf,
+    term_grace: Option<Duration>,
 }
 
 impl ChildProc {
@@ -81,7 +82,16 @@ impl ChildProc {
             name: name.to_string(),
             child,
             log: log.to_path_buf(),
+            term_grace: None,
         })
+    }
+
+    /// Stop it with SIGTERM (by PID) first and SIGKILL it only if it has not
+    /// exited within `grace`: a server that must take its own workers down
+    /// (a SIGKILLed nginx master leaves its workers serving).
+    pub fn terminate_first(mut self, grace: Duration) -> Self {
+        self.term_grace = Some(grace);
+        self
     }
 
     /// Its process id.
@@ -117,7 +127,16 @@ impl ChildProc {
 
     /// Kill it now (SIGKILL to its PID) and reap it.
     pub fn kill(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        let running = |c: &mut Child| matches!(c.try_wait(), Ok(None));
+        if let Some(grace) = self.term_grace.filter(|_| running(&mut self.child)) {
+            let pid = self.pid().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let start = Instant::now();
+            while start.elapsed() < grace && running(&mut self.child) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if running(&mut self.child) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();

@@ -1,33 +1,19 @@
-//! (9) Peers: nginx and Varnish under the measurement protocol.
+//! The peers rung: nginx and Varnish as caching reverse proxies under the
+//! measurement protocol — nginx `proxy_cache` with `proxy_cache_lock` alone
+//! and with `proxy_cache_use_stale updating` + `proxy_cache_background_update`,
+//! Varnish without grace (its waiting list coalesces misses) and with grace —
+//! each as one instance and as a fleet with one cache per instance.
 //!
-//! The same load as the before/after table (50 keep-alive clients, 95 % hot
-//! key, TTL, origin-sim 200 ms × 16 connections, same duration), against what
-//! a reader would otherwise deploy in front of a slow origin:
-//!
-//! - **nginx** `proxy_cache` with `proxy_cache_lock` alone, and with
-//!   `proxy_cache_use_stale updating` + `proxy_cache_background_update`;
-//! - **Varnish** without grace (its waiting list coalesces misses) and with
-//!   grace (serve the stale object while one background fetch refreshes it);
-//!
-//! each as one instance and as a fleet of `--instances` (default 3) instances,
-//! every instance with its own cache and the load round-robin — what a user
-//! deploys without a shared lock. stampede-layer's full stack runs next to
-//! them (one gateway with the in-process store; the fleet on one Redis — the
-//! latter is the table's `full stack` run, reused when the table ran).
-//!
-//! Each run starts a fresh origin-sim and fresh peers. The config files are
-//! written into the run's work dir and started as child processes on free
-//! loopback ports (`nginx -e … -c FILE -p DIR -g 'daemon off;'`,
-//! `varnishd -F …`), never touching a system-wide instance. The ladder never
-//! installs packages: a peer that is not installed is reported as skipped
-//! (`scripts/demo.sh` installs both from Debian's packages).
-//!
-//! The config text is generated twice: with the run's directories to start
-//! the peer, and with `<tmp>` in their place for the report.
+//! Their configs are the templates in `bench/peers/`, filled per instance
+//! (free loopback ports, the run's own directory) and started as child
+//! processes (`nginx … -g 'daemon off;'`, `varnishd -F …`), never touching a
+//! system-wide instance. Filled a second time with `<tmp>` for the directory,
+//! they are what the report shows. The ladder never installs packages: a
+//! peer that is not installed is reported as skipped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -66,54 +52,63 @@ pub enum Kind {
 impl Kind {
     /// Its binary.
     pub fn binary(self) -> &'static str {
-        match self {
-            Kind::Nginx => "nginx",
-            Kind::Varnish => "varnishd",
+        if self == Kind::Nginx {
+            "nginx"
+        } else {
+            "varnishd"
         }
     }
 
     /// Its Debian package.
     pub fn package(self) -> &'static str {
+        if self == Kind::Nginx {
+            "nginx"
+        } else {
+            "varnish"
+        }
+    }
+
+    /// Config template, its file name in an instance's directory, arguments.
+    fn template(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Kind::Nginx => "nginx",
-            Kind::Varnish => "varnish",
+            Kind::Nginx => (
+                include_str!("../../peers/nginx.conf"),
+                "nginx.conf",
+                "-e {dir}/error.log -c {dir}/nginx.conf -p {dir}/ -g 'daemon off;'",
+            ),
+            // -j none: no privilege separation (a bench on loopback; works as
+            // root and as a user); -T none: no admin CLI.
+            Kind::Varnish => (
+                include_str!("../../peers/varnish.vcl"),
+                "default.vcl",
+                "-F -j none -a 127.0.0.1:{port} -T none -f {dir}/default.vcl -n {dir}/varnish -s malloc,64m",
+            ),
         }
     }
 }
 
-/// One peer configuration.
+/// One peer configuration: `stale` is nginx's `proxy_cache_use_stale
+/// updating` + background update, Varnish's grace.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Variant {
     /// Which peer.
     pub kind: Kind,
     /// Run id part and config file stem.
     pub key: &'static str,
-    /// nginx: `proxy_cache_use_stale updating …` + background update; Varnish: grace.
+    /// Serve stale while one request refreshes.
     pub stale: bool,
+}
+
+const fn variant(kind: Kind, key: &'static str, stale: bool) -> Variant {
+    Variant { kind, key, stale }
 }
 
 /// The peer configurations, in table order.
 pub const VARIANTS: [Variant; 4] = [
-    Variant {
-        kind: Kind::Nginx,
-        key: "nginx-lock",
-        stale: false,
-    },
-    Variant {
-        kind: Kind::Nginx,
-        key: "nginx-stale",
-        stale: true,
-    },
-    Variant {
-        kind: Kind::Varnish,
-        key: "varnish-no-grace",
-        stale: false,
-    },
-    Variant {
-        kind: Kind::Varnish,
-        key: "varnish-grace",
-        stale: true,
-    },
+    variant(Kind::Nginx, "nginx-lock", false),
+    variant(Kind::Nginx, "nginx-stale", true),
+    variant(Kind::Varnish, "varnish-no-grace", false),
+    variant(Kind::Varnish, "varnish-grace", true),
 ];
 
 impl Variant {
@@ -129,10 +124,20 @@ impl Variant {
 
     /// Its settings in a few words (the run's `mitigations` field).
     pub fn what(&self) -> String {
+        let nginx_stale =
+            ", proxy_cache_use_stale updating error timeout, proxy_cache_background_update";
         match (self.kind, self.stale) {
-            (Kind::Nginx, false) => "nginx: proxy_cache_lock".into(),
-            (Kind::Nginx, true) => "nginx: proxy_cache_lock, proxy_cache_use_stale updating error timeout, proxy_cache_background_update".into(),
-            (Kind::Varnish, s) => format!("varnish: beresp.grace = {}{}", conf_duration(self.grace()), if s { "" } else { " (waiting list only)" }),
+            (Kind::Nginx, s) => format!(
+                "nginx: proxy_cache_lock{}",
+                if s { nginx_stale } else { "" }
+            ),
+            (Kind::Varnish, s) => {
+                let only = if s { "" } else { " (waiting list only)" };
+                format!(
+                    "varnish: beresp.grace = {}{only}",
+                    conf_duration(self.grace())
+                )
+            }
         }
     }
 
@@ -144,135 +149,92 @@ impl Variant {
         }
     }
 
-    /// Its config file's name.
+    /// Its config file's name under the output directory.
     pub fn file_name(&self) -> String {
-        match self.kind {
-            Kind::Nginx => format!("{}.conf", self.key),
-            Kind::Varnish => format!("{}.vcl", self.key),
-        }
+        let ext = if self.kind == Kind::Nginx {
+            "conf"
+        } else {
+            "vcl"
+        };
+        format!("{}.{ext}", self.key)
     }
 
-    /// Config file, its text and the peer's arguments, for an instance in `dir`.
-    fn layout(
+    /// `template` filled for an instance in `dir` on `port`.
+    fn fill(
         &self,
+        template: &str,
         dir: &Path,
         port: u16,
         origin_port: u16,
         ttl: Duration,
-    ) -> (PathBuf, String, Vec<String>) {
-        let d = |p: &str| dir.join(p).display().to_string();
-        match self.kind {
-            Kind::Nginx => {
-                let text = nginx_conf(dir, port, origin_port, ttl, self.stale);
-                let args = [
-                    "-e",
-                    &d("error.log"),
-                    "-c",
-                    &d("nginx.conf"),
-                    "-p",
-                    &format!("{}/", dir.display()),
-                ];
-                let args = args
-                    .iter()
-                    .chain(&["-g", "daemon off;"])
-                    .map(|s| s.to_string())
-                    .collect();
-                (dir.join("nginx.conf"), text, args)
-            }
-            Kind::Varnish => {
-                // -j none: no privilege separation (a bench on loopback; works
-                // as root and as a user); -T none: no admin CLI.
-                let listen = format!("127.0.0.1:{port}");
-                let args = [
-                    "-F",
-                    "-j",
-                    "none",
-                    "-a",
-                    &listen,
-                    "-T",
-                    "none",
-                    "-f",
-                    &d("default.vcl"),
-                ];
-                let args = args
-                    .iter()
-                    .chain(&["-n", &d("varnish"), "-s", "malloc,64m"])
-                    .map(|s| s.to_string())
-                    .collect();
-                (
-                    dir.join("default.vcl"),
-                    varnish_vcl(origin_port, ttl, self.grace()),
-                    args,
-                )
-            }
-        }
+    ) -> String {
+        let values = [
+            ("dir", dir.display().to_string()),
+            ("port", port.to_string()),
+            ("origin_port", origin_port.to_string()),
+            ("ttl", conf_duration(ttl)),
+            ("lock", conf_duration(NGINX_LOCK_BOUND)),
+            ("grace", conf_duration(self.grace())),
+            ("stale", if self.stale { "" } else { "# " }.into()),
+        ];
+        values.iter().fold(template.into(), |t, (k, v)| {
+            t.replace(&format!("{{{k}}}"), v)
+        })
     }
 
-    /// Start one instance in `work/name` listening on `port`: the process,
-    /// and its config as the report shows it (`<tmp>` for `work`).
+    /// Start one instance in `work/name` on `port`: the process (stopped
+    /// with SIGTERM first, so it takes its workers down), and its config as
+    /// the report shows it (`<tmp>` for `work`).
     pub fn spawn(
         &self,
         bin: &Path,
         work: &Path,
         name: &str,
-        port: u16,
-        origin_port: u16,
+        ports: (u16, u16),
         ttl: Duration,
-    ) -> anyhow::Result<(PeerProc, PeerConfig)> {
-        let dir = work.join(name);
+    ) -> anyhow::Result<(ChildProc, PeerConfig)> {
+        let ((template, file, args), (port, origin_port)) = (self.kind.template(), ports);
+        let (dir, shown_dir) = (work.join(name), Path::new("<tmp>").join(name));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let (file, text, args) = self.layout(&dir, port, origin_port, ttl);
-        std::fs::write(&file, &text).with_context(|| format!("write {}", file.display()))?;
-        let proc_ = ChildProc::spawn(name, bin, &args, &work.join(format!("{name}.log")))?;
-        let (_, shown, shown_args) =
-            self.layout(&Path::new("<tmp>").join(name), port, origin_port, ttl);
-        let quoted = shown_args.iter().map(|a| {
-            if a.contains(' ') {
-                format!("'{a}'")
-            } else {
-                a.clone()
-            }
-        });
+        std::fs::write(
+            dir.join(file),
+            self.fill(template, &dir, port, origin_port, ttl),
+        )?;
+        let args = shlex::split(&self.fill(args, &dir, port, origin_port, ttl))
+            .context("peer arguments")?;
+        let log = work.join(format!("{name}.log"));
+        let proc_ =
+            ChildProc::spawn(name, bin, &args, &log)?.terminate_first(Duration::from_secs(5));
         let config = PeerConfig {
             version: version(self.kind, bin),
             file: format!("peers/{}", self.file_name()),
-            command: std::iter::once(self.kind.binary().to_string())
-                .chain(quoted)
-                .collect::<Vec<_>>()
-                .join(" "),
-            text: shown,
+            command: format!(
+                "{} {}",
+                self.kind.binary(),
+                self.fill(self.kind.template().2, &shown_dir, port, origin_port, ttl)
+            ),
+            text: self.fill(template, &shown_dir, port, origin_port, ttl),
         };
-        Ok((
-            PeerProc {
-                proc_,
-                url: format!("http://127.0.0.1:{port}"),
-            },
-            config,
-        ))
+        Ok((proc_, config))
     }
 }
 
 /// `name` on `$PATH`, or in the sbin directories (where Debian puts both, and
 /// which a non-root `$PATH` often lacks).
 pub fn find_peer_binary(name: &str) -> Option<PathBuf> {
-    which(name).or_else(|| {
-        ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-    })
+    let sbin = ["/usr/sbin", "/usr/local/sbin", "/sbin"].map(|d| Path::new(d).join(name));
+    which(name).or_else(|| sbin.into_iter().find(|p| p.is_file()))
 }
 
 fn version(kind: Kind, bin: &Path) -> String {
-    let flag = if kind == Kind::Nginx { "-v" } else { "-V" };
-    Command::new(bin)
-        .arg(flag)
-        .output()
-        .map(|o| {
-            let text = String::from_utf8_lossy(&o.stderr) + String::from_utf8_lossy(&o.stdout);
-            text.lines().next().unwrap_or("").trim().to_string()
-        })
-        .unwrap_or_default()
+    let out = Command::new(bin)
+        .arg(if kind == Kind::Nginx { "-v" } else { "-V" })
+        .output();
+    let text = out
+        .map(|o| [o.stderr, o.stdout].concat())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    text.lines().next().unwrap_or("").trim().to_string()
 }
 
 /// `2s`, `500ms`: a duration both nginx and VCL accept.
@@ -285,95 +247,20 @@ fn conf_duration(d: Duration) -> String {
     }
 }
 
-/// `template` with each `{name}` replaced by its value.
-fn fill(template: &str, values: &[(&str, String)]) -> String {
-    values.iter().fold(template.to_string(), |t, (k, v)| {
-        t.replace(&format!("{{{k}}}"), v)
-    })
-}
-
-/// The nginx config of one instance (`bench/peers/nginx.conf`).
-fn nginx_conf(dir: &Path, port: u16, origin_port: u16, ttl: Duration, stale: bool) -> String {
-    let values = [
-        ("dir", dir.display().to_string()),
-        ("port", port.to_string()),
-        ("origin_port", origin_port.to_string()),
-        ("ttl", conf_duration(ttl)),
-        ("lock", conf_duration(NGINX_LOCK_BOUND)),
-        ("stale", if stale { "" } else { "# " }.to_string()),
-    ];
-    fill(include_str!("../../peers/nginx.conf"), &values)
-}
-
-/// The VCL of one instance (`bench/peers/varnish.vcl`).
-fn varnish_vcl(origin_port: u16, ttl: Duration, grace: Duration) -> String {
-    let values = [
-        ("origin_port", origin_port.to_string()),
-        ("ttl", conf_duration(ttl)),
-        ("grace", conf_duration(grace)),
-    ];
-    fill(include_str!("../../peers/varnish.vcl"), &values)
-}
-
-/// A peer server (nginx master / varnishd manager) owned by the ladder.
-///
-/// Stopped with SIGTERM first, by its PID, so it takes its own worker /
-/// cache processes down with it (a SIGKILLed nginx master leaves its workers
-/// serving); SIGKILL (the inner guard) if it has not exited within 5 s.
-pub struct PeerProc {
-    proc_: ChildProc,
-    /// Its base URL.
-    pub url: String,
-}
-
-impl PeerProc {
-    /// The process.
-    pub fn proc_mut(&mut self) -> &mut ChildProc {
-        &mut self.proc_
-    }
-}
-
-impl Drop for PeerProc {
-    fn drop(&mut self) {
-        terminate(&self.proc_, Duration::from_secs(5));
-        // `self.proc_` drops next: SIGKILL if still running, then reaped.
-    }
-}
-
-/// Whether the (unreaped) child `pid` has exited: a zombie or gone. The PID
-/// cannot be reused before we reap it, so this never looks at a stranger.
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].trim_start().chars().next())
-            .is_none_or(|c| c == 'Z' || c == 'X'),
-    }
-}
-
-/// SIGTERM our child `p` (by PID) and wait up to `grace` for it to exit.
-fn terminate(p: &ChildProc, grace: Duration) {
-    let pid = p.pid();
-    if exited(pid) {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let start = Instant::now();
-    while start.elapsed() < grace && !exited(pid) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache_status::classify;
+
+    fn config(v: &Variant, dir: &str) -> String {
+        v.fill(
+            v.kind.template().0,
+            Path::new(dir),
+            1,
+            2,
+            Duration::from_secs(2),
+        )
+    }
 
     #[test]
     fn durations_render_for_nginx_and_vcl() {
@@ -383,97 +270,66 @@ mod tests {
     }
 
     #[test]
-    fn nginx_conf_has_the_row_settings() {
-        let dir = Path::new("/tmp/x");
-        let lock = nginx_conf(dir, 1, 2, Duration::from_secs(2), false);
-        assert!(lock.contains("listen 127.0.0.1:1;"));
-        assert!(lock.contains("server 127.0.0.1:2;"));
-        assert!(lock.contains("proxy_cache_valid 200 2s;"));
-        assert!(lock.contains("proxy_cache_lock on;"));
+    fn configs_have_the_row_settings() {
+        let [lock, stale, no_grace, grace] = VARIANTS.map(|v| config(&v, "/d"));
+        for want in [
+            "listen 127.0.0.1:1;",
+            "server 127.0.0.1:2;",
+            "proxy_cache_valid 200 2s;",
+            "proxy_cache_lock on;",
+        ] {
+            assert!(lock.contains(want) && stale.contains(want), "{want}");
+        }
         assert!(
             lock.contains("# proxy_cache_use_stale")
                 && lock.contains("# proxy_cache_background_update")
         );
-        let vcl = varnish_vcl(2, Duration::from_secs(2), Duration::ZERO);
-        for k in [
-            "{dir}",
-            "{port}",
-            "{origin_port}",
-            "{ttl}",
-            "{lock}",
-            "{stale}",
-            "{grace}",
-        ] {
-            assert!(!lock.contains(k) && !vcl.contains(k), "{k} left");
-        }
-        let stale = nginx_conf(dir, 1, 2, Duration::from_secs(2), true);
         assert!(stale.contains("\n            proxy_cache_use_stale updating error timeout;"));
-        assert!(stale.contains("proxy_cache_background_update on;"));
+        assert!(stale.contains("\n            proxy_cache_background_update on;"));
+        assert!(no_grace.contains(".port = \"2\";") && no_grace.contains("set beresp.ttl = 2s;"));
+        assert!(
+            no_grace.contains("set beresp.grace = 0s;") && grace.contains("set beresp.grace = 5s;")
+        );
+        for (text, k) in [&lock, &no_grace]
+            .iter()
+            .flat_map(|t| ["{dir}", "{port}", "{ttl}", "{stale}", "{grace}"].map(|k| (t, k)))
+        {
+            assert!(!text.contains(k), "{k} left");
+        }
     }
 
     /// What the report shows names no directory of the machine that ran it.
     #[test]
     fn shown_config_has_no_machine_paths() {
+        let tmp = std::env::temp_dir().display().to_string();
         for v in VARIANTS {
-            let (_, text, args) = v.layout(
-                &Path::new("<tmp>").join("peers-x-1"),
-                1,
-                2,
-                Duration::from_secs(2),
-            );
-            let tmp = std::env::temp_dir().display().to_string();
+            let shown = config(&v, "<tmp>/peers-x-1");
             assert!(
-                !text.contains(&tmp) && !args.iter().any(|a| a.contains(&tmp)),
-                "{text}"
-            );
-            assert!(
-                text.contains("<tmp>/peers-x-1") || v.kind == Kind::Varnish,
-                "{text}"
+                !shown.contains(&tmp)
+                    && (shown.contains("<tmp>/peers-x-1") || v.kind == Kind::Varnish)
             );
         }
-    }
-
-    #[test]
-    fn vcl_has_ttl_and_grace() {
-        let v = varnish_vcl(2, Duration::from_secs(2), VARNISH_GRACE);
-        assert!(v.contains(".port = \"2\";"));
-        assert!(v.contains("set beresp.ttl = 2s;"));
-        assert!(v.contains("set beresp.grace = 5s;"));
-        assert!(varnish_vcl(2, Duration::from_secs(2), Duration::ZERO).contains("grace = 0s;"));
     }
 
     /// The headers the configs send classify as the bench expects.
     #[test]
     fn peer_cache_status_values_classify() {
-        for hit in ["nginx; hit", "varnish; hit"] {
-            let c = classify(Some(hit));
-            assert!(c.hit && !c.stale && !c.miss, "{hit}");
-        }
-        for stale in ["nginx; hit; ttl=-1", "varnish; hit; ttl=-1"] {
-            let c = classify(Some(stale));
-            assert!(c.hit && c.stale && !c.miss, "{stale}");
-        }
-        for miss in ["nginx; fwd=miss", "nginx; fwd=stale", "varnish; fwd=miss"] {
-            let c = classify(Some(miss));
-            assert!(c.miss && !c.hit, "{miss}");
-        }
-        // The values in the configs are exactly these.
-        let conf = nginx_conf(Path::new("/d"), 1, 2, Duration::from_secs(2), true);
-        for v in [
-            "\"nginx; hit\"",
-            "\"nginx; hit; ttl=-1\"",
-            "\"nginx; fwd=stale\"",
-            "\"nginx; fwd=miss\"",
+        let all = VARIANTS.map(|v| config(&v, "/d")).concat();
+        for (value, hit, stale) in [
+            ("nginx; hit", true, false),
+            ("nginx; hit; ttl=-1", true, true),
+            ("nginx; fwd=stale", false, false),
+            ("nginx; fwd=miss", false, false),
+            ("varnish; hit", true, false),
+            ("varnish; hit; ttl=-1", true, true),
+            ("varnish; fwd=miss", false, false),
         ] {
-            assert!(conf.contains(v), "{v}");
-        }
-        let vcl = varnish_vcl(2, Duration::from_secs(2), VARNISH_GRACE);
-        for v in [
-            "\"varnish; hit\"",
-            "\"varnish; hit; ttl=-1\"",
-            "\"varnish; fwd=miss\"",
-        ] {
-            assert!(vcl.contains(v), "{v}");
+            let c = classify(Some(value));
+            assert_eq!((c.hit, c.stale, c.miss), (hit, stale, !hit), "{value}");
+            assert!(
+                all.contains(&format!("\"{value}\"")),
+                "{value} is not in the configs"
+            );
         }
     }
 }

@@ -161,7 +161,7 @@ pub struct FencingTrial {
 
 /// The metastable analysis of a three-phase run (base, spike, after): origin
 /// query durations (ms) in the base phase, the worst second after the spike
-/// and the last 5 s; the sampled in-flight count; the after-spike phase's
+/// and the last seconds; the sampled in-flight count; the after-spike phase's
 /// client figures; the retries of spike and after.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Recovery {
@@ -171,6 +171,7 @@ pub struct Recovery {
     pub observed_after_s: f64,
     pub base_duration_ms: f64,
     pub worst_after_duration_ms: f64,
+    /// Over the last `LAST_SECONDS` of the run.
     pub last5_duration_ms: f64,
     pub max_inflight_after: f64,
     pub inflight_at_end: f64,

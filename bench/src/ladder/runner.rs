@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use http::Method;
 
-use super::peers::{PeerProc, find_peer_binary};
+use super::peers::find_peer_binary;
 use super::record::{
     FencingTrial, LadderOptions, Measured, MetaSecond, Recovery, Run, StatusCounts,
 };
 use super::report;
-use super::table::{COUNTERS, Fencing, Front, Measure, RunSpec, human};
+use super::table::{COUNTERS, Fencing, Front, LAST_SECONDS, Measure, RunSpec, human};
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
 use crate::procs::{ChildProc, Http, RedisProc, free_port, metric_sum};
 use crate::stats::{OriginQueries, OriginQuery};
@@ -40,36 +40,31 @@ pub struct Runner {
     http: Http,
 }
 
-struct Gw {
+/// A gateway or peer instance: its process, base URL and (gateways) admin URL.
+struct Instance {
     proc_: ChildProc,
     url: String,
-    admin: String,
+    admin: Option<String>,
 }
 
 struct Stack {
     origin: ChildProc,
     origin_url: String,
-    gateways: Vec<Gw>,
-    peers: Vec<PeerProc>,
+    fronts: Vec<Instance>,
     /// The first peer instance's config, as the report shows it.
     peer_config: Option<super::record::PeerConfig>,
 }
 
 impl Stack {
     fn targets(&self) -> Vec<String> {
-        let gw = self.gateways.iter().map(|g| g.url.clone());
-        gw.chain(self.peers.iter().map(|p| p.url.clone())).collect()
+        self.fronts.iter().map(|f| f.url.clone()).collect()
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
         self.origin.check_alive()?;
-        for g in &mut self.gateways {
-            g.proc_.check_alive()?;
-        }
-        for p in &mut self.peers {
-            p.proc_mut().check_alive()?;
-        }
-        Ok(())
+        self.fronts
+            .iter_mut()
+            .try_for_each(|f| f.proc_.check_alive())
     }
 }
 
@@ -142,64 +137,81 @@ impl Runner {
         origin
             .wait_ready(&self.http, &ready, Duration::from_secs(30))
             .await?;
+        let (fronts, peer_config) = (Vec::new(), None);
         let mut stack = Stack {
             origin,
             origin_url,
-            gateways: Vec::new(),
-            peers: Vec::new(),
-            peer_config: None,
+            fronts,
+            peer_config,
         };
         for i in 1..=spec.instances {
-            let port = free_port()?;
-            match &spec.front {
+            let (port, admin) = (free_port()?, free_port()?);
+            let url = format!("http://127.0.0.1:{port}");
+            let instance = match &spec.front {
                 Front::Gateway { .. } => {
-                    let admin = free_port()?;
-                    let mut args: Vec<String> = [
+                    let (listen, admin_listen, name) = (
+                        format!("127.0.0.1:{port}"),
+                        format!("127.0.0.1:{admin}"),
+                        format!("g{i}"),
+                    );
+                    let args = [
                         "--listen",
-                        &format!("127.0.0.1:{port}"),
+                        &listen,
                         "--admin-listen",
-                        &format!("127.0.0.1:{admin}"),
+                        &admin_listen,
                         "--origin",
                         &stack.origin_url,
-                        "--instance",
-                        &format!("g{i}"),
-                        "--admin-token",
-                        ADMIN_TOKEN,
-                    ]
-                    .map(String::from)
-                    .into();
-                    if let Some(url) = &redis_url {
-                        args.extend(["--redis".to_string(), url.clone()]);
-                    }
-                    args.extend(spec.gateway_flags());
-                    let name = format!("gateway-g{i}");
-                    let log = self.work.join(format!("{name}.log"));
-                    let proc_ = ChildProc::spawn(&name, &self.bin("gateway"), &args, &log)?;
-                    let (url, admin) = (
-                        format!("http://127.0.0.1:{port}"),
-                        format!("http://127.0.0.1:{admin}"),
+                    ];
+                    let mut args: Vec<String> = args
+                        .into_iter()
+                        .chain(["--instance", &name, "--admin-token", ADMIN_TOKEN])
+                        .map(String::from)
+                        .collect();
+                    args.extend(
+                        redis_url
+                            .iter()
+                            .flat_map(|u| ["--redis".to_string(), u.clone()]),
                     );
-                    stack.gateways.push(Gw { proc_, url, admin });
+                    args.extend(spec.gateway_flags());
+                    let log = self.work.join(format!("gateway-{name}.log"));
+                    let proc_ = ChildProc::spawn(
+                        &format!("gateway-{name}"),
+                        &self.bin("gateway"),
+                        &args,
+                        &log,
+                    )?;
+                    Instance {
+                        proc_,
+                        url,
+                        admin: Some(format!("http://{admin_listen}")),
+                    }
                 }
                 Front::Peer(v) => {
                     let bin = find_peer_binary(v.kind.binary()).context("peer binary")?;
-                    let name = format!("{}-{i}", spec.id);
-                    let (p, config) = v.spawn(&bin, &self.work, &name, port, oport, spec.ttl)?;
-                    stack.peers.push(p);
+                    let (proc_, config) = v.spawn(
+                        &bin,
+                        &self.work,
+                        &format!("{}-{i}", spec.id),
+                        (port, oport),
+                        spec.ttl,
+                    )?;
                     stack.peer_config.get_or_insert(config);
+                    Instance {
+                        proc_,
+                        url,
+                        admin: None,
+                    }
                 }
-            }
+            };
+            stack.fronts.push(instance);
         }
-        for g in &mut stack.gateways {
-            let url = format!("{}/readyz", g.admin);
-            g.proc_
-                .wait_ready(&self.http, &url, Duration::from_secs(30))
-                .await?;
-        }
-        for p in &mut stack.peers {
-            let url = format!("{}/__ready", p.url);
-            p.proc_mut()
-                .wait_ready(&self.http, &url, Duration::from_secs(60))
+        for f in &mut stack.fronts {
+            let ready = f
+                .admin
+                .as_ref()
+                .map_or(format!("{}/__ready", f.url), |a| format!("{a}/readyz"));
+            f.proc_
+                .wait_ready(&self.http, &ready, Duration::from_secs(60))
                 .await?;
         }
         Ok(stack)
@@ -389,8 +401,12 @@ impl Runner {
     /// The [`COUNTERS`] of each gateway, from its `/metrics`.
     async fn counters(&self, stack: &Stack) -> Vec<BTreeMap<String, f64>> {
         let mut out = Vec::new();
-        for g in &stack.gateways {
-            let text = match self.http.get_ok(&format!("{}/metrics", g.admin)).await {
+        for (g, admin) in stack
+            .fronts
+            .iter()
+            .filter_map(|f| Some((f, f.admin.as_ref()?)))
+        {
+            let text = match self.http.get_ok(&format!("{admin}/metrics")).await {
                 Ok(b) => String::from_utf8_lossy(&b).into_owned(),
                 Err(e) => {
                     eprintln!("warning: {}: cannot read metrics: {e:#}", g.proc_.name());
@@ -559,12 +575,16 @@ fn recovery(
         .find(|&i| tl[i..].iter().all(ok) && tl[i].finished > 0)
         .map(|i| ((t0 + i as u64 * 1000).saturating_sub(spike_end) as f64 / 100.0).round() / 10.0);
     let after_secs = || tl.iter().skip(spike_sec + 1);
-    let (n5, s5) = tl.iter().rev().take(5).fold((0u64, 0f64), |(n, s), x| {
-        (
-            n + x.finished,
-            s + x.finished_mean_ms.unwrap_or(0.0) * x.finished as f64,
-        )
-    });
+    let (n5, s5) = tl
+        .iter()
+        .rev()
+        .take(LAST_SECONDS)
+        .fold((0u64, 0f64), |(n, s), x| {
+            (
+                n + x.finished,
+                s + x.finished_mean_ms.unwrap_or(0.0) * x.finished as f64,
+            )
+        });
     let mean = |v: &[u64]| {
         if v.is_empty() {
             0.0

@@ -26,6 +26,8 @@ use crate::stats::SLOW_THRESHOLD;
 pub const HOT_KEY: u64 = 1;
 /// Seed of the load's key choices, so every rung draws the same sequence.
 pub const SEED: u64 = 20_240_611;
+/// The metastable rung's "last seconds" of origin query durations.
+pub const LAST_SECONDS: usize = 5;
 
 /// The rows of the before/after table: `(--rows name, label, --mitigations)`.
 pub const TABLE_ROWS: [(&str, &str, &str); 8] = [
@@ -151,6 +153,8 @@ pub struct OriginSpec {
     pub latency_ms: u64,
     /// `--db-connections`.
     pub db_connections: u32,
+    /// Further flags (e.g. `--cache-control`).
+    pub flags: Vec<String>,
 }
 
 impl Default for OriginSpec {
@@ -159,6 +163,7 @@ impl Default for OriginSpec {
             items: 1000,
             latency_ms: 200,
             db_connections: 16,
+            flags: vec![],
         }
     }
 }
@@ -167,16 +172,10 @@ impl OriginSpec {
     /// Its flags.
     pub fn flags(&self) -> Vec<String> {
         let (i, l, d) = (self.items, self.latency_ms, self.db_connections);
-        let f = [
-            "--items",
-            &i.to_string(),
-            "--latency-ms",
-            &l.to_string(),
-            "--db-connections",
-        ];
-        f.into_iter()
+        let f = format!("--items {i} --latency-ms {l} --db-connections {d}");
+        f.split(' ')
             .map(String::from)
-            .chain([d.to_string()])
+            .chain(self.flags.iter().cloned())
             .collect()
     }
 
@@ -447,7 +446,7 @@ impl Col {
             Recovery => "recovery after the spike",
             BaseMs => "origin query ms: base",
             WorstMs => "worst after spike",
-            Last5Ms => "last 5 s",
+            Last5Ms => return format!("last {LAST_SECONDS} s"),
             MaxInflight => "origin in flight: max after spike",
             InflightEnd => "at end",
             AfterErrors => "after-spike errors / requests",
@@ -1082,6 +1081,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                         .iter()
                         .filter_map(|r| Some(format!("`{}`", r.measured.peer.as_ref()?.version)))
                         .collect();
+                    v.sort();
                     v.dedup();
                     if v.is_empty() {
                         String::new()
