@@ -82,32 +82,27 @@ pub fn draw(path: &Path, title: &str, x_label: &str, panels: &[Panel]) -> anyhow
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(64);
+        // The two axis kinds are different types: one macro, two charts.
+        macro_rules! chart {
+            ($y:expr, $floor:expr) => {{
+                let mut chart = builder
+                    .build_cartesian_2d(0f64..x_max, $y)
+                    .map_err(|e| anyhow!("{e}"))?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_label)
+                    .y_desc(panel.y_label.as_str())
+                    .label_style((FONT, 13).into_font())
+                    .axis_desc_style((FONT, 14).into_font())
+                    .draw()
+                    .map_err(|e| anyhow!("{e}"))?;
+                draw_lines(&mut chart, panel, $floor, x_max)?;
+            }};
+        }
         if panel.log_y {
-            let mut chart = builder
-                .build_cartesian_2d(0f64..x_max, (0.1f64..y_max * 2.0).log_scale())
-                .map_err(|e| anyhow!("{e}"))?;
-            chart
-                .configure_mesh()
-                .x_desc(x_label)
-                .y_desc(panel.y_label.as_str())
-                .label_style((FONT, 13).into_font())
-                .axis_desc_style((FONT, 14).into_font())
-                .draw()
-                .map_err(|e| anyhow!("{e}"))?;
-            draw_lines(&mut chart, panel, 0.1, x_max)?;
+            chart!((0.1f64..y_max * 2.0).log_scale(), 0.1);
         } else {
-            let mut chart = builder
-                .build_cartesian_2d(0f64..x_max, 0f64..y_max * 1.1)
-                .map_err(|e| anyhow!("{e}"))?;
-            chart
-                .configure_mesh()
-                .x_desc(x_label)
-                .y_desc(panel.y_label.as_str())
-                .label_style((FONT, 13).into_font())
-                .axis_desc_style((FONT, 14).into_font())
-                .draw()
-                .map_err(|e| anyhow!("{e}"))?;
-            draw_lines(&mut chart, panel, 0.0, x_max)?;
+            chart!(0f64..y_max * 1.1, 0.0);
         }
     }
     root.present().map_err(|e| anyhow!("{e}"))?;

@@ -7,7 +7,6 @@
 pub mod cache_status;
 pub mod charts;
 pub mod ladder;
-pub mod ladder_report;
 pub mod load;
 pub mod procs;
 pub mod soak;

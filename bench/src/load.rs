@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -44,119 +44,117 @@ const ORIGIN_STATS_TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// What to run: the `load` subcommand's flags. Serialized into the summary
-/// (durations as humantime strings such as `"30s"`); missing fields take the
-/// measurement-protocol defaults when deserialized.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What to run: the `load` subcommand's flags (clap) and the summary's
+/// `config` (serde, durations as humantime strings such as `"30s"`; missing
+/// fields take the defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Parser)]
 #[serde(default)]
 pub struct LoadConfig {
-    /// Base URLs (`http://host:port`), taken round-robin per request.
+    /// Target base URL(s), comma-separated; requests go round-robin over them.
+    #[arg(long = "target", value_name = "URL[,URL...]", value_delimiter = ',', value_parser = trimmed, default_value = "http://127.0.0.1:8080")]
     pub targets: Vec<String>,
-    /// Closed-loop workers (concurrent keep-alive clients).
+    /// Concurrent closed-loop clients (each keeps one keep-alive connection busy).
+    #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
-    /// How long new requests are started.
+    /// How long to start new requests, e.g. 500ms, 30s, 1m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
-    /// Probability that a request goes to the hot key.
+    /// Probability that a request goes to the hot key (0..=1).
+    #[arg(long, default_value_t = 0.95)]
     pub hot_fraction: f64,
-    /// Other requests draw a key uniformly from `1..=keys`.
+    /// Other requests pick a key uniformly from 1..=KEYS.
+    #[arg(long, default_value_t = 1000)]
     pub keys: u64,
     /// The hot key.
+    #[arg(long, default_value_t = 1)]
     pub hot_key: u64,
-    /// Path before the key: requests go to `{target}{path_prefix}{key}`.
+    /// Request path before the key: GET {target}{path-prefix}{key}.
+    #[arg(long, default_value = "/items/")]
     pub path_prefix: String,
     /// Retries after a connect/timeout/body error or a 5xx answer.
+    #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// Per-attempt timeout (whole response, body included).
+    /// Per-attempt timeout for the whole response (body included), e.g. 1s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Back-off before a retry (plus up to 20 % jitter).
+    /// Back-off before each retry (plus up to 20% jitter).
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     #[serde(with = "humantime_serde")]
     pub backoff: Duration,
-    /// The gateway's TTL, if known: hot-key origin queries are grouped into
-    /// bursts separated by more than `min(ttl / 4, 500 ms)` (500 ms when unset).
-    #[serde(with = "humantime_serde_opt")]
+    /// The gateway's TTL: hot-key origin queries separated by more than
+    /// min(ttl/4, 500ms) form separate TTL boundaries (500ms gap when unset).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    /// RNG seed (worker `i` uses `seed + i`); random when unset.
+    /// RNG seed for key choice and jitter (worker i uses seed+i); random when unset.
+    #[arg(long)]
     pub seed: Option<u64>,
-    /// Pause of each worker after each request (open-ish, slower clients);
-    /// zero (the default) is a tight closed loop.
+    /// Pause of each client after each answer, e.g. 50ms (0 = tight closed loop).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
     #[serde(with = "humantime_serde")]
     pub think_time: Duration,
     /// origin-sim base URL for `/stats/queries`; `None` skips the origin section.
+    #[arg(skip = Some(DEFAULT_ORIGIN.to_string()))]
     pub origin: Option<String>,
 }
 
 impl Default for LoadConfig {
     fn default() -> Self {
-        Self {
-            targets: vec!["http://127.0.0.1:8080".to_string()],
-            concurrency: 50,
-            duration: Duration::from_secs(30),
-            hot_fraction: 0.95,
-            keys: 1000,
-            hot_key: 1,
-            path_prefix: "/items/".to_string(),
-            retries: 0,
-            timeout: Duration::from_secs(10),
-            backoff: Duration::from_millis(10),
-            ttl: None,
-            seed: None,
-            think_time: Duration::ZERO,
-            origin: Some(DEFAULT_ORIGIN.to_string()),
-        }
+        <Self as clap::Parser>::parse_from(["load"])
     }
+}
+
+/// A duration flag: `500ms`, `5s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 5s, 1m)"))
+}
+
+fn trimmed(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_string())
 }
 
 impl LoadConfig {
     /// Check every field; the error names the offending flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.targets.is_empty() {
-            bail!("--target: at least one URL is required");
-        }
+        ensure!(
+            !self.targets.is_empty(),
+            "--target: at least one URL is required"
+        );
         for t in &self.targets {
             let base = parse_base_url(t).with_context(|| format!("--target {t:?}"))?;
-            let probe = format!("{base}{}{}", self.path_prefix, self.hot_key);
+            let (prefix, probe) = (
+                &self.path_prefix,
+                format!("{base}{}{}", self.path_prefix, self.hot_key),
+            );
             probe.parse::<Uri>().with_context(|| {
-                format!(
-                    "--path-prefix {:?}: {probe:?} is not a valid URL",
-                    self.path_prefix
-                )
+                format!("--path-prefix {prefix:?}: {probe:?} is not a valid URL")
             })?;
         }
         if let Some(o) = &self.origin {
             parse_base_url(o).with_context(|| format!("--origin {o:?}"))?;
         }
-        if self.concurrency == 0 || self.concurrency > 100_000 {
-            bail!(
-                "--concurrency must be between 1 and 100000, got {}",
-                self.concurrency
-            );
-        }
-        if self.duration.is_zero() {
-            bail!("--duration must be positive");
-        }
-        if !(0.0..=1.0).contains(&self.hot_fraction) {
-            bail!(
-                "--hot-fraction must be within 0..=1, got {}",
-                self.hot_fraction
-            );
-        }
-        if self.keys == 0 {
-            bail!("--keys must be at least 1");
-        }
-        if !self.path_prefix.starts_with('/') {
-            bail!(
-                "--path-prefix must start with '/', got {:?}",
-                self.path_prefix
-            );
-        }
-        if self.timeout.is_zero() {
-            bail!("--timeout must be positive");
-        }
-        if self.ttl.is_some_and(|t| t.is_zero()) {
-            bail!("--ttl must be positive");
-        }
+        let (c, h, p) = (self.concurrency, self.hot_fraction, &self.path_prefix);
+        ensure!(
+            (1..=100_000).contains(&c),
+            "--concurrency must be between 1 and 100000, got {c}"
+        );
+        ensure!(!self.duration.is_zero(), "--duration must be positive");
+        ensure!(
+            (0.0..=1.0).contains(&h),
+            "--hot-fraction must be within 0..=1, got {h}"
+        );
+        ensure!(self.keys > 0, "--keys must be at least 1");
+        ensure!(
+            p.starts_with('/'),
+            "--path-prefix must start with '/', got {p:?}"
+        );
+        ensure!(!self.timeout.is_zero(), "--timeout must be positive");
+        ensure!(
+            self.ttl.is_none_or(|t| !t.is_zero()),
+            "--ttl must be positive"
+        );
         Ok(())
     }
 }
@@ -177,42 +175,6 @@ pub fn parse_base_url(s: &str) -> anyhow::Result<String> {
         bail!("a base URL cannot have a query string");
     }
     Ok(s.trim_end_matches('/').to_string())
-}
-
-/// Serde for `Duration` as a humantime string (`"500ms"`, `"30s"`).
-mod humantime_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde for `Option<Duration>` as a humantime string or `null`.
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.collect_str(&humantime::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// The machine the run was made on.
@@ -465,7 +427,8 @@ impl Shared {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -33,12 +32,34 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `p` as a report shows it: relative to the repository root (the nearest
+/// directory above the current one holding `Cargo.lock`) when under it,
+/// `<tmp>/…` when under the temp directory, else as given. Reports never carry
+/// the absolute paths of the machine that ran them.
+pub fn display_path(p: &Path) -> String {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Ok(rest) = abs.strip_prefix(std::env::temp_dir()) {
+        return Path::new("<tmp>").join(rest).display().to_string();
+    }
+    let root = std::env::current_dir().ok().and_then(|d| {
+        d.ancestors()
+            .find(|a| a.join("Cargo.lock").is_file())
+            .map(Path::to_path_buf)
+    });
+    match root.as_deref().and_then(|r| abs.strip_prefix(r).ok()) {
+        Some(rest) if rest.as_os_str().is_empty() => ".".into(),
+        Some(rest) => rest.display().to_string(),
+        None => p.display().to_string(),
+    }
+}
+
 /// A child process owned by the ladder: killed by PID and reaped on drop.
 #[derive(Debug)]
 pub struct ChildProc {
     name: String,
     child: Child,
     log: PathBuf,
+    term_grace: Option<Duration>,
 }
 
 impl ChildProc {
@@ -61,7 +82,16 @@ impl ChildProc {
             name: name.to_string(),
             child,
             log: log.to_path_buf(),
+            term_grace: None,
         })
+    }
+
+    /// Stop it with SIGTERM (by PID) first and SIGKILL it only if it has not
+    /// exited within `grace`: a server that must take its own workers down
+    /// (a SIGKILLed nginx master leaves its workers serving).
+    pub fn terminate_first(mut self, grace: Duration) -> Self {
+        self.term_grace = Some(grace);
+        self
     }
 
     /// Its process id.
@@ -81,7 +111,7 @@ impl ChildProc {
                 "{} (pid {}) exited with {status}; end of {}:\n{}",
                 self.name,
                 self.pid(),
-                self.log.display(),
+                display_path(&self.log),
                 self.log_tail(20)
             );
         }
@@ -97,7 +127,16 @@ impl ChildProc {
 
     /// Kill it now (SIGKILL to its PID) and reap it.
     pub fn kill(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        let running = |c: &mut Child| matches!(c.try_wait(), Ok(None));
+        if let Some(grace) = self.term_grace.filter(|_| running(&mut self.child)) {
+            let pid = self.pid().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let start = Instant::now();
+            while start.elapsed() < grace && running(&mut self.child) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if running(&mut self.child) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
@@ -125,7 +164,7 @@ impl ChildProc {
                     "{} (pid {}) not ready at {url} within {timeout:?}; end of {}:\n{}",
                     self.name,
                     self.pid(),
-                    self.log.display(),
+                    display_path(&self.log),
                     self.log_tail(20)
                 );
             }
@@ -229,31 +268,12 @@ impl Http {
     }
 }
 
-/// Send one inline Redis command (e.g. `FLUSHALL`, `PING`) and return the reply line.
-pub async fn redis_command(port: u16, args: &[&str]) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("connect to redis on port {port}"))?;
-    let mut cmd = format!("*{}\r\n", args.len());
-    for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(cmd.as_bytes()).await?;
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .map_err(|_| anyhow::anyhow!("redis: no reply"))??;
-    let reply = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-    if reply.starts_with('-') {
-        bail!("redis {args:?}: {reply}");
-    }
-    Ok(reply)
-}
-
-/// A `redis-server` child on a free port (no persistence), killed on drop.
+/// A `redis-server` child on a free port (no persistence), killed on drop;
+/// commands go through `redis-cli` (installed with it).
 #[derive(Debug)]
 pub struct RedisProc {
     proc_: ChildProc,
+    cli: PathBuf,
     port: u16,
     dir: PathBuf,
 }
@@ -264,38 +284,59 @@ impl RedisProc {
         let port = free_port()?;
         let dir = work_dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&dir)?;
-        let args: Vec<String> = [
+        let (p, d) = (port.to_string(), dir.display().to_string());
+        let args = [
             "--port",
-            &port.to_string(),
+            &p,
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
             "no",
-            "--daemonize",
-            "no",
             "--dir",
-            &dir.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
+            &d,
+        ];
+        let args: Vec<String> = args.map(String::from).into();
+        let proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
+        let cli = program.with_file_name("redis-cli");
+        let cli = if cli.is_file() {
+            cli
+        } else {
+            which("redis-cli").context("redis-cli is not on PATH")?
+        };
+        let mut redis = Self {
+            proc_,
+            cli,
+            port,
+            dir,
+        };
         let start = Instant::now();
-        loop {
-            proc_.check_alive()?;
-            if let Ok(r) = redis_command(port, &["PING"]).await
-                && r.contains("PONG")
-            {
-                break;
-            }
+        while !redis.command("PING").await.is_ok_and(|r| r == "PONG") {
+            redis.proc_.check_alive()?;
             if start.elapsed() > Duration::from_secs(10) {
                 bail!("redis-server on port {port} did not answer PING within 10s");
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        Ok(Self { proc_, port, dir })
+        Ok(redis)
+    }
+
+    /// Run one `redis-cli` command; its reply.
+    async fn command(&self, cmd: &str) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        let out = tokio::process::Command::new(&self.cli)
+            .args(["-p", &port, cmd])
+            .output()
+            .await?;
+        let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || reply.starts_with("ERR") {
+            bail!(
+                "redis-cli {cmd}: {reply}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(reply)
     }
 
     /// Its `redis://` URL.
@@ -306,7 +347,7 @@ impl RedisProc {
     /// Empty every database.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         self.proc_.check_alive()?;
-        redis_command(self.port, &["FLUSHALL"]).await.map(|_| ())
+        self.command("FLUSHALL").await.map(|_| ())
     }
 
     /// Its port.
@@ -368,6 +409,19 @@ mod tests {
         );
         assert_eq!(metric_sum(text, "plain", &[]), 1.5);
         assert_eq!(metric_sum(text, "missing", &[]), 0.0);
+    }
+
+    #[test]
+    fn paths_are_shown_relative() {
+        let tmp = std::env::temp_dir().join("x/y.log");
+        assert_eq!(display_path(&tmp), "<tmp>/x/y.log");
+        let here = std::env::current_dir().unwrap().join("src");
+        assert!(
+            !display_path(&here).starts_with('/'),
+            "{}",
+            display_path(&here)
+        );
+        assert!(display_path(Path::new("results")).ends_with("bench/results"));
     }
 
     #[test]

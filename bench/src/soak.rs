@@ -14,26 +14,35 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Soak settings.
-#[derive(Debug, Clone)]
+/// Soak settings (the `soak` subcommand's flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SoakConfig {
-    /// How long the load runs.
+    /// How long the load runs (the full soak is 10m; CI runs a short one).
+    #[arg(long, default_value = "10m", value_parser = crate::load::parse_duration)]
     pub duration: Duration,
-    /// Concurrent clients.
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
     /// Distinct keys (the wide key space).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
-    /// Share of requests to the hot key.
+    /// Share of requests to the hot key (0..=1).
+    #[arg(long, default_value_t = 0.9)]
     pub hot_fraction: f64,
-    /// Gateway store bound: entries.
+    /// The gateway's in-process store bound: entries.
+    #[arg(long, default_value_t = 20_000)]
     pub max_entries: u64,
-    /// Gateway store bound: bytes.
+    /// The gateway's in-process store bound: bytes.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_bytes: u64,
     /// Directory with the `gateway` and `origin-sim` binaries.
+    #[arg(skip)]
     pub bin_dir: PathBuf,
     /// Where the child logs go.
+    #[arg(skip)]
     pub work_dir: PathBuf,
     /// Print progress.
+    #[arg(skip)]
     pub progress: bool,
 }
 

@@ -180,15 +180,19 @@ pub struct Bursts {
     pub sizes: Vec<u64>,
 }
 
+/// Bursts are separated by gaps longer than a TTL divided by this…
+pub const BURST_GAP_TTL_DIVISOR: u32 = 4;
+/// …but at most this (the gap without a TTL).
+pub const BURST_GAP_CAP: Duration = Duration::from_millis(500);
+
 /// The gap that separates bursts: `min(ttl / 4, 500 ms)`, or 500 ms without a TTL.
 pub fn burst_gap(ttl: Option<Duration>) -> Duration {
-    match ttl {
-        // A herd's queries start within one rebuild time of each other (ms
-        // apart); successive boundaries are a TTL apart. A quarter TTL,
-        // capped at 500 ms, separates the two even for early refreshes.
-        Some(t) => (t / 4).min(Duration::from_millis(500)),
-        None => Duration::from_millis(500),
-    }
+    // A herd's queries start within one rebuild time of each other (ms
+    // apart); successive boundaries are a TTL apart. A quarter TTL, capped
+    // at 500 ms, separates the two even for early refreshes.
+    ttl.map_or(BURST_GAP_CAP, |t| {
+        (t / BURST_GAP_TTL_DIVISOR).min(BURST_GAP_CAP)
+    })
 }
 
 /// Group query start times (ms, any order) into bursts: sorted, a new burst

@@ -107,3 +107,17 @@ fn load_prints_json_and_writes_output() {
         assert!(v.get(key).is_some(), "missing {key}");
     }
 }
+
+/// The plan in `ladder --help` is the table's: every rung and row name.
+#[test]
+fn ladder_help_lists_the_table() {
+    let out = bench(&["ladder", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let rungs = stampede_bench::ladder::table::rung_names();
+    let rows = stampede_bench::ladder::table::TABLE_ROWS.map(|r| r.0);
+    for name in rungs.iter().chain(rows.iter()) {
+        assert!(help.contains(name), "{name} is not in ladder --help");
+    }
+    assert!(help.contains("quick") && help.contains("full"), "{help}");
+}

@@ -68,12 +68,12 @@ fn ladder_orders_naive_single_flight_lock() {
             .iter()
             .find(|r| r["id"] == id)
             .unwrap_or_else(|| panic!("no run {id}"));
-        let m = &run["metrics"];
+        let (s, b) = (&run["summary"], &run["summary"]["origin"]["hot_bursts"]);
         (
-            m["hot_mean_per_boundary"].as_f64().unwrap(),
-            m["hot_max_per_boundary"].as_u64().unwrap(),
-            m["hot_boundaries"].as_u64().unwrap(),
-            m["errors"].as_u64().unwrap(),
+            b["mean_per_boundary"].as_f64().unwrap(),
+            b["max_per_boundary"].as_u64().unwrap(),
+            b["boundaries"].as_u64().unwrap(),
+            s["failed_requests"].as_u64().unwrap(),
         )
     };
     let naive = row("table-naive");
