@@ -210,6 +210,20 @@ pub struct Config {
     /// Stale-if-error window after the TTL (at least the stale TTL).
     #[arg(long, env = "STAMPEDE_STALE_IF_ERROR", default_value = "60s", value_parser = duration)]
     pub stale_if_error: Duration,
+    /// Keep entries this long past their freshness (and stale windows), so a
+    /// stale entry can still be revalidated with If-None-Match /
+    /// If-Modified-Since (a 304 saves the body transfer).
+    #[arg(long, env = "STAMPEDE_RETAIN_STALE", default_value = "5m", value_parser = duration)]
+    pub retain_stale: Duration,
+    /// Heuristic freshness for responses without explicit freshness: 10 % of
+    /// the time since Last-Modified, at most a day (RFC 9111 §4.2.2).
+    #[arg(long, env = "STAMPEDE_HEURISTIC_FRESHNESS")]
+    pub heuristic_freshness: bool,
+    /// Strict HTTP caching: no operator override of the origin's freshness
+    /// (--ttl, --stale-ttl, --stale-if-error and --negative-ttl all 0s, TTL
+    /// jitter off). What the HTTP cache conformance suite is run with.
+    #[arg(long, env = "STAMPEDE_HTTP_STRICT")]
+    pub http_strict: bool,
     /// TTL of cached 404/410 answers (negative caching).
     #[arg(long, env = "STAMPEDE_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
     pub negative_ttl: Duration,
@@ -238,8 +252,10 @@ pub struct Config {
     /// Largest body cached or shared; larger ones stream through uncached.
     #[arg(long, env = "STAMPEDE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Overload gate: most requests at the origin at once.
-    #[arg(long, env = "STAMPEDE_GATE_MAX_INFLIGHT", default_value_t = 64)]
+    /// Overload gate: most requests at the origin at once (set it from what the
+    /// origin can serve; the default sheds nothing a normal burst of distinct
+    /// misses needs).
+    #[arg(long, env = "STAMPEDE_GATE_MAX_INFLIGHT", default_value_t = 256)]
     pub gate_max_inflight: usize,
     /// Overload gate: longest wait for an origin slot before a 503.
     #[arg(long, env = "STAMPEDE_GATE_QUEUE_WAIT", default_value = "0ms", value_parser = duration)]
@@ -256,8 +272,12 @@ pub struct Config {
     /// How long a key whose answer could not be shared (private, Set-Cookie,
     /// no-store, Vary: *, …) goes straight to the origin, uncoordinated
     /// (hit-for-miss; Varnish's default is 120 s; 0s: never mark).
-    #[arg(long, default_value = "120s", value_parser = duration)]
+    #[arg(long, env = "STAMPEDE_HIT_FOR_MISS_TTL", default_value = "120s", value_parser = duration)]
     pub hit_for_miss_ttl: Duration,
+    /// Log one line per proxied request at info level (method, path without
+    /// the query string, status, Cache-Status, latency).
+    #[arg(long, env = "STAMPEDE_ACCESS_LOG")]
+    pub access_log: bool,
     /// Bearer token for the admin API (purge, warm, hot keys); unset: admin API off.
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

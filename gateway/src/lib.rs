@@ -111,23 +111,37 @@ pub fn build_stack(
     hot_keys: HotKeys,
 ) -> StampedeService<Body> {
     let proxy = proxy::Proxy::new(config.origin.clone(), config.upstream_timeout);
+    // --http-strict: no operator override of the origin's freshness.
+    let operator = |d: Duration| {
+        if config.http_strict {
+            Duration::ZERO
+        } else {
+            d
+        }
+    };
     StampedeLayer::new(store)
         .mitigations(config.mitigations)
         .cache_config(CacheConfig {
             name: "stampede".into(),
-            ttl: config.ttl,
-            stale_ttl: config.stale_ttl,
-            stale_if_error: config.stale_if_error.max(config.stale_ttl),
+            ttl: operator(config.ttl),
+            stale_ttl: operator(config.stale_ttl),
+            stale_if_error: operator(config.stale_if_error.max(config.stale_ttl)),
             max_body_bytes: config.max_body_bytes,
             honor_origin_cache_control: true,
             cache_credentialed: config.cache_credentialed,
             hit_for_miss_ttl: config.hit_for_miss_ttl,
+            retain_stale: config.retain_stale,
+            heuristic_freshness: config.heuristic_freshness,
         })
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))
         .xfetch_beta(config.xfetch_beta)
-        .jitter(config.jitter)
-        .negative_ttl(config.negative_ttl)
+        .jitter(if config.http_strict {
+            0.0
+        } else {
+            config.jitter
+        })
+        .negative_ttl(operator(config.negative_ttl))
         .overload_budget(config.gate_max_inflight, config.gate_queue_wait)
         .hot_keys(hot_keys)
         .service(proxy)
@@ -161,6 +175,38 @@ pub fn proxy_router(stack: StampedeService<Body>, forwarding: proxy::Forwarding)
         }
     });
     axum::Router::new().fallback_service(svc)
+}
+
+/// With `on`, log one line per request at info level: method, path (never
+/// the query string: it may carry secrets), status, `Cache-Status`, latency
+/// (tower-http's `TraceLayer`).
+pub fn with_access_log(router: axum::Router, on: bool) -> axum::Router {
+    use tower_http::trace::TraceLayer;
+    if !on {
+        return router;
+    }
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|req: &Request<Body>| {
+                tracing::info_span!("access", method = %req.method(), path = req.uri().path())
+            })
+            .on_request(())
+            .on_response(
+                |resp: &http::Response<Body>, latency: Duration, _span: &tracing::Span| {
+                    let cache = resp
+                        .headers()
+                        .get(stampede_layer::CACHE_STATUS)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info!(
+                        status = resp.status().as_u16(),
+                        cache_status = cache,
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        "served"
+                    );
+                },
+            ),
+    )
 }
 
 fn read_warm_list(path: &std::path::Path) -> anyhow::Result<Vec<Uri>> {
@@ -269,7 +315,7 @@ pub async fn run(
     );
     let main = server::serve(
         listener,
-        proxy_router(stack, forwarding),
+        with_access_log(proxy_router(stack, forwarding), config.access_log),
         limits(config.max_connections),
         "proxy",
         stop_rx,

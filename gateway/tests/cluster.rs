@@ -85,8 +85,7 @@ fn entry(body: &str, fence: u64) -> CachedResponse {
         error_until_ms: now + 60_000,
         rebuild_ms: 1,
         fence,
-        vary: Default::default(),
-        kind: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -11,7 +11,7 @@
 //! then a hit), prints each `Cache-Status` and exits: a smoke test for CI.
 
 use axum::Router;
-use axum::error_handling::HandleError;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tower::ServiceBuilder;
 
 /// The origin's data: one version counter shared by every item.
 type Version = Arc<AtomicU64>;
@@ -51,28 +52,26 @@ async fn index() -> &'static str {
 }
 
 fn app() -> Router {
-    // The origin: any tower service; here an axum router with the slow handler.
-    let origin = Router::new()
-        .route("/items/{id}", get(item).put(bump))
-        .with_state(Version::new(AtomicU64::new(1)));
-    let cached = StampedeLayer::new(Arc::new(MemoryStore::default()))
-        .mitigations(Mitigations::ALL)
-        .ttl(Duration::from_secs(5))
-        .stale_ttl(Duration::from_secs(5))
-        .negative_ttl(Duration::from_secs(2))
-        .service(origin);
-    // axum wants infallible services: an error that reaches here (the origin
-    // failed and no stale copy was in hand) becomes a 502.
-    let cached = HandleError::new(cached, |err: BoxError| async move {
-        (StatusCode::BAD_GATEWAY, format!("origin error: {err}\n"))
-    });
-    // Everything but `/` goes through the cache to the origin router. (A
-    // fallback rather than `route_service("/items/{id}", …)`: the outer
-    // route's path parameters would stay in the request and confuse the
-    // origin router's `Path` extractor.)
+    // The stack, as one tower layer; axum wants infallible services, so an
+    // error that reaches the top (the origin failed and no stale copy was in
+    // hand) becomes a 502 first.
+    let stampede = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|err: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, format!("origin error: {err}\n"))
+        }))
+        .layer(
+            StampedeLayer::new(Arc::new(MemoryStore::default()))
+                .mitigations(Mitigations::ALL)
+                .ttl(Duration::from_secs(5))
+                .stale_ttl(Duration::from_secs(5))
+                .negative_ttl(Duration::from_secs(2)),
+        );
     Router::new()
+        .route("/items/{id}", get(item).put(bump))
+        // Only the routes above go through the cache; `/` below does not.
+        .route_layer(stampede)
         .route("/", get(index))
-        .fallback_service(cached)
+        .with_state(Version::new(AtomicU64::new(1)))
 }
 
 #[tokio::main]

@@ -27,6 +27,13 @@ pub struct CacheConfig {
     /// How long a key whose answer could not be shared goes straight to the
     /// origin, uncoordinated (hit-for-miss; zero: never marked).
     pub hit_for_miss_ttl: Duration,
+    /// Keep entries this long past their freshness (and never less than their
+    /// stale windows), so a stale entry can still be revalidated with a
+    /// conditional request (a 304 saves the body transfer).
+    pub retain_stale: Duration,
+    /// Heuristic freshness (10 % of the time since `Last-Modified`, at most a
+    /// day) for responses without explicit freshness (RFC 9111 §4.2.2).
+    pub heuristic_freshness: bool,
 }
 
 impl Default for CacheConfig {
@@ -40,6 +47,8 @@ impl Default for CacheConfig {
             honor_origin_cache_control: true,
             cache_credentialed: false,
             hit_for_miss_ttl: Duration::from_secs(120),
+            retain_stale: Duration::from_secs(300),
+            heuristic_freshness: false,
         }
     }
 }
@@ -51,6 +60,8 @@ impl CacheConfig {
             ttl: self.ttl,
             stale_ttl: self.stale_ttl,
             stale_if_error: self.stale_if_error,
+            retain_stale: self.retain_stale,
+            heuristic_freshness: self.heuristic_freshness,
             honor_origin_cache_control: self.honor_origin_cache_control,
         }
     }

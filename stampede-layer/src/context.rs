@@ -68,7 +68,7 @@ impl Lookup {
         if entry.is_hit_for_miss() {
             return Reread::Uncacheable;
         }
-        if !entry.is_fresh(now_ms) {
+        if !entry.usable_fresh(now_ms) {
             return Reread::Nothing;
         }
         if entry.vary.matches(&self.request_headers) {

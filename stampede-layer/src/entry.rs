@@ -51,6 +51,15 @@ pub struct CachedResponse {
     pub vary: VaryValues,
     /// A stored response, or a hit-for-miss marker.
     pub kind: EntryKind,
+    /// How old the response already was when stored (RFC 9111 §4.2.3), ms.
+    pub initial_age_ms: u64,
+    /// The store keeps it until this instant (≥ every window), so it can
+    /// still be revalidated with a conditional request.
+    pub retain_until_ms: u64,
+    /// Never serve it stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    pub must_revalidate: bool,
+    /// Revalidate it before every use (`no-cache`).
+    pub no_cache: bool,
 }
 
 /// What an entry holds.
@@ -175,6 +184,29 @@ pub enum DecodeError {
     Corrupt(#[from] postcard::Error),
 }
 
+impl Default for CachedResponse {
+    /// An empty `200` stored at the epoch, expired: fill in what matters.
+    fn default() -> Self {
+        CachedResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            stored_at_ms: 0,
+            fresh_until_ms: 0,
+            stale_until_ms: 0,
+            error_until_ms: 0,
+            rebuild_ms: 0,
+            fence: 0,
+            vary: VaryValues::default(),
+            kind: EntryKind::Response,
+            initial_age_ms: 0,
+            retain_until_ms: 0,
+            must_revalidate: false,
+            no_cache: false,
+        }
+    }
+}
+
 impl CachedResponse {
     /// A hit-for-miss marker kept `ttl` from `now_ms` (see [`EntryKind::HitForMiss`]).
     pub fn hit_for_miss(now_ms: u64, ttl: Duration, fence: u64) -> Self {
@@ -191,7 +223,38 @@ impl CachedResponse {
             fence,
             vary: VaryValues::default(),
             kind: EntryKind::HitForMiss,
+            initial_age_ms: 0,
+            retain_until_ms: until,
+            must_revalidate: true,
+            no_cache: false,
         }
+    }
+
+    /// Its `Age` at `now_ms`, in whole seconds (RFC 9111 §4.2.3: the initial
+    /// age plus the time it spent in storage).
+    pub fn age_secs(&self, now_ms: u64) -> u64 {
+        (self.initial_age_ms + now_ms.saturating_sub(self.stored_at_ms)) / 1000
+    }
+
+    /// Whether it may be served without contacting the origin at `now_ms`.
+    pub fn usable_fresh(&self, now_ms: u64) -> bool {
+        self.is_fresh(now_ms) && !self.no_cache
+    }
+
+    /// Whether it may be served stale at all (no directive forbids it).
+    pub fn may_serve_stale(&self) -> bool {
+        !self.must_revalidate && !self.no_cache
+    }
+
+    /// The validators a conditional revalidation sends: `ETag` and `Last-Modified`.
+    pub fn validators(&self) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        let get = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| HeaderValue::from_bytes(v).ok())
+        };
+        (get("etag"), get("last-modified"))
     }
 
     /// Whether this is a hit-for-miss marker.
@@ -227,10 +290,23 @@ impl CachedResponse {
         (self.fresh_until_ms as i64 - now_ms as i64).div_euclid(1000)
     }
 
-    /// How long a store must keep the entry: until the end of its last stale window.
+    /// How long a store must keep the entry: until the end of its retention
+    /// (never before its last stale window ends).
     pub fn keep_for(&self, now_ms: u64) -> Duration {
-        let until = self.stale_until_ms.max(self.error_until_ms);
+        let until = self
+            .retain_until_ms
+            .max(self.stale_until_ms)
+            .max(self.error_until_ms);
         Duration::from_millis(until.saturating_sub(now_ms).max(1))
+    }
+
+    /// Whether the store holds nothing of use any more at `now_ms`.
+    pub fn is_gone(&self, now_ms: u64) -> bool {
+        now_ms
+            >= self
+                .retain_until_ms
+                .max(self.error_until_ms)
+                .max(self.stale_until_ms)
     }
 
     /// Approximate size in memory, for store weighing.
@@ -303,6 +379,10 @@ pub(crate) fn sample(body: &str, fresh_ms: u64, stale_ms: u64) -> CachedResponse
         fence: 0,
         vary: VaryValues::default(),
         kind: EntryKind::Response,
+        initial_age_ms: 0,
+        retain_until_ms: now + fresh_ms + stale_ms,
+        must_revalidate: false,
+        no_cache: false,
     }
 }
 

@@ -12,20 +12,23 @@
 //! rebuild whose answer they could not be given.
 
 use crate::body::{BoxError, Buffered, CacheBody, buffer};
+use crate::cache_control::SURROGATE_CAPABILITY;
 use crate::config::CacheConfig;
 use crate::context::{
     FencingToken, FillDirectives, FillPending, Lookup, LookupState, Reread, Sharing,
 };
 use crate::entry::{CachedResponse, EntryKind, VaryValues, now_ms};
-use crate::policy::NotShareable;
+use crate::freshness::Timing;
+use crate::policy::{Lifetimes, NotShareable};
 use crate::serve::collapsed_hit;
 use crate::status::{CacheStatus, Detail};
 use crate::store::{PutOutcome, SharedStore, get_or_miss, record_error};
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`CacheFill`].
@@ -104,8 +107,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let this = self.clone();
-        Box::pin(this.fill(req))
+        let span = match req.extensions().get::<Lookup>() {
+            Some(lookup) => tracing::debug_span!(
+                "stampede.rebuild",
+                key = lookup.key.digest(),
+                variant = lookup.key.variant(),
+                state = ?lookup.state,
+                fence = req.extensions().get::<FencingToken>().map(|t| t.0),
+            ),
+            None => tracing::Span::none(),
+        };
+        Box::pin(this.fill(req).instrument(span))
     }
 }
 
@@ -150,7 +164,28 @@ impl<S> CacheFill<S> {
         }
         let fence = req.extensions().get::<FencingToken>().map_or(0, |t| t.0);
         let request_headers = req.headers().clone();
+        // A stale entry with validators is revalidated: the origin may answer
+        // 304 and save the body transfer (RFC 9111 §4.3.1). These are the
+        // cache's validators, never a client's (CacheLookup took those off).
+        let revalidating = match (&lookup.entry, lookup.state) {
+            (Some(entry), LookupState::Stale | LookupState::Refresh) => {
+                let (etag, last_modified) = entry.validators();
+                let h = req.headers_mut();
+                if let Some(etag) = &etag {
+                    h.insert(IF_NONE_MATCH, etag.clone());
+                }
+                if let Some(lm) = &last_modified {
+                    h.insert(IF_MODIFIED_SINCE, lm.clone());
+                }
+                (etag.is_some() || last_modified.is_some()).then(|| entry.clone())
+            }
+            _ => None,
+        };
+        let (capability, device) = SURROGATE_CAPABILITY;
+        req.headers_mut()
+            .insert(capability, HeaderValue::from_static(device));
         req.extensions_mut().insert(FillPending);
+        let request_ms = now_ms();
         let started = Instant::now();
         let guard = InflightGuard::new();
         let result = self.inner.clone().oneshot(req).await.map_err(Into::into);
@@ -163,6 +198,10 @@ impl<S> CacheFill<S> {
                     .increment(1);
                 return Err(err);
             }
+        };
+        let timing = Timing {
+            request_ms,
+            response_ms: now_ms(),
         };
         metrics::counter!("stampede_origin_requests_total", "status" => resp.status().as_str().to_owned())
             .increment(1);
@@ -178,11 +217,47 @@ impl<S> CacheFill<S> {
             .extensions
             .remove::<CacheStatus>() // the overload gate's account
             .unwrap_or_else(|| CacheStatus::forwarded(lookup.fwd, parts.status));
-        let decision = self.config.storage_rules().decide(
+        let rules = self.config.storage_rules();
+        if let Some(stale) = revalidating.filter(|_| parts.status == StatusCode::NOT_MODIFIED) {
+            // Freshened: the stored body with the 304's headers (§4.3.4).
+            let headers = freshened_headers(&stale, &parts.headers);
+            let entry = match rules.decide(
+                &request_headers,
+                stale.status_code(),
+                &headers,
+                &directives,
+                timing,
+            ) {
+                Ok(plan) => {
+                    let entry = build_entry(
+                        &stale,
+                        &headers,
+                        stale.body.clone(),
+                        &plan,
+                        timing,
+                        rebuild,
+                        fence,
+                    );
+                    write(&self.store, &lookup, &entry, &mut status).await;
+                    Some((entry, plan.shareable()))
+                }
+                Err(_) => None,
+            };
+            metrics::counter!("stampede_revalidated_total").increment(1);
+            let (entry, shareable) = entry.unwrap_or_else(|| ((*stale).clone(), false));
+            let mut resp = crate::serve::response_from_entry(&entry, now_ms(), false, status);
+            if !shareable {
+                resp.extensions_mut()
+                    .insert(Sharing::NotShareable(NotShareable::NoLifetime));
+            }
+            return Ok(resp);
+        }
+        let decision = rules.decide(
             &request_headers,
             parts.status,
             &parts.headers,
             &directives,
+            timing,
         );
         let bytes = match buffer(body, self.config.max_body_bytes).await? {
             Buffered::Complete(bytes) => bytes,
@@ -203,38 +278,36 @@ impl<S> CacheFill<S> {
             }
         };
         let sharing = match decision {
-            Ok(lifetimes) => {
-                let now = now_ms();
-                let fresh_until_ms = now + lifetimes.fresh.as_millis() as u64;
-                let entry = CachedResponse {
+            Ok(plan) => {
+                let vary = VaryValues::of(&parts.headers, &request_headers);
+                let template = CachedResponse {
                     status: parts.status.as_u16(),
-                    headers: CachedResponse::headers_from(&parts.headers),
-                    // A copy of exactly the body's size: the buffered `Bytes` may be a
-                    // slice of a much larger connection read buffer, which an
-                    // in-process entry would otherwise keep alive for its lifetime.
-                    body: bytes::Bytes::copy_from_slice(&bytes),
-                    stored_at_ms: now,
-                    fresh_until_ms,
-                    stale_until_ms: fresh_until_ms + lifetimes.stale.as_millis() as u64,
-                    error_until_ms: fresh_until_ms + lifetimes.error.as_millis() as u64,
-                    rebuild_ms: rebuild.as_millis().min(u32::MAX as u128) as u32,
-                    fence,
-                    vary: VaryValues::of(&parts.headers, &request_headers),
-                    kind: EntryKind::Response,
+                    vary,
+                    ..CachedResponse::hit_for_miss(0, Duration::ZERO, 0)
                 };
-                match self.store.put(&lookup.key, &entry).await {
-                    Ok(PutOutcome::Written) => {
-                        status.stored = true;
-                        status.ttl = Some(entry.ttl_secs(now));
-                    }
-                    Ok(PutOutcome::Fenced { current }) => {
-                        metrics::counter!("stampede_fencing_rejections_total").increment(1);
-                        tracing::info!(key = %lookup.key, fence, current, "stale write rejected by fencing token");
-                        status.detail = Some(Detail::Fenced);
-                    }
-                    Err(err) => record_error(self.store.as_ref(), "put", &err),
+                // A copy of exactly the body's size: the buffered `Bytes` may be a
+                // slice of a much larger connection read buffer, which an
+                // in-process entry would otherwise keep alive for its lifetime.
+                let body = bytes::Bytes::copy_from_slice(&bytes);
+                let entry = build_entry(
+                    &template,
+                    &parts.headers,
+                    body,
+                    &plan,
+                    timing,
+                    rebuild,
+                    fence,
+                );
+                write(&self.store, &lookup, &entry, &mut status).await;
+                if plan.shareable() {
+                    Sharing::Stored(entry.vary)
+                } else {
+                    Sharing::NotShareable(if plan.no_cache {
+                        NotShareable::NoCache
+                    } else {
+                        NotShareable::NoLifetime
+                    })
                 }
-                Sharing::Stored(entry.vary)
             }
             Err(_) if generated => Sharing::Generated,
             Err(reason) => {
@@ -246,6 +319,133 @@ impl<S> CacheFill<S> {
         parts.extensions.insert(sharing);
         Ok(Response::from_parts(parts, CacheBody::full(bytes)))
     }
+}
+
+/// Write `entry` (fenced) and record the outcome in `status`.
+async fn write(
+    store: &SharedStore,
+    lookup: &Lookup,
+    entry: &CachedResponse,
+    status: &mut CacheStatus,
+) {
+    {
+        let fence = entry.fence;
+        match store.put(&lookup.key, entry).await {
+            Ok(PutOutcome::Written) => {
+                status.stored = true;
+                status.ttl = Some(entry.ttl_secs(now_ms()));
+            }
+            Ok(PutOutcome::Fenced { current }) => {
+                metrics::counter!("stampede_fencing_rejections_total").increment(1);
+                tracing::info!(
+                    key = lookup.key.digest(),
+                    fence,
+                    current,
+                    "stale write rejected by fencing token"
+                );
+                status.detail = Some(Detail::Fenced);
+            }
+            Err(err) => record_error(store.as_ref(), "put", &err),
+        }
+    }
+}
+
+/// A stored entry from `like` (status, vary) with `headers`, `body` and the
+/// deadlines `plan` gives.
+fn build_entry(
+    like: &CachedResponse,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    plan: &Lifetimes,
+    timing: Timing,
+    rebuild: Duration,
+    fence: u64,
+) -> CachedResponse {
+    let stored_at_ms = timing.response_ms;
+    let fresh_until_ms = stored_at_ms + plan.remaining().as_millis() as u64;
+    let ms = |d: Duration| d.as_millis().min(u64::MAX as u128 / 4) as u64;
+    CachedResponse {
+        status: like.status,
+        headers: stored_headers(headers, &plan.withheld_fields),
+        body,
+        stored_at_ms,
+        fresh_until_ms,
+        stale_until_ms: fresh_until_ms + ms(plan.stale),
+        error_until_ms: fresh_until_ms + ms(plan.error),
+        retain_until_ms: fresh_until_ms + ms(plan.retain.max(plan.error)),
+        rebuild_ms: rebuild.as_millis().min(u32::MAX as u128) as u32,
+        fence,
+        vary: like.vary.clone(),
+        kind: EntryKind::Response,
+        initial_age_ms: plan.initial_age.map_or(u64::MAX / 4, ms),
+        must_revalidate: plan.must_revalidate,
+        no_cache: plan.no_cache,
+    }
+}
+
+/// Header fields never stored (RFC 9111 §3.1): hop-by-hop fields and those
+/// `Connection` names, the proxy-specific ones, and what the origin withheld
+/// (`no-cache="…"`, `private="…"`).
+const NOT_STORED: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn stored_headers(headers: &HeaderMap, withheld: &[String]) -> Vec<(String, Vec<u8>)> {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str();
+            !NOT_STORED.contains(&n)
+                && !named.iter().any(|m| m == n)
+                && !withheld.iter().any(|w| w == n)
+        })
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Header fields a 304 does not update (RFC 9111 §3.2): the stored body's
+/// own metadata, and the validator the 304 was matched by.
+const NOT_UPDATED_BY_304: [&str; 5] = [
+    "content-length",
+    "content-encoding",
+    "content-md5",
+    "content-range",
+    "etag",
+];
+
+/// The stored headers updated with a 304's (RFC 9111 §3.2): each field the
+/// 304 carries replaces the stored one, but for the body's own metadata.
+pub fn freshened_headers(stored: &CachedResponse, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.header_map();
+    let mut replaced: Vec<&http::HeaderName> = Vec::new();
+    for (name, value) in not_modified {
+        let n = name.as_str();
+        if NOT_UPDATED_BY_304.contains(&n) || NOT_STORED.contains(&n) {
+            continue;
+        }
+        if !replaced.contains(&name) {
+            headers.remove(name);
+            replaced.push(name);
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers
 }
 
 /// Count an answer that may not be stored; mark the key hit-for-miss when
@@ -265,7 +465,11 @@ async fn uncacheable(
     let marker = CachedResponse::hit_for_miss(now_ms(), ttl, fence);
     match store.put(&lookup.key, &marker).await {
         Ok(PutOutcome::Written) => {
-            tracing::debug!(key = %lookup.key, reason = reason.as_str(), "key marked hit-for-miss");
+            tracing::debug!(
+                key = lookup.key.digest(),
+                reason = reason.as_str(),
+                "key marked hit-for-miss"
+            );
         }
         Ok(PutOutcome::Fenced { .. }) => {}
         Err(err) => record_error(store.as_ref(), "put", &err),

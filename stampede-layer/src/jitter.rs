@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 #[derive(Clone, Copy, Debug)]
 pub struct TtlJitterLayer {
     fraction: f64,
+    enabled: bool,
 }
 
 impl TtlJitterLayer {
@@ -23,7 +24,15 @@ impl TtlJitterLayer {
     pub fn new(fraction: f64) -> Self {
         Self {
             fraction: fraction.clamp(0.0, 0.99),
+            enabled: true,
         }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 }
 
@@ -41,7 +50,7 @@ impl<S> Layer<S> for TtlJitterLayer {
     fn layer(&self, inner: S) -> Self::Service {
         TtlJitter {
             inner,
-            fraction: self.fraction,
+            fraction: if self.enabled { self.fraction } else { 0.0 },
         }
     }
 }
@@ -69,11 +78,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.extensions().get::<FillPending>().is_none() {
+        if self.fraction > 0.0 && req.extensions().get::<FillPending>().is_none() {
             warn_misplaced("TtlJitter", "inside CacheFill");
         }
         let fut = self.inner.call(req);
         let fraction = self.fraction;
+        if fraction <= 0.0 {
+            return Box::pin(fut);
+        }
         Box::pin(async move {
             let mut resp = fut.await?;
             let scale = ttl_scale(fraction);

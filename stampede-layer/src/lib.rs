@@ -1,23 +1,30 @@
 //! Tower middleware that protects an HTTP origin from cache stampedes.
 //!
 //! A hot key expires; every concurrent request misses at once and rebuilds
-//! it. This crate bounds each herd with one [`tower::Layer`], in scope order:
+//! it. This crate bounds each herd with one [`tower::Layer`]. In stack order,
+//! outermost first (the [`stack`] module says why this order):
 //!
-//! | herd | layer |
+//! | layer | herd it bounds |
 //! |---|---|
-//! | per-process: N concurrent misses in one instance | [`SingleFlight`] |
-//! | per-fleet: one rebuild per instance | [`DistributedLock`] (+ fencing tokens) |
-//! | wait time: users blocked on the rebuild | [`StaleWhileRevalidate`] (+ stale-if-error) |
-//! | the cliff: expiry under load | [`XFetch`] (probabilistic early refresh) |
-//! | multi-key: keys written together expire together | [`TtlJitter`] |
-//! | negative: miss storm on absent keys | [`NegativeCache`] |
-//! | metastable overload: retries pin a saturated origin | [`OverloadGate`] |
+//! | [`XFetch`] (probabilistic early refresh of fresh hits) | the cliff: expiry under load |
+//! | [`CacheLookup`] (the store read; answers fresh hits) | — |
+//! | [`StaleWhileRevalidate`] (+ stale-if-error) | the wait: users blocked on the rebuild |
+//! | [`SingleFlight`] | per-process: N concurrent misses in one instance |
+//! | [`DistributedLock`] (+ fencing tokens) | per-fleet: one rebuild per instance |
+//! | [`CacheFill`] (the fenced write; what waiters may share) | — |
+//! | [`TtlJitter`] | multi-key: keys written together expire together |
+//! | [`NegativeCache`] | negative: miss storm on absent keys |
+//! | [`OverloadGate`] | metastable overload: retries pin a saturated origin |
 //!
-//! The cache itself is [`CacheLookup`] + [`CacheFill`] over a [`CacheStore`]:
-//! [`MemoryStore`] (moka, in-process) or `RedisStore` (fred, feature `redis`).
-//! [`StampedeLayer`] composes everything in the right order, as one tower `Layer`.
+//! The store is a [`CacheStore`]: [`MemoryStore`] (moka, in-process) or
+//! `RedisStore` (fred, feature `redis`). [`StampedeLayer`] composes
+//! everything in that order as one tower `Layer`. Coalescing never hands a
+//! client a response a shared cache could not have served it from storage
+//! (see [`policy`] and [`conditional`]).
 //!
 //! # Example
+//!
+//! The whole stack in a `ServiceBuilder`, over any tower service:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -37,9 +44,12 @@
 //!     async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hello")))) }
 //! });
 //!
-//! let svc = StampedeLayer::new(Arc::new(MemoryStore::default()))
-//!     .mitigations(Mitigations::ALL)
-//!     .ttl(Duration::from_secs(5))
+//! let svc = tower::ServiceBuilder::new()
+//!     .layer(
+//!         StampedeLayer::new(Arc::new(MemoryStore::default()))
+//!             .mitigations(Mitigations::ALL)
+//!             .ttl(Duration::from_secs(5)),
+//!     )
 //!     .service(origin);
 //!
 //! // Ten concurrent misses for one key: one origin call.
@@ -88,6 +98,7 @@ pub mod config;
 pub mod context;
 pub mod entry;
 pub mod fill;
+pub mod freshness;
 pub mod hot_keys;
 pub mod jitter;
 pub mod key;
@@ -132,6 +143,11 @@ pub use store::{
 pub use store::{RedisStore, RedisStoreBuilder};
 pub use swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
 pub use xfetch::{XFetch, XFetchLayer};
+
+/// The crate README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// The RFC 9211 `Cache-Status` header name.
 pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");

@@ -41,6 +41,7 @@ pub struct DistributedLockLayer {
     max_wait: Duration,
     initial_backoff: Duration,
     max_backoff: Duration,
+    enabled: bool,
 }
 
 impl std::fmt::Debug for DistributedLockLayer {
@@ -62,7 +63,15 @@ impl DistributedLockLayer {
             max_wait: Duration::from_secs(2),
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
+            enabled: true,
         }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 
     /// How long a lock lives unless released (must exceed a normal rebuild).
@@ -135,7 +144,7 @@ where
         let lookup = req
             .extensions()
             .get::<Lookup>()
-            .filter(|l| l.state != LookupState::Pass)
+            .filter(|l| l.state != LookupState::Pass && config.enabled)
             .cloned();
         match lookup {
             // Holds the key's lock already (a claimed background refresh), or
@@ -220,8 +229,16 @@ where
     }
     metrics::histogram!("stampede_lock_wait_seconds", "result" => "timeout")
         .record(started.elapsed().as_secs_f64());
-    tracing::warn!(key = %key, waited_ms = started.elapsed().as_millis() as u64, "lock wait timed out");
-    if let Some(entry) = &lookup.entry {
+    tracing::warn!(
+        key = key.digest(),
+        waited_ms = started.elapsed().as_millis() as u64,
+        "lock wait timed out"
+    );
+    if let Some(entry) = lookup
+        .entry
+        .as_ref()
+        .filter(|e| e.may_serve_stale() && now_ms() < e.error_until_ms)
+    {
         return Ok(stale(entry, false, Detail::LockTimeout));
     }
     match LeaseGuard::acquire(&store, key, config.lock_ttl).await {

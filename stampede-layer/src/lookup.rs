@@ -120,8 +120,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let this = self.clone();
-        Box::pin(async move {
+        // Never the target itself: it may carry a query string with secrets.
+        let span = tracing::debug_span!(
+            "stampede.request",
+            method = %req.method(),
+            outcome = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        let record = span.clone();
+        let fut = async move {
             let started = Instant::now();
             let background = req.extensions().get::<ForceRefresh>().is_some();
             let name = this.config.name.clone();
@@ -130,16 +139,30 @@ where
                 .extensions_mut()
                 .remove::<CacheStatus>()
                 .unwrap_or_default();
-            resp.headers_mut()
-                .insert(crate::CACHE_STATUS, status.header_value(&name));
+            // An upstream cache's entries stay; ours is the last member, the
+            // cache closest to the client (RFC 9211 §2).
+            let ours = status.header_value(&name);
+            let value = match resp.headers().get(crate::CACHE_STATUS) {
+                Some(upstream) => {
+                    let mut v = upstream.as_bytes().to_vec();
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ours.as_bytes());
+                    http::HeaderValue::from_bytes(&v).unwrap_or(ours)
+                }
+                None => ours,
+            };
+            resp.headers_mut().insert(crate::CACHE_STATUS, value);
+            let outcome = status.outcome(resp.status()).as_str();
+            record.record("outcome", outcome);
+            record.record("status", resp.status().as_u16());
             if !background {
-                let outcome = status.outcome(resp.status()).as_str();
                 metrics::counter!("stampede_requests_total", "outcome" => outcome).increment(1);
                 metrics::histogram!("stampede_request_duration_seconds", "outcome" => outcome)
                     .record(started.elapsed().as_secs_f64());
             }
             Ok(resp)
-        })
+        };
+        Box::pin(fut.instrument(span))
     }
 }
 
@@ -190,7 +213,7 @@ impl<S> CacheLookup<S> {
         let now = now_ms();
         let found = get_or_miss(self.store.as_ref(), &key)
             .await
-            .filter(|e| !e.is_expired(now));
+            .filter(|e| !e.is_gone(now));
 
         if found.as_ref().is_some_and(|e| e.is_hit_for_miss()) {
             // Known uncacheable: straight to the origin, the client's own
@@ -228,7 +251,7 @@ impl<S> CacheLookup<S> {
                     state = LookupState::Refresh;
                     in_hand = Some(Arc::new(entry));
                 }
-                Freshness::Fresh => {
+                Freshness::Fresh if !entry.no_cache => {
                     let entry = Arc::new(entry);
                     let mut resp = response_from_entry(
                         &entry,
@@ -245,12 +268,14 @@ impl<S> CacheLookup<S> {
                     });
                     return Ok(answer(conditions, resp));
                 }
-                Freshness::Stale | Freshness::ErrorOnly => {
+                // Stale, to be revalidated (`no-cache`), or only retained:
+                // in hand for a conditional revalidation and the stale answers
+                // the layers below may give.
+                _ => {
                     fwd = Fwd::Stale;
                     state = LookupState::Stale;
                     in_hand = Some(Arc::new(entry));
                 }
-                Freshness::Expired => fwd = Fwd::Miss,
             }
         }
         if head {
@@ -270,7 +295,8 @@ impl<S> CacheLookup<S> {
     }
 
     /// Unsafe methods pass through; a success invalidates the target URI's
-    /// entry (RFC 9111 §4.4) — this also clears a cached 404 on create.
+    /// entry, and those of `Location` and `Content-Location` when they name
+    /// the same origin (RFC 9111 §4.4) — this also clears a cached 404 on create.
     async fn pass_unsafe<B>(self, req: Request<B>) -> Result<Response<CacheBody>, BoxError>
     where
         S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
@@ -278,13 +304,34 @@ impl<S> CacheLookup<S> {
         S::Future: Send,
     {
         let invalidates = !matches!(*req.method(), Method::OPTIONS | Method::TRACE);
-        let key = CacheKey::new(&Method::GET, req.uri());
+        let host = req.headers().get(http::header::HOST).cloned();
+        let mut keys = vec![CacheKey::new(&Method::GET, req.uri())];
         let resp = forward(self.inner, req, Fwd::Method).await?;
-        if invalidates
-            && (resp.status().is_success() || resp.status().is_redirection())
-            && let Err(err) = self.store.delete(&key).await
-        {
-            record_error(self.store.as_ref(), "delete", &err);
+        if !invalidates || !(resp.status().is_success() || resp.status().is_redirection()) {
+            return Ok(resp);
+        }
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let same_origin = resp
+                .headers()
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Uri>().ok())
+                .filter(|uri| match uri.authority() {
+                    None => true,
+                    Some(a) => host
+                        .as_ref()
+                        .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())),
+                });
+            if let Some(uri) = same_origin
+                && let Ok(target) = normalise_target(&uri)
+            {
+                keys.push(CacheKey::new(&Method::GET, &Uri::from(target)));
+            }
+        }
+        for key in keys {
+            if let Err(err) = self.store.delete(&key).await {
+                record_error(self.store.as_ref(), "delete", &err);
+            }
         }
         Ok(resp)
     }

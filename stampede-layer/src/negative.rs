@@ -18,12 +18,20 @@ use tower::{Layer, Service};
 #[derive(Clone, Copy, Debug)]
 pub struct NegativeCacheLayer {
     ttl: Duration,
+    enabled: bool,
 }
 
 impl NegativeCacheLayer {
     /// Cache 404/410 answers for `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl }
+        Self { ttl, enabled: true }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 }
 
@@ -33,7 +41,7 @@ impl<S> Layer<S> for NegativeCacheLayer {
     fn layer(&self, inner: S) -> Self::Service {
         NegativeCache {
             inner,
-            ttl: self.ttl,
+            ttl: Some(self.ttl).filter(|_| self.enabled),
         }
     }
 }
@@ -42,7 +50,7 @@ impl<S> Layer<S> for NegativeCacheLayer {
 #[derive(Clone, Debug)]
 pub struct NegativeCache<S> {
     inner: S,
-    ttl: Duration,
+    ttl: Option<Duration>,
 }
 
 crate::inner_access!(NegativeCache);
@@ -61,11 +69,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.extensions().get::<FillPending>().is_none() {
+        let req_is_unfilled = req.extensions().get::<FillPending>().is_none();
+        let fut = self.inner.call(req);
+        let Some(ttl) = self.ttl else {
+            return Box::pin(fut);
+        };
+        if req_is_unfilled {
             warn_misplaced("NegativeCache", "inside CacheFill");
         }
-        let fut = self.inner.call(req);
-        let ttl = self.ttl;
         Box::pin(async move {
             let mut resp = fut.await?;
             if matches!(resp.status().as_u16(), 404 | 410) {

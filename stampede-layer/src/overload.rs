@@ -31,6 +31,7 @@ pub struct OverloadGateLayer {
     max_inflight: usize,
     max_queue_wait: Duration,
     retry_after: Duration,
+    enabled: bool,
 }
 
 impl OverloadGateLayer {
@@ -40,7 +41,15 @@ impl OverloadGateLayer {
             max_inflight: max_inflight.max(1),
             max_queue_wait: Duration::ZERO,
             retry_after: Duration::from_secs(1),
+            enabled: true,
         }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 
     /// Let a request wait this long for a slot before it is shed.
@@ -104,6 +113,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
+        if !self.config.enabled {
+            return Box::pin(async move {
+                let resp = inner.oneshot(req).await.map_err(Into::into)?;
+                Ok(resp.map(CacheBody::from_body))
+            });
+        }
         let slots = self.slots.clone();
         let config = self.config.clone();
         let background = req

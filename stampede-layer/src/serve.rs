@@ -26,8 +26,8 @@ pub fn response_from_entry(
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status_code();
     *resp.headers_mut() = entry.header_map();
-    let age = now.saturating_sub(entry.stored_at_ms) / 1000;
-    resp.headers_mut().insert(AGE, HeaderValue::from(age));
+    resp.headers_mut()
+        .insert(AGE, HeaderValue::from(entry.age_secs(now)));
     resp.extensions_mut().insert(status);
     resp.extensions_mut()
         .insert(Sharing::Stored(entry.vary.clone()));

@@ -41,6 +41,7 @@ use tower::{Layer, Service, ServiceExt};
 #[derive(Clone, Debug)]
 pub struct SingleFlightLayer {
     max_flights: usize,
+    enabled: bool,
 }
 
 impl Default for SingleFlightLayer {
@@ -54,7 +55,15 @@ impl SingleFlightLayer {
     pub fn new() -> Self {
         Self {
             max_flights: 10_000,
+            enabled: true,
         }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 
     /// Most keys coalesced at once; requests for further keys go straight through.
@@ -71,7 +80,7 @@ impl<S> Layer<S> for SingleFlightLayer {
         SingleFlight {
             inner,
             flights: Arc::default(),
-            max_flights: self.max_flights,
+            max_flights: if self.enabled { self.max_flights } else { 0 },
         }
     }
 }

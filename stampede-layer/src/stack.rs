@@ -47,7 +47,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::util::{BoxCloneSyncService, Either};
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
 /// Which mitigations are on.
@@ -160,16 +160,19 @@ impl fmt::Display for Mitigations {
     }
 }
 
-/// The whole stack over an origin `S` (what [`StampedeLayer`] makes).
-pub type Stampede<S> = Either<XFetch<LookedUp<S>>, LookedUp<S>>;
-type LookedUp<S> = CacheLookup<Revalidating<S>>;
-type Revalidating<S> = Either<StaleWhileRevalidate<Coalesced<S>>, Coalesced<S>>;
-type Coalesced<S> = Either<SingleFlight<Locked<S>>, Locked<S>>;
-type Locked<S> = Either<DistributedLock<Filled<S>>, Filled<S>>;
-type Filled<S> = CacheFill<Jittered<S>>;
-type Jittered<S> = Either<TtlJitter<Negative<S>>, Negative<S>>;
-type Negative<S> = Either<NegativeCache<Gated<S>>, Gated<S>>;
-type Gated<S> = Either<OverloadGate<Origin<S>>, Origin<S>>;
+/// The whole stack over an origin `S` (what [`StampedeLayer`] makes). A
+/// mitigation that is off stays in the chain, switched off (it passes
+/// requests through): the type is the same for every rung of the ladder, and
+/// linear — toggling with `Either` would double it at every layer.
+pub type Stampede<S> = XFetch<
+    CacheLookup<
+        StaleWhileRevalidate<
+            SingleFlight<
+                DistributedLock<CacheFill<TtlJitter<NegativeCache<OverloadGate<Origin<S>>>>>>,
+            >,
+        >,
+    >,
+>;
 
 /// The stack, boxed: what [`StampedeLayer::service`] returns.
 pub type StampedeService<B> = BoxCloneSyncService<Request<B>, Response<CacheBody>, BoxError>;
@@ -323,32 +326,34 @@ impl<S> Layer<S> for StampedeLayer {
             lookup = lookup.hot_keys(hot.clone());
         }
         ServiceBuilder::new()
-            .option_layer(m.xfetch.then(|| {
+            .layer(
                 XFetchLayer::new(self.xfetch_beta)
                     .max_refreshes(self.max_background_refreshes)
                     .claim_through(store.clone(), claim_ttl)
-            }))
+                    .enabled(m.xfetch),
+            )
             .layer(lookup)
-            .option_layer(m.swr.then(|| {
+            .layer(
                 StaleWhileRevalidateLayer::new()
                     .max_refreshes(self.max_background_refreshes)
                     .claim_through(store.clone(), claim_ttl)
-            }))
-            .option_layer(m.single_flight.then(SingleFlightLayer::new))
-            .option_layer(m.lock.then(|| {
+                    .enabled(m.swr),
+            )
+            .layer(SingleFlightLayer::new().enabled(m.single_flight))
+            .layer(
                 DistributedLockLayer::new(store.clone())
                     .lock_ttl(self.lock_ttl)
                     .max_wait(self.lock_wait.unwrap_or(self.lock_ttl))
-            }))
-            .layer(CacheFillLayer::new(store.clone(), self.cache.clone()))
-            .option_layer(m.jitter.then(|| TtlJitterLayer::new(self.jitter)))
-            .option_layer(
-                m.negative
-                    .then(|| NegativeCacheLayer::new(self.negative_ttl)),
+                    .enabled(m.lock),
             )
-            .option_layer(m.overload_gate.then(|| {
-                OverloadGateLayer::new(self.gate_max_inflight).max_queue_wait(self.gate_queue_wait)
-            }))
+            .layer(CacheFillLayer::new(store.clone(), self.cache.clone()))
+            .layer(TtlJitterLayer::new(self.jitter).enabled(m.jitter))
+            .layer(NegativeCacheLayer::new(self.negative_ttl).enabled(m.negative))
+            .layer(
+                OverloadGateLayer::new(self.gate_max_inflight)
+                    .max_queue_wait(self.gate_queue_wait)
+                    .enabled(m.overload_gate),
+            )
             .service(Origin(origin))
     }
 }

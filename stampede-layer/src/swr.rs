@@ -29,6 +29,7 @@ use tower::{Layer, Service, ServiceExt};
 pub struct StaleWhileRevalidateLayer {
     stale_if_error: bool,
     refresher: Refresher,
+    enabled: bool,
 }
 
 impl Default for StaleWhileRevalidateLayer {
@@ -43,7 +44,15 @@ impl StaleWhileRevalidateLayer {
         Self {
             stale_if_error: true,
             refresher: Refresher::new("swr"),
+            enabled: true,
         }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 
     /// Serve stale on origin errors (default on).
@@ -103,6 +112,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
+        if !self.config.enabled {
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        }
         let Some(lookup) = req.extensions().get::<Lookup>().cloned() else {
             warn_misplaced("StaleWhileRevalidate", "inside CacheLookup");
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
@@ -112,6 +124,10 @@ where
             _ => return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) }),
         };
         let now = now_ms();
+        if !entry.may_serve_stale() {
+            // must-revalidate, proxy-revalidate, s-maxage, no-cache: never stale.
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        }
         if entry.freshness(now) == Freshness::Stale {
             // Within the window: answer now, refresh behind the client's back.
             let mut refresh = Request::new(B::default());
@@ -128,14 +144,16 @@ where
             self.config.refresher.spawn(inner, refresh, &lookup.key);
             return Box::pin(async move { Ok(stale(&entry, false, Detail::Swr)) });
         }
-        let stale_if_error = self.config.stale_if_error && now < entry.error_until_ms;
+        // Stale-if-error within its window (RFC 5861): a 5xx, an origin that
+        // cannot be reached (the 502/504 the gateway makes), a shed 503.
+        let on_error = self.config.stale_if_error && now < entry.error_until_ms;
         Box::pin(async move {
             let result = inner.oneshot(req).await.map_err(Into::into);
             match result {
-                Ok(resp) if stale_if_error && resp.status().is_server_error() => {
+                Ok(resp) if on_error && resp.status().is_server_error() => {
                     Ok(stale(&entry, false, Detail::StaleIfError))
                 }
-                Err(err) if stale_if_error => {
+                Err(err) if on_error => {
                     tracing::warn!(error = %err, "origin failed; serving stale (stale-if-error)");
                     Ok(stale(&entry, false, Detail::StaleIfError))
                 }

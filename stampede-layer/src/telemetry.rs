@@ -73,6 +73,10 @@ pub fn register(backend: &'static str) {
         "Requests the overload gate answered 503"
     );
     describe_counter!(
+        "stampede_revalidated_total",
+        "Stale entries the origin confirmed with 304 Not Modified (no body transferred)"
+    );
+    describe_counter!(
         "stampede_uncacheable_total",
         "Origin answers that could be neither stored nor shared, by reason"
     );
@@ -106,6 +110,7 @@ pub fn register(backend: &'static str) {
     for reason in ["inflight", "queue", "background"] {
         metrics::counter!("stampede_shed_total", "reason" => reason).increment(0);
     }
+    metrics::counter!("stampede_revalidated_total").increment(0);
     for reason in crate::policy::NotShareable::ALL {
         metrics::counter!("stampede_uncacheable_total", "reason" => reason.as_str()).increment(0);
     }

@@ -63,6 +63,7 @@ pub fn should_refresh_early(now_ms: u64, delta_ms: u64, beta: f64, expiry_ms: u6
 pub struct XFetchLayer {
     policy: XFetchPolicy,
     refresher: Refresher,
+    enabled: bool,
 }
 
 impl XFetchLayer {
@@ -73,7 +74,15 @@ impl XFetchLayer {
                 beta: beta.max(0.0),
             },
             refresher: Refresher::new("xfetch"),
+            enabled: true,
         }
+    }
+
+    /// Switch the layer off (`false`): requests pass through untouched. A
+    /// stack can then toggle one mitigation without changing its type.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
     }
 
     /// Most early refreshes in flight at once in this process.
@@ -132,6 +141,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if !self.config.enabled {
+            let inner = self.inner.clone();
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        }
         if req.extensions().get::<Lookup>().is_some() {
             warn_misplaced("XFetch", "outside CacheLookup");
         }

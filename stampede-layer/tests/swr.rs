@@ -204,7 +204,16 @@ async fn origin_stale_while_revalidate_directive_sets_the_window() {
     let (store, svc) = stack(origin, SWR, config);
     read(svc.clone().oneshot(get("/items/1")).await.unwrap()).await;
     let held = store.get(&key("/items/1")).await.unwrap().unwrap();
-    assert_eq!(held.fresh_until_ms - held.stored_at_ms, 1_000);
+    // Fresh for max-age less the age it had on arrival (the origin's 100 ms).
+    assert_eq!(
+        held.fresh_until_ms - held.stored_at_ms + held.initial_age_ms,
+        1_000
+    );
+    assert!(
+        (100..300).contains(&held.initial_age_ms),
+        "{}",
+        held.initial_age_ms
+    );
     assert_eq!(held.stale_until_ms - held.fresh_until_ms, 10_000);
     tokio::time::sleep(Duration::from_millis(1_050)).await;
     let started = Instant::now();

@@ -243,7 +243,6 @@ pub fn entry(body: &str, fresh_ms: u64, stale_ms: u64, fence: u64) -> CachedResp
         error_until_ms: now + fresh_ms + stale_ms,
         rebuild_ms: 10,
         fence,
-        vary: Default::default(),
-        kind: Default::default(),
+        ..Default::default()
     }
 }
