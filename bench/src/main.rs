@@ -33,7 +33,7 @@ Each request goes to {path-prefix}{hot-key} with probability --hot-fraction, els
 Latency is first send to final answer (retries included). Responses are classified by the gateway's
 RFC 9211 Cache-Status header (hit, stale hit = hit with ttl<0, miss = fwd=..., collapsed; no header = unknown).
 After the load, GET {origin}/stats/queries gives origin queries in the load window, the most in any second,
-hot-key queries per TTL boundary and statuses. Progress goes to stderr once a second; the JSON
+hot-key queries per TTL boundary, statuses and body bytes. Progress goes to stderr once a second; the JSON
 summary to stdout. Exit status: 0 ok, 1 run failed, 2 bad flags.";
 
 fn ladder_after_help() -> String {
@@ -41,7 +41,7 @@ fn ladder_after_help() -> String {
     format!(
         "Starts its own origin-sim, gateways and (when redis-server is on PATH) a redis-server on free 127.0.0.1 ports,
 as child processes killed by PID at the end, on error and on ctrl-c. Without redis-server the fleet rows are
-skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 11 minutes,
+skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 12 minutes,
 writes docs/results/RESULTS.md) and quick (rungs {}, rows {}, {} runs, about a minute, writes
 target/ladder-quick/QUICK.md); --rungs, --rows, --duration and --out override the profile. The headline table
 goes to stdout, progress to stderr. A run that fails is listed in the report. Exit status: 0 ok, 1 a run

@@ -1,6 +1,6 @@
 //! Measurement helpers: latency histograms, cache-status counters, and the
 //! analysis of origin-sim's query log (per-second buckets, hot-key bursts per
-//! TTL boundary, statuses).
+//! TTL boundary, statuses and body bytes).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -128,12 +128,15 @@ pub struct OriginQuery {
     pub t_ms: u64,
     /// Item id queried.
     pub id: u64,
-    /// HTTP status origin-sim answered.
+    /// HTTP status origin-sim answered (304 to a matching conditional GET).
     #[serde(default)]
     pub status: u16,
     /// How long the query took, ms.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Body bytes sent (0 for a 304; 0 from an origin-sim that predates it).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// The body of origin-sim's `GET /stats/queries`.
@@ -210,11 +213,14 @@ pub struct OriginSummary {
     pub hot_queries: u64,
     /// Most origin queries started in any one second of the window.
     pub max_queries_per_second: u64,
-    /// Origin queries per status code.
+    /// Origin queries per status code (`304`: revalidated without a body).
     pub status: BTreeMap<String, u64>,
     /// Origin queries per status code per 1 s bucket from the window start.
     #[serde(default)]
     pub status_per_second: BTreeMap<String, Vec<u64>>,
+    /// Body bytes origin-sim sent for those queries.
+    #[serde(default)]
+    pub body_bytes: u64,
     /// Hot-key queries grouped per TTL boundary.
     pub hot_bursts: Bursts,
     /// Hot-key queries per TTL of wall time (`hot_queries / (window / ttl)`);
@@ -259,6 +265,7 @@ pub fn analyse_origin(
         *o.status.entry(q.status.to_string()).or_default() += 1;
         let per_second = o.status_per_second.entry(q.status.to_string());
         per_second.or_insert_with(|| vec![0; seconds])[s] += 1;
+        o.body_bytes += q.bytes;
         o.total_queries += 1;
     }
     o.hot_queries = hot_times.len() as u64;

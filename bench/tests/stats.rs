@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use stampede_bench::cache_status::classify;
 use stampede_bench::stats::{
-    CacheCounts, LatencyRecorder, OriginQuery, analyse_origin, burst_gap, group_bursts,
+    CacheCounts, LatencyRecorder, OriginQueries, OriginQuery, analyse_origin, burst_gap,
+    group_bursts,
 };
 
 #[test]
@@ -103,6 +104,34 @@ fn analyses_origin_window() {
     assert_eq!(o.hot_bursts.gap_ms, 500);
     assert_eq!(o.hot_bursts.sizes, vec![2, 1, 2]);
     assert_eq!(o.status.get("200"), Some(&7));
+}
+
+/// The revalidation columns: 304s and body bytes, from a stats payload as
+/// origin-sim sends it (an older origin-sim without `bytes` counts 0).
+#[test]
+fn counts_304s_and_body_bytes_from_a_stats_payload() {
+    let payload = r#"{"queries":[
+        {"t_ms":1000,"id":1,"status":200,"duration_ms":200,"pool_wait_ms":0,"bytes":420},
+        {"t_ms":3000,"id":1,"status":304,"duration_ms":200,"pool_wait_ms":0,"bytes":0},
+        {"t_ms":3005,"id":7,"status":200,"duration_ms":200,"pool_wait_ms":0,"bytes":421},
+        {"t_ms":5000,"id":1,"status":304,"duration_ms":200,"pool_wait_ms":0,"bytes":0},
+        {"t_ms":5100,"id":1001,"status":404,"duration_ms":0,"pool_wait_ms":0,"bytes":31},
+        {"t_ms":9000,"id":1,"status":200,"duration_ms":200,"pool_wait_ms":0,"bytes":999},
+        {"t_ms":5200,"id":2,"status":200,"duration_ms":200}
+    ]}"#;
+    let log: OriginQueries = serde_json::from_str(payload).unwrap();
+    let o = analyse_origin(
+        "http://o",
+        &log.queries,
+        (1000, 6000),
+        1,
+        Some(Duration::from_secs(2)),
+    );
+    assert_eq!(o.total_queries, 6);
+    assert_eq!(o.status.get("304"), Some(&2));
+    assert_eq!(o.status.get("200"), Some(&3));
+    assert_eq!(o.body_bytes, 420 + 421 + 31);
+    assert_eq!(o.hot_queries, 3);
 }
 
 #[test]

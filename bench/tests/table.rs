@@ -48,6 +48,7 @@ fn every_rung_has_a_report_section() {
         "fencing",
         "metastable",
         "peers",
+        "revalidation",
     ];
     assert_eq!(rung_names(), names);
     for s in sections(&opts(Profile::Full))
@@ -99,6 +100,28 @@ fn prose_follows_the_table() {
         "{meta}"
     );
     assert!(intro(&all, "multi-key").contains("more than 80 origin queries"));
+}
+
+fn rows(rung: &str) -> Vec<RunSpec> {
+    let all = sections(&opts(Profile::Full));
+    let s = all.iter().find(|s| s.rung == rung).unwrap();
+    s.rows().cloned().collect()
+}
+
+/// Issue 10: the full stack on the fleet, an origin with a short freshness,
+/// validators off and on.
+#[test]
+fn revalidation_rows() {
+    let [off, on] = <[RunSpec; 2]>::try_from(rows("revalidation")).unwrap();
+    assert_eq!((off.instances, on.instances), (3, 3));
+    let flags = |s: &RunSpec| s.origin.flags.join(" ");
+    assert_eq!(
+        (flags(&off), flags(&on)),
+        (
+            "--cache-control max-age=2".into(),
+            "--cache-control max-age=2 --validators".into()
+        )
+    );
 }
 
 #[test]

@@ -378,10 +378,12 @@ pub enum Col {
     MaxQps,
     Total,
     OriginQueries,
+    HotQueries,
     /// Origin answers with this status: total, mean and max per second.
     Status(&'static str),
     StatusMean(&'static str),
     StatusMax(&'static str),
+    BodyBytes,
     HotP50,
     HotP99,
     OtherP50,
@@ -423,9 +425,11 @@ impl Col {
             MaxQps => "max origin q/s",
             Total => "total origin queries",
             OriginQueries => "origin queries",
+            HotQueries => "hot-key origin queries",
             Status(code) => return format!("origin {code} queries"),
             StatusMean(code) => return format!("{code} q/s mean"),
             StatusMax(code) => return format!("{code} q/s max"),
+            BodyBytes => "origin body bytes sent",
             HotP50 => "hot p50 ms",
             HotP99 => "hot p99 ms",
             OtherP50 => "other p50 ms",
@@ -471,6 +475,7 @@ impl Col {
             PerTtl => opt(o.and_then(|o| o.hot_queries_per_ttl), f2),
             MaxQps => opt(o, |o| count(o.max_queries_per_second)),
             Total | OriginQueries => opt(o, |o| count(o.total_queries)),
+            HotQueries => opt(o, |o| count(o.hot_queries)),
             Status(code) => opt(o, |o| count(o.status.get(code).copied().unwrap_or(0))),
             StatusMean(code) => opt(o, |o| {
                 let n = o.status.get(code).copied().unwrap_or(0) as f64;
@@ -484,6 +489,7 @@ impl Col {
                         .unwrap_or(0),
                 )
             }
+            BodyBytes => opt(o, |o| count(o.body_bytes)),
             HotP50 => opt(s, |s| f1(s.latency.hot.p50_ms)),
             HotP99 => opt(s, |s| f1(s.latency.hot.p99_ms)),
             OtherP50 => opt(s, |s| f1(s.latency.other.p50_ms)),
@@ -752,6 +758,21 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     );
     peer_rows.push(row("full").labelled(fleet_label, fleet_setup));
     peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, n)));
+
+    // Revalidation: a short origin freshness, validators off and on.
+    let max_age = 2;
+    let reval = |on: bool| {
+        let (id, label) = match on {
+            true => ("revalidation-on", "validators on"),
+            false => ("revalidation-off", "validators off"),
+        };
+        let mut s = gw(id, label, "all").fleet(n);
+        let validators = if on { " --validators" } else { "" };
+        let flags = format!("--cache-control max-age={max_age}{validators}");
+        s.origin.flags = flags.split(' ').map(String::from).collect();
+        s.setup = format!("origin `{flags}`");
+        s
+    };
 
     vec![
         Section::new(
@@ -1029,6 +1050,28 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     })
                 }),
             ],
+        ),
+        Section::new(
+            "revalidation",
+            "Revalidation: a stale entry refreshed with a conditional GET",
+            vec![Part::Table(
+                format!(
+                    "The protocol load on {n} gateways (`--mitigations all`, one Redis). origin-sim sends `Cache-Control: max-age={max_age}`, so the gateways keep each answer fresh for {max_age} s; with `--validators` it gives every item an `ETag` (from id and version) and a `Last-Modified`, and answers a matching `If-None-Match` / `If-Modified-Since` with `304 Not Modified` and no body. A gateway that refreshes a stale entry with its validators turns the boundary's origin query into a 304: the query still runs, the body is not sent. *Body bytes* are what origin-sim sent in the load window (its `/stats/queries`)."
+                ),
+                vec![
+                    Label,
+                    Setup,
+                    OriginQueries,
+                    HotQueries,
+                    Status("304"),
+                    BodyBytes,
+                    HotP99,
+                    HotSlow,
+                    Errors,
+                    Chart,
+                ],
+                vec![reval(false), reval(true)],
+            )],
         ),
     ]
 }
