@@ -1,6 +1,6 @@
 //! Measurement helpers: latency histograms, cache-status counters, and the
 //! analysis of origin-sim's query log (per-second buckets, hot-key bursts per
-//! TTL boundary, statuses and body bytes).
+//! TTL boundary, statuses and body bytes, queries in flight at once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -196,6 +196,21 @@ pub fn group_bursts(times_ms: &[u64], gap: Duration) -> Bursts {
         max_per_boundary: sizes.iter().copied().max().unwrap_or(0),
         sizes,
     }
+}
+
+/// The most queries in flight at the same time, from their start and
+/// duration (half-open intervals: one ending as another starts do not overlap).
+pub fn max_in_flight<'a>(queries: impl IntoIterator<Item = &'a OriginQuery>) -> u64 {
+    let mut edges: Vec<(u64, i64)> = queries
+        .into_iter()
+        .flat_map(|q| [(q.t_ms, 1), (q.t_ms + q.duration_ms, -1)])
+        .collect();
+    edges.sort_unstable();
+    let running = edges.iter().scan(0i64, |n, (_, d)| {
+        *n += d;
+        Some(*n)
+    });
+    running.max().unwrap_or(0).max(0) as u64
 }
 
 /// What origin-sim saw during the load window.

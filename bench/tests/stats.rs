@@ -6,7 +6,7 @@ use std::time::Duration;
 use stampede_bench::cache_status::classify;
 use stampede_bench::stats::{
     CacheCounts, LatencyRecorder, OriginQueries, OriginQuery, analyse_origin, burst_gap,
-    group_bursts,
+    group_bursts, max_in_flight,
 };
 
 #[test]
@@ -132,6 +132,17 @@ fn counts_304s_and_body_bytes_from_a_stats_payload() {
     assert_eq!(o.status.get("200"), Some(&3));
     assert_eq!(o.body_bytes, 420 + 421 + 31);
     assert_eq!(o.hot_queries, 3);
+}
+
+#[test]
+fn max_in_flight_overlaps_half_open_intervals() {
+    assert_eq!(max_in_flight(&[]), 0);
+    // [0,3000) [1000,4000) [2000,5000) overlap 3 at once; [5000,8000)
+    // starts as the third ends; [9000,9000) is instantaneous.
+    let qs = [0, 1000, 2000, 5000].map(|t| q(t, 1, 200, 3000));
+    assert_eq!(max_in_flight(&qs), 3);
+    assert_eq!(max_in_flight(&qs[2..]), 1);
+    assert_eq!(max_in_flight(&[q(9000, 1, 200, 0)]), 0);
 }
 
 #[test]

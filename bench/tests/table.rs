@@ -49,6 +49,7 @@ fn every_rung_has_a_report_section() {
         "metastable",
         "peers",
         "revalidation",
+        "slow-origin",
     ];
     assert_eq!(rung_names(), names);
     for s in sections(&opts(Profile::Full))
@@ -122,6 +123,19 @@ fn revalidation_rows() {
             "--cache-control max-age=2 --validators".into()
         )
     );
+}
+
+/// Issue 11: a 3 s origin behind a 2 s lock on the fleet, renewal on and off, short.
+#[test]
+fn slow_origin_rows() {
+    let [renew, none] = <[RunSpec; 2]>::try_from(rows("slow-origin")).unwrap();
+    assert_eq!((renew.origin.latency_ms, renew.instances), (3000, 3));
+    assert!(renew.gateway_flags().join(" ").contains("--lock-ttl 2s"));
+    assert!(none.gateway_flags().contains(&"--no-lock-renewal".into()));
+    assert!(renew.load[0].duration <= Duration::from_secs(15));
+    let mut o = opts(Profile::Full);
+    (o.instances, o.duration) = (5, Duration::from_secs(7));
+    assert!(intro(&sections(&o), "slow-origin").contains("for 7s on 5 gateways"));
 }
 
 #[test]

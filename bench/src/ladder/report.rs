@@ -222,7 +222,7 @@ pub fn chart(out: &Path, spec: &RunSpec, run: &Run) -> Option<String> {
     let capacity =
         |o: &OriginSpec, what: &str| Some((o.capacity_qps() as f64, format!("{what} capacity")));
     match &spec.measure {
-        Measure::Load => {
+        Measure::Load | Measure::InFlight => {
             let s = run.summary.as_ref()?;
             let (tl, o) = (timeline(s), s.origin.as_ref());
             let line = |label: &str, color, f: fn(&TimelineSecond) -> Option<f64>| {

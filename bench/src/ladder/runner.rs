@@ -18,10 +18,10 @@ use tokio::task::JoinSet;
 use super::peers::find_peer_binary;
 use super::record::{LadderOptions, Measured, MetaSecond, PeerConfig, Run};
 use super::report;
-use super::table::{COUNTERS, Fencing, Front, LAST_SECONDS, Measure, RunSpec, human};
+use super::table::{COUNTERS, Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, human};
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
 use crate::procs::{ChildProc, Http, RedisProc, display_path, free_port, metric_sum};
-use crate::stats::{OriginQueries, OriginQuery};
+use crate::stats::{OriginQueries, OriginQuery, max_in_flight};
 
 /// Admin token the bench gives its gateways.
 const ADMIN_TOKEN: &str = "ladder-admin-token";
@@ -298,6 +298,18 @@ impl Runner {
                 let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 recovery(&phases, &log, &samples, ok_ms, &mut m);
             }
+            Measure::InFlight => {
+                self.settle(
+                    origin,
+                    Duration::from_millis(spec.origin.latency_ms * 2 + 5000),
+                )
+                .await;
+                let (log, end) = (self.origin_log(origin, t0).await?, phases[0].end_ms);
+                m.set(
+                    "hot_max_in_flight",
+                    max_in_flight(log.iter().filter(|q| q.id == HOT_KEY && q.t_ms <= end)),
+                );
+            }
             Measure::Load | Measure::Fencing(_) => {}
         }
         m.peer = stack.peer_config.take();
@@ -369,6 +381,25 @@ impl Runner {
             }
         });
         task
+    }
+
+    /// Wait (at most `bound`) until origin-sim has no query in flight.
+    async fn settle(&self, origin: &str, bound: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            let metrics = self
+                .launcher
+                .http
+                .get_ok(&format!("{origin}/metrics"))
+                .await;
+            let text = metrics
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if !text.is_empty() && metric_sum(&text, "origin_inflight_queries", &[]) == 0.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn origin_log(&self, origin: &str, since_ms: u64) -> anyhow::Result<Vec<OriginQuery>> {

@@ -10,8 +10,8 @@
 //! log says about the load window) and the gateway counters. A number
 //! neither gives needs a [`Measure`] variant whose function in `runner`
 //! records it as a named value, shown by a [`Col::Val`] column: the
-//! metastable rung, for instance, is rows with three load phases measured
-//! by [`Measure::Recovery`] (values `recovery`, `worst_ms`, …).
+//! slow-origin rung, for instance, is two fleet rows with a 3 s origin
+//! measured by [`Measure::InFlight`] (value `hot_max_in_flight`).
 
 use std::time::Duration;
 
@@ -231,6 +231,9 @@ pub enum Measure {
     Recovery(u64),
     /// No load: one scripted fencing trial.
     Fencing(Fencing),
+    /// Once the origin has finished every query: the most hot-key origin
+    /// queries in flight at the same time during the load.
+    InFlight,
 }
 
 /// A fencing trial: item `key` is rebuilt through g1 at `slow` origin
@@ -774,6 +777,20 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         s
     };
 
+    // Slow origin: rebuilds slower than the lock TTL, lease renewal on and off.
+    let (slow_ms, lock_ttl, slow_pool) = (3000, human(secs(2)), 64);
+    let slow_load = LoadConfig {
+        duration: o.duration.min(secs(15)),
+        ..p.clone()
+    };
+    let slow = |id: &str, label: &str, extra: &[&str]| {
+        let s = RunSpec::gateway(id, label, "all", ttl, &slow_load).fleet(n);
+        let mut s = s.flags(&["--lock-ttl", &lock_ttl]).flags(extra).prewarmed();
+        (s.origin.latency_ms, s.origin.db_connections) = (slow_ms, slow_pool);
+        s.setup = format!("`{}`", s.gateway_flags()[2..].join(" "));
+        s.measure(Measure::InFlight)
+    };
+
     vec![
         Section::new(
             "table",
@@ -1071,6 +1088,39 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     Chart,
                 ],
                 vec![reval(false), reval(true)],
+            )],
+        ),
+        Section::new(
+            "slow-origin",
+            "Slow origin: rebuilds slower than the lock TTL",
+            vec![Part::Table(
+                format!(
+                    "The protocol load for {} on {n} gateways (one Redis), origin-sim at {slow_ms} ms per query (a pool of {slow_pool}, so queries never queue) and a lock TTL of {lock_ttl}: every rebuild outlives the lock. With lease renewal (the gateway's default) the lock holder extends its lock while the rebuild runs; without it the lock expires mid-rebuild and another gateway takes over. *In flight at once* is the most hot-key origin queries running at the same time, from origin-sim's query log (each query's start and duration, read once every query has finished); `/items/{HOT_KEY}` is filled before the load.",
+                    human(slow_load.duration)
+                ),
+                vec![
+                    Label,
+                    Setup,
+                    Val(
+                        "hot_max_in_flight",
+                        "hot-key origin queries in flight at once: max",
+                    ),
+                    HotQueries,
+                    HotMean,
+                    HotMax,
+                    Counter("lock acquired"),
+                    HotP99,
+                    Errors,
+                    Chart,
+                ],
+                vec![
+                    slow("slow-origin-renewal", "lease renewal (default)", &[]),
+                    slow(
+                        "slow-origin-no-renewal",
+                        "no lease renewal",
+                        &["--no-lock-renewal"],
+                    ),
+                ],
             )],
         ),
     ]
