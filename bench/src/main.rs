@@ -41,7 +41,7 @@ fn ladder_after_help() -> String {
     format!(
         "Starts its own origin-sim, gateways and (when redis-server is on PATH) a redis-server on free 127.0.0.1 ports,
 as child processes killed by PID at the end, on error and on ctrl-c. Without redis-server the fleet rows are
-skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 13 minutes,
+skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 15 minutes,
 writes docs/results/RESULTS.md) and quick (rungs {}, rows {}, {} runs, about a minute, writes
 target/ladder-quick/QUICK.md); --rungs, --rows, --duration and --out override the profile. The headline table
 goes to stdout, progress to stderr. A run that fails is listed in the report. Exit status: 0 ok, 1 a run

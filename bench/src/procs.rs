@@ -337,6 +337,27 @@ impl RedisProc {
         self.proc_.check_alive()?;
         self.command(&["FLUSHALL"]).await.map(|_| ())
     }
+
+    /// Commands served so far (`INFO commandstats`), `INFO` itself excluded.
+    pub async fn commands(&self) -> anyhow::Result<u64> {
+        Ok(command_calls(
+            &self.command(&["INFO", "commandstats"]).await?,
+        ))
+    }
+}
+
+/// The sum of `calls=` over an `INFO commandstats` reply, `cmdstat_info` excluded.
+pub fn command_calls(info: &str) -> u64 {
+    let calls = |l: &str| {
+        l.split_once("calls=")?
+            .1
+            .split(',')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    };
+    let counted = |l: &&str| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:");
+    info.lines().filter(counted).filter_map(calls).sum()
 }
 
 impl Drop for RedisProc {

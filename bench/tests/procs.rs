@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use stampede_bench::charts::{Panel, Series, draw};
-use stampede_bench::procs::{ChildProc, display_path, metric_sum};
+use stampede_bench::procs::{ChildProc, command_calls, display_path, metric_sum};
 
 #[test]
 fn sums_prometheus_samples() {
@@ -24,6 +24,16 @@ fn sums_prometheus_samples() {
     );
     assert_eq!(metric_sum(text, "plain", &[]), 1.5);
     assert_eq!(metric_sum(text, "missing", &[]), 0.0);
+}
+
+#[test]
+fn counts_redis_commands_without_info() {
+    let info = "# Commandstats\r\n\
+        cmdstat_get:calls=1200,usec=3000,usec_per_call=2.50,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_evalsha:calls=34,usec=340,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_info:calls=7,usec=700,usec_per_call=100.00,rejected_calls=0,failed_calls=0\r\n";
+    assert_eq!(command_calls(info), 1234);
+    assert_eq!(command_calls(""), 0);
 }
 
 #[test]

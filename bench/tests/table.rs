@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use stampede_bench::cache_status::classify;
-use stampede_bench::ladder::peers::{VARIANTS, VARNISH, Variant, conf_duration};
+use stampede_bench::ladder::peers::{NGINX_HIT, VARIANTS, VARNISH, Variant, conf_duration};
 use stampede_bench::ladder::table::{
     COUNTERS, Col, Part, RunSpec, Section, TABLE_ROWS, rung_names, sections,
 };
@@ -50,6 +50,7 @@ fn every_rung_has_a_report_section() {
         "peers",
         "revalidation",
         "slow-origin",
+        "hit-path",
     ];
     assert_eq!(rung_names(), names);
     for s in sections(&opts(Profile::Full))
@@ -136,6 +137,32 @@ fn slow_origin_rows() {
     let mut o = opts(Profile::Full);
     (o.instances, o.duration) = (5, Duration::from_secs(7));
     assert!(intro(&sections(&o), "slow-origin").contains("for 7s on 5 gateways"));
+}
+
+/// Issue 12: in-process store, Redis store and nginx alternated, 3 rounds,
+/// 50 clients on one hot key.
+#[test]
+fn hit_path_rows() {
+    let hits = rows("hit-path");
+    let ids: Vec<&str> = hits.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        &ids[..4],
+        ["hit-memory-1", "hit-redis-1", "hit-nginx-1", "hit-memory-2"]
+    );
+    assert_eq!(hits.len(), 9);
+    assert!(
+        hits.iter()
+            .all(|r| r.load[0].hot_fraction == 1.0 && r.load[0].concurrency == 50)
+    );
+    assert!(hits[1].needs_redis() && !hits[0].needs_redis());
+    let mut o = opts(Profile::Full);
+    o.duration = Duration::from_secs(7);
+    let hit = intro(&sections(&o), "hit-path");
+    assert!(
+        hit.contains("1s of warm-up, then 3s 500ms measured") && hit.contains("3 rounds"),
+        "{hit}"
+    );
+    assert!(config(&NGINX_HIT, "/d").contains("worker_processes 2;"));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The peers: nginx and Varnish as caching reverse proxies under the
 //! measurement protocol — nginx `proxy_cache` with `proxy_cache_lock` alone
 //! and with `proxy_cache_use_stale updating` + `proxy_cache_background_update`,
-//! Varnish without grace (its waiting list coalesces misses) and with grace.
+//! Varnish without grace (its waiting list coalesces misses) and with grace —
+//! and nginx with two workers for the hit-path comparison.
 //!
 //! Their configs are the templates in `bench/peers/`, filled per instance
 //! (free loopback ports, the run's own directory) and started as child
@@ -69,17 +70,23 @@ pub const VARNISH: Kind = Kind {
 };
 
 /// One peer configuration: `stale` is nginx's `proxy_cache_use_stale
-/// updating` + background update, Varnish's grace; `key` the run id part
-/// and config file stem.
+/// updating` + background update, Varnish's grace; `workers` nginx's
+/// `worker_processes`; `key` the run id part and config file stem.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Variant {
     pub kind: &'static Kind,
     pub key: &'static str,
     pub stale: bool,
+    pub workers: &'static str,
 }
 
 const fn variant(kind: &'static Kind, key: &'static str, stale: bool) -> Variant {
-    Variant { kind, key, stale }
+    Variant {
+        kind,
+        key,
+        stale,
+        workers: "auto",
+    }
 }
 
 /// The configurations of the peers rung, in table order.
@@ -89,6 +96,12 @@ pub const VARIANTS: [Variant; 4] = [
     variant(&VARNISH, "varnish-no-grace", false),
     variant(&VARNISH, "varnish-grace", true),
 ];
+
+/// nginx for the hit-path comparison: two workers, `proxy_cache_lock`.
+pub const NGINX_HIT: Variant = Variant {
+    workers: "2",
+    ..variant(&NGINX, "nginx-hit", false)
+};
 
 impl Variant {
     /// Row label.
@@ -132,6 +145,7 @@ impl Variant {
             ("lock", conf_duration(NGINX_LOCK_BOUND)),
             ("grace", conf_duration(self.grace())),
             ("stale", if self.stale { "" } else { "# " }.into()),
+            ("workers", self.workers.into()),
         ];
         let fill = |t: String, (k, v): &(&str, String)| t.replace(&format!("{{{k}}}"), v);
         values.iter().fold(template.into(), fill)

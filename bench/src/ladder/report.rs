@@ -302,7 +302,7 @@ pub fn chart(out: &Path, spec: &RunSpec, run: &Run) -> Option<String> {
             );
             draw(out, file, &title, &panels)
         }
-        Measure::Fencing(_) => None,
+        Measure::Fencing(_) | Measure::Throughput(_) => None,
     }
 }
 

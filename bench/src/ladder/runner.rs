@@ -270,6 +270,13 @@ impl Runner {
         let samples: Arc<Mutex<Vec<(u64, f64)>>> = Arc::default();
         let sampler = matches!(spec.measure, Measure::Recovery(_))
             .then(|| self.sample_inflight(&stack.origin_url, Arc::clone(&samples)));
+        // Throughput runs: a warm-up load first, and the Redis commands the load cost.
+        let (warmup, redis) = match &spec.measure {
+            Measure::Throughput(w) => {
+                (Some(*w), self.redis.as_ref().filter(|_| spec.needs_redis()))
+            }
+            _ => (None, None),
+        };
         let mut phases = Vec::new();
         for phase in &spec.load {
             let origin = phase.origin.as_ref().map(|_| stack.origin_url.clone());
@@ -279,11 +286,34 @@ impl Runner {
                 ..phase.clone()
             };
             let (d, c, t) = (human(cfg.duration), cfg.concurrency, cfg.targets.len());
+            if let Some(duration) = warmup {
+                self.line(
+                    rung,
+                    &format!("{label}: warm-up {} × {c} clients", human(duration)),
+                );
+                run_load(
+                    &LoadConfig {
+                        duration,
+                        origin: None,
+                        ..cfg.clone()
+                    },
+                    false,
+                )
+                .await?;
+            }
+            let before = if let Some(r) = redis {
+                Some(r.commands().await?)
+            } else {
+                None
+            };
             self.line(
                 rung,
                 &format!("{label}: load {d} × {c} clients on {t} target(s)"),
             );
             phases.push(run_load(&cfg, false).await?);
+            if let (Some(r), Some(before)) = (redis, before) {
+                m.set("redis_commands", r.commands().await?.saturating_sub(before));
+            }
         }
         drop(sampler);
         if let Measure::Fencing(f) = &spec.measure {
@@ -310,7 +340,7 @@ impl Runner {
                     max_in_flight(log.iter().filter(|q| q.id == HOT_KEY && q.t_ms <= end)),
                 );
             }
-            Measure::Load | Measure::Fencing(_) => {}
+            Measure::Load | Measure::Fencing(_) | Measure::Throughput(_) => {}
         }
         m.peer = stack.peer_config.take();
         drop(stack);

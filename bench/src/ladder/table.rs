@@ -234,6 +234,9 @@ pub enum Measure {
     /// Once the origin has finished every query: the most hot-key origin
     /// queries in flight at the same time during the load.
     InFlight,
+    /// After a warm-up load of this length (not recorded): the Redis
+    /// commands the measured load cost.
+    Throughput(Duration),
 }
 
 /// A fencing trial: item `key` is rebuilt through g1 at `slow` origin
@@ -400,6 +403,8 @@ pub enum Col {
     HotMisses,
     Errors,
     Requests,
+    Rps,
+    RedisPerRequest,
     Ttl,
     /// Seconds in which more origin queries than this started.
     SecondsAbove(u64),
@@ -446,6 +451,8 @@ impl Col {
             HotMisses => "hot-key misses",
             Errors => "errors",
             Requests => "requests",
+            Rps => "requests/s",
+            RedisPerRequest => "Redis commands per request",
             Ttl => "TTL",
             SecondsAbove(t) => return format!("seconds above {t} q/s"),
             Chart => "chart",
@@ -508,6 +515,16 @@ impl Col {
             HotMisses => opt(s, |s| count(s.cache.hot.misses)),
             Errors => opt(s, |s| count(s.failed_requests)),
             Requests => opt(s, |s| count(s.requests)),
+            Rps => opt(s, |s| format!("{:.0}", s.requests_per_sec)),
+            RedisPerRequest => {
+                let commands = r
+                    .run
+                    .measured
+                    .values
+                    .get("redis_commands")
+                    .and_then(|v| v.as_f64());
+                opt(commands.zip(s), |(c, s)| f2(c / s.requests.max(1) as f64))
+            }
             Ttl => opt(s.and_then(|s| s.config.ttl), human),
             SecondsAbove(t) => opt(o, |o| {
                 o.per_second.iter().filter(|q| **q > t).count().to_string()
@@ -790,6 +807,40 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         s.setup = format!("`{}`", s.gateway_flags()[2..].join(" "));
         s.measure(Measure::InFlight)
     };
+
+    // Hit path: every request a hit; the in-process store, the Redis store
+    // and nginx measured in turn, three rounds.
+    let (hit_ttl, rounds, nginx) = (secs(600), 3, peers::NGINX_HIT);
+    let (hit_dur, warmup) = (o.duration / 2, (o.duration / 10).max(secs(1)));
+    let [hit_ttl_h, warmup_h, hit_dur_h] = [hit_ttl, warmup, hit_dur].map(human);
+    let workers = nginx.workers;
+    let hit_load = LoadConfig {
+        duration: hit_dur,
+        hot_fraction: 1.0,
+        ..p.clone()
+    };
+    let hits = (1..=rounds).flat_map(|i| {
+        let hit = |what: &str, label: &str| {
+            let s = RunSpec::gateway(
+                &format!("hit-{what}-{i}"),
+                &format!("round {i}: {label}"),
+                "all",
+                hit_ttl,
+                &hit_load,
+            );
+            s.prewarmed().measure(Measure::Throughput(warmup))
+        };
+        let nginx_label = format!("nginx `proxy_cache`, {workers} workers, `proxy_cache_lock on`");
+        let nginx_row = RunSpec {
+            front: Front::Peer(nginx),
+            ..hit("nginx", &nginx_label)
+        };
+        [
+            hit("memory", "gateway, in-process store"),
+            hit("redis", "gateway, `--redis`").fleet(1),
+            nginx_row,
+        ]
+    });
 
     vec![
         Section::new(
@@ -1123,6 +1174,21 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                 ],
             )],
         ),
+        Section::new(
+            "hit-path",
+            "Hit path: in-process store, Redis store and nginx, every request a hit",
+            vec![
+                Part::Table(
+                    format!(
+                        "{clients} keep-alive clients on `/items/{HOT_KEY}` only, filled before the load and cached for {hit_ttl_h} (every request is a hit), each system alone on the machine with a fresh origin-sim: {warmup_h} of warm-up, then {hit_dur_h} measured. The three are measured in turn, {rounds} rounds, so a drift of the machine shows in every column. One gateway (`--mitigations all`) with the in-process store, one with `--redis` (store and lock in Redis), nginx `proxy_cache` with {workers} worker processes and `proxy_cache_lock on` in front of the same origin. *Redis commands per request*: the calls in `INFO commandstats` during the measured load (its own `INFO` excluded) ÷ requests."
+                    ),
+                    vec![Label, Rps, P50, P99, RedisPerRequest, OriginQueries, Errors],
+                    hits.collect(),
+                ),
+                Part::Note(|res, _| hit_ratios(res)),
+                Part::Note(|_, runs| installed(runs)),
+            ],
+        ),
     ]
 }
 
@@ -1137,4 +1203,37 @@ fn installed(runs: &[&Run]) -> String {
     opt(Some(v).filter(|v| !v.is_empty()), |v| {
         format!("Installed: {}.", v.join(", "))
     })
+}
+
+/// The hit-path ratios per round, and their medians.
+fn hit_ratios(res: &Results) -> String {
+    let summary = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"))?.summary.as_ref();
+    let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
+    let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let mut md = "| round | `--redis` ÷ in-process (hits/s) | in-process ÷ nginx (hits/s) | p99 ms: in-process | nginx |\n|--:|--:|--:|--:|--:|\n".to_string();
+    let (mut redis_memory, mut memory_nginx) = (vec![], vec![]);
+    for i in (1..).take_while(|i| {
+        ["memory", "redis", "nginx"]
+            .iter()
+            .any(|w| summary(w, *i).is_some())
+    }) {
+        let (a, b) = (
+            ratio(rps("redis", i), rps("memory", i)),
+            ratio(rps("memory", i), rps("nginx", i)),
+        );
+        redis_memory.extend(a);
+        memory_nginx.extend(b);
+        let (a, b, pm, pn) = (opt(a, f2), opt(b, f2), p99("memory", i), p99("nginx", i));
+        md += &format!("| {i} | {a} | {b} | {pm} | {pn} |\n");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        opt((n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0), |m| {
+            format!("**{}**", f2(m))
+        })
+    };
+    let (a, b) = (median(&mut redis_memory), median(&mut memory_nginx));
+    format!("{md}\nMedian over the rounds: `--redis` ÷ in-process {a}, in-process ÷ nginx {b}.")
 }
