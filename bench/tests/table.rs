@@ -96,6 +96,7 @@ fn prose_follows_the_table() {
         "{peers}"
     );
     assert!(intro(&all, "fencing").contains("--lock-ttl 300ms"));
+    assert_eq!(Col::LastMs.head(), "last 5 s");
     let meta = intro(&all, "metastable");
     assert!(
         meta.contains("≤ 300 ms") && meta.contains("400 clients"),

@@ -408,6 +408,8 @@ pub enum Col {
     Ttl,
     /// Seconds in which more origin queries than this started.
     SecondsAbove(u64),
+    /// The metastable run's origin query ms over its last [`LAST_SECONDS`].
+    LastMs,
     Chart,
     /// A gateway counter (its name in [`COUNTERS`]), summed over the fleet.
     Counter(&'static str),
@@ -455,6 +457,7 @@ impl Col {
             RedisPerRequest => "Redis commands per request",
             Ttl => "TTL",
             SecondsAbove(t) => return format!("seconds above {t} q/s"),
+            LastMs => return format!("last {LAST_SECONDS} s"),
             Chart => "chart",
             Counter(name) | Val(_, name) => name,
         }
@@ -531,6 +534,7 @@ impl Col {
             }),
             Chart => opt(r.run.chart.as_ref(), |c| format!("[chart]({c})")),
             Counter(name) => r.run.counter(name).to_string(),
+            LastMs => Val("last_ms", "").cell(r),
             Val(key, _) => opt(r.run.measured.values.get(key), |v| match v {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) if n.is_f64() => f1(n.as_f64().unwrap_or_default()),
@@ -1052,7 +1056,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     Val("recovery", "recovery after the spike"),
                     Val("base_ms", "origin query ms: base"),
                     Val("worst_ms", "worst after spike"),
-                    Val("last_ms", "last 5 s"),
+                    LastMs,
                     Val("max_inflight", "origin in flight: max after spike"),
                     Val("inflight_at_end", "at end"),
                     Val("after_errors", "after-spike errors / requests"),
