@@ -9,15 +9,15 @@
 #                              minute after the build. Prints the headline
 #                              table; writes target/ladder-quick/QUICK.md
 #                              (never the committed results).
-#   ./scripts/demo.sh --full   every rung (about 11 minutes): regenerates
+#   ./scripts/demo.sh --full   every rung (about 15 minutes): regenerates
 #                              docs/results/RESULTS.md, results.json, charts.
 #
 # Further arguments go to `stampede-bench ladder` (see its --help).
 #
 # What the chosen profile needs and is missing (redis-server; for --full also
-# nginx and Varnish, the peers rung) is installed from Debian's packages when
-# apt-get is available (as root, or through passwordless sudo), with
-# `--no-install-recommends`; set STAMPEDE_NO_INSTALL=1 to skip that. The ladder
+# nginx and Varnish, the peers and hit-path rungs) is installed from Debian's
+# packages when apt-get is available (as root, or through passwordless sudo),
+# with `--no-install-recommends`; set STAMPEDE_NO_INSTALL=1 to skip that. The ladder
 # itself never installs anything: without them it reports those rows as
 # skipped, with the reason.
 set -euo pipefail

@@ -85,39 +85,3 @@ pub fn classify(header: Option<&str>) -> CacheClass {
         fwd,
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies() {
-        let c = classify(Some("stampede; hit; ttl=3"));
-        assert!(c.hit && !c.stale && !c.miss && !c.collapsed && !c.unknown);
-
-        let c = classify(Some("stampede; hit; ttl=-1; detail=swr"));
-        assert!(c.hit && c.stale && !c.miss);
-
-        let c = classify(Some("stampede; fwd=uri-miss; fwd-status=200; collapsed"));
-        assert!(!c.hit && c.miss && c.collapsed);
-        assert_eq!(c.fwd.as_deref(), Some("uri-miss"));
-
-        let c = classify(Some("stampede; fwd=bypass"));
-        assert!(c.miss && !c.collapsed);
-        assert_eq!(c.fwd.as_deref(), Some("bypass"));
-
-        let c = classify(None);
-        assert!(c.unknown && !c.hit && !c.miss);
-        assert!(classify(Some("")).unknown);
-        // Not a structured field list: unknown, never a panic.
-        assert!(classify(Some("\"abc; hit")).unknown);
-
-        // hit=?0 is not a hit; the stampede member wins over a later cache.
-        let c = classify(Some("stampede; fwd=miss, cdn; hit"));
-        assert!(c.miss && !c.hit);
-        let c = classify(Some("cdn; hit=?0; fwd=miss"));
-        assert!(c.miss && !c.hit);
-        // A quoted cache name.
-        assert!(classify(Some("\"my cache\"; hit")).hit);
-    }
-}

@@ -1,47 +1,15 @@
-//! PNG charts (plotters, bitmap backend). Text is drawn with DejaVu Sans
-//! embedded from the `dejavu` crate through plotters' `ab_glyph` feature, so
-//! no system font (or fontconfig) is needed.
+//! PNG charts (plotters, bitmap backend): panels stacked over a shared x axis
+//! of seconds. Text is drawn with DejaVu Sans embedded from the `dejavu`
+//! crate through plotters' `ab_glyph` feature, so no system font is needed.
 
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::anyhow;
+use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 const FONT: &str = "dejavu-sans";
-
-fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // A bundled, valid TTF: registration cannot fail in practice.
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
-    });
-}
-
-/// One line on a panel.
-#[derive(Debug, Clone)]
-pub struct Series {
-    /// Legend label.
-    pub label: String,
-    /// Colour index into a fixed palette.
-    pub color: usize,
-    /// `(x, y)` points; `None` y values break the line.
-    pub points: Vec<(f64, Option<f64>)>,
-}
-
-/// One panel (a y axis and its lines).
-#[derive(Debug, Clone)]
-pub struct Panel {
-    /// Y axis description.
-    pub y_label: String,
-    /// Logarithmic y axis (values are clamped to at least `0.1`).
-    pub log_y: bool,
-    /// Horizontal reference line (e.g. a threshold), with its label.
-    pub reference: Option<(f64, String)>,
-    /// The lines.
-    pub series: Vec<Series>,
-}
 
 const PALETTE: [RGBColor; 6] = [
     RGBColor(214, 39, 40),
@@ -52,32 +20,49 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(90, 90, 90),
 ];
 
+/// One line on a panel: legend label, colour index into a fixed palette,
+/// `(x, y)` points (a `None` y breaks the line).
+#[derive(Debug, Clone)]
+pub struct Series(pub String, pub usize, pub Vec<(f64, Option<f64>)>);
+
+/// One panel: y axis description, logarithmic y axis (values clamped to at
+/// least 0.1), a horizontal reference line with its label, the lines.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub y_label: String,
+    pub log_y: bool,
+    pub reference: Option<(f64, String)>,
+    pub series: Vec<Series>,
+}
+
 /// Draw `panels` stacked vertically, sharing the x axis (seconds), into a PNG.
 pub fn draw(path: &Path, title: &str, x_label: &str, panels: &[Panel]) -> anyhow::Result<()> {
-    register_font();
-    let height = 260 * panels.len() as u32 + 40;
-    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let root = root
-        .titled(title, (FONT, 20).into_font())
-        .map_err(|e| anyhow!("{e}"))?;
-    let areas = root.split_evenly((panels.len(), 1));
+    static FONT_ONCE: Once = Once::new();
+    // A bundled, valid TTF: registration cannot fail in practice.
+    FONT_ONCE.call_once(|| {
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+    });
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
+    let root = BitMapBackend::new(path, (1000, 260 * panels.len() as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let root = root.titled(title, (FONT, 20).into_font()).map_err(e)?;
+    let points = |p: &Panel| {
+        p.series
+            .iter()
+            .flat_map(|s| s.2.clone())
+            .collect::<Vec<_>>()
+    };
     let x_max = panels
         .iter()
-        .flat_map(|p| {
-            p.series
-                .iter()
-                .flat_map(|s| s.points.iter().map(|(x, _)| *x))
-        })
-        .fold(1.0f64, f64::max);
-    for (panel, area) in panels.iter().zip(areas.iter()) {
-        let y_max = panel
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().filter_map(|(_, y)| *y))
-            .chain(panel.reference.iter().map(|(y, _)| *y))
-            .fold(1.0f64, f64::max);
-        let mut builder = ChartBuilder::on(area);
+        .flat_map(points)
+        .map(|(x, _)| x)
+        .fold(1.0, f64::max);
+    for (panel, area) in panels.iter().zip(root.split_evenly((panels.len(), 1))) {
+        let ys = points(panel).into_iter().filter_map(|(_, y)| y);
+        let y_max = ys
+            .chain(panel.reference.iter().map(|r| r.0))
+            .fold(1.0, f64::max);
+        let mut builder = ChartBuilder::on(&area);
         builder
             .margin(8)
             .x_label_area_size(36)
@@ -85,9 +70,7 @@ pub fn draw(path: &Path, title: &str, x_label: &str, panels: &[Panel]) -> anyhow
         // The two axis kinds are different types: one macro, two charts.
         macro_rules! chart {
             ($y:expr, $floor:expr) => {{
-                let mut chart = builder
-                    .build_cartesian_2d(0f64..x_max, $y)
-                    .map_err(|e| anyhow!("{e}"))?;
+                let mut chart = builder.build_cartesian_2d(0f64..x_max, $y).map_err(e)?;
                 chart
                     .configure_mesh()
                     .x_desc(x_label)
@@ -95,7 +78,7 @@ pub fn draw(path: &Path, title: &str, x_label: &str, panels: &[Panel]) -> anyhow
                     .label_style((FONT, 13).into_font())
                     .axis_desc_style((FONT, 14).into_font())
                     .draw()
-                    .map_err(|e| anyhow!("{e}"))?;
+                    .map_err(e)?;
                 draw_lines(&mut chart, panel, $floor, x_max)?;
             }};
         }
@@ -105,8 +88,7 @@ pub fn draw(path: &Path, title: &str, x_label: &str, panels: &[Panel]) -> anyhow
             chart!(0f64..y_max * 1.1, 0.0);
         }
     }
-    root.present().map_err(|e| anyhow!("{e}"))?;
-    Ok(())
+    root.present().map_err(e)
 }
 
 fn draw_lines<'a, DB, X, Y>(
@@ -117,47 +99,33 @@ fn draw_lines<'a, DB, X, Y>(
 ) -> anyhow::Result<()>
 where
     DB: DrawingBackend + 'a,
-    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
-    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
 {
-    for s in &panel.series {
-        let color = PALETTE[s.color % PALETTE.len()];
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
+    let grey = (RGBColor(60, 60, 60), 1);
+    let reference = panel.reference.iter().map(|(y, label)| {
+        let line = vec![(0.0, Some(*y)), (x_max, Some(*y))];
+        (Series(label.clone(), 0, line), grey)
+    });
+    let lines = panel
+        .series
+        .iter()
+        .map(|s| (s.clone(), (PALETTE[s.1 % PALETTE.len()], 2)));
+    for (Series(label, _, points), (color, legend_width)) in lines.chain(reference) {
         // Split at gaps so a missing second does not draw a misleading line.
-        let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
-        for (x, y) in &s.points {
-            match y {
-                Some(y) => segments
-                    .last_mut()
-                    .expect("non-empty")
-                    .push((*x, y.max(floor))),
-                None => segments.push(Vec::new()),
-            }
-        }
-        let mut first = true;
-        for seg in segments.into_iter().filter(|s| !s.is_empty()) {
-            let series = chart
+        let segments = points.split(|(_, y)| y.is_none()).filter(|s| !s.is_empty());
+        for (i, seg) in segments.enumerate() {
+            let seg = seg.iter().map(|(x, y)| (*x, y.unwrap_or(floor).max(floor)));
+            let drawn = chart
                 .draw_series(LineSeries::new(seg, color.stroke_width(2)))
-                .map_err(|e| anyhow!("{e}"))?;
-            if first {
-                series.label(s.label.as_str()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                .map_err(e)?;
+            if i == 0 {
+                drawn.label(label.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(legend_width))
                 });
-                first = false;
             }
         }
-    }
-    if let Some((y, label)) = &panel.reference {
-        let grey = RGBColor(60, 60, 60);
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, *y), (x_max, *y)],
-                grey.stroke_width(2),
-            ))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(label.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1))
-            });
     }
     chart
         .configure_series_labels()
@@ -166,49 +134,5 @@ where
         .border_style(BLACK)
         .label_font((FONT, 13).into_font())
         .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn draws_a_png_with_text() {
-        let dir = std::env::temp_dir().join(format!("charts-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.png");
-        let pts = |f: fn(f64) -> f64| (0..20).map(|i| (i as f64, Some(f(i as f64)))).collect();
-        draw(
-            &path,
-            "test chart",
-            "seconds",
-            &[
-                Panel {
-                    y_label: "origin q/s".into(),
-                    log_y: false,
-                    reference: Some((10.0, "threshold".into())),
-                    series: vec![Series {
-                        label: "a".into(),
-                        color: 0,
-                        points: pts(|x| x * 2.0),
-                    }],
-                },
-                Panel {
-                    y_label: "p99 ms".into(),
-                    log_y: true,
-                    reference: None,
-                    series: vec![Series {
-                        label: "b".into(),
-                        color: 1,
-                        points: pts(|x| 1.0 + x * x),
-                    }],
-                },
-            ],
-        )
-        .unwrap();
-        assert!(std::fs::metadata(&path).unwrap().len() > 1000);
-        let _ = std::fs::remove_dir_all(dir);
-    }
+        .map_err(e)
 }

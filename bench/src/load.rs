@@ -19,30 +19,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
+use hdrhistogram::Histogram;
 use http::{StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::cache_status::{CacheClass, classify};
+use crate::procs::{Http, HttpClient};
 use crate::stats::{
-    CacheCounts, LatencyRecorder, LatencyStats, OriginQueries, OriginSummary, analyse_origin,
-    new_histogram, us_to_ms,
+    CacheCounts, LatencyRecorder, LatencyStats, OriginQueries, OriginSummary, SLOW_THRESHOLD,
+    analyse_origin, duration_us, new_histogram, us_to_ms,
 };
 
 /// The default origin-sim base URL (`--origin`).
 pub const DEFAULT_ORIGIN: &str = "http://127.0.0.1:8081";
-
-/// How long to wait for origin-sim's `/stats/queries`.
-const ORIGIN_STATS_TIMEOUT: Duration = Duration::from_secs(10);
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// What to run: the `load` subcommand's flags (clap) and the summary's
 /// `config` (serde, durations as humantime strings such as `"30s"`; missing
@@ -168,17 +161,19 @@ pub fn parse_base_url(s: &str) -> anyhow::Result<String> {
         Some(other) => bail!("only http:// URLs are supported, got {other}://"),
         None => bail!("missing scheme (expected http://host:port)"),
     }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        bail!("missing host");
-    }
-    if uri.query().is_some() {
-        bail!("a base URL cannot have a query string");
-    }
+    ensure!(
+        uri.authority().is_some_and(|a| !a.host().is_empty()),
+        "missing host"
+    );
+    ensure!(
+        uri.query().is_none(),
+        "a base URL cannot have a query string"
+    );
     Ok(s.trim_end_matches('/').to_string())
 }
 
 /// The machine the run was made on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     /// Host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `unknown`).
     pub hostname: String,
@@ -203,12 +198,19 @@ impl HostInfo {
 /// A value split by key class: all requests, the hot key, the other keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ByKey<T> {
-    /// Every request.
     pub all: T,
-    /// Requests for the hot key.
     pub hot: T,
-    /// Requests for any other key.
     pub other: T,
+}
+
+impl<T> ByKey<T> {
+    /// `all` and the class of a request (`hot` or `other`).
+    fn of(&mut self, hot: bool) -> [&mut T; 2] {
+        [
+            &mut self.all,
+            if hot { &mut self.hot } else { &mut self.other },
+        ]
+    }
 }
 
 /// Failures by kind. `total` is the sum of the others.
@@ -222,28 +224,25 @@ pub struct ErrorCounts {
     pub body: u64,
     /// Any other transport error (e.g. connection closed before the answer).
     pub other: u64,
-    /// Sum of the above.
     pub total: u64,
 }
 
 impl ErrorCounts {
     fn add(&mut self, kind: ErrorKind) {
-        match kind {
-            ErrorKind::Connect => self.connect += 1,
-            ErrorKind::Timeout => self.timeout += 1,
-            ErrorKind::Body => self.body += 1,
-            ErrorKind::Other => self.other += 1,
-        }
+        *match kind {
+            ErrorKind::Connect => &mut self.connect,
+            ErrorKind::Timeout => &mut self.timeout,
+            ErrorKind::Body => &mut self.body,
+            ErrorKind::Other => &mut self.other,
+        } += 1;
         self.total += 1;
     }
 }
 
-/// Requests sent to one target.
+/// Requests (not attempts) sent to one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetCount {
-    /// The target base URL.
     pub target: String,
-    /// Requests (not attempts) sent to it.
     pub requests: u64,
 }
 
@@ -270,7 +269,7 @@ pub struct TimelineSecond {
 }
 
 /// The result of one `load` run (printed as JSON by `stampede-bench load`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadSummary {
     /// The configuration the run used.
     pub config: LoadConfig,
@@ -324,27 +323,35 @@ enum ErrorKind {
     Other,
 }
 
+/// The requests started in one second: count, failures, latency (all, hot).
 struct Second {
     requests: u64,
     errors: u64,
-    hist: hdrhistogram::Histogram<u64>,
-    hot_hist: hdrhistogram::Histogram<u64>,
+    hist: [Histogram<u64>; 2],
 }
 
-#[derive(Default)]
+impl Second {
+    fn new() -> Self {
+        let (requests, errors) = (0, 0);
+        Self {
+            requests,
+            errors,
+            hist: [new_histogram(2), new_histogram(2)],
+        }
+    }
+}
+
+/// What the workers record: the summary's counters, and what becomes its
+/// latency, per-target, per-status and per-second figures at the end.
 struct Recorder {
-    requests: u64,
-    failed: u64,
-    attempts: u64,
+    summary: LoadSummary,
     per_target: Vec<u64>,
     status: BTreeMap<u16, u64>,
-    errors: ErrorCounts,
-    attempt_errors: ErrorCounts,
     latency: ByKey<LatencyRecorder>,
-    cache: ByKey<CacheCounts>,
     seconds: Vec<Second>,
 }
 
+/// One request's fate.
 struct Outcome {
     target: usize,
     hot: bool,
@@ -357,54 +364,37 @@ struct Outcome {
 
 impl Recorder {
     fn record(&mut self, o: Outcome) {
-        self.requests += 1;
-        self.attempts += u64::from(o.attempts);
-        if self.per_target.len() <= o.target {
-            self.per_target.resize(o.target + 1, 0);
-        }
+        let s = &mut self.summary;
+        s.requests += 1;
+        s.attempts += u64::from(o.attempts);
         self.per_target[o.target] += 1;
         for k in &o.attempt_errors {
-            self.attempt_errors.add(*k);
+            s.attempt_errors.add(*k);
         }
         let failed = match &o.result {
             Ok((status, class)) => {
                 *self.status.entry(status.as_u16()).or_default() += 1;
-                self.cache.all.add(class);
-                if o.hot {
-                    self.cache.hot.add(class);
-                } else {
-                    self.cache.other.add(class);
+                for c in s.cache.of(o.hot) {
+                    c.add(class);
                 }
                 status.is_server_error()
             }
             Err(kind) => {
-                self.errors.add(*kind);
+                s.errors.add(*kind);
                 true
             }
         };
-        self.failed += u64::from(failed);
-        self.latency.all.record(o.latency);
-        if o.hot {
-            self.latency.hot.record(o.latency);
-        } else {
-            self.latency.other.record(o.latency);
+        s.failed_requests += u64::from(failed);
+        for l in self.latency.of(o.hot) {
+            l.record(o.latency);
         }
-        while self.seconds.len() <= o.second {
-            self.seconds.push(Second {
-                requests: 0,
-                errors: 0,
-                hist: new_histogram(2),
-                hot_hist: new_histogram(2),
-            });
+        if self.seconds.len() <= o.second {
+            self.seconds.resize_with(o.second + 1, Second::new);
         }
-        let s = &mut self.seconds[o.second];
-        s.requests += 1;
-        s.errors += u64::from(failed);
-        s.hist
-            .saturating_record(crate::stats::duration_us(o.latency));
-        if o.hot {
-            s.hot_hist
-                .saturating_record(crate::stats::duration_us(o.latency));
+        let sec = &mut self.seconds[o.second];
+        (sec.requests, sec.errors) = (sec.requests + 1, sec.errors + u64::from(failed));
+        for h in &mut sec.hist[..1 + usize::from(o.hot)] {
+            h.saturating_record(duration_us(o.latency));
         }
     }
 }
@@ -412,7 +402,7 @@ impl Recorder {
 struct Shared {
     cfg: LoadConfig,
     targets: Vec<String>,
-    client: HttpClient,
+    http: Http,
     rr: AtomicUsize,
     start: Instant,
     deadline: Instant,
@@ -434,36 +424,37 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn new_client(pool: usize) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(pool.max(1))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
-}
-
 /// Run the load described by `cfg` and return its summary. With `progress`,
 /// one line per second goes to stderr. If the origin's `/stats/queries`
 /// cannot be read, a line says so on stderr and `origin` is `None`.
 pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSummary> {
     cfg.validate()?;
-    let targets = cfg
+    let targets: Vec<String> = cfg
         .targets
         .iter()
         .map(|t| parse_base_url(t))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let start_ms = now_ms();
-    let start = Instant::now();
+        .collect::<anyhow::Result<_>>()?;
+    let (start_ms, start) = (now_ms(), Instant::now());
+    let summary = LoadSummary {
+        config: cfg.clone(),
+        started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        host: HostInfo::current(),
+        start_ms,
+        slow_threshold_ms: SLOW_THRESHOLD.as_millis() as u64,
+        ..LoadSummary::default()
+    };
+    let recorder = Recorder {
+        summary,
+        per_target: vec![0; targets.len()],
+        status: BTreeMap::new(),
+        latency: ByKey::default(),
+        seconds: Vec::new(),
+    };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        recorder: Mutex::new(Recorder {
-            per_target: vec![0; targets.len()],
-            ..Recorder::default()
-        }),
+        recorder: Mutex::new(recorder),
         targets,
-        client: new_client(cfg.concurrency),
+        http: Http::with_pool(cfg.concurrency),
         rr: AtomicUsize::new(0),
         start,
         deadline: start + cfg.duration,
@@ -478,58 +469,53 @@ pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSu
         workers.spawn(worker(Arc::clone(&shared), rng));
     }
     let ticker = progress.then(|| tokio::spawn(progress_lines(Arc::clone(&shared))));
-
     // Every attempt is bounded by the timeout and no retry starts after the
     // deadline, so this grace is never reached unless something is badly off.
     let grace = cfg.timeout + cfg.backoff + Duration::from_secs(2);
     let hard_stop = tokio::time::Instant::from_std(shared.deadline + grace);
-    let mut aborted = false;
-    loop {
-        match tokio::time::timeout_at(hard_stop, workers.join_next()).await {
-            Ok(Some(res)) => {
-                if let Err(e) = res {
-                    eprintln!("stampede-bench: a load worker failed: {e}");
-                }
-            }
-            Ok(None) => break,
-            Err(_) => {
-                aborted = true;
-                workers.abort_all();
-                break;
-            }
+    while let Ok(Some(res)) = tokio::time::timeout_at(hard_stop, workers.join_next()).await {
+        if let Err(e) = res {
+            eprintln!("stampede-bench: a load worker failed: {e}");
         }
     }
-    if aborted {
+    if !workers.is_empty() {
         eprintln!(
             "stampede-bench: in-flight requests did not finish within {grace:?} after the deadline; aborted"
         );
+        workers.abort_all();
     }
     if let Some(t) = ticker {
         t.abort();
     }
     let elapsed = start.elapsed();
-    let end_ms = start_ms + u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let end_ms = start_ms + elapsed.as_millis() as u64;
 
     let (origin, origin_error) = match &cfg.origin {
         None => (None, None),
         Some(url) => {
             let base = parse_base_url(url)?;
-            match fetch_origin_stats(&shared.client, &base, start_ms).await {
-                Ok(q) => (
-                    Some(analyse_origin(
-                        &base,
-                        &q.queries,
-                        start_ms,
-                        end_ms,
-                        cfg.hot_key,
-                        cfg.ttl,
-                    )),
-                    None,
-                ),
+            let url = format!("{base}/stats/queries?since_ms={start_ms}");
+            let body = shared.http.get_ok(&url).await;
+            let log =
+                body.and_then(|b| serde_json::from_slice::<OriginQueries>(&b).context("bad JSON"));
+            match log {
+                Ok(q) => {
+                    let window = (start_ms, end_ms);
+                    (
+                        Some(analyse_origin(
+                            &base,
+                            &q.queries,
+                            window,
+                            cfg.hot_key,
+                            cfg.ttl,
+                        )),
+                        None,
+                    )
+                }
                 Err(e) => {
                     let msg = format!("{e:#}");
                     eprintln!(
-                        "stampede-bench: origin stats unavailable at {base}/stats/queries ({msg}); origin section left null"
+                        "stampede-bench: origin stats unavailable at {url} ({msg}); origin section left null"
                     );
                     (None, Some(msg))
                 }
@@ -537,137 +523,99 @@ pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSu
         }
     };
 
-    let rec = shared.recorder();
-    let elapsed_s = elapsed.as_secs_f64();
+    let mut rec = shared.recorder();
+    let (elapsed_s, n) = (elapsed.as_secs_f64(), rec.summary.requests);
+    let origin_len = origin.as_ref().map_or(0, |o| o.per_second.len());
     let seconds = rec
         .seconds
         .len()
-        .max(origin.as_ref().map_or(0, |o| o.per_second.len()))
+        .max(origin_len)
         .max(cfg.duration.as_secs_f64().ceil() as usize);
+    let p99 = |h: &Histogram<u64>| (!h.is_empty()).then(|| us_to_ms(h.value_at_quantile(0.99)));
     let timeline = (0..seconds)
         .map(|i| {
             let s = rec.seconds.get(i);
+            let at = |v: &Vec<u64>| v.get(i).copied().unwrap_or(0);
             TimelineSecond {
                 second: i as u64,
                 requests: s.map_or(0, |s| s.requests),
                 errors: s.map_or(0, |s| s.errors),
-                p99_ms: s
-                    .filter(|s| s.requests > 0)
-                    .map(|s| us_to_ms(s.hist.value_at_quantile(0.99))),
-                hot_p99_ms: s
-                    .filter(|s| !s.hot_hist.is_empty())
-                    .map(|s| us_to_ms(s.hot_hist.value_at_quantile(0.99))),
-                origin_queries: origin
-                    .as_ref()
-                    .map(|o| o.per_second.get(i).copied().unwrap_or(0)),
-                hot_origin_queries: origin
-                    .as_ref()
-                    .map(|o| o.hot_per_second.get(i).copied().unwrap_or(0)),
+                p99_ms: s.and_then(|s| p99(&s.hist[0])),
+                hot_p99_ms: s.and_then(|s| p99(&s.hist[1])),
+                origin_queries: origin.as_ref().map(|o| at(&o.per_second)),
+                hot_origin_queries: origin.as_ref().map(|o| at(&o.hot_per_second)),
             }
         })
         .collect();
-
+    let per_target = shared.targets.iter().zip(&rec.per_target);
+    let per_target = per_target.map(|(t, n)| TargetCount {
+        target: t.clone(),
+        requests: *n,
+    });
+    let l = &rec.latency;
+    let latency = ByKey {
+        all: l.all.summary(),
+        hot: l.hot.summary(),
+        other: l.other.summary(),
+    };
     Ok(LoadSummary {
-        config: cfg.clone(),
-        started_at,
-        host: HostInfo::current(),
-        start_ms,
-        end_ms,
+        end_ms: start_ms + elapsed.as_millis() as u64,
         elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
-        requests: rec.requests,
-        requests_per_sec: if elapsed_s > 0.0 {
-            (rec.requests as f64 / elapsed_s * 10.0).round() / 10.0
-        } else {
-            0.0
-        },
-        failed_requests: rec.failed,
-        attempts: rec.attempts,
-        retries: rec.attempts - rec.requests,
-        slow_threshold_ms: crate::stats::SLOW_THRESHOLD.as_millis() as u64,
-        per_target: shared
-            .targets
-            .iter()
-            .zip(&rec.per_target)
-            .map(|(t, n)| TargetCount {
-                target: t.clone(),
-                requests: *n,
-            })
-            .collect(),
+        requests_per_sec: (n as f64 / elapsed_s.max(1e-9) * 10.0).round() / 10.0,
+        retries: rec.summary.attempts - n,
+        per_target: per_target.collect(),
         status: rec
             .status
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
-        errors: rec.errors,
-        attempt_errors: rec.attempt_errors,
-        latency: ByKey {
-            all: rec.latency.all.summary(),
-            hot: rec.latency.hot.summary(),
-            other: rec.latency.other.summary(),
-        },
-        cache: rec.cache.clone(),
+        latency,
         origin,
         origin_error,
         timeline,
+        ..std::mem::take(&mut rec.summary)
     })
 }
 
 async fn worker(shared: Arc<Shared>, mut rng: StdRng) {
     let cfg = &shared.cfg;
-    let n = shared.targets.len();
-    loop {
+    while Instant::now() < shared.deadline {
         let started = Instant::now();
-        if started >= shared.deadline {
-            break;
-        }
         let key = if rng.random::<f64>() < cfg.hot_fraction {
             cfg.hot_key
         } else {
             rng.random_range(1..=cfg.keys)
         };
-        let target = shared.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let target = shared.rr.fetch_add(1, Ordering::Relaxed) % shared.targets.len();
         let url = format!("{}{}{}", shared.targets[target], cfg.path_prefix, key);
-        let mut attempts = 0u32;
-        let mut attempt_errors = Vec::new();
-        let result = match url.parse::<Uri>() {
-            Err(_) => {
-                attempts = 1;
-                attempt_errors.push(ErrorKind::Other);
-                Err(ErrorKind::Other)
+        let (mut attempts, mut attempt_errors) = (0u32, Vec::new());
+        let result = loop {
+            attempts += 1;
+            let r = attempt(&shared.http.client, &url, cfg.timeout).await;
+            if let Err(kind) = &r {
+                attempt_errors.push(*kind);
             }
-            Ok(uri) => loop {
-                attempts += 1;
-                let r = attempt(&shared.client, uri.clone(), cfg.timeout).await;
-                let retryable = match &r {
-                    Ok((status, _)) => status.is_server_error(),
-                    Err(kind) => {
-                        attempt_errors.push(*kind);
-                        true
-                    }
-                };
-                if retryable && attempts <= cfg.retries && Instant::now() < shared.deadline {
-                    let jitter_max = u64::try_from(cfg.backoff.as_micros() / 5).unwrap_or(u64::MAX);
-                    let jitter = Duration::from_micros(rng.random_range(0..=jitter_max));
-                    tokio::time::sleep(cfg.backoff + jitter).await;
-                    continue;
-                }
+            let retryable = r
+                .as_ref()
+                .map_or(true, |(status, _)| status.is_server_error());
+            if !retryable || attempts > cfg.retries || Instant::now() >= shared.deadline {
                 break r;
-            },
+            }
+            let jitter_max = (cfg.backoff.as_micros() / 5) as u64;
+            let jitter = Duration::from_micros(rng.random_range(0..=jitter_max));
+            tokio::time::sleep(cfg.backoff + jitter).await;
         };
-        let latency = started.elapsed();
-        let second = started.duration_since(shared.start).as_secs() as usize;
         shared.recorder().record(Outcome {
             target,
             hot: key == cfg.hot_key,
-            second,
-            latency,
+            second: started.duration_since(shared.start).as_secs() as usize,
+            latency: started.elapsed(),
             attempts,
             attempt_errors,
             result,
         });
         if !cfg.think_time.is_zero() {
-            let now = Instant::now();
-            if now + cfg.think_time >= shared.deadline {
+            if Instant::now() + cfg.think_time >= shared.deadline {
                 break;
             }
             tokio::time::sleep(cfg.think_time).await;
@@ -677,9 +625,10 @@ async fn worker(shared: Arc<Shared>, mut rng: StdRng) {
 
 async fn attempt(
     client: &HttpClient,
-    uri: Uri,
+    url: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, CacheClass), ErrorKind> {
+    let uri: Uri = url.parse().map_err(|_| ErrorKind::Other)?;
     let exchange = async {
         let resp = client.get(uri).await.map_err(|e| {
             if e.is_connect() {
@@ -688,63 +637,38 @@ async fn attempt(
                 ErrorKind::Other
             }
         })?;
-        let status = resp.status();
         let header = resp
             .headers()
             .get("cache-status")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let class = classify(header.as_deref());
+        let status = resp.status();
         resp.into_body()
             .collect()
             .await
             .map_err(|_| ErrorKind::Body)?;
-        Ok((status, class))
+        Ok((status, classify(header.as_deref())))
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or(Err(ErrorKind::Timeout))
 }
 
-async fn fetch_origin_stats(
-    client: &HttpClient,
-    base: &str,
-    since_ms: u64,
-) -> anyhow::Result<OriginQueries> {
-    let uri: Uri = format!("{base}/stats/queries?since_ms={since_ms}").parse()?;
-    let fetch = async {
-        let resp = client.get(uri).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("HTTP {status}");
-        }
-        serde_json::from_slice::<OriginQueries>(&body).context("bad JSON")
-    };
-    tokio::time::timeout(ORIGIN_STATS_TIMEOUT, fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after {ORIGIN_STATS_TIMEOUT:?}"))?
-}
-
 async fn progress_lines(shared: Arc<Shared>) {
     let total = humantime::format_duration(shared.cfg.duration).to_string();
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
+    let second = Duration::from_secs(1);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
     let mut last = 0u64;
     loop {
         tick.tick().await;
         let line = {
             let rec = shared.recorder();
-            let rate = rec.requests - last;
-            last = rec.requests;
+            let n = rec.summary.requests;
+            let rate = n - std::mem::replace(&mut last, n);
             format!(
-                "load {:>5.1}s/{}  {:>7} req/s  hit {:>5.1}%  errors {}  p99 {:.1} ms",
+                "load {:>5.1}s/{total}  {rate:>7} req/s  hit {:>5.1}%  errors {}  p99 {:.1} ms",
                 shared.start.elapsed().as_secs_f64(),
-                total,
-                rate,
-                rec.cache.all.hit_percent(),
-                rec.failed,
+                rec.summary.cache.all.hit_percent(),
+                rec.summary.failed_requests,
                 rec.latency.all.p99_ms(),
             )
         };

@@ -1,12 +1,13 @@
 //! `stampede-bench` command line: `load` (drive load, print a JSON summary),
 //! `ladder` (run every rung, write docs/results) and `soak` (bounded soak).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::PossibleValuesParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
+use serde::Serialize;
 use stampede_bench::ladder::table::{TABLE_ROWS, rung_names};
 use stampede_bench::ladder::{LadderOptions, Profile, run_ladder};
 use stampede_bench::load::{DEFAULT_ORIGIN, LoadConfig, parse_duration, run_load};
@@ -16,13 +17,7 @@ use stampede_bench::soak::{SoakConfig, run_soak};
 /// Load generator and experiment runner for stampede-layer.
 #[derive(Debug, Parser)]
 #[command(name = "stampede-bench", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
+enum Cli {
     /// Drive closed-loop keep-alive load (round-robin over targets) and print a JSON summary to stdout.
     #[command(after_help = LOAD_AFTER_HELP)]
     Load(Box<LoadArgs>),
@@ -33,40 +28,46 @@ enum Command {
     Soak(SoakArgs),
 }
 
-/// Flags of `stampede-bench soak`.
-#[derive(Debug, Args)]
-struct SoakArgs {
-    #[command(flatten)]
-    soak: SoakConfig,
-    /// Directory holding the origin-sim and gateway binaries (default: this executable's directory).
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
-    /// Also write the JSON report here (docs/results/soak.json feeds scripts/reliability.py).
-    #[arg(long)]
-    output: Option<PathBuf>,
-}
-
 const LOAD_AFTER_HELP: &str = "\
 Each request goes to {path-prefix}{hot-key} with probability --hot-fraction, else to a key uniform in 1..=--keys.
 Latency is first send to final answer (retries included). Responses are classified by the gateway's
 RFC 9211 Cache-Status header (hit, stale hit = hit with ttl<0, miss = fwd=..., collapsed; no header = unknown).
 After the load, GET {origin}/stats/queries gives origin queries in the load window, the most in any second,
-and hot-key queries per TTL boundary. Progress goes to stderr once a second; the JSON summary to stdout.
-Exit status: 0 ok, 1 run failed, 2 bad flags.";
+hot-key queries per TTL boundary, statuses and body bytes. Progress goes to stderr once a second; the JSON
+summary to stdout. Exit status: 0 ok, 1 run failed, 2 bad flags.";
 
 fn ladder_after_help() -> String {
+    let quick = Profile::Quick;
     format!(
         "Starts its own origin-sim, gateways and (when redis-server is on PATH) a redis-server on free 127.0.0.1 ports,
 as child processes killed by PID at the end, on error and on ctrl-c. Without redis-server the fleet rows are
-skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 11 minutes,
+skipped (and listed as skipped). Rungs, in order: {}. Profiles: full (every rung, about 15 minutes,
 writes docs/results/RESULTS.md) and quick (rungs {}, rows {}, {} runs, about a minute, writes
 target/ladder-quick/QUICK.md); --rungs, --rows, --duration and --out override the profile. The headline table
-goes to stdout, progress to stderr. Exit status: 0 ok, 1 a run failed, 2 bad flags.",
+goes to stdout, progress to stderr. A run that fails is listed in the report. Exit status: 0 ok, 1 a run
+failed, 2 bad flags.",
         rung_names().join(", "),
-        Profile::Quick.rungs().join(","),
-        Profile::Quick.rows().join(","),
-        humantime::format_duration(Profile::Quick.duration())
+        quick.rungs().join(","),
+        quick.rows().join(","),
+        humantime::format_duration(quick.duration())
     )
+}
+
+/// Flags of `stampede-bench load`: the load itself (the first six are the
+/// interface contract), where the origin is, where the summary goes.
+#[derive(Debug, Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    load: LoadConfig,
+    /// origin-sim base URL whose /stats/queries gives the origin section ("none" to skip).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ORIGIN)]
+    origin: String,
+    /// Also write the JSON summary to FILE.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// No per-second progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Flags of `stampede-bench ladder`.
@@ -75,9 +76,6 @@ struct LadderArgs {
     /// What to run: full (every rung, the committed results) or quick (the headline, about a minute).
     #[arg(long, value_enum, default_value = "full")]
     profile: Profile,
-    /// Same as --profile quick.
-    #[arg(long)]
-    quick: bool,
     /// Output directory for the report, its JSON and the PNG charts [default: docs/results; quick: target/ladder-quick].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -104,11 +102,24 @@ struct LadderArgs {
     no_charts: bool,
 }
 
+/// Flags of `stampede-bench soak`.
+#[derive(Debug, Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    soak: SoakConfig,
+    /// Directory holding the origin-sim and gateway binaries (default: this executable's directory).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Also write the JSON report here (docs/results/soak.json feeds scripts/reliability.py).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
 fn with_all(names: Vec<&'static str>) -> Vec<&'static str> {
     std::iter::once("all").chain(names).collect()
 }
 
-/// `given` with `all` expanded to `all`, or `default` when nothing was given.
+/// `given`, with `all` expanded to every name, or `default` when nothing was given.
 fn chosen(given: Vec<String>, all: Vec<String>, default: Vec<String>) -> Vec<String> {
     match given {
         g if g.is_empty() => default,
@@ -117,197 +128,133 @@ fn chosen(given: Vec<String>, all: Vec<String>, default: Vec<String>) -> Vec<Str
     }
 }
 
-/// Flags of `stampede-bench load`: the load itself (the first six are the
-/// interface contract), where the origin is, where the summary goes.
-#[derive(Debug, Args)]
-struct LoadArgs {
-    #[command(flatten)]
-    load: LoadConfig,
-    /// origin-sim base URL whose /stats/queries gives the origin section ("none" to skip).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ORIGIN)]
-    origin: String,
-    /// Also write the JSON summary to FILE.
-    #[arg(long, value_name = "FILE")]
-    output: Option<PathBuf>,
-    /// No per-second progress lines on stderr.
-    #[arg(long)]
-    quiet: bool,
+/// `error: …` on stderr and `code`.
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(code)
 }
 
-async fn load(args: Box<LoadArgs>) -> ExitCode {
-    let origin = Some(args.origin.trim()).filter(|o| !["", "none"].contains(o));
-    let cfg = LoadConfig {
-        origin: origin.map(String::from),
-        ..args.load.clone()
-    };
-    if let Err(e) = cfg.validate() {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(2);
-    }
-    let summary = match run_load(&cfg, !args.quiet).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let json = match serde_json::to_string_pretty(&summary) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: cannot serialize the summary: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// Print `value` as JSON to stdout and, if asked, to `file`.
+fn emit(value: &impl Serialize, file: Option<&Path>) -> Result<(), ExitCode> {
+    let json = serde_json::to_string_pretty(value).map_err(|e| fail(1, e))?;
     println!("{json}");
-    if let Some(path) = &args.output
-        && let Err(e) = std::fs::write(path, format!("{json}\n"))
-    {
-        eprintln!("error: cannot write {}: {e}", path.display());
-        return ExitCode::FAILURE;
+    match file.map(|f| std::fs::write(f, format!("{json}\n")).map_err(|e| (f, e))) {
+        Some(Err((f, e))) => Err(fail(1, format!("cannot write {}: {e}", f.display()))),
+        _ => Ok(()),
     }
-    ExitCode::SUCCESS
-}
-
-/// The command line as typed, paths shown relative to the repository.
-fn command_line() -> String {
-    let args = std::env::args().map(|a| {
-        if a.starts_with('/') {
-            display_path(std::path::Path::new(&a))
-        } else {
-            a
-        }
-    });
-    shlex::try_join(args.collect::<Vec<_>>().iter().map(String::as_str)).unwrap_or_default()
 }
 
 /// Run `fut`; on ctrl-c or SIGTERM drop it (its guards kill the processes it
 /// started) and exit 130 / 143.
 async fn until_signal<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut sigterm) = signal(SignalKind::terminate()) else {
-        eprintln!("error: cannot watch SIGTERM");
-        return Err(ExitCode::FAILURE);
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| fail(1, format!("cannot watch SIGTERM: {e}")))?;
+    let (code, how) = tokio::select! {
+        r = fut => return Ok(r),
+        _ = tokio::signal::ctrl_c() => (130, "interrupted"),
+        _ = sigterm.recv() => (143, "terminated"),
     };
-    tokio::select! {
-        r = fut => Ok(r),
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("stampede-bench {what}: interrupted; stopped the processes it started");
-            Err(ExitCode::from(130))
-        }
-        _ = sigterm.recv() => {
-            eprintln!("stampede-bench {what}: terminated; stopped the processes it started");
-            Err(ExitCode::from(143))
-        }
-    }
-}
-
-async fn ladder(args: LadderArgs) -> ExitCode {
-    let Some(bin_dir) = bin_dir_or_exe_dir(args.bin_dir.clone()) else {
-        eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
-        return ExitCode::from(2);
-    };
-    let profile = if args.quick {
-        Profile::Quick
-    } else {
-        args.profile
-    };
-    let opts = LadderOptions {
-        profile,
-        out: args.out.unwrap_or_else(|| profile.out_dir().into()),
-        duration: args.duration.unwrap_or(profile.duration()),
-        ttl: args.ttl,
-        bin_dir,
-        rungs: chosen(args.rungs, Profile::Full.rungs(), profile.rungs()),
-        rows: chosen(args.rows, Profile::Full.rows(), profile.rows()),
-        instances: usize::from(args.instances),
-        charts: !args.no_charts,
-        command: command_line(),
-    };
-    match until_signal("ladder", run_ladder(opts)).await {
-        Ok(Ok(res)) if res.failed.is_empty() => ExitCode::SUCCESS,
-        Ok(Ok(res)) => {
-            for f in &res.failed {
-                eprintln!("error: {} failed: {}", f.what, f.why);
-            }
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(code) => code,
-    }
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    match Cli::parse().command {
-        Command::Load(args) => load(args).await,
-        Command::Ladder(args) => ladder(args).await,
-        Command::Soak(args) => soak(args).await,
-    }
+    eprintln!("stampede-bench {what}: {how}; stopped the processes it started");
+    Err(ExitCode::from(code))
 }
 
 /// `--bin-dir` if given, else the directory of this executable (where cargo
 /// puts the gateway and origin-sim binaries next to it).
-fn bin_dir_or_exe_dir(given: Option<PathBuf>) -> Option<PathBuf> {
-    given.or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
-    })
+fn bin_dir(given: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    let exe_dir = || Some(std::env::current_exe().ok()?.parent()?.to_path_buf());
+    given
+        .or_else(exe_dir)
+        .ok_or_else(|| fail(2, "cannot tell this executable's directory: pass --bin-dir"))
 }
 
-async fn soak(args: SoakArgs) -> ExitCode {
-    let Some(bin_dir) = bin_dir_or_exe_dir(args.bin_dir.clone()) else {
-        eprintln!("error: cannot tell this executable's directory: pass --bin-dir");
-        return ExitCode::from(2);
+async fn load(args: LoadArgs) -> Result<(), ExitCode> {
+    let origin = Some(args.origin.trim()).filter(|o| !["", "none"].contains(o));
+    let cfg = LoadConfig {
+        origin: origin.map(String::from),
+        ..args.load
     };
+    cfg.validate().map_err(|e| fail(2, e))?;
+    let summary = run_load(&cfg, !args.quiet).await.map_err(|e| fail(1, e))?;
+    emit(&summary, args.output.as_deref())
+}
+
+async fn ladder(args: LadderArgs) -> Result<(), ExitCode> {
+    let profile = args.profile;
+    // The command line as typed, paths shown relative to the repository.
+    let shown = std::env::args().map(|a| {
+        if a.starts_with('/') {
+            display_path(Path::new(&a))
+        } else {
+            a
+        }
+    });
+    let o = LadderOptions {
+        out: args.out.unwrap_or_else(|| profile.out_dir().into()),
+        duration: args.duration.unwrap_or(profile.duration()),
+        ttl: args.ttl,
+        bin_dir: bin_dir(args.bin_dir)?,
+        rungs: chosen(args.rungs, Profile::Full.rungs(), profile.rungs()),
+        rows: chosen(args.rows, Profile::Full.rows(), profile.rows()),
+        instances: usize::from(args.instances),
+        charts: !args.no_charts,
+        command: shlex::try_join(shown.collect::<Vec<_>>().iter().map(String::as_str))
+            .unwrap_or_default(),
+        ..LadderOptions::of(profile)
+    };
+    let res = until_signal("ladder", run_ladder(o))
+        .await?
+        .map_err(|e| fail(1, e))?;
+    for f in &res.failed {
+        eprintln!("error: {} failed: {}", f.what, f.why);
+    }
+    if res.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ExitCode::FAILURE)
+    }
+}
+
+async fn soak(args: SoakArgs) -> Result<(), ExitCode> {
     if !(0.0..=1.0).contains(&args.soak.hot_fraction) || args.soak.concurrency == 0 {
-        eprintln!("error: --hot-fraction must be within 0..=1, --concurrency above 0");
-        return ExitCode::from(2);
+        return Err(fail(
+            2,
+            "--hot-fraction must be within 0..=1, --concurrency above 0",
+        ));
     }
     let work_dir = std::env::temp_dir().join(format!("stampede-soak-{}", std::process::id()));
     let cfg = SoakConfig {
-        bin_dir,
+        bin_dir: bin_dir(args.bin_dir)?,
         work_dir,
         progress: true,
         ..args.soak
     };
-    let result = match until_signal("soak", run_soak(&cfg)).await {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    match result {
-        Ok(report) => {
-            let json = serde_json::to_string_pretty(&report).expect("serialisable");
-            println!("{json}");
-            if let Some(path) = &args.output
-                && let Err(e) = std::fs::write(path, &json)
-            {
-                eprintln!("error: cannot write {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-            if report.failures.is_empty() {
-                eprintln!("soak: all checks passed");
-                ExitCode::SUCCESS
-            } else {
-                for f in &report.failures {
-                    eprintln!("soak: FAILED: {f}");
-                }
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    let report = until_signal("soak", run_soak(&cfg))
+        .await?
+        .map_err(|e| fail(1, e))?;
+    emit(&report, args.output.as_deref())?;
+    for f in &report.failures {
+        eprintln!("soak: FAILED: {f}");
     }
+    if report.failures.is_empty() {
+        eprintln!("soak: all checks passed");
+        return Ok(());
+    }
+    Err(ExitCode::FAILURE)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env();
+    let filter = filter.unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+    let done = match Cli::parse() {
+        Cli::Load(args) => load(*args).await,
+        Cli::Ladder(args) => ladder(args).await,
+        Cli::Soak(args) => soak(args).await,
+    };
+    done.err().unwrap_or(ExitCode::SUCCESS)
 }

@@ -1,9 +1,9 @@
-//! Child processes and small HTTP/Redis helpers for the ladder.
+//! Child processes and the HTTP and Redis helpers of the ladder and the soak.
 //!
-//! Every process the ladder starts is a [`ChildProc`]: it is killed by its
-//! PID (SIGKILL) and reaped when the guard drops, so an error, a panic or a
-//! ctrl-c that drops the ladder's future leaves nothing behind. Nothing here
-//! ever signals a process it did not start.
+//! Every process the bench starts is a [`ChildProc`]: it is killed by its
+//! PID and reaped when the guard drops, so an error, a panic or a ctrl-c
+//! that drops the ladder's future leaves nothing behind. Nothing here ever
+//! signals a process it did not start.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,19 +41,16 @@ pub fn display_path(p: &Path) -> String {
     if let Ok(rest) = abs.strip_prefix(std::env::temp_dir()) {
         return Path::new("<tmp>").join(rest).display().to_string();
     }
-    let root = std::env::current_dir().ok().and_then(|d| {
-        d.ancestors()
-            .find(|a| a.join("Cargo.lock").is_file())
-            .map(Path::to_path_buf)
-    });
-    match root.as_deref().and_then(|r| abs.strip_prefix(r).ok()) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let root = cwd.ancestors().find(|a| a.join("Cargo.lock").is_file());
+    match root.and_then(|r| abs.strip_prefix(r).ok()) {
         Some(rest) if rest.as_os_str().is_empty() => ".".into(),
         Some(rest) => rest.display().to_string(),
         None => p.display().to_string(),
     }
 }
 
-/// A child process owned by the ladder: killed by PID and reaped on drop.
+/// A child process owned by the bench: killed by PID and reaped on drop.
 #[derive(Debug)]
 pub struct ChildProc {
     name: String,
@@ -70,18 +67,18 @@ impl ChildProc {
             .append(true)
             .open(log)
             .with_context(|| format!("open log {}", log.display()))?;
-        let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
             .spawn()
             .with_context(|| format!("start {name} ({})", program.display()))?;
+        let (name, log) = (name.to_string(), log.to_path_buf());
         Ok(Self {
-            name: name.to_string(),
+            name,
             child,
-            log: log.to_path_buf(),
+            log,
             term_grace: None,
         })
     }
@@ -94,43 +91,49 @@ impl ChildProc {
         self
     }
 
-    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Its name (for messages).
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// An error (with the end of its log) if it has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} (pid {}) exited with {status}; end of {}:\n{}",
-                self.name,
-                self.pid(),
-                display_path(&self.log),
-                self.log_tail(20)
-            );
+        match self.child.try_wait()? {
+            Some(status) => bail!("{} exited with {status}{}", self.name, self.log_tail()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// The last `n` lines of its log.
-    pub fn log_tail(&self, n: usize) -> String {
+    /// `(pid N); end of LOG:` and its last 20 lines (without colour codes).
+    fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let parts = text
+            .split('\x1b')
+            .enumerate()
+            .map(|(i, p)| match p.split_once('m') {
+                Some((_, rest)) if i > 0 => rest,
+                _ => p,
+            });
+        let text: String = parts.collect();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!(
+            " (pid {}); end of {}:\n{tail}",
+            self.pid(),
+            display_path(&self.log)
+        )
     }
 
-    /// Kill it now (SIGKILL to its PID) and reap it.
+    /// Stop it now (SIGTERM first if asked, then SIGKILL, by PID) and reap it.
     pub fn kill(&mut self) {
         let running = |c: &mut Child| matches!(c.try_wait(), Ok(None));
         if let Some(grace) = self.term_grace.filter(|_| running(&mut self.child)) {
-            let pid = self.pid().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
             let start = Instant::now();
             while start.elapsed() < grace && running(&mut self.child) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -152,20 +155,15 @@ impl ChildProc {
         let start = Instant::now();
         loop {
             self.check_alive()?;
-            if let Ok((s, _, _)) = http
-                .request(Method::GET, url, None, &[], Duration::from_secs(2))
-                .await
-                && s.is_success()
-            {
+            let probe = http.request(Method::GET, url, None, Duration::from_secs(2));
+            if probe.await.is_ok_and(|(s, _, _)| s.is_success()) {
                 return Ok(());
             }
             if start.elapsed() > timeout {
                 bail!(
-                    "{} (pid {}) not ready at {url} within {timeout:?}; end of {}:\n{}",
+                    "{} not ready at {url} within {timeout:?}{}",
                     self.name,
-                    self.pid(),
-                    display_path(&self.log),
-                    self.log_tail(20)
+                    self.log_tail()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -179,92 +177,84 @@ impl Drop for ChildProc {
     }
 }
 
-/// A small HTTP/1.1 client for control requests (admin API, stats, metrics).
+/// The hyper client of the load and of the control requests (admin API,
+/// stats, metrics): HTTP/1.1 keep-alive, `TCP_NODELAY`.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A small HTTP/1.1 client for control requests.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    pub client: HttpClient,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Self::new()
+        Self::with_pool(4)
     }
 }
 
 impl Http {
-    /// A client with a small keep-alive pool.
-    pub fn new() -> Self {
+    /// A client keeping up to `pool` idle connections per host.
+    pub fn with_pool(pool: usize) -> Self {
         let mut c = HttpConnector::new();
         c.set_nodelay(true);
-        Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(4)
-                .build(c),
-        }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(pool.max(1))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(c);
+        Self { client }
     }
 
-    /// Send one request and collect the answer.
+    /// Send one request (a JSON body if given) and collect the answer.
     pub async fn request(
         &self,
         method: Method,
         url: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(&str, &str)],
+        json: Option<&serde_json::Value>,
         timeout: Duration,
     ) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
-        let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
-        let mut b = Request::builder().method(method.clone()).uri(uri);
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
+        let body = json
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
+        let mut req = Request::builder().method(method.clone()).uri(url);
+        if json.is_some() {
+            req = req.header("content-type", "application/json");
         }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let fut = async {
-            let resp = self.client.request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await?.to_bytes();
-            anyhow::Ok((parts.status, parts.headers, bytes))
+        let req = req.body(Full::new(Bytes::from(body)))?;
+        let exchange = async {
+            let (parts, body) = self.client.request(req).await?.into_parts();
+            anyhow::Ok((
+                parts.status,
+                parts.headers,
+                body.collect().await?.to_bytes(),
+            ))
         };
-        tokio::time::timeout(timeout, fut)
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| anyhow::anyhow!("{method} {url}: no answer within {timeout:?}"))?
             .with_context(|| format!("{method} {url}"))
     }
 
-    /// `GET url` → body; an error unless 2xx.
-    pub async fn get_ok(&self, url: &str) -> anyhow::Result<Bytes> {
-        let (s, _, b) = self
-            .request(Method::GET, url, None, &[], Duration::from_secs(30))
-            .await?;
-        if !s.is_success() {
-            bail!("GET {url}: HTTP {s}: {}", String::from_utf8_lossy(&b));
-        }
-        Ok(b)
-    }
-
-    /// `method url` with a JSON body → body; an error unless 2xx.
-    pub async fn send_json(
+    /// `method url` (with a JSON body) → body; an error unless 2xx.
+    pub async fn ok(
         &self,
         method: Method,
         url: &str,
-        json: &serde_json::Value,
-        headers: &[(&str, &str)],
+        json: Option<&serde_json::Value>,
     ) -> anyhow::Result<Bytes> {
         let (s, _, b) = self
-            .request(
-                method.clone(),
-                url,
-                Some(serde_json::to_vec(json)?),
-                headers,
-                Duration::from_secs(30),
-            )
+            .request(method.clone(), url, json, Duration::from_secs(30))
             .await?;
         if !s.is_success() {
             bail!("{method} {url}: HTTP {s}: {}", String::from_utf8_lossy(&b));
         }
         Ok(b)
+    }
+
+    /// `GET url` → body; an error unless 2xx.
+    pub async fn get_ok(&self, url: &str) -> anyhow::Result<Bytes> {
+        self.ok(Method::GET, url, None).await
     }
 }
 
@@ -274,7 +264,7 @@ impl Http {
 pub struct RedisProc {
     proc_: ChildProc,
     cli: PathBuf,
-    port: u16,
+    pub port: u16,
     dir: PathBuf,
 }
 
@@ -297,14 +287,12 @@ impl RedisProc {
             "--dir",
             &d,
         ];
-        let args: Vec<String> = args.map(String::from).into();
+        let args = args.map(String::from);
         let proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
-        let cli = program.with_file_name("redis-cli");
-        let cli = if cli.is_file() {
-            cli
-        } else {
-            which("redis-cli").context("redis-cli is not on PATH")?
-        };
+        let cli = Some(program.with_file_name("redis-cli")).filter(|c| c.is_file());
+        let cli = cli
+            .or_else(|| which("redis-cli"))
+            .context("redis-cli is not on PATH")?;
         let mut redis = Self {
             proc_,
             cli,
@@ -312,7 +300,7 @@ impl RedisProc {
             dir,
         };
         let start = Instant::now();
-        while !redis.command("PING").await.is_ok_and(|r| r == "PONG") {
+        while !redis.command(&["PING"]).await.is_ok_and(|r| r == "PONG") {
             redis.proc_.check_alive()?;
             if start.elapsed() > Duration::from_secs(10) {
                 bail!("redis-server on port {port} did not answer PING within 10s");
@@ -323,16 +311,16 @@ impl RedisProc {
     }
 
     /// Run one `redis-cli` command; its reply.
-    async fn command(&self, cmd: &str) -> anyhow::Result<String> {
-        let port = self.port.to_string();
+    async fn command(&self, cmd: &[&str]) -> anyhow::Result<String> {
         let out = tokio::process::Command::new(&self.cli)
-            .args(["-p", &port, cmd])
+            .args(["-p", &self.port.to_string()])
+            .args(cmd)
             .output()
             .await?;
         let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || reply.starts_with("ERR") {
             bail!(
-                "redis-cli {cmd}: {reply}{}",
+                "redis-cli {cmd:?}: {reply}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -347,13 +335,29 @@ impl RedisProc {
     /// Empty every database.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         self.proc_.check_alive()?;
-        self.command("FLUSHALL").await.map(|_| ())
+        self.command(&["FLUSHALL"]).await.map(|_| ())
     }
 
-    /// Its port.
-    pub fn port(&self) -> u16 {
-        self.port
+    /// Commands served so far (`INFO commandstats`), `INFO` itself excluded.
+    pub async fn commands(&self) -> anyhow::Result<u64> {
+        Ok(command_calls(
+            &self.command(&["INFO", "commandstats"]).await?,
+        ))
     }
+}
+
+/// The sum of `calls=` over an `INFO commandstats` reply, `cmdstat_info` excluded.
+pub fn command_calls(info: &str) -> u64 {
+    let calls = |l: &str| {
+        l.split_once("calls=")?
+            .1
+            .split(',')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    };
+    let counted = |l: &&str| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:");
+    info.lines().filter(counted).filter_map(calls).sum()
 }
 
 impl Drop for RedisProc {
@@ -366,77 +370,18 @@ impl Drop for RedisProc {
 /// Sum of every sample of the Prometheus metric `name` in `text` whose labels
 /// contain all of `labels` (e.g. `reason="inflight"`).
 pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    let sample = |l: &str| {
+        let rest = l.strip_prefix(name)?;
+        let (lbl, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once('}')?,
+            None if rest.starts_with(' ') => ("", rest),
+            None => return None,
+        };
+        let wanted = labels.iter().all(|want| lbl.contains(want));
+        wanted.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+    };
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (lbl, value) = if let Some(r) = rest.strip_prefix('{') {
-                let end = r.find('}')?;
-                (&r[..end], r[end + 1..].trim())
-            } else if rest.starts_with(' ') {
-                ("", rest.trim())
-            } else {
-                return None;
-            };
-            if !labels.iter().all(|want| lbl.contains(want)) {
-                return None;
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
+        .filter_map(sample)
         .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_prometheus_samples() {
-        let text = "# HELP x\n# TYPE stampede_shed_total counter\n\
-            stampede_shed_total{gateway=\"g1\",reason=\"inflight\"} 3\n\
-            stampede_shed_total{gateway=\"g1\",reason=\"queue\"} 2\n\
-            stampede_shed_total_other 9\n\
-            stampede_fencing_rejections_total{gateway=\"g1\"} 4\n\
-            plain 1.5\n";
-        assert_eq!(metric_sum(text, "stampede_shed_total", &[]), 5.0);
-        assert_eq!(
-            metric_sum(text, "stampede_shed_total", &["reason=\"queue\""]),
-            2.0
-        );
-        assert_eq!(
-            metric_sum(text, "stampede_fencing_rejections_total", &[]),
-            4.0
-        );
-        assert_eq!(metric_sum(text, "plain", &[]), 1.5);
-        assert_eq!(metric_sum(text, "missing", &[]), 0.0);
-    }
-
-    #[test]
-    fn paths_are_shown_relative() {
-        let tmp = std::env::temp_dir().join("x/y.log");
-        assert_eq!(display_path(&tmp), "<tmp>/x/y.log");
-        let here = std::env::current_dir().unwrap().join("src");
-        assert!(
-            !display_path(&here).starts_with('/'),
-            "{}",
-            display_path(&here)
-        );
-        assert!(display_path(Path::new("results")).ends_with("bench/results"));
-    }
-
-    #[test]
-    fn child_is_killed_on_drop() {
-        let log = std::env::temp_dir().join(format!("procs-test-{}.log", std::process::id()));
-        let pid;
-        {
-            let p = ChildProc::spawn("sleep", Path::new("sleep"), &["30".to_string()], &log)
-                .expect("spawn sleep");
-            pid = p.pid();
-            assert!(Path::new(&format!("/proc/{pid}")).exists());
-        }
-        // Reaped: the PID is gone (or reused by something that is not our sleep).
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        assert!(!cmdline.starts_with("sleep"), "{cmdline}");
-        let _ = std::fs::remove_file(log);
-    }
 }

@@ -7,12 +7,16 @@
 //! The full soak (`--duration 10m`) is run by hand; the test suite runs a
 //! short one (`bench/tests/soak_smoke.rs`).
 
-use crate::load::{LoadConfig, run_load};
-use crate::procs::{ChildProc, Http, free_port, metric_sum};
-use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::ladder::runner::Launcher;
+use crate::ladder::table::{OriginSpec, RunSpec};
+use crate::load::{LoadConfig, run_load};
+use crate::procs::{Http, metric_sum};
 
 /// Soak settings (the `soak` subcommand's flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -110,82 +114,11 @@ async fn sample(http: &Http, pid: u32, admin: &str, t0: Instant) -> anyhow::Resu
     })
 }
 
-fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let p = dir.join(name);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        bail!(
-            "{} not found: build the binaries first (cargo build --release --workspace --bins) or pass --bin-dir",
-            p.display()
-        )
-    }
-}
-
 /// Run the soak.
 pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
-    std::fs::create_dir_all(&cfg.work_dir)?;
-    let http = Http::new();
-    let origin_port = free_port()?;
-    let (port, admin_port) = (free_port()?, free_port()?);
-    let origin_url = format!("http://127.0.0.1:{origin_port}");
-    let mut origin = ChildProc::spawn(
-        "origin-sim",
-        &bin(&cfg.bin_dir, "origin-sim")?,
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{origin_port}"),
-            "--latency-ms".into(),
-            "2".into(),
-            "--db-connections".into(),
-            "32".into(),
-            "--items".into(),
-            cfg.keys.to_string(),
-            "--stats-capacity".into(),
-            "100000".into(),
-        ],
-        &cfg.work_dir.join("soak-origin.log"),
-    )?;
-    origin
-        .wait_ready(
-            &http,
-            &format!("{origin_url}/healthz"),
-            Duration::from_secs(60),
-        )
-        .await?;
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let mut gateway = ChildProc::spawn(
-        "gateway",
-        &bin(&cfg.bin_dir, "gateway")?,
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin_port}"),
-            "--origin".into(),
-            origin_url.clone(),
-            "--mitigations".into(),
-            "all".into(),
-            "--ttl".into(),
-            "2s".into(),
-            "--memory-max-entries".into(),
-            cfg.max_entries.to_string(),
-            "--memory-max-bytes".into(),
-            cfg.max_bytes.to_string(),
-            "--instance".into(),
-            "soak".into(),
-        ],
-        &cfg.work_dir.join("soak-gateway.log"),
-    )?;
-    gateway
-        .wait_ready(&http, &format!("{admin}/readyz"), Duration::from_secs(30))
-        .await?;
-    let pid = gateway.pid();
-    let t0 = Instant::now();
-    let mut samples = vec![sample(&http, pid, &admin, t0).await?];
-
+    let launcher = Launcher::new(cfg.bin_dir.clone(), cfg.work_dir.clone())?;
+    let http = launcher.http.clone();
     let load_cfg = LoadConfig {
-        targets: vec![format!("http://127.0.0.1:{port}")],
         concurrency: cfg.concurrency,
         duration: cfg.duration,
         hot_fraction: cfg.hot_fraction,
@@ -194,11 +127,39 @@ pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
         timeout: Duration::from_secs(5),
         ..LoadConfig::default()
     };
+    let (entries, bytes) = (cfg.max_entries.to_string(), cfg.max_bytes.to_string());
+    let limits = [
+        "--memory-max-entries",
+        &entries,
+        "--memory-max-bytes",
+        &bytes,
+    ];
+    let mut spec =
+        RunSpec::gateway("soak", "soak", "all", Duration::from_secs(2), &load_cfg).flags(&limits);
+    let flags = vec!["--stats-capacity".into(), "100000".into()];
+    spec.origin = OriginSpec {
+        items: cfg.keys,
+        latency_ms: 2,
+        db_connections: 32,
+        flags,
+    };
+    let mut stack = launcher.start(&spec, None).await?;
+    let (pid, admin) = (
+        stack.fronts[0].proc_.pid(),
+        stack.fronts[0].admin.clone().unwrap_or_default(),
+    );
+    let t0 = Instant::now();
+    let mut samples = vec![sample(&http, pid, &admin, t0).await?];
+
+    let load_cfg = LoadConfig {
+        targets: stack.targets(),
+        ..load_cfg
+    };
     let load = tokio::spawn(async move { run_load(&load_cfg, false).await });
     let every = (cfg.duration / 30).clamp(Duration::from_secs(1), Duration::from_secs(20));
     while !load.is_finished() {
         tokio::time::sleep(every).await;
-        gateway.check_alive()?;
+        stack.check_alive()?;
         let s = sample(&http, pid, &admin, t0).await?;
         if cfg.progress {
             eprintln!(
@@ -213,7 +174,7 @@ pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let idle = sample(&http, pid, &admin, t0).await?;
     samples.push(idle.clone());
-    origin.check_alive()?;
+    stack.check_alive()?;
 
     let loaded: Vec<&Sample> = samples[1..samples.len() - 1].iter().collect();
     // Warm-up: a quarter of the run, and at least 6 s (the gateway's gauges
@@ -231,30 +192,7 @@ pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
     let max_entries = samples.iter().map(|s| s.entries).fold(0.0, f64::max);
     let budget_mib = cfg.max_bytes as f64 / 1024.0 / 1024.0;
 
-    let mut failures = Vec::new();
     let base = &samples[0];
-    // Memory: the store is bounded, so the resident set may grow by at most
-    // the store budget (plus a fixed allowance for buffers) over the baseline,
-    // and must not keep growing in the second half of the run.
-    let allowance = budget_mib * 3.0 + 64.0;
-    if peak_rss > base.rss_mib + allowance {
-        failures.push(format!(
-            "rss peaked at {peak_rss:.1} MiB: more than baseline {:.1} + {allowance:.1} MiB",
-            base.rss_mib
-        ));
-    }
-    if late_max > warm.rss_mib * 1.5 + 32.0 {
-        failures.push(format!(
-            "rss kept growing: {late_max:.1} MiB late vs {:.1} MiB after warm-up",
-            warm.rss_mib
-        ));
-    }
-    if max_entries > cfg.max_entries as f64 * 1.1 + 10.0 {
-        failures.push(format!(
-            "store held {max_entries} entries, over its bound of {}",
-            cfg.max_entries
-        ));
-    }
     // Leaks grow with the number of requests served; pooled keep-alive
     // connections (and their tasks) do not. So: fds and tasks at the end of
     // the load may not exceed their level after warm-up by more than a small
@@ -263,68 +201,82 @@ pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
     let (max_fds, max_tasks) = loaded
         .iter()
         .fold((0u64, 0f64), |(f, t), s| (f.max(s.fds), t.max(s.tasks)));
-    if last.fds > warm.fds + 16 {
-        failures.push(format!(
-            "fd leak: {} open at the end of the load vs {} after warm-up",
-            last.fds, warm.fds
-        ));
-    }
+    // Memory: the store is bounded, so the resident set may grow by at most
+    // the store budget (plus a fixed allowance for buffers) over the
+    // baseline, and must not keep growing in the second half of the run.
     // Tasks under load include per-request ones (refreshes, rebuilds), so
     // they swing; a leak is growth well past that swing.
-    if last.tasks > warm.tasks * 1.5 + 32.0 {
-        failures.push(format!(
-            "task leak: {} alive at the end of the load vs {} after warm-up",
-            last.tasks, warm.tasks
-        ));
-    }
-    if idle.fds > max_fds.max(base.fds) {
-        failures.push(format!(
-            "fd leak: {} open at idle, more than under load ({max_fds})",
-            idle.fds
-        ));
-    }
-    if idle.tasks > max_tasks.max(base.tasks) {
-        failures.push(format!(
-            "task leak: {} alive at idle, more than under load ({max_tasks})",
-            idle.tasks
-        ));
-    }
-    if summary.requests == 0 {
-        failures.push("no requests completed".into());
-    }
+    let allowance = budget_mib * 3.0 + 64.0;
+    let (base_rss, warm_rss, bound) = (base.rss_mib, warm.rss_mib, cfg.max_entries);
+    let checks = [
+        (
+            peak_rss > base_rss + allowance,
+            format!(
+                "rss peaked at {peak_rss:.1} MiB: more than baseline {base_rss:.1} + {allowance:.1} MiB"
+            ),
+        ),
+        (
+            late_max > warm_rss * 1.5 + 32.0,
+            format!("rss kept growing: {late_max:.1} MiB late vs {warm_rss:.1} MiB after warm-up"),
+        ),
+        (
+            max_entries > bound as f64 * 1.1 + 10.0,
+            format!("store held {max_entries} entries, over its bound of {bound}"),
+        ),
+        (
+            last.fds > warm.fds + 16,
+            format!(
+                "fd leak: {} open at the end of the load vs {} after warm-up",
+                last.fds, warm.fds
+            ),
+        ),
+        (
+            last.tasks > warm.tasks * 1.5 + 32.0,
+            format!(
+                "task leak: {} alive at the end of the load vs {} after warm-up",
+                last.tasks, warm.tasks
+            ),
+        ),
+        (
+            idle.fds > max_fds.max(base.fds),
+            format!(
+                "fd leak: {} open at idle, more than under load ({max_fds})",
+                idle.fds
+            ),
+        ),
+        (
+            idle.tasks > max_tasks.max(base.tasks),
+            format!(
+                "task leak: {} alive at idle, more than under load ({max_tasks})",
+                idle.tasks
+            ),
+        ),
+        (summary.requests == 0, "no requests completed".into()),
+    ];
+    let failures: Vec<String> = checks.into_iter().filter(|c| c.0).map(|c| c.1).collect();
 
-    let mut figures = serde_json::Map::new();
-    let mut put = |k: &str, v: serde_json::Value| {
-        figures.insert(k.to_owned(), v);
-    };
-    put("duration_s", cfg.duration.as_secs_f64().into());
-    put("requests", summary.requests.into());
-    put("failed_requests", summary.failed_requests.into());
-    put("keys", cfg.keys.into());
-    put("store_max_entries", cfg.max_entries.into());
-    put("store_max_mib", budget_mib.into());
-    put("max_store_entries_seen", max_entries.into());
-    put("rss_start_mib", base.rss_mib.into());
-    put("rss_after_warmup_mib", warm.rss_mib.into());
-    put("rss_peak_mib", peak_rss.into());
-    put("rss_idle_mib", idle.rss_mib.into());
-    put("fds_start", base.fds.into());
-    put("fds_after_warmup", warm.fds.into());
-    put("fds_end_of_load", last.fds.into());
-    put("fds_idle", idle.fds.into());
-    put("tasks_start", base.tasks.into());
-    put("tasks_after_warmup", warm.tasks.into());
-    put("tasks_end_of_load", last.tasks.into());
-    put("tasks_idle", idle.tasks.into());
-    put(
-        "checks",
-        if failures.is_empty() {
-            "passed"
-        } else {
-            "FAILED"
-        }
-        .into(),
-    );
+    let figures = serde_json::json!({
+        "duration_s": cfg.duration.as_secs_f64(),
+        "requests": summary.requests,
+        "failed_requests": summary.failed_requests,
+        "keys": cfg.keys,
+        "store_max_entries": cfg.max_entries,
+        "store_max_mib": budget_mib,
+        "max_store_entries_seen": max_entries,
+        "rss_start_mib": base.rss_mib,
+        "rss_after_warmup_mib": warm.rss_mib,
+        "rss_peak_mib": peak_rss,
+        "rss_idle_mib": idle.rss_mib,
+        "fds_start": base.fds,
+        "fds_after_warmup": warm.fds,
+        "fds_end_of_load": last.fds,
+        "fds_idle": idle.fds,
+        "tasks_start": base.tasks,
+        "tasks_after_warmup": warm.tasks,
+        "tasks_end_of_load": last.tasks,
+        "tasks_idle": idle.tasks,
+        "checks": if failures.is_empty() { "passed" } else { "FAILED" },
+    });
     Ok(SoakReport {
         command: format!(
             "stampede-bench soak --duration {} --concurrency {} --keys {} --hot-fraction {} --max-entries {} --max-bytes {}",
@@ -335,7 +287,7 @@ pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
             cfg.max_entries,
             cfg.max_bytes
         ),
-        figures,
+        figures: figures.as_object().cloned().unwrap_or_default(),
         samples,
         failures,
     })

@@ -1,6 +1,6 @@
 //! Measurement helpers: latency histograms, cache-status counters, and the
 //! analysis of origin-sim's query log (per-second buckets, hot-key bursts per
-//! TTL boundary).
+//! TTL boundary, statuses and body bytes, queries in flight at once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,13 +14,9 @@ use crate::cache_status::CacheClass;
 /// than a percentile on a noisy machine (see the measurement protocol).
 pub const SLOW_THRESHOLD: Duration = Duration::from_millis(150);
 
-/// Highest latency a histogram records, in microseconds (larger values saturate).
-const MAX_LATENCY_US: u64 = 3_600_000_000;
-
-/// A new latency histogram in microseconds with `sigfig` significant digits.
+/// A latency histogram in microseconds (up to an hour) with `sigfig` digits.
 pub fn new_histogram(sigfig: u8) -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig)
-        .expect("static histogram bounds are valid")
+    Histogram::new_with_bounds(1, 3_600_000_000, sigfig).expect("static bounds are valid")
 }
 
 /// Latency of one class of requests, accumulated in an hdrhistogram (µs).
@@ -43,9 +39,7 @@ impl LatencyRecorder {
     /// Record one request's latency.
     pub fn record(&mut self, latency: Duration) {
         self.hist.saturating_record(duration_us(latency));
-        if latency > SLOW_THRESHOLD {
-            self.slow += 1;
-        }
+        self.slow += u64::from(latency > SLOW_THRESHOLD);
     }
 
     /// The 99th percentile so far in milliseconds (0 when empty).
@@ -55,18 +49,17 @@ impl LatencyRecorder {
 
     /// The summary of what was recorded.
     pub fn summary(&self) -> LatencyStats {
-        let h = &self.hist;
-        let empty = h.is_empty();
+        let (h, q) = (&self.hist, |q| us_to_ms(self.hist.value_at_quantile(q)));
         LatencyStats {
             count: h.len(),
-            mean_ms: if empty {
+            mean_ms: if h.is_empty() {
                 0.0
             } else {
                 round3(h.mean() / 1000.0)
             },
-            p50_ms: us_to_ms(h.value_at_quantile(0.50)),
-            p90_ms: us_to_ms(h.value_at_quantile(0.90)),
-            p99_ms: us_to_ms(h.value_at_quantile(0.99)),
+            p50_ms: q(0.50),
+            p90_ms: q(0.90),
+            p99_ms: q(0.99),
             max_ms: us_to_ms(h.max()),
             over_150ms: self.slow,
         }
@@ -78,17 +71,11 @@ impl LatencyRecorder {
 /// failed requests are included with the time they took to fail.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStats {
-    /// Requests recorded.
     pub count: u64,
-    /// Mean latency, ms.
     pub mean_ms: f64,
-    /// Median, ms.
     pub p50_ms: f64,
-    /// 90th percentile, ms.
     pub p90_ms: f64,
-    /// 99th percentile, ms.
     pub p99_ms: f64,
-    /// Maximum, ms.
     pub max_ms: f64,
     /// Requests slower than [`SLOW_THRESHOLD`] (150 ms).
     pub over_150ms: u64,
@@ -124,44 +111,37 @@ impl CacheCounts {
         if let Some(f) = &c.fwd {
             *self.fwd.entry(f.clone()).or_default() += 1;
         }
-        self.update_rate();
-    }
-
-    fn update_rate(&mut self) {
-        let denom = self.hits + self.misses;
-        self.miss_rate = (denom > 0).then(|| round6(self.misses as f64 / denom as f64));
+        let seen = self.hits + self.misses;
+        self.miss_rate = (seen > 0).then(|| round6(self.misses as f64 / seen as f64));
     }
 
     /// Hit ratio in percent over hits + misses (0 when neither).
     pub fn hit_percent(&self) -> f64 {
-        let denom = self.hits + self.misses;
-        if denom == 0 {
-            0.0
-        } else {
-            100.0 * self.hits as f64 / denom as f64
-        }
+        100.0 - self.miss_rate.map_or(100.0, |m| m * 100.0)
     }
 }
 
 /// One query from origin-sim's `GET /stats/queries`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginQuery {
     /// Start of the query, ms since the Unix epoch.
     pub t_ms: u64,
     /// Item id queried.
     pub id: u64,
-    /// HTTP status origin-sim answered.
+    /// HTTP status origin-sim answered (304 to a matching conditional GET).
     #[serde(default)]
     pub status: u16,
     /// How long the query took, ms.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Body bytes sent (0 for a 304; 0 from an origin-sim that predates it).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// The body of origin-sim's `GET /stats/queries`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OriginQueries {
-    /// Every recorded query.
     pub queries: Vec<OriginQuery>,
 }
 
@@ -185,11 +165,11 @@ pub const BURST_GAP_TTL_DIVISOR: u32 = 4;
 /// …but at most this (the gap without a TTL).
 pub const BURST_GAP_CAP: Duration = Duration::from_millis(500);
 
-/// The gap that separates bursts: `min(ttl / 4, 500 ms)`, or 500 ms without a TTL.
+/// The gap that separates bursts: `min(ttl / 4, 500 ms)`, or 500 ms without a
+/// TTL. A herd's queries start within one rebuild time of each other (ms
+/// apart); successive boundaries are a TTL apart. A quarter TTL, capped at
+/// 500 ms, separates the two even for early refreshes.
 pub fn burst_gap(ttl: Option<Duration>) -> Duration {
-    // A herd's queries start within one rebuild time of each other (ms
-    // apart); successive boundaries are a TTL apart. A quarter TTL, capped
-    // at 500 ms, separates the two even for early refreshes.
     ttl.map_or(BURST_GAP_CAP, |t| {
         (t / BURST_GAP_TTL_DIVISOR).min(BURST_GAP_CAP)
     })
@@ -198,30 +178,39 @@ pub fn burst_gap(ttl: Option<Duration>) -> Duration {
 /// Group query start times (ms, any order) into bursts: sorted, a new burst
 /// begins wherever the gap to the previous start exceeds `gap`.
 pub fn group_bursts(times_ms: &[u64], gap: Duration) -> Bursts {
-    let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+    let gap_ms = gap.as_millis() as u64;
     let mut sorted = times_ms.to_vec();
     sorted.sort_unstable();
     let mut sizes: Vec<u64> = Vec::new();
-    let mut prev: Option<u64> = None;
-    for t in sorted {
-        match (prev, sizes.last_mut()) {
-            (Some(p), Some(last)) if t - p <= gap_ms => *last += 1,
+    for (i, t) in sorted.iter().enumerate() {
+        match sizes.last_mut() {
+            Some(last) if t - sorted[i - 1] <= gap_ms => *last += 1,
             _ => sizes.push(1),
         }
-        prev = Some(t);
     }
-    let total: u64 = sizes.iter().sum();
+    let mean = sorted.len() as f64 / sizes.len().max(1) as f64;
     Bursts {
         gap_ms,
         boundaries: sizes.len() as u64,
-        mean_per_boundary: if sizes.is_empty() {
-            0.0
-        } else {
-            round3(total as f64 / sizes.len() as f64)
-        },
+        mean_per_boundary: round3(mean),
         max_per_boundary: sizes.iter().copied().max().unwrap_or(0),
         sizes,
     }
+}
+
+/// The most queries in flight at the same time, from their start and
+/// duration (half-open intervals: one ending as another starts do not overlap).
+pub fn max_in_flight<'a>(queries: impl IntoIterator<Item = &'a OriginQuery>) -> u64 {
+    let mut edges: Vec<(u64, i64)> = queries
+        .into_iter()
+        .flat_map(|q| [(q.t_ms, 1), (q.t_ms + q.duration_ms, -1)])
+        .collect();
+    edges.sort_unstable();
+    let running = edges.iter().scan(0i64, |n, (_, d)| {
+        *n += d;
+        Some(*n)
+    });
+    running.max().unwrap_or(0).max(0) as u64
 }
 
 /// What origin-sim saw during the load window.
@@ -239,8 +228,14 @@ pub struct OriginSummary {
     pub hot_queries: u64,
     /// Most origin queries started in any one second of the window.
     pub max_queries_per_second: u64,
-    /// Origin queries per status code.
+    /// Origin queries per status code (`304`: revalidated without a body).
     pub status: BTreeMap<String, u64>,
+    /// Origin queries per status code per 1 s bucket from the window start.
+    #[serde(default)]
+    pub status_per_second: BTreeMap<String, Vec<u64>>,
+    /// Body bytes origin-sim sent for those queries.
+    #[serde(default)]
+    pub body_bytes: u64,
     /// Hot-key queries grouped per TTL boundary.
     pub hot_bursts: Bursts,
     /// Hot-key queries per TTL of wall time (`hot_queries / (window / ttl)`);
@@ -258,45 +253,43 @@ pub struct OriginSummary {
 pub fn analyse_origin(
     url: &str,
     queries: &[OriginQuery],
-    start_ms: u64,
-    end_ms: u64,
+    (start_ms, end_ms): (u64, u64),
     hot_key: u64,
     ttl: Option<Duration>,
 ) -> OriginSummary {
-    let in_window: Vec<&OriginQuery> = queries
-        .iter()
-        .filter(|q| q.t_ms >= start_ms && q.t_ms <= end_ms)
-        .collect();
     let seconds = ((end_ms.saturating_sub(start_ms)) / 1000 + 1) as usize;
-    let mut per_second = vec![0u64; seconds];
-    let mut hot_per_second = vec![0u64; seconds];
-    let mut status = BTreeMap::new();
-    let mut hot_times = Vec::new();
-    for q in &in_window {
-        let s = ((q.t_ms - start_ms) / 1000) as usize;
-        per_second[s] += 1;
-        if q.id == hot_key {
-            hot_per_second[s] += 1;
-            hot_times.push(q.t_ms);
-        }
-        *status.entry(q.status.to_string()).or_insert(0u64) += 1;
-    }
-    OriginSummary {
+    let mut o = OriginSummary {
         url: url.to_string(),
         window_start_ms: start_ms,
         window_end_ms: end_ms,
-        total_queries: in_window.len() as u64,
-        hot_queries: hot_times.len() as u64,
-        max_queries_per_second: per_second.iter().copied().max().unwrap_or(0),
-        status,
-        hot_bursts: group_bursts(&hot_times, burst_gap(ttl)),
-        hot_queries_per_ttl: ttl.filter(|t| !t.is_zero() && end_ms > start_ms).map(|t| {
-            let windows = (end_ms - start_ms) as f64 / t.as_millis() as f64;
-            round3(hot_times.len() as f64 / windows)
-        }),
-        per_second,
-        hot_per_second,
+        per_second: vec![0; seconds],
+        hot_per_second: vec![0; seconds],
+        ..OriginSummary::default()
+    };
+    let mut hot_times = Vec::new();
+    for q in queries
+        .iter()
+        .filter(|q| (start_ms..=end_ms).contains(&q.t_ms))
+    {
+        let s = ((q.t_ms - start_ms) / 1000) as usize;
+        o.per_second[s] += 1;
+        if q.id == hot_key {
+            o.hot_per_second[s] += 1;
+            hot_times.push(q.t_ms);
+        }
+        *o.status.entry(q.status.to_string()).or_default() += 1;
+        let per_second = o.status_per_second.entry(q.status.to_string());
+        per_second.or_insert_with(|| vec![0; seconds])[s] += 1;
+        o.body_bytes += q.bytes;
+        o.total_queries += 1;
     }
+    o.hot_queries = hot_times.len() as u64;
+    o.max_queries_per_second = o.per_second.iter().copied().max().unwrap_or(0);
+    o.hot_bursts = group_bursts(&hot_times, burst_gap(ttl));
+    o.hot_queries_per_ttl = ttl
+        .filter(|t| !t.is_zero() && end_ms > start_ms)
+        .map(|t| round3(o.hot_queries as f64 * t.as_millis() as f64 / (end_ms - start_ms) as f64));
+    o
 }
 
 /// A duration in whole microseconds, saturating.
@@ -315,112 +308,4 @@ fn round3(x: f64) -> f64 {
 
 fn round6(x: f64) -> f64 {
     (x * 1_000_000.0).round() / 1_000_000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache_status::classify;
-
-    #[test]
-    fn burst_gap_rule() {
-        assert_eq!(burst_gap(None), Duration::from_millis(500));
-        assert_eq!(
-            burst_gap(Some(Duration::from_secs(1))),
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            burst_gap(Some(Duration::from_secs(5))),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            burst_gap(Some(Duration::from_millis(200))),
-            Duration::from_millis(50)
-        );
-    }
-
-    #[test]
-    fn groups_bursts() {
-        let b = group_bursts(&[], Duration::from_millis(500));
-        assert_eq!(
-            (b.boundaries, b.max_per_boundary, b.mean_per_boundary),
-            (0, 0, 0.0)
-        );
-
-        // Unsorted input; gaps of exactly 500 stay in the burst, 501 split.
-        let t = [5_000, 0, 10, 20, 520, 1_021, 1_030, 5_001, 5_002, 5_003];
-        let b = group_bursts(&t, Duration::from_millis(500));
-        assert_eq!(b.sizes, vec![4, 2, 4]);
-        assert_eq!(b.boundaries, 3);
-        assert_eq!(b.max_per_boundary, 4);
-        assert!((b.mean_per_boundary - 3.333).abs() < 1e-9);
-        assert_eq!(b.gap_ms, 500);
-    }
-
-    #[test]
-    fn analyses_origin_window() {
-        let q = |t_ms, id| OriginQuery {
-            t_ms,
-            id,
-            status: 200,
-            duration_ms: 1,
-        };
-        let start = 1_000_000;
-        let qs = [
-            q(start - 1, 1), // before the window
-            q(start, 1),
-            q(start + 5, 1),
-            q(start + 7, 42),
-            q(start + 999, 1),
-            q(start + 1_000, 7),
-            q(start + 2_600, 1),
-            q(start + 2_601, 1),
-            q(start + 3_001, 1), // after the window
-        ];
-        let o = analyse_origin(
-            "http://o",
-            &qs,
-            start,
-            start + 3_000,
-            1,
-            Some(Duration::from_secs(2)),
-        );
-        assert_eq!(o.total_queries, 7);
-        assert_eq!(o.hot_queries, 5);
-        assert_eq!(o.per_second, vec![4, 1, 2, 0]);
-        assert_eq!(o.hot_per_second, vec![3, 0, 2, 0]);
-        assert_eq!(o.max_queries_per_second, 4);
-        // Gap = min(ttl / 4, 500 ms) = 500 ms: start, +5 | +999 | +2600, +2601.
-        assert_eq!(o.hot_bursts.gap_ms, 500);
-        assert_eq!(o.hot_bursts.sizes, vec![2, 1, 2]);
-        assert_eq!(o.status.get("200"), Some(&7));
-    }
-
-    #[test]
-    fn counts_cache_and_latency() {
-        let mut c = CacheCounts::default();
-        assert_eq!(c.miss_rate, None);
-        c.add(&classify(Some("stampede; hit; ttl=3")));
-        c.add(&classify(Some("stampede; hit; ttl=-2")));
-        c.add(&classify(Some("stampede; fwd=miss; collapsed")));
-        c.add(&classify(Some("stampede; fwd=miss")));
-        c.add(&classify(None));
-        assert_eq!(
-            (c.hits, c.stale_hits, c.misses, c.collapsed, c.unknown),
-            (2, 1, 2, 1, 1)
-        );
-        assert_eq!(c.miss_rate, Some(0.5));
-        assert_eq!(c.fwd.get("miss"), Some(&2));
-
-        let mut l = LatencyRecorder::default();
-        for ms in 1..=100 {
-            l.record(Duration::from_millis(ms));
-        }
-        l.record(Duration::from_millis(200));
-        let s = l.summary();
-        assert_eq!(s.count, 101);
-        assert_eq!(s.over_150ms, 1);
-        assert!((s.p50_ms - 51.0).abs() < 0.1, "{s:?}");
-        assert!((s.max_ms - 200.0).abs() < 0.2, "{s:?}");
-    }
 }

@@ -58,6 +58,14 @@ pub struct Config {
     #[arg(long, env = "ORIGIN_SIM_ERROR_RATE", default_value_t = 0.0, value_parser = parse_error_rate)]
     pub error_rate: f64,
 
+    /// Give items validators: an `ETag` (from id and version) and a
+    /// `Last-Modified`, and answer a matching `If-None-Match` /
+    /// `If-Modified-Since` with `304 Not Modified` (no body; the query still
+    /// runs and is counted).
+    /// (`ORIGIN_SIM_VALIDATORS`: `0`, `false`, `no`, `off` or empty keep them off.)
+    #[arg(long, env = "ORIGIN_SIM_VALIDATORS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub validators: bool,
+
     /// How many query records `/stats/queries` keeps (oldest dropped first).
     #[arg(long, env = "ORIGIN_SIM_STATS_CAPACITY", default_value_t = DEFAULT_STATS_CAPACITY, value_parser = parse_capacity)]
     pub stats_capacity: usize,
@@ -73,6 +81,7 @@ impl Default for Config {
             db_connections: DEFAULT_DB_CONNECTIONS,
             cache_control: None,
             error_rate: 0.0,
+            validators: false,
             stats_capacity: DEFAULT_STATS_CAPACITY,
         }
     }
@@ -183,9 +192,11 @@ mod tests {
             "public, max-age=5",
             "--error-rate",
             "0.25",
+            "--validators",
         ])
         .unwrap();
         assert_eq!(c.cache_control.as_deref(), Some("public, max-age=5"));
         assert_eq!(c.error_rate, 0.25);
+        assert!(c.validators);
     }
 }

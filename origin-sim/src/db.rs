@@ -9,9 +9,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Executor as _, Row as _};
 use tempfile::TempDir;
 
-/// Rows per multi-row `INSERT` while seeding (4 bind parameters each, so 1000
+/// Rows per multi-row `INSERT` while seeding (5 bind parameters each, so 1000
 /// parameters per statement: below SQLite's and Postgres' limits).
-const SEED_BATCH: u32 = 250;
+const SEED_BATCH: u32 = 200;
 
 /// How long a request may wait for a pool connection before it fails. Long on
 /// purpose: the queue *is* the saturation we want to observe.
@@ -21,13 +21,17 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// write lock (WAL allows one writer at a time) before `SQLITE_BUSY`.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 30_000;
 
-/// One item row, as served in JSON.
+/// One item row, as served in JSON (without `modified_ms`, which becomes
+/// `Last-Modified` when validators are on).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Item {
     pub(crate) id: i64,
     pub(crate) version: i64,
     pub(crate) name: String,
     pub(crate) payload: String,
+    /// When this version was written, ms since the Unix epoch (0: unknown).
+    #[serde(skip)]
+    pub(crate) modified_ms: i64,
 }
 
 /// The pool plus whatever must live as long as it.
@@ -144,11 +148,25 @@ impl Database {
                 id INTEGER PRIMARY KEY, \
                 version BIGINT NOT NULL, \
                 name TEXT NOT NULL, \
-                payload TEXT NOT NULL)",
+                payload TEXT NOT NULL, \
+                modified_ms BIGINT NOT NULL DEFAULT 0)",
         )
         .execute(&self.pool)
         .await
         .context("creating table items")?;
+        // A persistent database from before `modified_ms`: add the column
+        // (its rows read as "modification time unknown").
+        if sqlx::query("SELECT modified_ms FROM items LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .is_err()
+        {
+            sqlx::query("ALTER TABLE items ADD COLUMN modified_ms BIGINT NOT NULL DEFAULT 0")
+                .execute(&self.pool)
+                .await
+                .context("adding items.modified_ms")?;
+        }
+        let now = now_ms();
 
         let mut tx = self
             .pool
@@ -158,13 +176,15 @@ impl Database {
         let mut first = 1u32;
         while first <= items {
             let last = first.saturating_add(SEED_BATCH - 1).min(items);
-            let mut sql = String::from("INSERT INTO items (id, version, name, payload) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO items (id, version, name, payload, modified_ms) VALUES ");
             for (i, _) in (first..=last).enumerate() {
-                let p = i * 4;
+                let p = i * 5;
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("(${},${},${},${})", p + 1, p + 2, p + 3, p + 4));
+                let (a, b, c, d, e) = (p + 1, p + 2, p + 3, p + 4, p + 5);
+                sql.push_str(&format!("(${a},${b},${c},${d},${e})"));
             }
             // Keep rows that already exist (a persistent database): their
             // versions may have been bumped by earlier runs.
@@ -176,7 +196,8 @@ impl Database {
                     .bind(id)
                     .bind(1i64)
                     .bind(format!("item {id}"))
-                    .bind(payload(id));
+                    .bind(payload(id))
+                    .bind(now);
             }
             query
                 .execute(&mut *tx)
@@ -210,7 +231,14 @@ fn item_from_row(id: i64, row: &sqlx::any::AnyRow) -> Result<Item, sqlx::Error> 
         version: row.try_get("version")?,
         name: row.try_get("name")?,
         payload: row.try_get("payload")?,
+        modified_ms: row.try_get("modified_ms")?,
     })
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Reads item `id` (absent above `items` even if a persistent database holds it).
@@ -219,11 +247,13 @@ pub(crate) async fn select_item(
     id: i64,
     items: u32,
 ) -> Result<Option<Item>, sqlx::Error> {
-    let row = sqlx::query("SELECT version, name, payload FROM items WHERE id = $1 AND id <= $2")
-        .bind(id)
-        .bind(i64::from(items))
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT version, name, payload, modified_ms FROM items WHERE id = $1 AND id <= $2",
+    )
+    .bind(id)
+    .bind(i64::from(items))
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(|r| item_from_row(id, &r)).transpose()
 }
 
@@ -234,11 +264,12 @@ pub(crate) async fn bump_item(
     items: u32,
 ) -> Result<Option<Item>, sqlx::Error> {
     let row = sqlx::query(
-        "UPDATE items SET version = version + 1 WHERE id = $1 AND id <= $2 \
-         RETURNING version, name, payload",
+        "UPDATE items SET version = version + 1, modified_ms = $3 WHERE id = $1 AND id <= $2 \
+         RETURNING version, name, payload, modified_ms",
     )
     .bind(id)
     .bind(i64::from(items))
+    .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;
     row.map(|r| item_from_row(id, &r)).transpose()

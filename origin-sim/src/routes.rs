@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics::{counter, gauge, histogram};
@@ -37,6 +37,7 @@ pub(crate) struct AppState {
     db_connections: u32,
     stats_capacity: usize,
     cache_control: Option<HeaderValue>,
+    validators: bool,
     runtime: RwLock<Runtime>,
     stats: QueryLog,
     metrics: PrometheusHandle,
@@ -59,6 +60,7 @@ impl AppState {
             db_connections: config.db_connections,
             stats_capacity: config.stats_capacity,
             cache_control,
+            validators: config.validators,
             runtime: RwLock::new(Runtime {
                 latency_ms: config.latency_ms,
                 error_rate: config.error_rate,
@@ -80,6 +82,7 @@ impl AppState {
             "items": self.items,
             "db_connections": self.db_connections,
             "cache_control": self.cache_control.as_ref().and_then(|v| v.to_str().ok()),
+            "validators": self.validators,
             "stats_capacity": self.stats_capacity,
         })
     }
@@ -123,21 +126,29 @@ impl Drop for Inflight {
     }
 }
 
-fn item_response(state: &AppState, status: StatusCode, body: serde_json::Value) -> Response {
-    let mut resp = (status, Json(body)).into_response();
+/// A JSON answer and the bytes of its body.
+fn json_answer(status: StatusCode, body: &serde_json::Value) -> (Response, u64) {
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    let bytes = body.len() as u64;
+    let resp = (status, [(header::CONTENT_TYPE, "application/json")], body);
+    (resp.into_response(), bytes)
+}
+
+/// An item answer (200, 304, 404): `Cache-Control` when configured.
+fn item_answer(state: &AppState, (mut resp, bytes): (Response, u64)) -> (Response, u64) {
     if let Some(cc) = &state.cache_control {
         resp.headers_mut().insert(header::CACHE_CONTROL, cc.clone());
     }
-    resp
+    (resp, bytes)
 }
 
-fn not_found(state: &AppState, id: Option<i64>) -> Response {
-    item_response(
-        state,
-        StatusCode::NOT_FOUND,
-        json!({ "error": "not found", "id": id }),
-    )
+fn not_found(state: &AppState, id: Option<i64>) -> (Response, u64) {
+    let body = json!({ "error": "not found", "id": id });
+    item_answer(state, json_answer(StatusCode::NOT_FOUND, &body))
 }
+
+/// What an answer was: its status and the bytes of body sent.
+struct Sent(StatusCode, u64);
 
 /// Metrics and the stats log for one finished item query.
 fn finish(
@@ -145,12 +156,14 @@ fn finish(
     t_ms: u64,
     start: Instant,
     id: Option<i64>,
-    status: StatusCode,
+    sent: Sent,
     pool_wait: Duration,
 ) {
     let elapsed = start.elapsed();
+    let Sent(status, bytes) = sent;
     let label = match status.as_u16() {
         200 => "200",
+        304 => "304",
         404 => "404",
         _ => "500",
     };
@@ -162,32 +175,115 @@ fn finish(
         status: status.as_u16(),
         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         pool_wait_ms: u64::try_from(pool_wait.as_millis()).unwrap_or(u64::MAX),
+        bytes,
     });
 }
 
-/// `GET /items/{id}`.
-async fn get_item(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
+/// The conditional headers of a GET (`If-None-Match`, `If-Modified-Since`),
+/// and whether it was a HEAD (no body is sent).
+struct Conditions {
+    if_none_match: Option<String>,
+    if_modified_since: Option<String>,
+    head: bool,
+}
+
+impl Conditions {
+    fn of(method: &Method, headers: &HeaderMap) -> Self {
+        let get = |h| {
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        Self {
+            if_none_match: get(header::IF_NONE_MATCH),
+            if_modified_since: get(header::IF_MODIFIED_SINCE),
+            head: method == Method::HEAD,
+        }
+    }
+}
+
+/// The validators of one item version (`--validators`): a strong `ETag` from
+/// id and version, and `Last-Modified` from when the version was written.
+struct Validators {
+    etag: String,
+    /// Seconds since the Unix epoch (HTTP dates have a resolution of one second).
+    last_modified: Option<u64>,
+}
+
+impl Validators {
+    fn of(item: &Item) -> Self {
+        let secs = u64::try_from(item.modified_ms / 1000)
+            .ok()
+            .filter(|s| *s > 0);
+        Self {
+            etag: format!("\"{}-{}\"", item.id, item.version),
+            last_modified: secs,
+        }
+    }
+
+    /// Whether the client already has this version (RFC 9110 §13.2.2):
+    /// `If-None-Match` (weak comparison, `*` matches any) decides when
+    /// present; otherwise `If-Modified-Since`, when it is a valid date.
+    fn not_modified(&self, c: &Conditions) -> bool {
+        if let Some(tags) = &c.if_none_match {
+            let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+            return tags
+                .split(',')
+                .any(|t| t.trim() == "*" || opaque(t) == self.etag);
+        }
+        let since = c
+            .if_modified_since
+            .as_deref()
+            .and_then(|d| httpdate::parse_http_date(d).ok());
+        let since = since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        matches!((self.last_modified, since), (Some(m), Some(s)) if m <= s)
+    }
+
+    fn insert(&self, resp: &mut Response) {
+        let h = resp.headers_mut();
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_str(&self.etag).expect("digits and quotes"),
+        );
+        if let Some(secs) = self.last_modified {
+            let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+            h.insert(
+                header::LAST_MODIFIED,
+                HeaderValue::from_str(&date).expect("an HTTP date"),
+            );
+        }
+    }
+}
+
+/// `GET /items/{id}` (and `HEAD`).
+async fn get_item(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
     let t_ms = now_ms();
     let start = Instant::now();
+    let conditions = Conditions::of(&method, &headers);
     let Ok(id) = raw.parse::<i64>() else {
         // Not an integer: refused before touching the database (as a real
         // origin's routing would), yet counted and logged with `id: null`.
-        let resp = not_found(&state, None);
-        finish(
-            &state,
-            t_ms,
-            start,
-            None,
+        let (resp, bytes) = not_found(&state, None);
+        let sent = Sent(
             StatusCode::NOT_FOUND,
-            Duration::ZERO,
+            if conditions.head { 0 } else { bytes },
         );
+        finish(&state, t_ms, start, None, sent, Duration::ZERO);
         return resp;
     };
     // The query runs detached from the client's future: a client that gives
     // up (timeout, retry) does not cancel work a real database would finish
     // anyway. That is what keeps a saturated origin pinned under retry storms.
     let task_state = Arc::clone(&state);
-    match tokio::spawn(query_item(task_state, id, t_ms, start)).await {
+    match tokio::spawn(query_item(task_state, id, conditions, t_ms, start)).await {
         Ok(resp) => resp,
         Err(e) => error_json(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -196,7 +292,13 @@ async fn get_item(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
     }
 }
 
-async fn query_item(state: Arc<AppState>, id: i64, t_ms: u64, start: Instant) -> Response {
+async fn query_item(
+    state: Arc<AppState>,
+    id: i64,
+    conditions: Conditions,
+    t_ms: u64,
+    start: Instant,
+) -> Response {
     let inflight = Inflight::enter();
     let acquired = state.db.pool.acquire().await;
     let pool_wait = start.elapsed();
@@ -222,27 +324,31 @@ async fn query_item(state: Arc<AppState>, id: i64, t_ms: u64, start: Instant) ->
     };
     drop(inflight);
 
-    let (status, resp) = match outcome {
-        Ok(Some(item)) => (
-            StatusCode::OK,
-            item_response(&state, StatusCode::OK, json!(item)),
-        ),
-        Ok(None) => (StatusCode::NOT_FOUND, not_found(&state, Some(id))),
+    let (resp, bytes) = match outcome {
+        Ok(Some(item)) => {
+            let validators = state.validators.then(|| Validators::of(&item));
+            let (mut resp, bytes) = match &validators {
+                Some(v) if v.not_modified(&conditions) => {
+                    item_answer(&state, (StatusCode::NOT_MODIFIED.into_response(), 0))
+                }
+                _ => item_answer(&state, json_answer(StatusCode::OK, &json!(item))),
+            };
+            if let Some(v) = &validators {
+                v.insert(&mut resp);
+            }
+            (resp, bytes)
+        }
+        Ok(None) => not_found(&state, Some(id)),
         Err(message) => {
             if message != "injected error" {
                 tracing::warn!(id, "{message}");
             }
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({ "error": message, "id": id })),
-                )
-                    .into_response(),
-            )
+            let body = json!({ "error": message, "id": id });
+            json_answer(StatusCode::INTERNAL_SERVER_ERROR, &body)
         }
     };
-    finish(&state, t_ms, start, Some(id), status, pool_wait);
+    let sent = Sent(resp.status(), if conditions.head { 0 } else { bytes });
+    finish(&state, t_ms, start, Some(id), sent, pool_wait);
     resp
 }
 

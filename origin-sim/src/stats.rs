@@ -20,6 +20,9 @@ pub struct QueryRecord {
     /// Time spent waiting for a pool connection, in whole milliseconds
     /// (extension of the contract).
     pub pool_wait_ms: u64,
+    /// Bytes of response body sent: 0 for a `304 Not Modified` (extension of
+    /// the contract).
+    pub bytes: u64,
 }
 
 /// Filter for [`QueryLog::snapshot`].
@@ -87,6 +90,7 @@ mod tests {
             status: 200,
             duration_ms: 1,
             pool_wait_ms: 0,
+            bytes: 0,
         }
     }
 

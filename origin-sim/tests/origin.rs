@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper::header::{CACHE_CONTROL, HeaderMap};
+use hyper::header::{CACHE_CONTROL, ETAG, HeaderMap, LAST_MODIFIED};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -53,10 +53,24 @@ impl Http {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<&str>) -> Answer {
-        let req = Request::builder()
+        self.call_with(method, path, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
             .unwrap();
         let resp = self.client.request(req).await.expect("request failed");
@@ -145,6 +159,90 @@ async fn cache_control_only_when_configured() {
             let a = http.get(path).await;
             assert_eq!(a.headers[CACHE_CONTROL], "public, max-age=5", "{path}");
         }
+    })
+    .await;
+}
+
+/// `GET /items/4` with these headers.
+async fn get(http: &Http, headers: &[(&str, &str)]) -> Answer {
+    http.call_with(Method::GET, "/items/4", None, headers).await
+}
+
+#[tokio::test]
+async fn validators_answer_304_without_a_body_and_stats_count_bytes() {
+    bounded(async {
+        // Off by default: no validators, conditions ignored.
+        let plain = start(small(1)).await;
+        let a = get(&plain, &[("if-none-match", "*")]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(a.headers.get(ETAG).is_none() && a.headers.get(LAST_MODIFIED).is_none());
+
+        let http = start(Config {
+            validators: true,
+            cache_control: Some("max-age=2".into()),
+            ..small(1)
+        })
+        .await;
+        let a = get(&http, &[]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        let etag = a.headers[ETAG].to_str().unwrap().to_owned();
+        let modified = a.headers[LAST_MODIFIED].to_str().unwrap().to_owned();
+        assert_eq!(etag, "\"4-1\"");
+        let body_len = a.body.len() as u64;
+
+        for h in [
+            vec![("if-none-match", etag.as_str())],
+            vec![("if-none-match", "\"x\", W/\"4-1\"")],
+            vec![("if-none-match", "*")],
+            vec![("if-modified-since", modified.as_str())],
+            vec![("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")],
+        ] {
+            let a = get(&http, &h).await;
+            assert_eq!(a.status, StatusCode::NOT_MODIFIED, "{h:?}");
+            assert!(a.body.is_empty());
+            assert_eq!(a.headers[ETAG], etag.as_str());
+            assert_eq!(a.headers[CACHE_CONTROL], "max-age=2");
+        }
+        for h in [
+            vec![("if-none-match", "\"4-0\"")],
+            // If-None-Match decides when present, even if the date matches.
+            vec![
+                ("if-none-match", "\"4-0\""),
+                ("if-modified-since", modified.as_str()),
+            ],
+            vec![("if-modified-since", "Thu, 01 Jan 1970 00:00:01 GMT")],
+            vec![("if-modified-since", "not a date")],
+        ] {
+            assert_eq!(get(&http, &h).await.status, StatusCode::OK, "{h:?}");
+        }
+        // A new version: the old tag no longer matches.
+        http.call(Method::PUT, "/items/4", None).await;
+        let a = get(&http, &[("if-none-match", etag.as_str())]).await;
+        assert_eq!(
+            (a.status, a.headers[ETAG].to_str().unwrap()),
+            (StatusCode::OK, "\"4-2\"")
+        );
+
+        let v = http.get("/stats/queries?id=4").await.json();
+        let q: Vec<(u64, u64)> = v["queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["status"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(q.len(), 11, "{v}");
+        assert_eq!(
+            q.iter().filter(|(s, b)| *s == 304 && *b == 0).count(),
+            5,
+            "{q:?}"
+        );
+        assert_eq!(q[0], (200, body_len));
+        assert!(q.iter().all(|(s, b)| *s == 304 || *b > 200), "{q:?}");
+        let metrics = http.get("/metrics").await.text();
+        assert!(
+            metrics.contains("origin_queries_total{status=\"304\"} 5"),
+            "{metrics}"
+        );
     })
     .await;
 }

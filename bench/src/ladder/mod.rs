@@ -10,10 +10,10 @@
 //! - [`record`] holds what comes out (`results.json`); [`peers`] the nginx
 //!   and Varnish configurations.
 //!
-//! Two profiles: `full` runs every rung (about 11 minutes on 2 cores) and
-//! writes `docs/results/RESULTS.md`; `quick` runs the headline rows of the
-//! before/after table with shorter runs (about a minute of load) and writes
-//! `target/ladder-quick/QUICK.md`. Both print the headline table to stdout.
+//! Two profiles: `full` runs every rung and writes `docs/results/RESULTS.md`;
+//! `quick` runs the headline rows of the before/after table with shorter runs
+//! (about a minute of load) and writes `target/ladder-quick/QUICK.md`. Both
+//! print the headline table to stdout.
 
 pub mod peers;
 pub mod record;
@@ -21,14 +21,12 @@ pub mod report;
 pub mod runner;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
-
-use anyhow::{Context, bail};
 
 pub use record::{LadderOptions, Profile, Results};
 use record::{Machine, Skipped};
-use runner::Runner;
-use table::RunSpec;
+use runner::{Launcher, Runner};
 
 use crate::procs::{RedisProc, display_path, which};
 
@@ -37,44 +35,35 @@ use crate::procs::{RedisProc, display_path, which};
 pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
     let generated_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let start = Instant::now();
-    for bin in ["origin-sim", "gateway"].map(|b| o.bin_dir.join(b)) {
-        if !bin.is_file() {
-            bail!(
-                "missing {} — build it: cargo build --release --workspace (or pass --bin-dir DIR)",
-                display_path(&bin)
-            );
-        }
-    }
-    std::fs::create_dir_all(&o.out).with_context(|| format!("create {}", o.out.display()))?;
     let work = std::env::temp_dir().join(format!("stampede-ladder-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    eprintln!(
-        "stampede-bench ladder ({:?} profile): binaries from {}, logs in {}, output to {}",
+    let launcher = Launcher::new(o.bin_dir.clone(), work.clone())?;
+    std::fs::create_dir_all(&o.out)?;
+    let (profile, bins, logs, out) = (
         o.profile,
         display_path(&o.bin_dir),
         display_path(&work),
-        display_path(&o.out)
+        display_path(&o.out),
+    );
+    eprintln!(
+        "stampede-bench ladder ({profile:?} profile): binaries from {bins}, logs in {logs}, output to {out}"
     );
 
     let sections = table::sections(&o);
-    let selected: Vec<&table::Section> = sections
+    let chosen = sections
         .iter()
-        .filter(|s| o.rungs.iter().any(|r| r == s.rung))
-        .collect();
-    let plan: Vec<(&str, &RunSpec)> = selected
-        .iter()
-        .flat_map(|s| report::dedup(s.rows()).into_iter().map(|r| (s.rung, r)))
-        .fold(Vec::new(), |mut v, (rung, r)| {
-            if !v.iter().any(|(_, x): &(&str, &RunSpec)| x.id == r.id) {
-                v.push((rung, r));
-            }
-            v
-        });
+        .filter(|s| o.rungs.iter().any(|r| r == s.rung));
+    let rows = chosen.flat_map(|s| s.rows().map(|r| (s.rung, r)));
+    let mut plan: Vec<(&str, &table::RunSpec)> = Vec::new();
+    for (rung, spec) in rows {
+        if !plan.iter().any(|(_, p)| p.id == spec.id) {
+            plan.push((rung, spec));
+        }
+    }
     let (redis, redis_desc) = match which("redis-server") {
         Some(p) if plan.iter().any(|(_, r)| r.needs_redis()) => {
             let version = std::process::Command::new(&p).arg("--version").output();
             let r = RedisProc::start(&p, &work).await?;
-            eprintln!("redis-server started on port {}", r.port());
+            eprintln!("redis-server started on port {}", r.port);
             (
                 Some(r),
                 version
@@ -86,26 +75,24 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
         None => (None, "not installed".to_string()),
     };
     let machine = Machine::current(&o.bin_dir, &redis_desc);
-    let mut runner = Runner::new(o.clone(), redis, work.clone());
+    let mut runner = Runner::new(o.clone(), redis, launcher);
 
-    // Skipped runs are reported per section and reason.
-    let mut skipped: Vec<Skipped> = Vec::new();
+    // Runs that cannot happen here are reported per rung and reason.
+    let mut skipped: BTreeMap<(&str, String), Vec<&str>> = BTreeMap::new();
     let mut todo = Vec::new();
     for (rung, spec) in plan {
         match runner.missing(spec) {
             None => todo.push((rung, spec)),
-            Some(why) => match skipped
-                .iter_mut()
-                .find(|s| s.why == why && s.what.starts_with(rung))
-            {
-                Some(s) => s.what += &format!(", {}", spec.label),
-                None => skipped.push(Skipped {
-                    what: format!("{rung}: {}", spec.label),
-                    why,
-                }),
-            },
+            Some(why) => skipped.entry((rung, why)).or_default().push(&spec.label),
         }
     }
+    let skipped: Vec<Skipped> = skipped
+        .into_iter()
+        .map(|((rung, why), labels)| Skipped {
+            what: format!("{rung}: {}", labels.join(", ")),
+            why,
+        })
+        .collect();
     for s in &skipped {
         eprintln!("skipped: {} — {}", s.what, s.why);
     }
@@ -130,16 +117,6 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
         elapsed_s: 0.0,
         options: o.clone(),
         machine,
-        protocol: table::protocol(&o),
-        plan: selected
-            .iter()
-            .map(|s| {
-                (
-                    s.rung.to_string(),
-                    s.rows().map(|r| (r.label.clone(), r.id.clone())).collect(),
-                )
-            })
-            .collect(),
         runs,
         skipped,
         failed,
@@ -149,20 +126,20 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
         results.overview_chart = report::overview(&o.out, &results);
     }
     results.elapsed_s = (start.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    let json = serde_json::to_string_pretty(&results)?;
     let (report_file, json_file) = o.files();
-    std::fs::write(o.out.join(json_file), format!("{json}\n"))?;
+    std::fs::write(
+        o.out.join(json_file),
+        format!("{}\n", serde_json::to_string_pretty(&results)?),
+    )?;
     std::fs::write(o.out.join(report_file), report::render(&results, &sections))?;
     let _ = std::fs::remove_dir_all(&work);
     if let Some(h) = report::headline(&results, &sections) {
         println!("{h}");
     }
+    let charts = results.runs.iter().filter(|r| r.chart.is_some()).count();
+    let (elapsed, report) = (results.elapsed_s, display_path(&o.out.join(report_file)));
     eprintln!(
-        "stampede-bench ladder: done in {:.0} s; wrote {}, {} and {} chart(s)",
-        results.elapsed_s,
-        display_path(&o.out.join(report_file)),
-        json_file,
-        results.runs.iter().filter(|r| r.chart.is_some()).count()
+        "stampede-bench ladder: done in {elapsed:.0} s; wrote {report}, {json_file} and {charts} chart(s)"
     );
     Ok(results)
 }

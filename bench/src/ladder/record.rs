@@ -17,14 +17,13 @@ pub enum Profile {
     /// The headline rows of the before/after table, shorter runs (about a
     /// minute of load): `QUICK.md` under `target/`, never `RESULTS.md`.
     Quick,
-    /// Every rung at full length (about 11 minutes): `docs/results/RESULTS.md`.
+    /// Every rung at full length: `docs/results/RESULTS.md`.
     Full,
 }
 
 /// What `stampede-bench ladder` was asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LadderOptions {
-    /// The profile.
     pub profile: Profile,
     /// Output directory (report, JSON, charts).
     pub out: PathBuf,
@@ -60,15 +59,11 @@ impl LadderOptions {
 }
 
 /// The machine and build a ladder ran on.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
-    /// Host name.
-    pub hostname: String,
-    /// Available parallelism.
-    pub nproc: usize,
-    /// CPU model.
+    #[serde(flatten)]
+    pub host: HostInfo,
     pub cpu: String,
-    /// Total memory, MiB.
     pub memory_mib: u64,
     /// Kernel release.
     pub kernel: String,
@@ -94,17 +89,11 @@ impl Machine {
                 .map_or("", |(_, v)| v.trim())
                 .to_string()
         };
-        let host = HostInfo::current();
+        let cpu = Some(field("/proc/cpuinfo", "model name")).filter(|c| !c.is_empty());
         let mem_kb = field("/proc/meminfo", "MemTotal");
-        let cpu = field("/proc/cpuinfo", "model name");
         Self {
-            hostname: host.hostname,
-            nproc: host.nproc,
-            cpu: if cpu.is_empty() {
-                "unknown".into()
-            } else {
-                cpu
-            },
+            host: HostInfo::current(),
+            cpu: cpu.unwrap_or_else(|| "unknown".into()),
             memory_mib: mem_kb
                 .trim_end_matches(" kB")
                 .parse::<u64>()
@@ -120,67 +109,6 @@ impl Machine {
             redis: redis.to_string(),
         }
     }
-}
-
-/// The identical load of the measurement protocol (from the table).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Protocol {
-    /// The load of a protocol run (targets and origin are filled in per run).
-    pub load: LoadConfig,
-    /// Origin latency, ms.
-    pub origin_latency_ms: u64,
-    /// Origin pool.
-    pub origin_db_connections: u32,
-    /// Gateways in the fleet rungs.
-    pub fleet_instances: usize,
-}
-
-/// Origin answers by status, per second of the load (the negative rung).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StatusCounts {
-    /// 404 queries per second.
-    pub per_second_404: Vec<u64>,
-    /// 200 queries per second.
-    pub per_second_200: Vec<u64>,
-    /// Mean 404 queries per second over the window.
-    pub mean_404_qps: f64,
-}
-
-/// One fencing trial: a rebuild slower than the lock TTL, then a fast one.
-/// Versions are those each answer carried; `slow_ms` the slow rebuild's time.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FencingTrial {
-    pub key: u64,
-    pub slow_version: Option<i64>,
-    pub fast_version: Option<i64>,
-    pub cached_version: Option<i64>,
-    pub cached_status: String,
-    pub origin_version: Option<i64>,
-    pub slow_ms: u64,
-}
-
-/// The metastable analysis of a three-phase run (base, spike, after): origin
-/// query durations (ms) in the base phase, the worst second after the spike
-/// and the last seconds; the sampled in-flight count; the after-spike phase's
-/// client figures; the retries of spike and after.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Recovery {
-    /// Seconds from the spike's end until origin query durations are back
-    /// near base and stay there; `None`: not within `observed_after_s`.
-    pub recovery_s: Option<f64>,
-    pub observed_after_s: f64,
-    pub base_duration_ms: f64,
-    pub worst_after_duration_ms: f64,
-    /// Over the last `LAST_SECONDS` of the run.
-    pub last5_duration_ms: f64,
-    pub max_inflight_after: f64,
-    pub inflight_at_end: f64,
-    pub after_errors: u64,
-    pub after_requests: u64,
-    pub after_p99_ms: f64,
-    pub retries: u64,
-    /// Per second since the base phase started.
-    pub timeline: Vec<MetaSecond>,
 }
 
 /// One second of a metastable run: origin queries started and finished (the
@@ -207,17 +135,23 @@ pub struct PeerConfig {
     pub text: String,
 }
 
-/// What a measurement function added to a run, beyond the load summary.
+/// What a run measured beyond the load summary and the gateway counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Measured {
-    /// How long the warm burst before the load took, ms.
-    pub warm_ms: Option<u64>,
-    /// Seconds in which origin queries exceeded the row's threshold.
-    pub seconds_above: Option<u64>,
-    pub statuses: Option<StatusCounts>,
-    pub recovery: Option<Recovery>,
-    pub fencing: Option<FencingTrial>,
+    /// Named values its [`Measure`](super::table::Measure) recorded (the
+    /// warm burst's ms, the fencing trial, the metastable recovery, …).
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// The metastable run's seconds (base, spike, after).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<MetaSecond>,
     pub peer: Option<PeerConfig>,
+}
+
+impl Measured {
+    /// Record `value` as `key`.
+    pub fn set(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.values.insert(key.into(), value.into());
+    }
 }
 
 /// One run of one row of the table.
@@ -246,7 +180,6 @@ pub struct Run {
     pub chart: Option<String>,
     /// The load summary (single-phase runs).
     pub summary: Option<LoadSummary>,
-    /// What the run's measurement function added.
     pub measured: Measured,
 }
 
@@ -273,13 +206,7 @@ pub struct Results {
     pub elapsed_s: f64,
     /// The options (with the command line).
     pub options: LadderOptions,
-    /// The machine.
     pub machine: Machine,
-    /// Protocol settings of the standard runs.
-    pub protocol: Protocol,
-    /// The sections that ran: rung → `[(row label, run id)]`, from the table.
-    pub plan: Vec<(String, Vec<(String, String)>)>,
-    /// Every run.
     pub runs: Vec<Run>,
     /// Runs not made, and why.
     pub skipped: Vec<Skipped>,

@@ -3,6 +3,7 @@
 //! cache, drive the load phases, measure, and stop everything. Every child
 //! is owned by a guard that kills it by PID when dropped: on success, on
 //! error, on panic and on ctrl-c (the caller drops the ladder's future).
+//! The soak starts its origin and gateway through the same [`Launcher`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,56 +12,50 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use http::Method;
+use serde_json::json;
+use tokio::task::JoinSet;
 
 use super::peers::find_peer_binary;
-use super::record::{
-    FencingTrial, LadderOptions, Measured, MetaSecond, Recovery, Run, StatusCounts,
-};
+use super::record::{LadderOptions, Measured, MetaSecond, PeerConfig, Run};
 use super::report;
-use super::table::{COUNTERS, Fencing, Front, LAST_SECONDS, Measure, RunSpec, human};
+use super::table::{COUNTERS, Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, human};
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
-use crate::procs::{ChildProc, Http, RedisProc, free_port, metric_sum};
-use crate::stats::{OriginQueries, OriginQuery};
+use crate::procs::{ChildProc, Http, RedisProc, display_path, free_port, metric_sum};
+use crate::stats::{OriginQueries, OriginQuery, max_in_flight};
 
-/// Admin token the ladder gives its gateways.
+/// Admin token the bench gives its gateways.
 const ADMIN_TOKEN: &str = "ladder-admin-token";
 
-/// Starts, loads and measures the rows of the table.
-pub struct Runner {
-    /// The ladder's options.
-    pub o: LadderOptions,
-    /// The Redis server of the fleet rows, if one runs.
-    pub redis: Option<RedisProc>,
-    /// Where logs and peer configs go.
+/// Starts the processes of a run: origin-sim and gateways from `bin_dir`,
+/// or peers; logs and peer configs under `work`.
+pub struct Launcher {
+    pub bin_dir: PathBuf,
     pub work: PathBuf,
-    /// Runs to make (for `[run i/N]`).
-    pub total: usize,
-    done: usize,
-    started: Instant,
-    http: Http,
+    pub http: Http,
 }
 
 /// A gateway or peer instance: its process, base URL and (gateways) admin URL.
-struct Instance {
-    proc_: ChildProc,
-    url: String,
-    admin: Option<String>,
+pub struct Instance {
+    pub proc_: ChildProc,
+    pub url: String,
+    pub admin: Option<String>,
 }
 
-struct Stack {
-    origin: ChildProc,
-    origin_url: String,
-    fronts: Vec<Instance>,
-    /// The first peer instance's config, as the report shows it.
-    peer_config: Option<super::record::PeerConfig>,
+/// The processes of one run, and the first peer instance's config (as the
+/// report shows it).
+pub struct Stack {
+    pub origin: ChildProc,
+    pub origin_url: String,
+    pub fronts: Vec<Instance>,
+    pub peer_config: Option<PeerConfig>,
 }
 
 impl Stack {
-    fn targets(&self) -> Vec<String> {
+    pub fn targets(&self) -> Vec<String> {
         self.fronts.iter().map(|f| f.url.clone()).collect()
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.origin.check_alive()?;
         self.fronts
             .iter_mut()
@@ -68,133 +63,87 @@ impl Stack {
     }
 }
 
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl Runner {
-    /// A runner for `o`, its children logging under `work`.
-    pub fn new(o: LadderOptions, redis: Option<RedisProc>, work: PathBuf) -> Self {
-        let (started, http) = (Instant::now(), Http::new());
-        Self {
-            o,
-            redis,
+impl Launcher {
+    /// A launcher for the binaries in `bin_dir`; an error naming the build
+    /// command when one is missing.
+    pub fn new(bin_dir: PathBuf, work: PathBuf) -> anyhow::Result<Self> {
+        let missing = ["origin-sim", "gateway"].map(|b| bin_dir.join(b));
+        if let Some(bin) = missing
+            .iter()
+            .find(|b| !b.is_file())
+            .map(|b| display_path(b))
+        {
+            bail!(
+                "missing {bin} — build it: cargo build --release --workspace (or pass --bin-dir DIR)"
+            );
+        }
+        std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+        Ok(Self {
+            bin_dir,
             work,
-            total: 0,
-            done: 0,
-            started,
-            http,
-        }
+            http: Http::default(),
+        })
     }
 
-    /// Progress on stderr: `[elapsed] [run i/N] rung: what`.
-    pub fn line(&self, rung: &str, what: &str) {
-        let n = (self.done + 1).min(self.total.max(1));
-        let t = self.started.elapsed().as_secs_f64();
-        eprintln!("[{t:>6.1}s] [run {n}/{}] {rung}: {what}", self.total);
-    }
-
-    /// Why `spec` cannot run on this machine, if it cannot.
-    pub fn missing(&self, spec: &RunSpec) -> Option<String> {
-        if spec.needs_redis() && self.redis.is_none() {
-            return Some("redis-server is not on PATH: the fleet (gateways sharing one store and lock) needs it (Debian: apt-get install redis-server; scripts/demo.sh installs it when it can)".into());
-        }
-        match &spec.front {
-            Front::Peer(v) if find_peer_binary(v.kind.binary()).is_none() => Some(format!(
-                "{} is not installed on this machine (Debian: apt-get install --no-install-recommends {}; scripts/demo.sh installs it when it can)",
-                v.kind.binary(),
-                v.kind.package()
-            )),
-            _ => None,
-        }
-    }
-
-    fn bin(&self, name: &str) -> PathBuf {
-        self.o.bin_dir.join(name)
-    }
-
-    async fn start(&mut self, spec: &RunSpec) -> anyhow::Result<Stack> {
-        let redis_url = match (&mut self.redis, spec.needs_redis()) {
-            (Some(r), true) => {
-                r.flush().await?;
-                Some(r.url())
-            }
-            (None, true) => bail!("this run needs redis-server, which is not running"),
-            _ => None,
-        };
+    /// Start origin-sim and the fronts of `spec` (gateways on `redis` when
+    /// given) and wait until every one is ready.
+    pub async fn start(&self, spec: &RunSpec, redis: Option<String>) -> anyhow::Result<Stack> {
         let oport = free_port()?;
         let origin_url = format!("http://127.0.0.1:{oport}");
-        let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{oport}")];
-        args.extend(spec.origin.flags());
-        let log = self.work.join("origin-sim.log");
-        let mut origin = ChildProc::spawn("origin-sim", &self.bin("origin-sim"), &args, &log)?;
-        let ready = format!("{origin_url}/metrics");
+        let listen = ["--listen".to_string(), format!("127.0.0.1:{oport}")];
+        let args: Vec<String> = listen.into_iter().chain(spec.origin.flags()).collect();
+        let log = self.work.join(format!("{}-origin-sim.log", spec.id));
+        let mut origin =
+            ChildProc::spawn("origin-sim", &self.bin_dir.join("origin-sim"), &args, &log)?;
         origin
-            .wait_ready(&self.http, &ready, Duration::from_secs(30))
+            .wait_ready(
+                &self.http,
+                &format!("{origin_url}/metrics"),
+                Duration::from_secs(30),
+            )
             .await?;
-        let (fronts, peer_config) = (Vec::new(), None);
         let mut stack = Stack {
             origin,
             origin_url,
-            fronts,
-            peer_config,
+            fronts: Vec::new(),
+            peer_config: None,
         };
         for i in 1..=spec.instances {
             let (port, admin) = (free_port()?, free_port()?);
-            let url = format!("http://127.0.0.1:{port}");
+            let (url, name) = (format!("http://127.0.0.1:{port}"), format!("g{i}"));
             let instance = match &spec.front {
                 Front::Gateway { .. } => {
-                    let (listen, admin_listen, name) = (
-                        format!("127.0.0.1:{port}"),
-                        format!("127.0.0.1:{admin}"),
-                        format!("g{i}"),
+                    let (origin, token) = (&stack.origin_url, ADMIN_TOKEN);
+                    let args = format!(
+                        "--listen 127.0.0.1:{port} --admin-listen 127.0.0.1:{admin} --instance {name} --origin {origin} --admin-token {token}"
                     );
-                    let args = [
-                        "--listen",
-                        &listen,
-                        "--admin-listen",
-                        &admin_listen,
-                        "--origin",
-                        &stack.origin_url,
-                    ];
-                    let mut args: Vec<String> = args
-                        .into_iter()
-                        .chain(["--instance", &name, "--admin-token", ADMIN_TOKEN])
+                    let redis = redis
+                        .iter()
+                        .flat_map(|u| ["--redis".to_string(), u.clone()]);
+                    let args: Vec<String> = args
+                        .split(' ')
                         .map(String::from)
+                        .chain(redis)
+                        .chain(spec.gateway_flags())
                         .collect();
-                    args.extend(
-                        redis_url
-                            .iter()
-                            .flat_map(|u| ["--redis".to_string(), u.clone()]),
-                    );
-                    args.extend(spec.gateway_flags());
-                    let log = self.work.join(format!("gateway-{name}.log"));
+                    let log = self.work.join(format!("{}-gateway-{name}.log", spec.id));
                     let proc_ = ChildProc::spawn(
                         &format!("gateway-{name}"),
-                        &self.bin("gateway"),
+                        &self.bin_dir.join("gateway"),
                         &args,
                         &log,
                     )?;
                     Instance {
                         proc_,
                         url,
-                        admin: Some(format!("http://{admin_listen}")),
+                        admin: Some(format!("http://127.0.0.1:{admin}")),
                     }
                 }
                 Front::Peer(v) => {
-                    let bin = find_peer_binary(v.kind.binary()).context("peer binary")?;
-                    let (proc_, config) = v.spawn(
-                        &bin,
-                        &self.work,
-                        &format!("{}-{i}", spec.id),
-                        (port, oport),
-                        spec.ttl,
-                    )?;
+                    let bin = find_peer_binary(v.kind.binary).context("peer binary")?;
+                    let name = format!("{}-{i}", spec.id);
+                    let (proc_, config) =
+                        v.spawn(&bin, &self.work, &name, (port, oport), spec.ttl)?;
                     stack.peer_config.get_or_insert(config);
                     Instance {
                         proc_,
@@ -216,28 +165,89 @@ impl Runner {
         }
         Ok(stack)
     }
+}
+
+/// Starts, loads and measures the rows of the table.
+pub struct Runner {
+    pub o: LadderOptions,
+    /// The Redis server of the fleet rows, if one runs.
+    pub redis: Option<RedisProc>,
+    pub launcher: Launcher,
+    /// Runs to make (for `[run i/N]`).
+    pub total: usize,
+    done: usize,
+    started: Instant,
+}
+
+impl Runner {
+    pub fn new(o: LadderOptions, redis: Option<RedisProc>, launcher: Launcher) -> Self {
+        Self {
+            o,
+            redis,
+            launcher,
+            total: 0,
+            done: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Progress on stderr: `[elapsed] [run i/N] rung: what`.
+    pub fn line(&self, rung: &str, what: &str) {
+        let (n, t) = (
+            (self.done + 1).min(self.total.max(1)),
+            self.started.elapsed().as_secs_f64(),
+        );
+        eprintln!("[{t:>6.1}s] [run {n}/{}] {rung}: {what}", self.total);
+    }
+
+    /// Why `spec` cannot run on this machine, if it cannot.
+    pub fn missing(&self, spec: &RunSpec) -> Option<String> {
+        let how = "scripts/demo.sh installs it when it can";
+        match &spec.front {
+            _ if spec.needs_redis() && self.redis.is_none() => Some(format!(
+                "redis-server is not on PATH: the fleet (gateways sharing one store and lock) needs it (Debian: apt-get install redis-server; {how})"
+            )),
+            Front::Peer(v) if find_peer_binary(v.kind.binary).is_none() => Some(format!(
+                "{} is not installed on this machine (Debian: apt-get install --no-install-recommends {}; {how})",
+                v.kind.binary, v.kind.package
+            )),
+            _ => None,
+        }
+    }
 
     /// Run one row: start, prepare, load, measure, stop.
     pub async fn run(&mut self, rung: &str, spec: &RunSpec) -> anyhow::Result<Run> {
-        let label = &spec.label;
-        let what = match &spec.front {
-            Front::Gateway { redis, .. } => format!(
-                "gateway(s) ({} store, --mitigations {})",
-                if *redis { "redis" } else { "memory" },
-                spec.mitigations()
+        let (label, http) = (&spec.label, self.launcher.http.clone());
+        let (store, what) = match &spec.front {
+            Front::Gateway { redis, .. } => {
+                let store = if *redis { "redis" } else { "memory" };
+                (
+                    store,
+                    format!(
+                        "gateway(s) ({store} store, --mitigations {})",
+                        spec.mitigations()
+                    ),
+                )
+            }
+            Front::Peer(v) => (
+                v.kind.package,
+                format!("{} (own cache each)", v.kind.binary),
             ),
-            Front::Peer(v) => format!("{} (own cache each)", v.kind.binary()),
         };
         self.line(
             rung,
             &format!("{label}: starting origin-sim + {} × {what}", spec.instances),
         );
-        let mut stack = self.start(spec).await?;
-        let mut measured = Measured::default();
+        let redis_url = match (&mut self.redis, spec.needs_redis()) {
+            (Some(r), true) => Some(r.flush().await.map(|_| r.url())?),
+            (None, true) => bail!("this run needs redis-server, which is not running"),
+            _ => None,
+        };
+        let mut stack = self.launcher.start(spec, redis_url).await?;
+        let mut m = Measured::default();
         let first = stack.targets().first().cloned().unwrap_or_default();
         for k in &spec.prewarm {
-            self.http
-                .get_ok(&format!("{first}/items/{k}"))
+            http.get_ok(&format!("{first}/items/{k}"))
                 .await
                 .context("prewarm")?;
         }
@@ -247,114 +257,112 @@ impl Runner {
                 &format!("{label}: warming {} keys at once", spec.warm_burst),
             );
             let t = Instant::now();
-            let mut set = tokio::task::JoinSet::new();
-            for k in 1..=spec.warm_burst {
-                let (http, url) = (self.http.clone(), format!("{first}/items/{k}"));
-                set.spawn(async move { http.get_ok(&url).await.map(|_| ()) });
-            }
-            while let Some(r) = set.join_next().await {
-                r??;
-            }
-            measured.warm_ms = Some(t.elapsed().as_millis() as u64);
+            let get = |url: String, http: Http| async move { http.get_ok(&url).await.map(|_| ()) };
+            let gets: JoinSet<_> = (1..=spec.warm_burst)
+                .map(|k| get(format!("{first}/items/{k}"), http.clone()))
+                .collect();
+            gets.join_all()
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<()>>()?;
+            m.set("warm_ms", t.elapsed().as_millis() as u64);
         }
         let samples: Arc<Mutex<Vec<(u64, f64)>>> = Arc::default();
         let sampler = matches!(spec.measure, Measure::Recovery(_))
             .then(|| self.sample_inflight(&stack.origin_url, Arc::clone(&samples)));
+        // Throughput runs: a warm-up load first, and the Redis commands the load cost.
+        let (warmup, redis) = match &spec.measure {
+            Measure::Throughput(w) => {
+                (Some(*w), self.redis.as_ref().filter(|_| spec.needs_redis()))
+            }
+            _ => (None, None),
+        };
         let mut phases = Vec::new();
         for phase in &spec.load {
+            let origin = phase.origin.as_ref().map(|_| stack.origin_url.clone());
             let cfg = LoadConfig {
                 targets: stack.targets(),
-                origin: phase.origin.as_ref().map(|_| stack.origin_url.clone()),
+                origin,
                 ..phase.clone()
             };
             let (d, c, t) = (human(cfg.duration), cfg.concurrency, cfg.targets.len());
+            if let Some(duration) = warmup {
+                self.line(
+                    rung,
+                    &format!("{label}: warm-up {} × {c} clients", human(duration)),
+                );
+                run_load(
+                    &LoadConfig {
+                        duration,
+                        origin: None,
+                        ..cfg.clone()
+                    },
+                    false,
+                )
+                .await?;
+            }
+            let before = if let Some(r) = redis {
+                Some(r.commands().await?)
+            } else {
+                None
+            };
             self.line(
                 rung,
                 &format!("{label}: load {d} × {c} clients on {t} target(s)"),
             );
             phases.push(run_load(&cfg, false).await?);
+            if let (Some(r), Some(before)) = (redis, before) {
+                m.set("redis_commands", r.commands().await?.saturating_sub(before));
+            }
         }
         drop(sampler);
         if let Measure::Fencing(f) = &spec.measure {
-            measured.fencing = Some(self.fencing(rung, &stack, f).await?);
+            self.fencing(rung, &stack, f, &mut m).await?;
         }
         stack.check_alive()?;
         let gateways = self.counters(&stack).await;
-        let t0 = phases.first().map_or(0, |s| s.start_ms);
+        let (t0, origin) = (phases.first().map_or(0, |s| s.start_ms), &stack.origin_url);
         match spec.measure {
-            Measure::Statuses => {
-                let s = &phases[0];
-                let log = self.origin_log(&stack.origin_url, t0).await?;
-                measured.statuses = Some(statuses(&log, s.start_ms, s.end_ms));
-            }
-            Measure::SecondsAbove(t) => {
-                let above = phases[0]
-                    .origin
-                    .as_ref()
-                    .map(|o| o.per_second.iter().filter(|q| **q > t).count());
-                measured.seconds_above = above.map(|n| n as u64);
-            }
             Measure::Recovery(ok_ms) => {
-                let log = self
-                    .origin_log(&stack.origin_url, t0.saturating_sub(1000))
-                    .await?;
+                let log = self.origin_log(origin, t0.saturating_sub(1000)).await?;
                 let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                measured.recovery = Some(recovery(&phases, &log, &samples, ok_ms));
+                recovery(&phases, &log, &samples, ok_ms, &mut m);
             }
-            Measure::Load | Measure::Fencing(_) => {}
+            Measure::InFlight => {
+                self.settle(
+                    origin,
+                    Duration::from_millis(spec.origin.latency_ms * 2 + 5000),
+                )
+                .await;
+                let (log, end) = (self.origin_log(origin, t0).await?, phases[0].end_ms);
+                m.set(
+                    "hot_max_in_flight",
+                    max_in_flight(log.iter().filter(|q| q.id == HOT_KEY && q.t_ms <= end)),
+                );
+            }
+            Measure::Load | Measure::Fencing(_) | Measure::Throughput(_) => {}
         }
-        measured.peer = stack.peer_config.take();
+        m.peer = stack.peer_config.take();
         drop(stack);
-        if let Some(c) = measured.peer.as_ref().filter(|_| spec.instances == 1) {
+        if let Some(c) = m.peer.as_ref().filter(|_| spec.instances == 1) {
             // The single-instance config, as used, next to the report.
             let path = self.o.out.join(&c.file);
             std::fs::create_dir_all(path.parent().unwrap_or(&self.o.out))?;
             std::fs::write(&path, &c.text).with_context(|| format!("write {}", path.display()))?;
         }
-        let mut run = self.record(spec, phases, gateways, measured)?;
-        if let Some(s) = &run.summary {
-            let o = s.origin.clone().unwrap_or_default();
-            let (b, q) = (&o.hot_bursts, o.max_queries_per_second);
-            let (mean, max, p99, e) = (
-                b.mean_per_boundary,
-                b.max_per_boundary,
-                s.latency.hot.p99_ms,
-                s.failed_requests,
-            );
-            self.line(rung, &format!("{label}: done — hot-key origin queries per boundary mean {mean:.2} max {max}, max origin q/s {q}, hot p99 {p99:.1} ms, errors {e}"));
-        }
-        self.done += 1;
-        if self.o.charts {
-            run.chart = report::chart(&self.o.out, spec, &run);
-        }
-        Ok(run)
-    }
-
-    /// The run record; a peer's config (as the report shows it) is written
-    /// under the output directory.
-    fn record(
-        &self,
-        spec: &RunSpec,
-        mut phases: Vec<LoadSummary>,
-        gateways: Vec<BTreeMap<String, f64>>,
-        measured: Measured,
-    ) -> anyhow::Result<Run> {
-        let (store, mut flags) = match &spec.front {
-            Front::Gateway { redis, .. } => (
-                if *redis { "redis" } else { "memory" }.to_string(),
-                spec.gateway_flags(),
-            ),
-            Front::Peer(v) => (v.kind.package().to_string(), Vec::new()),
-        };
         let single = phases.len() == 1;
-        let summary = if single { phases.pop() } else { None };
-        flags.extend(measured.peer.as_ref().map(|p| p.command.clone()));
-        Ok(Run {
+        let mut flags = if let Front::Gateway { .. } = spec.front {
+            spec.gateway_flags()
+        } else {
+            vec![]
+        };
+        flags.extend(m.peer.as_ref().map(|p| p.command.clone()));
+        let mut run = Run {
             id: spec.id.clone(),
             label: spec.label.clone(),
             mitigations: spec.mitigations(),
             instances: spec.instances,
-            store,
+            store: store.into(),
             gateway_flags: flags,
             origin_flags: spec.origin.flags(),
             phases: if single {
@@ -364,20 +372,34 @@ impl Runner {
             },
             gateways,
             chart: None,
-            summary,
-            measured,
-        })
+            summary: if single { phases.pop() } else { None },
+            measured: m,
+        };
+        if let Some(s) = &run.summary {
+            let (o, l) = (s.origin.clone().unwrap_or_default(), &s.latency.hot);
+            let (b, rps, e) = (&o.hot_bursts, s.requests_per_sec, s.failed_requests);
+            let (mean, max, q, p99) = (
+                b.mean_per_boundary,
+                b.max_per_boundary,
+                o.max_queries_per_second,
+                l.p99_ms,
+            );
+            self.line(rung, &format!("{label}: done — {rps:.0} requests/s, hot-key origin queries per boundary mean {mean:.2} max {max}, max origin q/s {q}, hot p99 {p99:.1} ms, errors {e}"));
+        }
+        self.done += 1;
+        if self.o.charts {
+            run.chart = report::chart(&self.o.out, spec, &run);
+        }
+        Ok(run)
     }
 
-    /// Sample origin-sim's in-flight gauge every 500 ms into `samples`.
-    fn sample_inflight(&self, origin: &str, samples: Arc<Mutex<Vec<(u64, f64)>>>) -> AbortOnDrop {
-        let (http, url) = (self.http.clone(), format!("{origin}/metrics"));
-        AbortOnDrop(tokio::spawn(async move {
+    /// Sample origin-sim's in-flight gauge every 500 ms into `samples` (until dropped).
+    fn sample_inflight(&self, origin: &str, samples: Arc<Mutex<Vec<(u64, f64)>>>) -> JoinSet<()> {
+        let (http, url) = (self.launcher.http.clone(), format!("{origin}/metrics"));
+        let mut task = JoinSet::new();
+        task.spawn(async move {
             loop {
-                if let Ok((_, _, b)) = http
-                    .request(Method::GET, &url, None, &[], Duration::from_secs(2))
-                    .await
-                {
+                if let Ok(b) = http.get_ok(&url).await {
                     let v =
                         metric_sum(&String::from_utf8_lossy(&b), "origin_inflight_queries", &[]);
                     samples
@@ -387,11 +409,32 @@ impl Runner {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-        }))
+        });
+        task
+    }
+
+    /// Wait (at most `bound`) until origin-sim has no query in flight.
+    async fn settle(&self, origin: &str, bound: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            let metrics = self
+                .launcher
+                .http
+                .get_ok(&format!("{origin}/metrics"))
+                .await;
+            let text = metrics
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if !text.is_empty() && metric_sum(&text, "origin_inflight_queries", &[]) == 0.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn origin_log(&self, origin: &str, since_ms: u64) -> anyhow::Result<Vec<OriginQuery>> {
         let body = self
+            .launcher
             .http
             .get_ok(&format!("{origin}/stats/queries?since_ms={since_ms}"))
             .await?;
@@ -406,7 +449,7 @@ impl Runner {
             .iter()
             .filter_map(|f| Some((f, f.admin.as_ref()?)))
         {
-            let text = match self.http.get_ok(&format!("{admin}/metrics")).await {
+            let text = match self.launcher.http.get_ok(&format!("{admin}/metrics")).await {
                 Ok(b) => String::from_utf8_lossy(&b).into_owned(),
                 Err(e) => {
                     eprintln!("warning: {}: cannot read metrics: {e:#}", g.proc_.name());
@@ -428,19 +471,23 @@ impl Runner {
         rung: &str,
         stack: &Stack,
         f: &Fencing,
-    ) -> anyhow::Result<FencingTrial> {
-        let (origin, g, key) = (&stack.origin_url, stack.targets(), f.key);
-        let (slow, fast) = (f.slow.as_millis(), f.fast.as_millis());
+        m: &mut Measured,
+    ) -> anyhow::Result<()> {
+        let (origin, g, key, http) = (
+            &stack.origin_url,
+            stack.targets(),
+            f.key,
+            &self.launcher.http,
+        );
+        let (slow, fast) = (f.slow.as_millis() as u64, f.fast.as_millis() as u64);
         self.line(rung, &format!("item {key}: slow rebuild ({slow} ms) via g1, version bump, fast rebuild via g2 after the lock expired"));
-        let config = |ms: u128| serde_json::json!({ "latency_ms": ms as u64 });
         let admin = format!("{origin}/admin/config");
-        self.http
-            .send_json(Method::PUT, &admin, &config(slow), &[])
+        http.ok(Method::PUT, &admin, Some(&json!({ "latency_ms": slow })))
             .await?;
         let get = |url: String| {
-            let http = self.http.clone();
+            let http = http.clone();
             async move {
-                http.request(Method::GET, &url, None, &[], Duration::from_secs(20))
+                http.request(Method::GET, &url, None, Duration::from_secs(20))
                     .await
             }
         };
@@ -449,24 +496,20 @@ impl Runner {
         let slow_task = tokio::spawn(async move { (slow_get.await, t.elapsed()) });
         // Let the slow rebuild read the row, then bump it and speed the origin up.
         tokio::time::sleep(f.lock_ttl / 2).await;
-        self.http
-            .send_json(
-                Method::PUT,
-                &format!("{origin}/items/{key}"),
-                &serde_json::json!({}),
-                &[],
-            )
-            .await?;
-        self.http
-            .send_json(Method::PUT, &admin, &config(fast), &[])
+        http.ok(
+            Method::PUT,
+            &format!("{origin}/items/{key}"),
+            Some(&json!({})),
+        )
+        .await?;
+        http.ok(Method::PUT, &admin, Some(&json!({ "latency_ms": fast })))
             .await?;
         tokio::time::sleep((f.lock_ttl + f.lock_ttl / 2).saturating_sub(t.elapsed())).await;
         let (_, _, fast_body) = get(format!("{}/items/{key}", g[1])).await?;
         let (slow_res, slow_elapsed) = slow_task.await?;
-        let slow_body = slow_res.map(|(_, _, b)| b).ok();
         tokio::time::sleep(f.fast * 4).await;
         let (_, headers, cached) = get(format!("{}/items/{key}", g[g.len() - 1])).await?;
-        let direct = self.http.get_ok(&format!("{origin}/items/{key}")).await?;
+        let direct = http.get_ok(&format!("{origin}/items/{key}")).await?;
         let version = |b: &[u8]| {
             serde_json::from_slice::<serde_json::Value>(b)
                 .ok()?
@@ -477,37 +520,18 @@ impl Runner {
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        Ok(FencingTrial {
-            key,
-            slow_version: slow_body.as_deref().and_then(version),
-            fast_version: version(&fast_body),
-            cached_version: version(&cached),
-            cached_status: status.to_string(),
-            origin_version: version(&direct),
-            slow_ms: slow_elapsed.as_millis() as u64,
-        })
+        m.set("key", key);
+        m.set(
+            "slow_version",
+            slow_res.ok().and_then(|(_, _, b)| version(&b)),
+        );
+        m.set("slow_ms", slow_elapsed.as_millis() as u64);
+        m.set("fast_version", version(&fast_body));
+        m.set("cached_version", version(&cached));
+        m.set("cached_status", format!("`{status}`"));
+        m.set("origin_version", version(&direct));
+        Ok(())
     }
-}
-
-/// Origin 404 and 200 answers per second of the load window.
-fn statuses(log: &[OriginQuery], start: u64, end: u64) -> StatusCounts {
-    let secs = ((end - start) / 1000 + 1) as usize;
-    let mut st = StatusCounts {
-        per_second_404: vec![0; secs],
-        per_second_200: vec![0; secs],
-        ..Default::default()
-    };
-    for q in log.iter().filter(|q| q.t_ms >= start && q.t_ms <= end) {
-        let s = ((q.t_ms - start) / 1000) as usize;
-        match q.status {
-            404 => st.per_second_404[s] += 1,
-            200 => st.per_second_200[s] += 1,
-            _ => {}
-        }
-    }
-    let n404: u64 = st.per_second_404.iter().sum();
-    st.mean_404_qps = (n404 as f64 / ((end - start) as f64 / 1000.0) * 10.0).round() / 10.0;
-    st
 }
 
 /// The metastable analysis of phases `[base, spike, after]`: per second
@@ -520,12 +544,10 @@ fn recovery(
     queries: &[OriginQuery],
     samples: &[(u64, f64)],
     ok_ms: u64,
-) -> Recovery {
-    let [base, spike, after] = phases else {
-        return Recovery::default();
-    };
-    let (t0, spike_start, spike_end, end) =
-        (base.start_ms, spike.start_ms, spike.end_ms, after.end_ms);
+    m: &mut Measured,
+) {
+    let [base, spike, after] = phases else { return };
+    let (t0, spike_end, end) = (base.start_ms, spike.end_ms, after.end_ms);
     let secs = ((end.saturating_sub(t0)) / 1000 + 1) as usize;
     let mut tl: Vec<MetaSecond> = (0..secs)
         .map(|i| MetaSecond {
@@ -534,18 +556,17 @@ fn recovery(
         })
         .collect();
     let mut fin_sum = vec![0u64; secs];
-    let sec_of = |t: u64| (t >= t0 && t <= end).then(|| ((t - t0) / 1000) as usize);
+    let sec_of = |t: u64| (t0..=end).contains(&t).then(|| ((t - t0) / 1000) as usize);
     let mut base_durs = Vec::new();
     for q in queries {
+        let f = q.t_ms + q.duration_ms;
         if let Some(s) = sec_of(q.t_ms) {
             tl[s].started += 1;
         }
-        let f = q.t_ms + q.duration_ms;
         if let Some(s) = sec_of(f) {
-            tl[s].finished += 1;
-            fin_sum[s] += q.duration_ms;
+            (tl[s].finished, fin_sum[s]) = (tl[s].finished + 1, fin_sum[s] + q.duration_ms);
         }
-        if q.t_ms >= t0 && f < spike_start {
+        if q.t_ms >= t0 && f < spike.start_ms {
             base_durs.push(q.duration_ms);
         }
     }
@@ -553,10 +574,8 @@ fn recovery(
         s.finished_mean_ms =
             (s.finished > 0).then(|| (*sum as f64 / s.finished as f64 * 10.0).round() / 10.0);
     }
-    for (t, v) in samples {
-        if let Some(s) = sec_of(*t) {
-            tl[s].inflight = Some(*v);
-        }
+    for (s, v) in samples.iter().filter_map(|(t, v)| Some((sec_of(*t)?, v))) {
+        tl[s].inflight = Some(*v);
     }
     for c in [spike, after] {
         let off = ((c.start_ms.saturating_sub(t0)) / 1000) as usize;
@@ -571,45 +590,45 @@ fn recovery(
     }
     let spike_sec = ((spike_end - t0) / 1000) as usize;
     let ok = |s: &MetaSecond| s.finished_mean_ms.is_none_or(|m| m <= ok_ms as f64);
-    let recovery = (spike_sec..secs)
-        .find(|&i| tl[i..].iter().all(ok) && tl[i].finished > 0)
-        .map(|i| ((t0 + i as u64 * 1000).saturating_sub(spike_end) as f64 / 100.0).round() / 10.0);
+    let recovered = (spike_sec..secs).find(|&i| tl[i..].iter().all(ok) && tl[i].finished > 0);
+    let observed = (end - spike_end) as f64 / 1000.0;
+    m.set(
+        "recovery",
+        match recovered {
+            Some(i) => format!(
+                "{:.1} s",
+                (t0 + i as u64 * 1000).saturating_sub(spike_end) as f64 / 1000.0
+            ),
+            None => format!("not recovered within {observed:.0} s"),
+        },
+    );
     let after_secs = || tl.iter().skip(spike_sec + 1);
-    let (n5, s5) = tl
-        .iter()
-        .rev()
-        .take(LAST_SECONDS)
-        .fold((0u64, 0f64), |(n, s), x| {
-            (
-                n + x.finished,
-                s + x.finished_mean_ms.unwrap_or(0.0) * x.finished as f64,
-            )
-        });
-    let mean = |v: &[u64]| {
-        if v.is_empty() {
-            0.0
-        } else {
-            v.iter().sum::<u64>() as f64 / v.len() as f64
-        }
-    };
-    Recovery {
-        recovery_s: recovery,
-        observed_after_s: (end - spike_end) as f64 / 1000.0,
-        base_duration_ms: (mean(&base_durs) * 10.0).round() / 10.0,
-        worst_after_duration_ms: after_secs()
+    let last = tl.iter().rev().take(LAST_SECONDS);
+    let (n, sum) = last.fold((0, 0.0), |(n, s), x| {
+        (
+            n + x.finished,
+            s + x.finished_mean_ms.unwrap_or(0.0) * x.finished as f64,
+        )
+    });
+    let base_mean = base_durs.iter().sum::<u64>() as f64 / base_durs.len().max(1) as f64;
+    m.set("base_ms", (base_mean * 10.0).round() / 10.0);
+    m.set(
+        "worst_ms",
+        after_secs()
             .filter_map(|s| s.finished_mean_ms)
             .fold(0.0, f64::max),
-        last5_duration_ms: if n5 == 0 {
-            0.0
-        } else {
-            (s5 / n5 as f64).round()
-        },
-        max_inflight_after: after_secs().filter_map(|s| s.inflight).fold(0.0, f64::max),
-        inflight_at_end: samples.last().map_or(0.0, |s| s.1),
-        after_errors: after.failed_requests,
-        after_requests: after.requests,
-        after_p99_ms: after.latency.all.p99_ms,
-        retries: spike.retries + after.retries,
-        timeline: tl,
-    }
+    );
+    m.set("last_ms", (sum / n.max(1) as f64).round());
+    m.set(
+        "max_inflight",
+        after_secs().filter_map(|s| s.inflight).fold(0.0, f64::max) as u64,
+    );
+    m.set("inflight_at_end", samples.last().map_or(0, |s| s.1 as u64));
+    m.set(
+        "after_errors",
+        format!("{} / {}", after.failed_requests, after.requests),
+    );
+    m.set("after_p99_ms", after.latency.all.p99_ms);
+    m.set("retries", spike.retries + after.retries);
+    m.timeline = tl;
 }

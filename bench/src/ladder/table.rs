@@ -6,19 +6,17 @@
 //!
 //! Adding a rung is adding a [`Section`] to [`sections`]: its rows are
 //! [`RunSpec`]s (gateways or a peer, origin, TTL, load phases), its columns
-//! [`Col`]s. A number that neither the load summary nor the gateway
-//! counters give needs a [`Measure`] variant, a field in
-//! [`Measured`](super::record::Measured) and a small function in `runner`.
-//! For instance a slow-origin rung (origin 3 s, `--lock-ttl 2s`, 3 gateways,
-//! with and without lease renewal) is two fleet rows with
-//! `OriginSpec { latency_ms: 3000, .. }` and a measure sampling
-//! `stampede_inflight_rebuilds`; a hit-throughput comparison is rows with a
-//! `Front::Peer` and a hot fraction of 1.
+//! [`Col`]s over the load summary (which includes what origin-sim's query
+//! log says about the load window) and the gateway counters. A number
+//! neither gives needs a [`Measure`] variant whose function in `runner`
+//! records it as a named value, shown by a [`Col::Val`] column: the
+//! slow-origin rung, for instance, is two fleet rows with a 3 s origin
+//! measured by [`Measure::InFlight`] (value `hot_max_in_flight`).
 
 use std::time::Duration;
 
 use super::peers::{self, Variant};
-use super::record::{LadderOptions, Profile, Protocol, Results, Run};
+use super::record::{LadderOptions, Profile, Results, Run};
 use crate::load::LoadConfig;
 use crate::stats::SLOW_THRESHOLD;
 
@@ -45,40 +43,41 @@ pub const TABLE_ROWS: [(&str, &str, &str); 8] = [
     ("full", "full stack", "all"),
 ];
 
-/// Gateway counters scraped after each run: `(name, metric, label filter)`.
+/// Gateway counters scraped after each run: `(name and column header,
+/// metric, label filter)`.
 pub const COUNTERS: [(&str, &str, &str); 8] = [
     (
-        "lock_acquired",
+        "lock acquired",
         "stampede_lock_acquisitions_total",
         "result=\"acquired\"",
     ),
     (
-        "lock_contended",
+        "lock contended",
         "stampede_lock_acquisitions_total",
         "result=\"contended\"",
     ),
     (
-        "lock_wait_timeouts",
+        "lock waits timed out",
         "stampede_lock_wait_seconds_count",
         "result=\"timeout\"",
     ),
     (
-        "swr_refreshes",
+        "SWR refreshes",
         "stampede_background_refreshes_total",
         "trigger=\"swr\"",
     ),
     (
-        "xfetch_refreshes",
+        "XFetch refreshes",
         "stampede_background_refreshes_total",
         "trigger=\"xfetch\"",
     ),
     (
-        "fencing_rejections",
+        "fencing rejections",
         "stampede_fencing_rejections_total",
         "",
     ),
-    ("shed", "stampede_shed_total", ""),
-    ("origin_requests", "stampede_origin_requests_total", ""),
+    ("shed (503)", "stampede_shed_total", ""),
+    ("origin requests", "stampede_origin_requests_total", ""),
 ];
 
 impl Profile {
@@ -114,19 +113,36 @@ impl Profile {
     }
 }
 
+impl LadderOptions {
+    /// The profile's defaults (3 gateways, TTL 2 s, no charts), no rung
+    /// chosen yet (see [`Profile::rungs`]).
+    pub fn of(profile: Profile) -> Self {
+        Self {
+            profile,
+            out: profile.out_dir().into(),
+            duration: profile.duration(),
+            ttl: Duration::from_secs(2),
+            bin_dir: Default::default(),
+            rungs: vec![],
+            rows: profile.rows(),
+            instances: 3,
+            charts: false,
+            command: String::new(),
+        }
+    }
+}
+
 /// One section of the report, and the runs behind it.
 pub struct Section {
     /// `--rungs` name; empty for a section that only summarises others.
     pub rung: &'static str,
     /// Heading (without its number).
     pub heading: String,
-    /// What it shows, in order.
     pub parts: Vec<Part>,
 }
 
 /// A piece of a section.
 pub enum Part {
-    /// Prose.
     Text(String),
     /// A table, one row per run that ran, with the prose before it.
     Table(String, Vec<Col>, Vec<RunSpec>),
@@ -135,6 +151,14 @@ pub enum Part {
 }
 
 impl Section {
+    fn new(rung: &'static str, heading: impl Into<String>, parts: Vec<Part>) -> Self {
+        Self {
+            rung,
+            heading: heading.into(),
+            parts,
+        }
+    }
+
     /// Every row of every table of the section, in order.
     pub fn rows(&self) -> impl Iterator<Item = &RunSpec> {
         self.parts.iter().flat_map(|p| match p {
@@ -144,16 +168,13 @@ impl Section {
     }
 }
 
-/// The origin-sim a run starts.
+/// The origin-sim a run starts: `--items`, `--latency-ms`,
+/// `--db-connections`, further flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OriginSpec {
-    /// `--items`.
     pub items: u64,
-    /// `--latency-ms`.
     pub latency_ms: u64,
-    /// `--db-connections`.
     pub db_connections: u32,
-    /// Further flags (e.g. `--cache-control`).
     pub flags: Vec<String>,
 }
 
@@ -191,32 +212,31 @@ pub enum Front {
     /// stampede-layer gateways: `--mitigations`, store and lock in Redis (or
     /// in-process), further flags.
     Gateway {
-        /// `--mitigations`.
         mitigations: String,
-        /// Store and lock in Redis.
         redis: bool,
-        /// Further flags.
         flags: Vec<String>,
     },
     /// nginx or Varnish instances, each with its own cache.
     Peer(Variant),
 }
 
-/// What a run measures beyond the load summary and the gateway counters.
+/// What a run measures beyond the load summary and the gateway counters,
+/// recorded as named values (`Measured::values`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Measure {
-    /// Nothing more.
     Load,
-    /// Seconds in which more origin queries than this started.
-    SecondsAbove(u64),
-    /// Origin answers by status per second (the origin's query log).
-    Statuses,
     /// Three load phases (base, spike, after), the origin's in-flight count
     /// sampled: how long after the spike until origin queries finish within
-    /// this many ms again.
+    /// this many ms again, and the figures around it.
     Recovery(u64),
     /// No load: one scripted fencing trial.
     Fencing(Fencing),
+    /// Once the origin has finished every query: the most hot-key origin
+    /// queries in flight at the same time during the load.
+    InFlight,
+    /// After a warm-up load of this length (not recorded): the Redis
+    /// commands the measured load cost.
+    Throughput(Duration),
 }
 
 /// A fencing trial: item `key` is rebuilt through g1 at `slow` origin
@@ -235,15 +255,12 @@ pub struct Fencing {
 pub struct RunSpec {
     /// Run id (also the chart's file stem); rows with one id share one run.
     pub id: String,
-    /// Row label.
     pub label: String,
     /// The row's setup column.
     pub setup: String,
-    /// Gateways or a peer.
     pub front: Front,
-    /// How many of them (the load goes round-robin).
+    /// How many gateways or peers (the load goes round-robin).
     pub instances: usize,
-    /// The origin.
     pub origin: OriginSpec,
     /// The cache TTL.
     pub ttl: Duration,
@@ -253,13 +270,18 @@ pub struct RunSpec {
     pub warm_burst: u64,
     /// Load phases (targets and origin URL filled in when run).
     pub load: Vec<LoadConfig>,
-    /// What is measured.
     pub measure: Measure,
 }
 
 impl RunSpec {
     /// One gateway with the in-process store.
-    fn gateway(id: &str, label: &str, mitigations: &str, ttl: Duration, load: &LoadConfig) -> Self {
+    pub fn gateway(
+        id: &str,
+        label: &str,
+        mitigations: &str,
+        ttl: Duration,
+        load: &LoadConfig,
+    ) -> Self {
         Self {
             id: id.into(),
             label: label.into(),
@@ -280,7 +302,7 @@ impl RunSpec {
     }
 
     /// `n` gateways sharing one Redis.
-    fn fleet(mut self, n: usize) -> Self {
+    pub fn fleet(mut self, n: usize) -> Self {
         self.instances = n;
         if let Front::Gateway { redis, .. } = &mut self.front {
             *redis = true;
@@ -288,7 +310,8 @@ impl RunSpec {
         self
     }
 
-    fn flags(mut self, more: &[&str]) -> Self {
+    /// Further gateway flags.
+    pub fn flags(mut self, more: &[&str]) -> Self {
         if let Front::Gateway { flags, .. } = &mut self.front {
             flags.extend(more.iter().map(|s| s.to_string()));
         }
@@ -305,6 +328,12 @@ impl RunSpec {
         self
     }
 
+    /// The hot key read once before the load (so its first miss is an expiry).
+    fn prewarmed(mut self) -> Self {
+        self.prewarm = vec![HOT_KEY];
+        self
+    }
+
     /// Whether it needs the Redis server.
     pub fn needs_redis(&self) -> bool {
         matches!(self.front, Front::Gateway { redis: true, .. })
@@ -314,7 +343,7 @@ impl RunSpec {
     pub fn mitigations(&self) -> String {
         match &self.front {
             Front::Gateway { mitigations, .. } => mitigations.clone(),
-            Front::Peer(v) => v.what(),
+            Front::Peer(v) => v.label(),
         }
     }
 
@@ -335,9 +364,7 @@ impl RunSpec {
 
 /// One table row: the row as planned and its run.
 pub struct Row<'a> {
-    /// As planned.
     pub spec: &'a RunSpec,
-    /// As run.
     pub run: &'a Run,
 }
 
@@ -357,6 +384,12 @@ pub enum Col {
     MaxQps,
     Total,
     OriginQueries,
+    HotQueries,
+    /// Origin answers with this status: total, mean and max per second.
+    Status(&'static str),
+    StatusMean(&'static str),
+    StatusMax(&'static str),
+    BodyBytes,
     HotP50,
     HotP99,
     OtherP50,
@@ -370,31 +403,18 @@ pub enum Col {
     HotMisses,
     Errors,
     Requests,
-    Chart,
-    /// A gateway counter (name in [`COUNTERS`]) and its header.
-    Counter(&'static str, &'static str),
+    Rps,
+    RedisPerRequest,
     Ttl,
+    /// Seconds in which more origin queries than this started.
     SecondsAbove(u64),
-    Origin404,
-    Mean404,
-    Max404,
-    Origin200,
-    Item,
-    SlowVersion,
-    SlowMs,
-    FastVersion,
-    CachedVersion,
-    CachedStatus,
-    OriginVersion,
-    Recovery,
-    BaseMs,
-    WorstMs,
-    Last5Ms,
-    MaxInflight,
-    InflightEnd,
-    AfterErrors,
-    AfterP99,
-    Retries,
+    /// The metastable run's origin query ms over its last [`LAST_SECONDS`].
+    LastMs,
+    Chart,
+    /// A gateway counter (its name in [`COUNTERS`]), summed over the fleet.
+    Counter(&'static str),
+    /// A value the run's [`Measure`] recorded, and its header.
+    Val(&'static str, &'static str),
 }
 
 impl Col {
@@ -415,6 +435,11 @@ impl Col {
             MaxQps => "max origin q/s",
             Total => "total origin queries",
             OriginQueries => "origin queries",
+            HotQueries => "hot-key origin queries",
+            Status(code) => return format!("origin {code} queries"),
+            StatusMean(code) => return format!("{code} q/s mean"),
+            StatusMax(code) => return format!("{code} q/s max"),
+            BodyBytes => "origin body bytes sent",
             HotP50 => "hot p50 ms",
             HotP99 => "hot p99 ms",
             OtherP50 => "other p50 ms",
@@ -428,105 +453,94 @@ impl Col {
             HotMisses => "hot-key misses",
             Errors => "errors",
             Requests => "requests",
-            Chart => "chart",
-            Counter(_, head) => head,
+            Rps => "requests/s",
+            RedisPerRequest => "Redis commands per request",
             Ttl => "TTL",
             SecondsAbove(t) => return format!("seconds above {t} q/s"),
-            Origin404 => "origin 404 queries",
-            Mean404 => "404 q/s mean",
-            Max404 => "404 q/s max",
-            Origin200 => "origin 200 queries",
-            Item => "item",
-            SlowVersion => "slow rebuild answered version",
-            SlowMs => "its duration ms",
-            FastVersion => "fast rebuild answered version",
-            CachedVersion => "cached GET version",
-            CachedStatus => "its Cache-Status",
-            OriginVersion => "origin version",
-            Recovery => "recovery after the spike",
-            BaseMs => "origin query ms: base",
-            WorstMs => "worst after spike",
-            Last5Ms => return format!("last {LAST_SECONDS} s"),
-            MaxInflight => "origin in flight: max after spike",
-            InflightEnd => "at end",
-            AfterErrors => "after-spike errors / requests",
-            AfterP99 => "after-spike p99 ms",
-            Retries => "retries",
+            LastMs => return format!("last {LAST_SECONDS} s"),
+            Chart => "chart",
+            Counter(name) | Val(_, name) => name,
         }
         .to_string()
     }
 
     /// Right-aligned (a number).
     pub fn num(self) -> bool {
-        use Col::*;
         !matches!(
             self,
-            Label | Name | Mitigations | Setup | Store | Chart | CachedStatus
+            Col::Label | Col::Name | Col::Mitigations | Col::Setup | Col::Store | Col::Chart
         )
     }
 
     /// Its cell in `r`.
     pub fn cell(self, r: &Row<'_>) -> String {
         use Col::*;
-        let (s, m) = (r.run.summary.as_ref(), &r.run.measured);
+        let s = r.run.summary.as_ref();
         let o = s.and_then(|s| s.origin.as_ref());
-        let (st, tr, rc) = (m.statuses.as_ref(), m.fencing.as_ref(), m.recovery.as_ref());
-        let per_s = |v: &[u64]| v.iter().sum::<u64>().to_string();
-        let ver = |v: Option<i64>| opt(v, |v| v.to_string());
+        let count = |n: u64| n.to_string();
         match self {
             Label | Name => r.spec.label.clone(),
             Mitigations | Setup => r.spec.setup.clone(),
             Store => r.run.store.clone(),
             HotMean | BoundaryMean => opt(o, |o| f2(o.hot_bursts.mean_per_boundary)),
-            HotMax => opt(o, |o| o.hot_bursts.max_per_boundary.to_string()),
-            Boundaries => opt(o, |o| o.hot_bursts.boundaries.to_string()),
+            HotMax => opt(o, |o| count(o.hot_bursts.max_per_boundary)),
+            Boundaries => opt(o, |o| count(o.hot_bursts.boundaries)),
             PerTtl => opt(o.and_then(|o| o.hot_queries_per_ttl), f2),
-            MaxQps => opt(o, |o| o.max_queries_per_second.to_string()),
-            Total | OriginQueries => opt(o, |o| o.total_queries.to_string()),
+            MaxQps => opt(o, |o| count(o.max_queries_per_second)),
+            Total | OriginQueries => opt(o, |o| count(o.total_queries)),
+            HotQueries => opt(o, |o| count(o.hot_queries)),
+            Status(code) => opt(o, |o| count(o.status.get(code).copied().unwrap_or(0))),
+            StatusMean(code) => opt(o, |o| {
+                let n = o.status.get(code).copied().unwrap_or(0) as f64;
+                f1(n * 1000.0 / (o.window_end_ms - o.window_start_ms).max(1) as f64)
+            }),
+            StatusMax(code) => {
+                let per_second = o.and_then(|o| o.status_per_second.get(code));
+                count(
+                    per_second
+                        .and_then(|v| v.iter().max().copied())
+                        .unwrap_or(0),
+                )
+            }
+            BodyBytes => opt(o, |o| count(o.body_bytes)),
             HotP50 => opt(s, |s| f1(s.latency.hot.p50_ms)),
             HotP99 => opt(s, |s| f1(s.latency.hot.p99_ms)),
             OtherP50 => opt(s, |s| f1(s.latency.other.p50_ms)),
             OtherP99 => opt(s, |s| f1(s.latency.other.p99_ms)),
             P50 => opt(s, |s| f1(s.latency.all.p50_ms)),
             P99 => opt(s, |s| f1(s.latency.all.p99_ms)),
-            Slow => opt(s, |s| s.latency.all.over_150ms.to_string()),
-            HotSlow => opt(s, |s| s.latency.hot.over_150ms.to_string()),
+            Slow => opt(s, |s| count(s.latency.all.over_150ms)),
+            HotSlow => opt(s, |s| count(s.latency.hot.over_150ms)),
             MissRate => opt(s.and_then(|s| s.cache.all.miss_rate), |v| {
                 format!("{:.1} %", v * 100.0)
             }),
-            Misses => opt(s, |s| s.cache.all.misses.to_string()),
-            HotMisses => opt(s, |s| s.cache.hot.misses.to_string()),
-            Errors => opt(s, |s| s.failed_requests.to_string()),
-            Requests => opt(s, |s| s.requests.to_string()),
-            Chart => opt(r.run.chart.as_ref(), |c| format!("[chart]({c})")),
-            Counter(name, _) => r.run.counter(name).to_string(),
+            Misses => opt(s, |s| count(s.cache.all.misses)),
+            HotMisses => opt(s, |s| count(s.cache.hot.misses)),
+            Errors => opt(s, |s| count(s.failed_requests)),
+            Requests => opt(s, |s| count(s.requests)),
+            Rps => opt(s, |s| format!("{:.0}", s.requests_per_sec)),
+            RedisPerRequest => {
+                let commands = r
+                    .run
+                    .measured
+                    .values
+                    .get("redis_commands")
+                    .and_then(|v| v.as_f64());
+                opt(commands.zip(s), |(c, s)| f2(c / s.requests.max(1) as f64))
+            }
             Ttl => opt(s.and_then(|s| s.config.ttl), human),
-            SecondsAbove(_) => opt(m.seconds_above, |n| n.to_string()),
-            Origin404 => opt(st, |st| per_s(&st.per_second_404)),
-            Mean404 => opt(st, |st| f1(st.mean_404_qps)),
-            Max404 => opt(st.and_then(|st| st.per_second_404.iter().max()), |n| {
-                n.to_string()
+            SecondsAbove(t) => opt(o, |o| {
+                o.per_second.iter().filter(|q| **q > t).count().to_string()
             }),
-            Origin200 => opt(st, |st| per_s(&st.per_second_200)),
-            Item => opt(tr, |t| t.key.to_string()),
-            SlowVersion => ver(tr.and_then(|t| t.slow_version)),
-            SlowMs => opt(tr, |t| t.slow_ms.to_string()),
-            FastVersion => ver(tr.and_then(|t| t.fast_version)),
-            CachedVersion => ver(tr.and_then(|t| t.cached_version)),
-            CachedStatus => opt(tr, |t| format!("`{}`", t.cached_status)),
-            OriginVersion => ver(tr.and_then(|t| t.origin_version)),
-            Recovery => opt(rc, |x| match x.recovery_s {
-                Some(s) => format!("{s:.1} s"),
-                None => format!("not recovered within {:.0} s", x.observed_after_s),
+            Chart => opt(r.run.chart.as_ref(), |c| format!("[chart]({c})")),
+            Counter(name) => r.run.counter(name).to_string(),
+            LastMs => Val("last_ms", "").cell(r),
+            Val(key, _) => opt(r.run.measured.values.get(key), |v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) if n.is_f64() => f1(n.as_f64().unwrap_or_default()),
+                serde_json::Value::Null => "–".into(),
+                v => v.to_string(),
             }),
-            BaseMs => opt(rc, |x| f1(x.base_duration_ms)),
-            WorstMs => opt(rc, |x| f1(x.worst_after_duration_ms)),
-            Last5Ms => opt(rc, |x| f1(x.last5_duration_ms)),
-            MaxInflight => opt(rc, |x| x.max_inflight_after.to_string()),
-            InflightEnd => opt(rc, |x| x.inflight_at_end.to_string()),
-            AfterErrors => opt(rc, |x| format!("{} / {}", x.after_errors, x.after_requests)),
-            AfterP99 => opt(rc, |x| f1(x.after_p99_ms)),
-            Retries => opt(rc, |x| x.retries.to_string()),
         }
     }
 }
@@ -572,29 +586,18 @@ pub const HEADLINE: [Col; 6] = [
     Col::Errors,
 ];
 
-/// The load of a protocol run.
-fn protocol_load(o: &LadderOptions) -> LoadConfig {
-    let (ttl, seed) = (Some(o.ttl), Some(SEED));
+/// The load of a protocol run: 50 clients, 95 % to the hot key, the rest
+/// over 1..=1000, the options' duration and TTL, the fixed seed.
+pub fn protocol_load(o: &LadderOptions) -> LoadConfig {
     LoadConfig {
         concurrency: 50,
         duration: o.duration,
         hot_fraction: 0.95,
         keys: 1000,
         hot_key: HOT_KEY,
-        ttl,
-        seed,
+        ttl: Some(o.ttl),
+        seed: Some(SEED),
         ..LoadConfig::default()
-    }
-}
-
-/// The measurement protocol, as the report's header states it.
-pub fn protocol(o: &LadderOptions) -> Protocol {
-    let origin = OriginSpec::default();
-    Protocol {
-        load: protocol_load(o),
-        origin_latency_ms: origin.latency_ms,
-        origin_db_connections: origin.db_connections,
-        fleet_instances: o.instances,
     }
 }
 
@@ -614,19 +617,8 @@ fn describe(l: &LoadConfig) -> String {
 
 /// Every `--rungs` name, in table order.
 pub fn rung_names() -> Vec<&'static str> {
-    let o = LadderOptions {
-        profile: Profile::Full,
-        out: Default::default(),
-        duration: Duration::from_secs(1),
-        ttl: Duration::from_secs(1),
-        bin_dir: Default::default(),
-        rungs: vec![],
-        rows: vec![],
-        instances: 2,
-        charts: false,
-        command: String::new(),
-    };
-    sections(&o)
+    let sections = sections(&LadderOptions::of(Profile::Full));
+    sections
         .iter()
         .map(|s| s.rung)
         .filter(|r| !r.is_empty())
@@ -638,6 +630,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     use Col::*;
     let quick = o.profile == Profile::Quick;
     let (ttl, n, p, base) = (o.ttl, o.instances, protocol_load(o), OriginSpec::default());
+    let (ms, secs) = (Duration::from_millis, Duration::from_secs);
     let gw = |id: &str, label: &str, m: &str| RunSpec::gateway(id, label, m, ttl, &p);
     let row = |key: &str| {
         let (k, label, m) = TABLE_ROWS
@@ -646,59 +639,51 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             .expect("a TABLE_ROWS name");
         gw(&format!("table-{k}"), label, m).fleet(n)
     };
-    let rows: Vec<RunSpec> = TABLE_ROWS
+    let chosen = TABLE_ROWS
         .iter()
-        .filter(|r| o.rows.iter().any(|x| x == r.0))
-        .map(|r| row(r.0))
-        .collect();
-    let counters = [
-        Counter("lock_acquired", "lock acquired"),
-        Counter("lock_contended", "lock contended"),
-        Counter("lock_wait_timeouts", "lock waits timed out"),
-        Counter("swr_refreshes", "SWR refreshes"),
-        Counter("xfetch_refreshes", "XFetch refreshes"),
-        Counter("fencing_rejections", "fencing rejections"),
-        Counter("shed", "shed"),
-    ];
+        .filter(|r| o.rows.iter().any(|x| x == r.0));
+    let rows: Vec<RunSpec> = chosen.map(|r| row(r.0)).collect();
     let rows_in_order = TABLE_ROWS.map(|r| r.1).join(", ");
+    let counters = COUNTERS[..7].iter().map(|c| Counter(c.0));
 
     // Multi-key: keys written together expire together.
     let (mk_keys, mk_pool, jitter) = (200, 256, "0.2");
-    let mk_ttl = Duration::from_secs(if quick { 4 } else { 10 });
-    let mk_dur = Duration::from_secs(if quick { 10 } else { 25 });
+    let mk_ttl = secs(if quick { 4 } else { 10 });
     let mk_load = LoadConfig {
-        duration: mk_dur,
+        duration: secs(if quick { 10 } else { 25 }),
         hot_fraction: 0.0,
         keys: mk_keys,
         ttl: Some(mk_ttl),
         ..p.clone()
     };
-    let threshold = base.capacity_qps();
+    let (threshold, clients) = (base.capacity_qps(), p.concurrency);
+    let (base_ms, pool) = (base.latency_ms, base.db_connections);
     let mk = |id: &str, label: &str, m: &str| {
         let mut s = RunSpec::gateway(id, label, m, mk_ttl, &mk_load).flags(&["--jitter", jitter]);
         (s.origin.db_connections, s.warm_burst) = (mk_pool, mk_keys);
-        s.measure(Measure::SecondsAbove(threshold))
+        s
     };
 
     // Negative: absent ids.
-    let (neg_items, neg_keys, neg_ttl) = (100, 200, Duration::from_secs(5));
+    let (neg_items, neg_keys, neg_ttl) = (100, 200, human(secs(5)));
     let neg_load = LoadConfig {
         hot_fraction: 0.0,
         keys: neg_keys,
         ..p.clone()
     };
     let neg = |id: &str, label: &str, m: &str| {
-        let mut s = RunSpec::gateway(id, label, m, ttl, &neg_load)
-            .flags(&["--negative-ttl", &human(neg_ttl)]);
+        let mut s =
+            RunSpec::gateway(id, label, m, ttl, &neg_load).flags(&["--negative-ttl", &neg_ttl]);
         s.origin.items = neg_items;
-        s.measure(Measure::Statuses)
+        s
     };
 
     // XFetch: a hot key on the fleet (filled first), a cold key read once a TTL.
     let xhot = |id: &str, m: &str, beta: Option<&str>| {
         let flag = beta.map_or(String::new(), |b| format!(", --xfetch-beta {b}"));
-        let mut s = gw(id, &format!("hot key: {m}{flag}"), m).fleet(n);
-        s.prewarm = vec![HOT_KEY];
+        let s = gw(id, &format!("hot key: {m}{flag}"), m)
+            .fleet(n)
+            .prewarmed();
         beta.map_or(s.clone(), |b| s.flags(&["--xfetch-beta", b]))
     };
     let cold = LoadConfig {
@@ -711,14 +696,15 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     let xcold = |id: &str, m: &str| RunSpec::gateway(id, &format!("cold key: {m}"), m, ttl, &cold);
 
     // Fencing: a rebuild slower than the lock TTL.
-    let ms = Duration::from_millis;
     let fence = Fencing {
         key: 0,
         slow: ms(1500),
         fast: ms(50),
         lock_ttl: ms(300),
     };
-    let fence_ttl = Duration::from_secs(30);
+    let fence_ttl = secs(30);
+    let [f_lock, f_ttl, f_slow, f_fast] =
+        [fence.lock_ttl, fence_ttl, fence.slow, fence.fast].map(human);
     let fencing = [7, 8, 9].map(|key| {
         let s = RunSpec::gateway(
             &format!("fencing-{key}"),
@@ -750,12 +736,11 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         origin: None,
         ..p.clone()
     };
-    let seed = Some(SEED + 1);
     let spike = LoadConfig {
         concurrency: 400,
         hot_fraction: 0.0,
         think_time: Duration::ZERO,
-        seed,
+        seed: Some(SEED + 1),
         ..normal(sp)
     };
     let ok_ms = base.latency_ms * 3 / 2;
@@ -764,70 +749,127 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             .flags(extra)
             .measure(Measure::Recovery(ok_ms));
         (s.load, s.origin.items) = (vec![normal(b), spike.clone(), normal(a)], meta_items);
-        let flags = std::iter::once(format!("--mitigations {m}"))
-            .chain(extra.iter().map(|f| f.to_string()));
-        s.setup = format!("{label} (`{}`)", flags.collect::<Vec<_>>().join(" "));
+        s.setup = format!("{label} (`{}`)", s.gateway_flags()[2..].join(" "));
         s
     };
     let gate = base.db_connections.to_string();
 
     // Peers: nginx and Varnish, one instance and a fleet, next to the full stack.
-    let peer = |v: &Variant, k: usize| RunSpec {
-        id: format!("peers-{}-x{k}", v.key),
-        label: format!("{} × {k}", v.label()),
-        setup: format!(
+    let peer = |v: &Variant, k: usize| {
+        let setup = format!(
             "{k} × {}, own cache each ([config](peers/{}))",
-            v.kind.package(),
+            v.kind.package,
             v.file_name()
-        ),
-        front: Front::Peer(*v),
-        instances: k,
-        ..gw("", "", "")
+        );
+        let s = gw(&format!("peers-{}-x{k}", v.key), "", "");
+        RunSpec {
+            front: Front::Peer(*v),
+            instances: k,
+            ..s.labelled(format!("{} × {k}", v.label()), &setup)
+        }
     };
-    let single = gw(
-        "peers-stampede-x1",
-        "stampede-layer full stack × 1 (in-process store)",
-        "all",
-    );
+    let (hot, dur, ttl_h) = (p.hot_fraction * 100.0, human(p.duration), human(ttl));
+    let nginx_lock = human(peers::NGINX_LOCK_BOUND);
+    let single = gw("peers-stampede-x1", "stampede-layer full stack × 1", "all");
     let mut peer_rows = vec![single.labelled(
         "stampede-layer full stack × 1",
         "`--mitigations all`, in-process store",
     )];
     peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, 1)));
-    let fleet_label = format!("stampede-layer full stack × {n}");
-    peer_rows.push(row("full").labelled(
-        fleet_label,
+    let (fleet_label, fleet_setup) = (
+        format!("stampede-layer full stack × {n}"),
         "`--mitigations all`, one Redis (the table's full-stack run)",
-    ));
+    );
+    peer_rows.push(row("full").labelled(fleet_label, fleet_setup));
     peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, n)));
 
+    // Revalidation: a short origin freshness, validators off and on.
+    let max_age = 2;
+    let reval = |on: bool| {
+        let (id, label) = match on {
+            true => ("revalidation-on", "validators on"),
+            false => ("revalidation-off", "validators off"),
+        };
+        let mut s = gw(id, label, "all").fleet(n);
+        let validators = if on { " --validators" } else { "" };
+        let flags = format!("--cache-control max-age={max_age}{validators}");
+        s.origin.flags = flags.split(' ').map(String::from).collect();
+        s.setup = format!("origin `{flags}`");
+        s
+    };
+
+    // Slow origin: rebuilds slower than the lock TTL, lease renewal on and off.
+    let (slow_ms, lock_ttl, slow_pool) = (3000, human(secs(2)), 64);
+    let slow_load = LoadConfig {
+        duration: o.duration.min(secs(15)),
+        ..p.clone()
+    };
+    let slow = |id: &str, label: &str, extra: &[&str]| {
+        let s = RunSpec::gateway(id, label, "all", ttl, &slow_load).fleet(n);
+        let mut s = s.flags(&["--lock-ttl", &lock_ttl]).flags(extra).prewarmed();
+        (s.origin.latency_ms, s.origin.db_connections) = (slow_ms, slow_pool);
+        s.setup = format!("`{}`", s.gateway_flags()[2..].join(" "));
+        s.measure(Measure::InFlight)
+    };
+
+    // Hit path: every request a hit; the in-process store, the Redis store
+    // and nginx measured in turn, three rounds.
+    let (hit_ttl, rounds, nginx) = (secs(600), 3, peers::NGINX_HIT);
+    let (hit_dur, warmup) = (o.duration / 2, (o.duration / 10).max(secs(1)));
+    let [hit_ttl_h, warmup_h, hit_dur_h] = [hit_ttl, warmup, hit_dur].map(human);
+    let workers = nginx.workers;
+    let hit_load = LoadConfig {
+        duration: hit_dur,
+        hot_fraction: 1.0,
+        ..p.clone()
+    };
+    let hits = (1..=rounds).flat_map(|i| {
+        let hit = |what: &str, label: &str| {
+            let s = RunSpec::gateway(
+                &format!("hit-{what}-{i}"),
+                &format!("round {i}: {label}"),
+                "all",
+                hit_ttl,
+                &hit_load,
+            );
+            s.prewarmed().measure(Measure::Throughput(warmup))
+        };
+        let nginx_label = format!("nginx `proxy_cache`, {workers} workers, `proxy_cache_lock on`");
+        let nginx_row = RunSpec {
+            front: Front::Peer(nginx),
+            ..hit("nginx", &nginx_label)
+        };
+        [
+            hit("memory", "gateway, in-process store"),
+            hit("redis", "gateway, `--redis`").fleet(1),
+            nginx_row,
+        ]
+    });
+
     vec![
-        Section {
-            rung: "table",
-            heading: format!(
-                "Before/after, one mitigation added per row ({n} gateways, one Redis)"
-            ),
-            parts: vec![
+        Section::new(
+            "table",
+            format!("Before/after, one mitigation added per row ({n} gateways, one Redis)"),
+            vec![
                 Part::Table(String::new(), standard(Mitigations), rows.clone()),
                 Part::Table(
                     "Gateway counters of the same runs (summed over the fleet):".into(),
-                    [Label].into_iter().chain(counters).collect(),
+                    std::iter::once(Label).chain(counters).collect(),
                     rows,
                 ),
                 Part::Note(|res, _| {
-                    opt(res.overview_chart.as_ref(), |c| {
-                        format!("![naive vs full stack]({c})")
-                    })
+                    let chart = res.overview_chart.as_ref();
+                    chart.map_or_else(String::new, |c| format!("![naive vs full stack]({c})"))
                 }),
                 Part::Text(format!(
                     "Rows in order: {rows_in_order}. The full stack adds `overload-gate` (`--mitigations all`)."
                 )),
             ],
-        },
-        Section {
-            rung: "scope",
-            heading: "Scope: single-flight is per process, the lock is per fleet".into(),
-            parts: vec![Part::Table(
+        ),
+        Section::new(
+            "scope",
+            "Scope: single-flight is per process, the lock is per fleet",
+            vec![Part::Table(
                 String::new(),
                 vec![Name, Store, HotMean, HotMax, PerTtl, HotP99, Slow, Chart],
                 vec![
@@ -846,15 +888,14 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     .fleet(n),
                 ],
             )],
-        },
-        Section {
-            rung: "multi-key",
-            heading: format!("Multi-key: {mk_keys} keys written together expire together"),
-            parts: vec![
+        ),
+        Section::new(
+            "multi-key",
+            format!("Multi-key: {mk_keys} keys written together expire together"),
+            vec![
                 Part::Table(
                     format!(
-                        "One gateway (in-process store). Keys 1..={mk_keys} are filled by one burst of concurrent requests (origin pool raised to {mk_pool} connections so the burst is one round trip), then {} clients read them evenly. *Seconds above* counts seconds with more than {threshold} origin queries — what a default origin-sim ({} connections × {} ms) can serve.",
-                        mk_load.concurrency, base.db_connections, base.latency_ms
+                        "One gateway (in-process store). Keys 1..={mk_keys} are filled by one burst of concurrent requests (origin pool raised to {mk_pool} connections so the burst is one round trip), then {clients} clients read them evenly. *Seconds above* counts seconds with more than {threshold} origin queries — what a default origin-sim ({pool} connections × {base_ms} ms) can serve."
                     ),
                     vec![
                         Label,
@@ -881,26 +922,30 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     ],
                 ),
                 Part::Note(|_, runs| {
-                    let ms: Vec<String> = runs
-                        .iter()
-                        .filter_map(|r| r.measured.warm_ms)
-                        .map(|m| m.to_string())
-                        .collect();
-                    format!("The warm bursts took {} ms.", ms.join(" / "))
+                    let warm = runs.iter().filter_map(|r| r.measured.values.get("warm_ms"));
+                    format!(
+                        "The warm bursts took {} ms.",
+                        warm.map(|m| m.to_string()).collect::<Vec<_>>().join(" / ")
+                    )
                 }),
             ],
-        },
-        Section {
-            rung: "negative",
-            heading: "Negative: a miss storm on ids that do not exist".into(),
-            parts: vec![Part::Table(
+        ),
+        Section::new(
+            "negative",
+            "Negative: a miss storm on ids that do not exist",
+            vec![Part::Table(
                 format!(
-                    "One gateway. origin-sim has items 1..={neg_items}; {} clients read ids 1..={neg_keys} evenly, so ids above {neg_items} answer 404. Negative TTL {}.",
-                    neg_load.concurrency,
-                    human(neg_ttl)
+                    "One gateway. origin-sim has items 1..={neg_items}; {clients} clients read ids 1..={neg_keys} evenly, so ids above {neg_items} answer 404. Negative TTL {neg_ttl}."
                 ),
                 vec![
-                    Label, Origin404, Mean404, Max404, Origin200, P99, Errors, Chart,
+                    Label,
+                    Status("404"),
+                    StatusMean("404"),
+                    StatusMax("404"),
+                    Status("200"),
+                    P99,
+                    Errors,
+                    Chart,
                 ],
                 vec![
                     neg(
@@ -915,11 +960,11 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     ),
                 ],
             )],
-        },
-        Section {
-            rung: "xfetch",
-            heading: "XFetch: refresh before the cliff — on a hot key only".into(),
-            parts: vec![
+        ),
+        Section::new(
+            "xfetch",
+            "XFetch: refresh before the cliff — on a hot key only",
+            vec![
                 Part::Table(
                     format!(
                         "Hot key, protocol load on the fleet, `/items/{HOT_KEY}` filled before the load starts (so every hot-key miss is an expiry):"
@@ -930,7 +975,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                         PerTtl,
                         BoundaryMean,
                         HotMax,
-                        counters[4],
+                        Counter("XFetch refreshes"),
                         HotP99,
                         HotSlow,
                         Chart,
@@ -957,45 +1002,38 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     ],
                 ),
             ],
-        },
-        Section {
-            rung: "fencing",
-            heading: "Fencing: a rebuild slower than the lock TTL".into(),
-            parts: vec![
+        ),
+        Section::new(
+            "fencing",
+            "Fencing: a rebuild slower than the lock TTL",
+            vec![
                 Part::Table(
                     format!(
-                        "Fleet with `--mitigations all --lock-ttl {} --ttl {}`, a fresh one per item. Per item: origin latency set to {} (`PUT /admin/config`), a GET through g1 starts a slow rebuild and reads version v; the item is bumped (`PUT /items/{{id}}` on the origin, → v+1) and the origin set to {}; once g1's lock has expired a GET through g2 takes a new lock (newer fencing token) and fills v+1; g1's late fill carries the older token. Then a GET through another gateway is compared with the origin's direct answer.",
-                        human(fence.lock_ttl),
-                        human(fence_ttl),
-                        human(fence.slow),
-                        human(fence.fast)
+                        "Fleet with `--mitigations all --lock-ttl {f_lock} --ttl {f_ttl}`, a fresh one per item. Per item: origin latency set to {f_slow} (`PUT /admin/config`), a GET through g1 starts a slow rebuild and reads version v; the item is bumped (`PUT /items/{{id}}` on the origin, → v+1) and the origin set to {f_fast}; once g1's lock has expired a GET through g2 takes a new lock (newer fencing token) and fills v+1; g1's late fill carries the older token. Then a GET through another gateway is compared with the origin's direct answer."
                     ),
                     vec![
-                        Item,
-                        SlowVersion,
-                        SlowMs,
-                        FastVersion,
-                        CachedVersion,
-                        CachedStatus,
-                        OriginVersion,
+                        Val("key", "item"),
+                        Val("slow_version", "slow rebuild answered version"),
+                        Val("slow_ms", "its duration ms"),
+                        Val("fast_version", "fast rebuild answered version"),
+                        Val("cached_version", "cached GET version"),
+                        Val("cached_status", "its Cache-Status"),
+                        Val("origin_version", "origin version"),
                     ],
                     fencing.into(),
                 ),
                 Part::Note(|_, runs| {
                     let n = runs.iter().map(|r| r.gateways.len()).max().unwrap_or(0);
-                    let per: Vec<f64> = (0..n)
-                        .map(|i| {
-                            runs.iter()
-                                .filter_map(|r| r.gateways.get(i)?.get("fencing_rejections"))
-                                .sum()
-                        })
-                        .collect();
-                    let newest = runs
-                        .iter()
-                        .filter_map(|r| r.measured.fencing.as_ref())
-                        .all(|t| {
-                            t.cached_version.is_some() && t.cached_version == t.origin_version
-                        });
+                    let rejections = |i: usize| -> f64 {
+                        runs.iter()
+                            .filter_map(|r| r.gateways.get(i)?.get("fencing rejections"))
+                            .sum()
+                    };
+                    let per: Vec<f64> = (0..n).map(rejections).collect();
+                    let newest = runs.iter().all(|r| {
+                        let v = |k| r.measured.values.get(k).filter(|v| !v.is_null());
+                        v("cached_version").is_some() && v("cached_version") == v("origin_version")
+                    });
                     format!(
                         "`stampede_fencing_rejections_total` per gateway, summed over the items: {per:?} (total {}). Cache ends with the newest version for every item: **{}**.",
                         per.iter().sum::<f64>(),
@@ -1003,31 +1041,28 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     )
                 }),
             ],
-        },
-        Section {
-            rung: "metastable",
-            heading: "Metastable failure: a retry storm keeps the origin pinned".into(),
-            parts: vec![Part::Table(
+        ),
+        Section::new(
+            "metastable",
+            "Metastable failure: a retry storm keeps the origin pinned",
+            vec![Part::Table(
                 format!(
-                    "One gateway, origin {} ms × {} connections ({} q/s). Phases: {b} s normal load, {sp} s spike, {a} s normal load again. Normal: {}. Spike: {}. origin-sim finishes every query it started, even when the client gave up. *Recovery* = seconds from the spike's end until the mean duration of origin queries finishing in each second stays ≤ {ok_ms} ms.",
-                    base.latency_ms,
-                    base.db_connections,
-                    base.capacity_qps(),
+                    "One gateway, origin {base_ms} ms × {pool} connections ({threshold} q/s). Phases: {b} s normal load, {sp} s spike, {a} s normal load again. Normal: {}. Spike: {}. origin-sim finishes every query it started, even when the client gave up. *Recovery* = seconds from the spike's end until the mean duration of origin queries finishing in each second stays ≤ {ok_ms} ms.",
                     describe(&normal(b)),
                     describe(&spike)
                 ),
                 vec![
                     Setup,
-                    Recovery,
-                    BaseMs,
-                    WorstMs,
-                    Last5Ms,
-                    MaxInflight,
-                    InflightEnd,
-                    AfterErrors,
-                    AfterP99,
-                    Retries,
-                    Counter("shed", "shed (503)"),
+                    Val("recovery", "recovery after the spike"),
+                    Val("base_ms", "origin query ms: base"),
+                    Val("worst_ms", "worst after spike"),
+                    LastMs,
+                    Val("max_inflight", "origin in flight: max after spike"),
+                    Val("inflight_at_end", "at end"),
+                    Val("after_errors", "after-spike errors / requests"),
+                    Val("after_p99_ms", "after-spike p99 ms"),
+                    Val("retries", "retries"),
+                    Counter("shed (503)"),
                     Chart,
                 ],
                 vec![
@@ -1040,13 +1075,13 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     ),
                 ],
             )],
-        },
-        Section {
-            rung: "",
-            heading: "Charts".into(),
-            parts: vec![Part::Note(|res, _| {
-                let list = res.runs.iter().filter(|r| r.measured.recovery.is_none());
-                let list: String = list
+        ),
+        Section::new(
+            "",
+            "Charts",
+            vec![Part::Note(|res, _| {
+                let charts = res.runs.iter().filter(|r| r.measured.timeline.is_empty());
+                let list: String = charts
                     .filter_map(|r| Some(format!("- [{}]({})\n", r.label, r.chart.as_ref()?)))
                     .collect();
                 if list.is_empty() {
@@ -1056,183 +1091,153 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     "One PNG per run: origin queries per second (all keys and the hot key) and the p99 latency of the requests started in each second, for the hot key and for all requests (log scale). The all-requests p99 is set by the other keys, which mostly miss (see the protocol).\n\n{list}"
                 )
             })],
-        },
-        Section {
-            rung: "peers",
-            heading: "Peers: nginx and Varnish under the same protocol".into(),
-            parts: vec![
+        ),
+        Section::new(
+            "peers",
+            "Peers: nginx and Varnish under the same protocol",
+            vec![
                 Part::Table(
                     format!(
-                        "The load of section 1 ({} clients, {:.0} % hot key, {}, TTL {}, origin-sim {} ms × {} connections, fresh origin-sim per run) against nginx and Varnish as caching reverse proxies, one instance and {n} instances with the load round-robin. Each peer instance has its own cache: neither has a lock shared across instances, so a fleet of them rebuilds a key once per instance. stampede-layer's full stack (`--mitigations all`) is repeated from the same ladder run for comparison. nginx's cache lock waits at most {} (`proxy_cache_lock_timeout` and `proxy_cache_lock_age`, as the gateway's default `--lock-ttl`).\n\n{}",
-                        p.concurrency,
-                        p.hot_fraction * 100.0,
-                        human(p.duration),
-                        human(ttl),
-                        base.latency_ms,
-                        base.db_connections,
-                        human(peers::NGINX_LOCK_BOUND),
+                        "The load of section 1 ({clients} clients, {hot:.0} % hot key, {dur}, TTL {ttl_h}, origin-sim {base_ms} ms × {pool} connections, fresh origin-sim per run) against nginx and Varnish as caching reverse proxies, one instance and {n} instances with the load round-robin. Each peer instance has its own cache: neither has a lock shared across instances, so a fleet of them rebuilds a key once per instance. stampede-layer's full stack (`--mitigations all`) is repeated from the same ladder run for comparison. nginx's cache lock waits at most {nginx_lock} (`proxy_cache_lock_timeout` and `proxy_cache_lock_age`, as the gateway's default `--lock-ttl`).\n\n{}",
                         peers::CACHE_STATUS_PROSE
                     ),
                     standard(Setup),
                     peer_rows,
                 ),
-                Part::Note(|_, runs| {
-                    let mut v: Vec<String> = runs
-                        .iter()
-                        .filter_map(|r| Some(format!("`{}`", r.measured.peer.as_ref()?.version)))
-                        .collect();
-                    v.sort();
-                    v.dedup();
-                    if v.is_empty() {
-                        String::new()
-                    } else {
-                        format!("Installed: {}.", v.join(", "))
-                    }
-                }),
+                Part::Note(|_, runs| installed(runs)),
                 Part::Text(peers::WHAT_DRIVES_THE_ROWS.into()),
                 Part::Note(|_, runs| {
-                    let mut md = String::from(
-                        "The config files, verbatim as the single-instance runs used them (fleet instances differ only in port and directories; `<tmp>` stands for the run's temporary directory):\n\n",
-                    );
-                    for r in runs.iter().filter(|r| r.instances == 1) {
-                        let Some(c) = &r.measured.peer else { continue };
-                        let lang = if c.file.ends_with(".vcl") {
-                            "vcl"
-                        } else {
-                            "nginx"
-                        };
+                    let single = runs.iter().filter(|r| r.instances == 1);
+                    let configs: String = single.filter_map(|r| {
+                        let c = r.measured.peer.as_ref()?;
+                        let lang = if c.file.ends_with(".vcl") { "vcl" } else { "nginx" };
                         let label = r.label.rsplit_once(" × ").map_or(r.label.as_str(), |x| x.0);
-                        md += &format!(
-                            "<details><summary>{label} — <a href=\"{0}\">{0}</a></summary>\n\n`{1}`\n\n```{lang}\n{2}```\n\n</details>\n\n",
-                            c.file, c.command, c.text
-                        );
-                    }
-                    if md.contains("<details>") {
-                        md
-                    } else {
-                        String::new()
-                    }
+                        let (file, command, text) = (&c.file, &c.command, &c.text);
+                        Some(format!("<details><summary>{label} — <a href=\"{file}\">{file}</a></summary>\n\n`{command}`\n\n```{lang}\n{text}```\n\n</details>\n\n"))
+                    }).collect();
+                    opt(Some(configs).filter(|c| !c.is_empty()), |c| {
+                        format!(
+                            "The config files, verbatim as the single-instance runs used them (fleet instances differ only in port and directories; `<tmp>` stands for the run's temporary directory):\n\n{c}"
+                        )
+                    })
                 }),
             ],
-        },
+        ),
+        Section::new(
+            "revalidation",
+            "Revalidation: a stale entry refreshed with a conditional GET",
+            vec![Part::Table(
+                format!(
+                    "The protocol load on {n} gateways (`--mitigations all`, one Redis). origin-sim sends `Cache-Control: max-age={max_age}`, so the gateways keep each answer fresh for {max_age} s; with `--validators` it gives every item an `ETag` (from id and version) and a `Last-Modified`, and answers a matching `If-None-Match` / `If-Modified-Since` with `304 Not Modified` and no body. A gateway that refreshes a stale entry with its validators turns the boundary's origin query into a 304: the query still runs, the body is not sent. *Body bytes* are what origin-sim sent in the load window (its `/stats/queries`)."
+                ),
+                vec![
+                    Label,
+                    Setup,
+                    OriginQueries,
+                    HotQueries,
+                    Status("304"),
+                    BodyBytes,
+                    HotP99,
+                    HotSlow,
+                    Errors,
+                    Chart,
+                ],
+                vec![reval(false), reval(true)],
+            )],
+        ),
+        Section::new(
+            "slow-origin",
+            "Slow origin: rebuilds slower than the lock TTL",
+            vec![Part::Table(
+                format!(
+                    "The protocol load for {} on {n} gateways (one Redis), origin-sim at {slow_ms} ms per query (a pool of {slow_pool}, so queries never queue) and a lock TTL of {lock_ttl}: every rebuild outlives the lock. With lease renewal (the gateway's default) the lock holder extends its lock while the rebuild runs; without it the lock expires mid-rebuild and another gateway takes over. *In flight at once* is the most hot-key origin queries running at the same time, from origin-sim's query log (each query's start and duration, read once every query has finished); `/items/{HOT_KEY}` is filled before the load.",
+                    human(slow_load.duration)
+                ),
+                vec![
+                    Label,
+                    Setup,
+                    Val(
+                        "hot_max_in_flight",
+                        "hot-key origin queries in flight at once: max",
+                    ),
+                    HotQueries,
+                    HotMean,
+                    HotMax,
+                    Counter("lock acquired"),
+                    HotP99,
+                    Errors,
+                    Chart,
+                ],
+                vec![
+                    slow("slow-origin-renewal", "lease renewal (default)", &[]),
+                    slow(
+                        "slow-origin-no-renewal",
+                        "no lease renewal",
+                        &["--no-lock-renewal"],
+                    ),
+                ],
+            )],
+        ),
+        Section::new(
+            "hit-path",
+            "Hit path: in-process store, Redis store and nginx, every request a hit",
+            vec![
+                Part::Table(
+                    format!(
+                        "{clients} keep-alive clients on `/items/{HOT_KEY}` only, filled before the load and cached for {hit_ttl_h} (every request is a hit), each system alone on the machine with a fresh origin-sim: {warmup_h} of warm-up, then {hit_dur_h} measured. The three are measured in turn, {rounds} rounds, so a drift of the machine shows in every column. One gateway (`--mitigations all`) with the in-process store, one with `--redis` (store and lock in Redis), nginx `proxy_cache` with {workers} worker processes and `proxy_cache_lock on` in front of the same origin. *Redis commands per request*: the calls in `INFO commandstats` during the measured load (its own `INFO` excluded) ÷ requests."
+                    ),
+                    vec![Label, Rps, P50, P99, RedisPerRequest, OriginQueries, Errors],
+                    hits.collect(),
+                ),
+                Part::Note(|res, _| hit_ratios(res)),
+                Part::Note(|_, runs| installed(runs)),
+            ],
+        ),
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The peers' versions (`Installed: …`).
+fn installed(runs: &[&Run]) -> String {
+    let mut v: Vec<String> = runs
+        .iter()
+        .filter_map(|r| Some(format!("`{}`", r.measured.peer.as_ref()?.version)))
+        .collect();
+    v.sort();
+    v.dedup();
+    opt(Some(v).filter(|v| !v.is_empty()), |v| {
+        format!("Installed: {}.", v.join(", "))
+    })
+}
 
-    fn opts(profile: Profile) -> LadderOptions {
-        let (rungs, rows, duration) = (profile.rungs(), profile.rows(), profile.duration());
-        let ttl = Duration::from_secs(2);
-        LadderOptions {
-            profile,
-            out: Default::default(),
-            duration,
-            ttl,
-            bin_dir: Default::default(),
-            rungs,
-            rows,
-            instances: 3,
-            charts: false,
-            command: String::new(),
-        }
-    }
-
-    /// Rows that share a run id share its whole setup (the runner runs it once).
-    #[test]
-    fn one_id_one_setup() {
-        let all = sections(&opts(Profile::Full));
-        let rows: Vec<&RunSpec> = all.iter().flat_map(Section::rows).collect();
-        let key = |s: &RunSpec| {
-            format!(
-                "{:?}{}{:?}{:?}{:?}{:?}{:?}",
-                s.front, s.instances, s.origin, s.ttl, s.load, s.measure, s.prewarm
-            )
-        };
-        for a in &rows {
-            for b in rows.iter().filter(|b| b.id == a.id) {
-                assert_eq!(key(a), key(b), "{}", a.id);
-            }
-        }
-    }
-
-    /// Every rung has a report section with a heading and a table, and every
-    /// counter column names a scraped counter.
-    #[test]
-    fn every_rung_has_a_report_section() {
-        let names = [
-            "table",
-            "scope",
-            "multi-key",
-            "negative",
-            "xfetch",
-            "fencing",
-            "metastable",
-            "peers",
-        ];
-        assert_eq!(rung_names(), names);
-        for s in sections(&opts(Profile::Full))
+/// The hit-path ratios per round, and their medians.
+fn hit_ratios(res: &Results) -> String {
+    let summary = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"))?.summary.as_ref();
+    let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
+    let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let mut md = "| round | `--redis` ÷ in-process (hits/s) | in-process ÷ nginx (hits/s) | p99 ms: in-process | nginx |\n|--:|--:|--:|--:|--:|\n".to_string();
+    let (mut redis_memory, mut memory_nginx) = (vec![], vec![]);
+    for i in (1..).take_while(|i| {
+        ["memory", "redis", "nginx"]
             .iter()
-            .filter(|s| !s.rung.is_empty())
-        {
-            assert!(!s.heading.is_empty() && s.rows().count() > 0, "{}", s.rung);
-            for p in &s.parts {
-                if let Part::Table(_, cols, _) = p {
-                    for c in cols {
-                        assert!(!c.head().is_empty());
-                        if let Col::Counter(name, _) = c {
-                            assert!(COUNTERS.iter().any(|k| k.0 == *name), "{name}");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The prose takes its numbers from the table's settings.
-    #[test]
-    fn prose_follows_the_table() {
-        let mut o = opts(Profile::Full);
-        (o.ttl, o.instances, o.duration) = (Duration::from_millis(1500), 5, Duration::from_secs(7));
-        let all = sections(&o);
-        assert!(all[0].heading.contains("(5 gateways"));
-        let intro = |rung: &str| {
-            let s = all.iter().find(|s| s.rung == rung).unwrap();
-            s.parts
-                .iter()
-                .find_map(|p| {
-                    if let Part::Table(t, ..) = p {
-                        Some(t.clone())
-                    } else {
-                        None
-                    }
-                })
-                .unwrap()
-        };
-        assert!(
-            intro("peers").contains("50 clients, 95 % hot key, 7s, TTL 1s 500ms"),
-            "{}",
-            intro("peers")
+            .any(|w| summary(w, *i).is_some())
+    }) {
+        let (a, b) = (
+            ratio(rps("redis", i), rps("memory", i)),
+            ratio(rps("memory", i), rps("nginx", i)),
         );
-        assert!(intro("fencing").contains("--lock-ttl 300ms"));
-        assert!(
-            intro("metastable").contains("≤ 300 ms") && intro("metastable").contains("400 clients")
-        );
-        assert!(intro("multi-key").contains("more than 80 origin queries"));
+        redis_memory.extend(a);
+        memory_nginx.extend(b);
+        let (a, b, pm, pn) = (opt(a, f2), opt(b, f2), p99("memory", i), p99("nginx", i));
+        md += &format!("| {i} | {a} | {b} | {pm} | {pn} |\n");
     }
-
-    #[test]
-    fn profiles_select_rows_and_rungs() {
-        assert_eq!(Profile::Quick.rungs(), ["table"]);
-        assert_eq!(Profile::Full.rungs(), rung_names());
-        assert_eq!(Profile::Full.rows().len(), TABLE_ROWS.len());
-        let quick = Profile::Quick.rows();
-        assert!(quick.contains(&"naive".into()) && quick.contains(&"full".into()));
-        assert_eq!(
-            sections(&opts(Profile::Quick))[0].rows().count(),
-            2 * quick.len()
-        );
-        assert!(Profile::Quick.duration() < Profile::Full.duration());
-    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        opt((n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0), |m| {
+            format!("**{}**", f2(m))
+        })
+    };
+    let (a, b) = (median(&mut redis_memory), median(&mut memory_nginx));
+    format!("{md}\nMedian over the rounds: `--redis` ÷ in-process {a}, in-process ÷ nginx {b}.")
 }
