@@ -36,6 +36,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Set once the warm list is loaded.
     pub ready: Arc<AtomicBool>,
+    /// Whether a degraded store (Redis unreachable) makes `/readyz` 503.
+    pub readyz_requires_store: bool,
 }
 
 /// The admin router.
@@ -69,11 +71,23 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+/// 503 `warming` until the warm list is loaded; then `ready`, or, while the
+/// shared store cannot be reached, `ready (degraded …)` (503 `degraded …`
+/// with `--readyz-requires-redis`).
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    const DEGRADED: &str = "degraded: the shared store (Redis) cannot be reached; serving from the in-process fallback, coordination is per instance\n";
+    if !s.ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "warming\n").into_response()
+    } else if !s.store.is_degraded() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else if s.readyz_requires_store {
+        (StatusCode::SERVICE_UNAVAILABLE, DEGRADED).into_response()
+    } else {
+        (
+            StatusCode::OK,
+            format!("ready ({})", DEGRADED.trim_end()) + "\n",
+        )
+            .into_response()
     }
 }
 

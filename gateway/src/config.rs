@@ -1,4 +1,5 @@
-//! Command-line configuration (the interface contract in DESIGN.md).
+//! Command-line configuration: every flag, its default and its environment
+//! variable (`STAMPEDE_*`). The README lists them.
 
 use crate::proxy::Origin;
 use clap::Parser;
@@ -233,6 +234,15 @@ pub struct Config {
     /// Lifetime of a rebuild lock (must exceed a normal rebuild).
     #[arg(long, env = "STAMPEDE_LOCK_TTL", default_value = "2s", value_parser = duration)]
     pub lock_ttl: Duration,
+    /// Do not renew the rebuild lock while a rebuild runs (renewal is on by
+    /// default: every third of --lock-ttl, so an origin slower than the lock
+    /// still gets one rebuild fleet-wide). For the comparison rung.
+    #[arg(long, env = "STAMPEDE_NO_LOCK_RENEWAL")]
+    pub no_lock_renewal: bool,
+    /// Longest a rebuild may take, response headers and the body the cache
+    /// buffers (then 504, or the stale copy within --stale-if-error).
+    #[arg(long, env = "STAMPEDE_FILL_DEADLINE", default_value = "30s", value_parser = positive_duration)]
+    pub fill_deadline: Duration,
     /// Longest a lock loser waits for the fill (default: the lock TTL).
     #[arg(long, env = "STAMPEDE_LOCK_WAIT", value_parser = duration)]
     pub lock_wait: Option<Duration>,
@@ -278,6 +288,12 @@ pub struct Config {
     /// the query string, status, Cache-Status, latency).
     #[arg(long, env = "STAMPEDE_ACCESS_LOG")]
     pub access_log: bool,
+    /// With --redis: /readyz answers 503 while Redis cannot be reached. By
+    /// default the gateway stays ready on its in-process fallback store and
+    /// /readyz says `ready (degraded …)`, so a Redis outage does not take the
+    /// whole fleet out of its load balancer.
+    #[arg(long, env = "STAMPEDE_READYZ_REQUIRES_REDIS")]
+    pub readyz_requires_redis: bool,
     /// Bearer token for the admin API (purge, warm, hot keys); unset: admin API off.
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -19,8 +19,8 @@ use axum::response::IntoResponse;
 use http::{Request, StatusCode, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
-    CacheConfig, FallbackStore, HotKeys, MemoryStore, RedisStore, SharedStore, StampedeLayer,
-    StampedeService,
+    CacheConfig, CacheStore, FallbackStore, HotKeys, LeaseOptions, MemoryStore, RedisStore,
+    SharedStore, StampedeLayer, StampedeService,
 };
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,21 +67,34 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
         .clone()
 }
 
-/// Connect to the Redis at `url`, refusing TLS URLs (see
-/// [`config::check_redis_url`]); errors name the URL with its password redacted.
-async fn connect_redis(url: &str) -> anyhow::Result<RedisStore> {
+/// A Redis store for `url` (refusing TLS URLs, see
+/// [`config::check_redis_url`]). Waits up to 2 s for the connection; if Redis
+/// cannot be reached by then, the gateway comes up on its in-process fallback
+/// (degraded) and joins Redis in the background when it answers.
+async fn redis_store(url: &str) -> anyhow::Result<RedisStore> {
     config::check_redis_url(url).map_err(anyhow::Error::msg)?;
-    RedisStore::builder(url)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to Redis at {}", config::redact_url(url)))
+    let redacted = config::redact_url(url);
+    let store = RedisStore::builder(url)
+        .connect_lazily()
+        .with_context(|| format!("bad Redis URL {redacted}"))?;
+    if !store.wait_for_connect(Duration::from_secs(2)).await {
+        tracing::warn!(url = %redacted, "cannot reach Redis yet; serving from the in-process fallback store (degraded) and retrying in the background");
+        let probe = store.clone();
+        tokio::spawn(async move {
+            while probe.is_degraded() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            tracing::info!(url = %redacted, "Redis reached; joining the fleet");
+        });
+    }
+    Ok(store)
 }
 
 /// Connect the store the configuration asks for.
 pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
     Ok(match &config.redis {
         Some(url) => {
-            let store = connect_redis(url).await?;
+            let store = redis_store(url).await?;
             let url = config::redact_url(url);
             tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
             let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
@@ -135,6 +148,10 @@ pub fn build_stack(
         })
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))
+        .lease(LeaseOptions {
+            renew: !config.no_lock_renewal,
+            fill_deadline: config.fill_deadline,
+        })
         .xfetch_beta(config.xfetch_beta)
         .jitter(if config.http_strict {
             0.0
@@ -271,6 +288,7 @@ pub async fn run(
             .filter(|t| !t.trim().is_empty())
             .map(Into::into),
         ready: ready.clone(),
+        readyz_requires_store: config.readyz_requires_redis,
     };
     if let Some(list) = warm_list {
         let stack = stack.clone();
@@ -349,15 +367,15 @@ impl Spawned {
 }
 
 /// For tests: serve `config` on ephemeral 127.0.0.1 ports (ignoring
-/// `listen`/`admin_listen`). Fails if the store cannot be reached.
+/// `listen`/`admin_listen`). An unreachable Redis is not an error: the
+/// gateway comes up degraded and joins it later.
 pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    // Fail here, not in the task, when the store is unreachable.
     if let Some(url) = &config.redis {
-        connect_redis(url).await?;
+        config::check_redis_url(url).map_err(anyhow::Error::msg)?;
     }
     let metrics = install_prometheus(&config.instance);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -4,7 +4,7 @@
 //! keeps its pool connection for the configured latency, so once the pool is
 //! full requests queue and latency grows, the way a database saturates. See
 //! the "Interface contract → origin-sim" section of the design for the
-//! endpoints, and `docs/METRICS.md` for the metrics.
+//! endpoints, and the README's metrics table for the metrics.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! Prometheus recorder and the origin's metric names (see `docs/METRICS.md`).
+//! Prometheus recorder and the origin's metric names (listed in the README's metrics table).
 
 use std::sync::OnceLock;
 use std::time::Duration;

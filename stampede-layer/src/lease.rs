@@ -1,11 +1,42 @@
 //! A held rebuild lock, released when the guard goes away however the
 //! rebuild ends (an explicit [`LeaseGuard::release`], or a drop — a
 //! cancelled or panicking rebuild — which releases it in the background).
+//!
+//! While held it can be **renewed** ([`LeaseGuard::keep_alive`]): every third
+//! of the lock TTL the owner extends it (compare-and-expire), so an origin
+//! slower than the lock TTL still gets exactly one rebuild fleet-wide instead
+//! of a takeover per TTL. Renewal stops when the guard goes away, when the
+//! lock is no longer ours, or when a newer fencing token reached the key (a
+//! purge: this rebuild's write would be refused anyway). The lock layer
+//! bounds the whole rebuild with a deadline, so a renewed lock cannot be held
+//! forever by a stuck origin.
 
 use crate::context::FencingToken;
 use crate::key::CacheKey;
 use crate::store::{LockLease, SharedStore, record_error};
 use std::time::Duration;
+
+/// How a held rebuild lock is kept: renewed while the rebuild runs, and the
+/// rebuild bounded by a deadline (the lock layer's and the background
+/// refreshes' shared settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// Renew the lock every third of its TTL while the rebuild runs.
+    pub renew: bool,
+    /// Longest a rebuild may take (headers and the buffered body).
+    pub fill_deadline: Duration,
+}
+
+impl Default for LeaseOptions {
+    /// Renewal on, 30 s deadline (below the store's
+    /// [`INVALIDATION_HOLD`](crate::store::INVALIDATION_HOLD)).
+    fn default() -> Self {
+        Self {
+            renew: true,
+            fill_deadline: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Why taking a rebuild lock did not give one.
 #[derive(Debug)]
@@ -24,6 +55,7 @@ pub struct LeaseGuard {
     store: SharedStore,
     key: CacheKey,
     lease: Option<LockLease>,
+    renewal: Option<tokio::task::AbortHandle>,
 }
 
 impl LeaseGuard {
@@ -34,6 +66,7 @@ impl LeaseGuard {
                 store: store.clone(),
                 key: key.clone(),
                 lease: Some(lease),
+                renewal: None,
             }),
             Ok(None) => Acquire::Contended,
             Err(err) => {
@@ -48,8 +81,50 @@ impl LeaseGuard {
         FencingToken(self.lease.as_ref().map_or(0, |l| l.token))
     }
 
+    /// Renew the lock to `ttl` every `ttl / 3` until the guard goes away, the
+    /// lock is lost, or a newer token reached the key. Counted under
+    /// `stampede_lock_renewals_total{result="renewed|lost|error"}`.
+    pub fn keep_alive(&mut self, ttl: Duration) {
+        let Some(lease) = self.lease.clone() else {
+            return;
+        };
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let period = (ttl / 3).max(Duration::from_millis(1));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                match store.renew_lock(&key, &lease, ttl).await {
+                    Ok(true) => {
+                        metrics::counter!("stampede_lock_renewals_total", "result" => "renewed")
+                            .increment(1);
+                    }
+                    Ok(false) => {
+                        metrics::counter!("stampede_lock_renewals_total", "result" => "lost")
+                            .increment(1);
+                        tracing::debug!(
+                            key = key.digest(),
+                            token = lease.token,
+                            "lock lost; renewal stops"
+                        );
+                        return;
+                    }
+                    Err(err) => {
+                        // Try again next period: the lock may still be ours.
+                        metrics::counter!("stampede_lock_renewals_total", "result" => "error")
+                            .increment(1);
+                        record_error(store.as_ref(), "lock", &err);
+                    }
+                }
+            }
+        });
+        self.renewal = Some(task.abort_handle());
+    }
+
     /// Release now (compare-and-delete: only if we still own it).
     pub async fn release(mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
         if let Some(lease) = self.lease.take()
             && let Err(err) = self.store.unlock(&self.key, &lease).await
         {
@@ -60,6 +135,9 @@ impl LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
         let Some(lease) = self.lease.take() else {
             return;
         };

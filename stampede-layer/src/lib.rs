@@ -128,6 +128,7 @@ pub use fill::{CacheFill, CacheFillLayer};
 pub use hot_keys::{HotKey, HotKeys};
 pub use jitter::{TtlJitter, TtlJitterLayer};
 pub use key::CacheKey;
+pub use lease::LeaseOptions;
 pub use lock::{DistributedLock, DistributedLockLayer};
 pub use lookup::{CacheLookup, CacheLookupLayer};
 pub use negative::{NegativeCache, NegativeCacheLayer};

@@ -16,13 +16,19 @@
 //! * nothing by the bound: the stale copy in hand if there is one, else they
 //!   take the lock over or, failing that, go to the origin themselves.
 //!
+//! The winner renews its lock while the rebuild runs (every third of the
+//! lock TTL, see [`LeaseGuard::keep_alive`]), so an origin slower than the
+//! lock TTL still gets one rebuild fleet-wide; the whole rebuild (headers and
+//! the body the fill buffers) is bounded by a deadline, after which the
+//! client gets a `504` (or the stale copy, through stale-if-error above).
+//!
 //! Every wait is bounded. A background refresh that loses the lock simply
 //! stops ([`RefreshSkipped::Elsewhere`]): someone else is refreshing.
 
 use crate::body::{BoxError, CacheBody};
 use crate::context::{FencingToken, Lookup, LookupState, RefreshSkipped, Reread};
 use crate::entry::now_ms;
-use crate::lease::{Acquire, LeaseGuard};
+use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::serve::{collapsed_hit, stale};
 use crate::status::Detail;
 use crate::store::{SharedStore, get_or_miss};
@@ -41,6 +47,7 @@ pub struct DistributedLockLayer {
     max_wait: Duration,
     initial_backoff: Duration,
     max_backoff: Duration,
+    lease: LeaseOptions,
     enabled: bool,
 }
 
@@ -50,12 +57,14 @@ impl std::fmt::Debug for DistributedLockLayer {
             .field("backend", &self.store.backend())
             .field("lock_ttl", &self.lock_ttl)
             .field("max_wait", &self.max_wait)
+            .field("lease", &self.lease)
             .finish()
     }
 }
 
 impl DistributedLockLayer {
-    /// Lock through `store` (lock TTL 2 s, losers wait up to the lock TTL).
+    /// Lock through `store` (lock TTL 2 s renewed while the rebuild runs,
+    /// losers wait up to the lock TTL, whole-rebuild deadline 30 s).
     pub fn new(store: SharedStore) -> Self {
         Self {
             store,
@@ -63,6 +72,7 @@ impl DistributedLockLayer {
             max_wait: Duration::from_secs(2),
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
+            lease: LeaseOptions::default(),
             enabled: true,
         }
     }
@@ -74,7 +84,7 @@ impl DistributedLockLayer {
         self
     }
 
-    /// How long a lock lives unless released (must exceed a normal rebuild).
+    /// How long a lock lives unless released or renewed.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
@@ -90,6 +100,15 @@ impl DistributedLockLayer {
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.initial_backoff = initial;
         self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// Renewal and the whole-rebuild deadline (default: renewed every third
+    /// of the lock TTL, 30 s deadline). Without renewal a rebuild slower than
+    /// the lock TTL loses its lock and another instance starts a second one
+    /// (its write is then fenced, but the origin paid twice).
+    pub fn lease(mut self, lease: LeaseOptions) -> Self {
+        self.lease = lease;
         self
     }
 }
@@ -177,7 +196,7 @@ where
         Acquire::Held(guard) => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "acquired")
                 .increment(1);
-            return lead(inner, guard, req).await;
+            return lead(inner, &config, guard, req).await;
         }
         Acquire::Contended => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "contended")
@@ -242,16 +261,18 @@ where
         return Ok(stale(entry, false, Detail::LockTimeout));
     }
     match LeaseGuard::acquire(&store, key, config.lock_ttl).await {
-        Acquire::Held(guard) => lead(inner, guard, req).await,
+        Acquire::Held(guard) => lead(inner, &config, guard, req).await,
         _ => inner.oneshot(req).await.map_err(Into::into),
     }
 }
 
-/// Run the rebuild holding the lock, detached from the caller's future so a
-/// cancelled request still releases the lock (compare-and-delete).
+/// Run the rebuild holding the lock (renewed while it runs, bounded by the
+/// fill deadline), detached from the caller's future so a cancelled request
+/// still releases the lock (compare-and-delete).
 async fn lead<S, B>(
     inner: S,
-    guard: LeaseGuard,
+    config: &DistributedLockLayer,
+    mut guard: LeaseGuard,
     mut req: Request<B>,
 ) -> Result<Response<CacheBody>, BoxError>
 where
@@ -261,8 +282,18 @@ where
     B: Send + 'static,
 {
     req.extensions_mut().insert(guard.token());
+    if config.lease.renew {
+        guard.keep_alive(config.lock_ttl);
+    }
+    let deadline = config.lease.fill_deadline;
     let task = tokio::spawn(async move {
-        let result = inner.oneshot(req).await.map_err(Into::into);
+        let result = match tokio::time::timeout(deadline, inner.oneshot(req)).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => {
+                deadline_exceeded(guard.token().0, deadline);
+                Ok(gateway_timeout())
+            }
+        };
         guard.release().await;
         result
     });
@@ -270,4 +301,30 @@ where
         Ok(result) => result,
         Err(join) => Err(format!("rebuild task failed: {join}").into()),
     }
+}
+
+/// Count and log a rebuild cut at its deadline.
+pub(crate) fn deadline_exceeded(token: u64, deadline: Duration) {
+    metrics::counter!("stampede_fill_deadline_exceeded_total").increment(1);
+    tracing::warn!(
+        token,
+        deadline_ms = deadline.as_millis() as u64,
+        "rebuild exceeded the fill deadline"
+    );
+}
+
+/// The 504 of a rebuild past its deadline: made by the layers, so shareable
+/// with anyone who waited on it (and stale-if-error above may replace it).
+fn gateway_timeout() -> Response<CacheBody> {
+    let mut resp = Response::new(CacheBody::full(
+        "origin did not answer within the fill deadline\n",
+    ));
+    *resp.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.extensions_mut()
+        .insert(crate::context::Sharing::Generated);
+    resp
 }

@@ -8,7 +8,7 @@
 use crate::body::BoxError;
 use crate::context::RefreshSkipped;
 use crate::key::CacheKey;
-use crate::lease::{Acquire, LeaseGuard};
+use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::store::SharedStore;
 use http::{HeaderMap, Request};
 use std::collections::HashSet;
@@ -22,6 +22,7 @@ pub(crate) struct Refresher {
     in_flight: Arc<Mutex<HashSet<String>>>,
     max_in_flight: usize,
     claim: Option<(SharedStore, Duration)>,
+    lease: LeaseOptions,
     trigger: &'static str,
 }
 
@@ -31,6 +32,7 @@ impl Refresher {
             in_flight: Arc::default(),
             max_in_flight: 64,
             claim: None,
+            lease: LeaseOptions::default(),
             trigger,
         }
     }
@@ -43,6 +45,12 @@ impl Refresher {
     /// Claim the key's lock in `store` (when it is shared) for `ttl` first.
     pub(crate) fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
         self.claim = Some((store, ttl));
+        self
+    }
+
+    /// Renewal of the claimed lock and the refresh's deadline.
+    pub(crate) fn lease(mut self, lease: LeaseOptions) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -64,14 +72,18 @@ impl Refresher {
         let in_flight = self.in_flight.clone();
         let claim = self.claim.clone();
         let trigger = self.trigger;
+        let lease = self.lease;
         let key = key.clone();
         tokio::spawn(async move {
             let _done = RemoveOnDrop(in_flight, id);
             let mut guard = None;
             if let Some((store, ttl)) = claim.filter(|(s, _)| s.is_distributed()) {
                 match LeaseGuard::acquire(&store, &key, ttl).await {
-                    Acquire::Held(g) => {
+                    Acquire::Held(mut g) => {
                         req.extensions_mut().insert(g.token());
+                        if lease.renew {
+                            g.keep_alive(ttl);
+                        }
                         guard = Some(g);
                     }
                     Acquire::Contended => return, // another instance refreshes it
@@ -80,11 +92,18 @@ impl Refresher {
             }
             metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
                 .increment(1);
-            match inner.oneshot(req).await.map_err(Into::into) {
-                Err(err) if !RefreshSkipped::is(err.as_ref()) => {
-                    tracing::debug!(error = %err, trigger, "background refresh failed");
+            match tokio::time::timeout(lease.fill_deadline, inner.oneshot(req)).await {
+                Err(_) => {
+                    let token = guard.as_ref().map_or(0, |g| g.token().0);
+                    crate::lock::deadline_exceeded(token, lease.fill_deadline);
                 }
-                _ => {}
+                Ok(Err(err)) => {
+                    let err: BoxError = err.into();
+                    if !RefreshSkipped::is(err.as_ref()) {
+                        tracing::debug!(error = %err, trigger, "background refresh failed");
+                    }
+                }
+                Ok(Ok(_)) => {}
             }
             if let Some(g) = guard {
                 g.release().await;

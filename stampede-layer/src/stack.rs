@@ -33,6 +33,7 @@ use crate::config::CacheConfig;
 use crate::fill::{CacheFill, CacheFillLayer};
 use crate::hot_keys::HotKeys;
 use crate::jitter::{TtlJitter, TtlJitterLayer};
+use crate::lease::LeaseOptions;
 use crate::lock::{DistributedLock, DistributedLockLayer};
 use crate::lookup::{CacheLookup, CacheLookupLayer};
 use crate::negative::{NegativeCache, NegativeCacheLayer};
@@ -187,6 +188,7 @@ pub struct StampedeLayer {
     mitigations: Mitigations,
     lock_ttl: Duration,
     lock_wait: Option<Duration>,
+    lease: LeaseOptions,
     xfetch_beta: f64,
     jitter: f64,
     negative_ttl: Duration,
@@ -216,6 +218,7 @@ impl StampedeLayer {
             mitigations: Mitigations::ALL,
             lock_ttl: Duration::from_secs(2),
             lock_wait: None,
+            lease: LeaseOptions::default(),
             xfetch_beta: 1.0,
             jitter: 0.2,
             negative_ttl: Duration::from_secs(5),
@@ -254,6 +257,13 @@ impl StampedeLayer {
     /// claim the key's lock for as long).
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
+        self
+    }
+
+    /// Lock renewal while a rebuild runs, and the whole-rebuild deadline
+    /// (foreground and background).
+    pub fn lease(mut self, lease: LeaseOptions) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -330,6 +340,7 @@ impl<S> Layer<S> for StampedeLayer {
                 XFetchLayer::new(self.xfetch_beta)
                     .max_refreshes(self.max_background_refreshes)
                     .claim_through(store.clone(), claim_ttl)
+                    .lease(self.lease)
                     .enabled(m.xfetch),
             )
             .layer(lookup)
@@ -337,6 +348,7 @@ impl<S> Layer<S> for StampedeLayer {
                 StaleWhileRevalidateLayer::new()
                     .max_refreshes(self.max_background_refreshes)
                     .claim_through(store.clone(), claim_ttl)
+                    .lease(self.lease)
                     .enabled(m.swr),
             )
             .layer(SingleFlightLayer::new().enabled(m.single_flight))
@@ -344,6 +356,7 @@ impl<S> Layer<S> for StampedeLayer {
                 DistributedLockLayer::new(store.clone())
                     .lock_ttl(self.lock_ttl)
                     .max_wait(self.lock_wait.unwrap_or(self.lock_ttl))
+                    .lease(self.lease)
                     .enabled(m.lock),
             )
             .layer(CacheFillLayer::new(store.clone(), self.cache.clone()))

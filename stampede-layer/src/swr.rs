@@ -73,6 +73,13 @@ impl StaleWhileRevalidateLayer {
         self.refresher = self.refresher.claim_through(store, ttl);
         self
     }
+
+    /// Renewal of the claimed lock and the refresh's deadline (default:
+    /// [`LeaseOptions::default`](crate::LeaseOptions)).
+    pub fn lease(mut self, lease: crate::LeaseOptions) -> Self {
+        self.refresher = self.refresher.lease(lease);
+        self
+    }
 }
 
 impl<S> Layer<S> for StaleWhileRevalidateLayer {

@@ -53,6 +53,14 @@ pub fn register(backend: &'static str) {
         "Cache writes refused because a newer fencing token already wrote"
     );
     describe_counter!(
+        "stampede_lock_renewals_total",
+        "Lease renewals of held rebuild locks, by result"
+    );
+    describe_counter!(
+        "stampede_fill_deadline_exceeded_total",
+        "Rebuilds cut at the whole-fill deadline"
+    );
+    describe_counter!(
         "stampede_background_refreshes_total",
         "Background refreshes started, by trigger"
     );
@@ -98,6 +106,10 @@ pub fn register(backend: &'static str) {
         metrics::counter!("stampede_lock_acquisitions_total", "result" => result).increment(0);
     }
     metrics::counter!("stampede_fencing_rejections_total").increment(0);
+    for result in ["renewed", "lost", "error"] {
+        metrics::counter!("stampede_lock_renewals_total", "result" => result).increment(0);
+    }
+    metrics::counter!("stampede_fill_deadline_exceeded_total").increment(0);
     for trigger in ["swr", "xfetch"] {
         metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger).increment(0);
     }

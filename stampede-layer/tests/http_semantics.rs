@@ -38,6 +38,14 @@ fn stack() -> (Calls, Arc<MemoryStore>, StampedeService<Body>) {
                     HeaderValue::from_static("public, max-age=100"),
                 );
             }
+            "/huge" => {
+                h.insert(
+                    CACHE_CONTROL,
+                    HeaderValue::from_static(
+                        "max-age=18446744073709551615, stale-while-revalidate=99999999999999999999",
+                    ),
+                );
+            }
             _ => {}
         }
         Ok::<_, BoxError>(resp)
@@ -114,6 +122,22 @@ async fn credentialed_requests_bypass_the_cache() {
         assert!(held.is_none(), "{held:?}");
     }
     assert_eq!(calls.total(), 5);
+}
+
+/// An origin lifetime past any clock (`u64::MAX` seconds, and more) is
+/// clamped to 2^31 s (RFC 9111 §1.2.2), not overflowed into a past deadline.
+#[tokio::test]
+async fn huge_lifetimes_are_clamped_not_overflowed() {
+    let (calls, store, svc) = stack();
+    let (status, cs, _) = read(svc.clone().oneshot(get("/huge")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(cs.contains("stored"), "{cs}");
+    let e = store.get(&key("/huge")).await.unwrap().unwrap();
+    assert_eq!(e.fresh_until_ms - e.stored_at_ms, (1u64 << 31) * 1000);
+    assert!(e.stale_until_ms >= e.fresh_until_ms);
+    let (_, cs, _) = read(svc.oneshot(get("/huge")).await.unwrap()).await;
+    assert!(cs.contains("hit"), "{cs}");
+    assert_eq!(calls.total(), 1);
 }
 
 #[tokio::test]

@@ -240,6 +240,14 @@ impl CacheStore for LockedElsewhere {
     ) -> Result<bool, stampede_layer::StoreError> {
         Ok(false)
     }
+    async fn renew_lock(
+        &self,
+        _key: &stampede_layer::CacheKey,
+        _lease: &stampede_layer::LockLease,
+        _ttl: Duration,
+    ) -> Result<bool, stampede_layer::StoreError> {
+        Ok(false)
+    }
     async fn wait_for_fill(&self, key: &stampede_layer::CacheKey, timeout: Duration) {
         self.0.wait_for_fill(key, timeout).await
     }

@@ -62,15 +62,10 @@ pub async fn serve(app: Router) -> SocketAddr {
 pub fn config(origin: SocketAddr, mitigations: &str, extra: &[&str]) -> gateway::Config {
     use clap::Parser;
     let origin = format!("http://{origin}");
-    let mut args = vec![
-        "gateway",
-        "--origin",
-        &origin,
-        "--mitigations",
-        mitigations,
-        "--upstream-timeout",
-        "500ms",
-    ];
+    let mut args = vec!["gateway", "--origin", &origin, "--mitigations", mitigations];
+    if !extra.contains(&"--upstream-timeout") {
+        args.extend(["--upstream-timeout", "500ms"]);
+    }
     args.extend_from_slice(extra);
     gateway::Config::try_parse_from(args).expect("valid test config")
 }

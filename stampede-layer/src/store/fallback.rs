@@ -87,6 +87,18 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
     }
 
     fn route(&self) -> Route {
+        let route = self.breaker_route();
+        // A primary that knows it is disconnected (still connecting, or
+        // reconnecting) cannot answer: count the failure and use the fallback
+        // at once instead of paying its command timeout.
+        if route != Route::Fallback && self.primary.is_degraded() {
+            self.failed(route);
+            return Route::Fallback;
+        }
+        route
+    }
+
+    fn breaker_route(&self) -> Route {
         let mut s = self.state.lock().expect("breaker lock");
         match *s {
             State::Closed { .. } => Route::Primary,
@@ -201,6 +213,27 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         route!(self, "lock", |s| s.try_lock(key, ttl).await)
     }
 
+    async fn renew_lock(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        route!(self, "lock", |s| s.renew_lock(key, lease, ttl).await)
+    }
+
+    /// Degraded: the primary knows it is disconnected, or failed recently
+    /// (the breaker is open, within its cool-down). Past the cool-down the
+    /// next operation probes it, so an idle gateway whose Redis came back is
+    /// not reported degraded for want of traffic.
+    fn is_degraded(&self) -> bool {
+        let cooling = matches!(
+            *self.state.lock().expect("breaker lock"),
+            State::Open { until, .. } if Instant::now() < until
+        );
+        cooling || self.primary.is_degraded()
+    }
+
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
         // A lease is released where it was taken; try both (owners are unique).
         let local = self.fallback.unlock(key, lease).await.unwrap_or(false);
@@ -270,6 +303,14 @@ mod tests {
         }
         async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
             self.inner.unlock(k, l).await
+        }
+        async fn renew_lock(
+            &self,
+            k: &CacheKey,
+            l: &LockLease,
+            t: Duration,
+        ) -> Result<bool, StoreError> {
+            self.inner.renew_lock(k, l, t).await
         }
         async fn wait_for_fill(&self, k: &CacheKey, t: Duration) {
             self.inner.wait_for_fill(k, t).await

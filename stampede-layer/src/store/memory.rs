@@ -1,6 +1,6 @@
 //! The in-process store: moka with per-entry expiry, bounded by entries and bytes.
 
-use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use super::{CacheStore, INVALIDATION_HOLD, LockLease, PutOutcome, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -22,6 +22,8 @@ pub struct MemoryStore {
     entries: Cache<String, Arc<CachedResponse>>,
     locks: Arc<Mutex<HashMap<String, HeldLock>>>,
     fills: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// Fences left by deletes: a write with an older token is refused.
+    tombstones: Cache<String, u64>,
     next_token: Arc<AtomicU64>,
 }
 
@@ -80,6 +82,10 @@ impl MemoryStore {
             entries,
             locks: Arc::default(),
             fills: Arc::default(),
+            tombstones: Cache::builder()
+                .max_capacity(max_entries.max(1024))
+                .time_to_live(INVALIDATION_HOLD)
+                .build(),
             next_token: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -121,19 +127,22 @@ impl CacheStore for MemoryStore {
         }
         let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
+        let tombstones = &self.tombstones;
+        let out = &mut outcome;
         self.entries
             .entry(key.digest().to_owned())
             .and_compute_with(|current| {
-                let op = match current {
-                    Some(cur) if cur.value().fence > new.fence => {
-                        outcome = PutOutcome::Fenced {
-                            current: cur.value().fence,
-                        };
-                        moka::ops::compute::Op::Nop
+                let fenced_at = current.map(|c| c.value().fence);
+                async move {
+                    let tomb = tombstones.get(key.digest()).await;
+                    match fenced_at.into_iter().chain(tomb).max() {
+                        Some(cur) if cur > new.fence => {
+                            *out = PutOutcome::Fenced { current: cur };
+                            moka::ops::compute::Op::Nop
+                        }
+                        _ => moka::ops::compute::Op::Put(new.clone()),
                     }
-                    _ => moka::ops::compute::Op::Put(new.clone()),
-                };
-                std::future::ready(op)
+                }
             })
             .await;
         if outcome == PutOutcome::Written {
@@ -146,8 +155,39 @@ impl CacheStore for MemoryStore {
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
-        self.entries.invalidate(key.digest()).await;
+        // Fence first, then remove, both before any later write of this key
+        // computes: a fill holding an older token is refused when it lands.
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.tombstones.insert(key.digest().to_owned(), token).await;
+        self.entries
+            .entry(key.digest().to_owned())
+            .and_compute_with(|_| std::future::ready(moka::ops::compute::Op::Remove))
+            .await;
         Ok(())
+    }
+
+    async fn renew_lock(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // A newer token reached the key (a delete, another writer): this
+        // rebuild's write would be refused; stop holding the lock for it.
+        let tomb = self.tombstones.get(key.digest()).await;
+        let stored = self.entries.get(key.digest()).await.map(|e| e.fence);
+        if tomb.into_iter().chain(stored).any(|t| t > lease.token) {
+            return Ok(false);
+        }
+        let mut locks = self.locks.lock().expect("locks lock");
+        let now = Instant::now();
+        match locks.get_mut(&key.flight_id()) {
+            Some(held) if held.owner == lease.owner && held.expires > now => {
+                held.expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn try_lock(
@@ -267,6 +307,53 @@ mod tests {
             PutOutcome::Fenced { .. }
         ));
         assert_eq!(s.get(&k).await.unwrap().unwrap().body, "unlocked");
+    }
+
+    #[tokio::test]
+    async fn a_delete_is_not_undone_by_a_fill_in_flight() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let lease = s
+            .try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        // A purge lands while the lock holder is rebuilding...
+        s.delete(&k).await.unwrap();
+        // ...so its answer, fetched before the purge, is refused.
+        let mut late = sample("before the purge", 5000, 0);
+        late.fence = lease.token;
+        assert!(matches!(
+            s.put(&k, &late).await.unwrap(),
+            PutOutcome::Fenced { .. }
+        ));
+        assert_eq!(s.get(&k).await.unwrap(), None);
+        assert!(s.unlock(&k, &lease).await.unwrap());
+        // A rebuild that starts after the purge writes as usual.
+        let lease = s.try_lock(&k, Duration::from_secs(5)).await.unwrap();
+        let mut fresh = sample("after", 5000, 0);
+        fresh.fence = lease.unwrap().token;
+        assert_eq!(s.put(&k, &fresh).await.unwrap(), PutOutcome::Written);
+    }
+
+    #[tokio::test]
+    async fn renewal_extends_only_the_owners_lock() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let ttl = Duration::from_millis(100);
+        let a = s.try_lock(&k, ttl).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(s.renew_lock(&k, &a, ttl).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // 120 ms after taking a 100 ms lock: still held thanks to the renewal.
+        assert!(s.try_lock(&k, ttl).await.unwrap().is_none());
+        let stranger = LockLease {
+            token: a.token,
+            owner: "someone else".into(),
+        };
+        assert!(!s.renew_lock(&k, &stranger, ttl).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(!s.renew_lock(&k, &a, ttl).await.unwrap(), "expired");
     }
 
     #[tokio::test]

@@ -19,6 +19,11 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a delete fences its key against older fills (a rebuild that
+/// started before a purge and lands after it). Longer than any rebuild: the
+/// lock layer's whole-fill deadline is shorter.
+pub const INVALIDATION_HOLD: Duration = Duration::from_secs(60);
+
 /// A store operation that failed. The layers treat every error as "no answer
 /// from the cache" and go on without it; none reaches a client.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +83,9 @@ pub trait CacheStore: Send + Sync + 'static {
     /// token 0 (no lock held) takes the key's next token as it lands.
     async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError>;
 
-    /// Remove the entry.
+    /// Remove the entry, and fence it: a fill that took its token before the
+    /// delete (a rebuild in flight during a purge) is refused when it lands,
+    /// so an invalidation is never undone by an older answer.
     async fn delete(&self, key: &CacheKey) -> Result<(), StoreError>;
 
     /// Try to take the rebuild lock of `key` (scoped to its variant, if any:
@@ -95,10 +102,25 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Returns whether it was released.
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError>;
 
+    /// Extend the lock `lease` holds to `ttl` from now if `lease` still owns it
+    /// (compare-and-expire). `false`: the lock is gone or someone else's.
+    async fn renew_lock(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Wait until an entry for `key` is written or `timeout` passes, whichever
     /// is first. Backends without write events just sleep `timeout`; callers
     /// re-read the entry either way.
     async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration);
+
+    /// Whether the store runs degraded: a shared backend that cannot be
+    /// reached, its in-process fallback serving meanwhile.
+    fn is_degraded(&self) -> bool {
+        false
+    }
 
     /// Number of entries held, where the backend knows it cheaply.
     fn entry_count(&self) -> Option<u64> {
