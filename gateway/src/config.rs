@@ -1,6 +1,7 @@
 //! Command-line configuration: every flag, its default and its environment
 //! variable (`STAMPEDE_*`). The README lists them.
 
+pub use crate::proxy::ForwardedPolicy;
 use crate::proxy::Origin;
 use clap::Parser;
 use stampede_layer::Mitigations;
@@ -70,18 +71,6 @@ fn via_name(s: &str) -> Result<String, String> {
             "{s:?} is not a host name or pseudonym (letters, digits, -._:)"
         ))
     }
-}
-
-/// What the proxy does with client-supplied `X-Forwarded-For` and `Forwarded`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum ForwardedPolicy {
-    /// Drop what the client sent (and `X-Real-IP`); send only the connecting
-    /// peer's address. For a gateway that clients reach directly.
-    #[default]
-    Replace,
-    /// Keep the chain the client sent and append the connecting peer. Only
-    /// behind a load balancer you trust to have set it.
-    Append,
 }
 
 /// Why a Redis URL is refused, if it is: not a `redis://` URL, or a TLS one

@@ -12,7 +12,6 @@
 //! `Via` on requests and responses, and `X-Forwarded-For` / `Forwarded`
 //! replaced by (or appended with) the connecting peer's address.
 
-use crate::config::ForwardedPolicy;
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -192,6 +191,18 @@ pub const UNKEYED_OVERRIDES: [HeaderName; 8] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-host"),
 ];
+
+/// What the proxy does with client-supplied `X-Forwarded-For` and `Forwarded`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardedPolicy {
+    /// Drop what the client sent (and `X-Real-IP`); send only the connecting
+    /// peer's address. For a gateway that clients reach directly.
+    #[default]
+    Replace,
+    /// Keep the chain the client sent and append the connecting peer. Only
+    /// behind a load balancer you trust to have set it.
+    Append,
+}
 
 /// The forwarding headers the proxy sets (RFC 9110 §7.6.3, RFC 7239).
 ///

@@ -13,7 +13,6 @@
 
 use crate::entry::{CachedResponse, VaryValues};
 use crate::key::CacheKey;
-use crate::policy::NotShareable;
 use http::HeaderMap;
 use std::sync::Arc;
 
@@ -235,5 +234,91 @@ pub(crate) fn warn_misplaced(layer: &'static str, needs: &'static str) {
             needs,
             "layer misplaced in the stack: it does nothing here"
         );
+    }
+}
+
+/// Why a response may not be stored (and so not shared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotShareable {
+    /// Nobody vouched for it (no [`Sharing`](crate::Sharing) recorded).
+    Unknown,
+    /// `Cache-Control: no-store`.
+    NoStore,
+    /// `Cache-Control: private`.
+    Private,
+    /// `Cache-Control: no-cache`: every use needs a revalidation first.
+    NoCache,
+    /// It sets a cookie: one client's session.
+    SetCookie,
+    /// `Vary: *`: no request can be known to match.
+    VaryStar,
+    /// The request carried `Authorization` and the response does not say
+    /// `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
+    Authorization,
+    /// A status code this cache does not store (without explicit freshness).
+    Status,
+    /// A server error (5xx): an answer of this moment, not of the resource.
+    ServerError,
+    /// A partial (206) or not-modified (304) answer: not a full representation.
+    Partial,
+    /// Larger than the buffer limit: it streamed through.
+    TooLarge,
+    /// Stale on arrival, with nothing to revalidate it with.
+    NoLifetime,
+}
+
+impl NotShareable {
+    /// The metric label value (`stampede_uncacheable_total{reason}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotShareable::Unknown => "unknown",
+            NotShareable::NoStore => "no-store",
+            NotShareable::Private => "private",
+            NotShareable::NoCache => "no-cache",
+            NotShareable::SetCookie => "set-cookie",
+            NotShareable::VaryStar => "vary-star",
+            NotShareable::Authorization => "authorization",
+            NotShareable::Status => "status",
+            NotShareable::ServerError => "server-error",
+            NotShareable::Partial => "partial",
+            NotShareable::TooLarge => "too-large",
+            NotShareable::NoLifetime => "no-lifetime",
+        }
+    }
+
+    /// Every label value, for zero-valued series at start-up.
+    pub const ALL: [NotShareable; 12] = [
+        NotShareable::Unknown,
+        NotShareable::NoStore,
+        NotShareable::Private,
+        NotShareable::NoCache,
+        NotShareable::SetCookie,
+        NotShareable::VaryStar,
+        NotShareable::Authorization,
+        NotShareable::Status,
+        NotShareable::ServerError,
+        NotShareable::Partial,
+        NotShareable::TooLarge,
+        NotShareable::NoLifetime,
+    ];
+
+    /// Whether the reason belongs to the resource (so the next answer will
+    /// most likely be the same, and the key earns a hit-for-miss marker)
+    /// rather than to this one answer (a server error, a partial answer).
+    pub fn marks_hit_for_miss(self) -> bool {
+        match self {
+            NotShareable::NoStore
+            | NotShareable::Private
+            | NotShareable::SetCookie
+            | NotShareable::VaryStar
+            | NotShareable::Authorization
+            | NotShareable::TooLarge
+            | NotShareable::Status => true,
+            NotShareable::ServerError
+            | NotShareable::Unknown
+            | NotShareable::NoCache
+            | NotShareable::Partial
+            | NotShareable::NoLifetime => false,
+        }
     }
 }
