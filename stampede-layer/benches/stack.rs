@@ -8,18 +8,20 @@
 //! * `bare` — the inner service alone (an instant origin);
 //! * `stack_none_hit` — `StampedeLayer` with `Mitigations::NONE` (plain
 //!   cache-aside), answering a fresh hit from `MemoryStore`;
-//! * `stack_all_hit` — every mitigation on (`Mitigations::ALL`), fresh hit.
+//! * `stack_all_hit` — every mitigation on (`Mitigations::ALL`), fresh hit;
+//! * `stack_all_hit_recorded` — the same as the gateway runs it: the
+//!   Prometheus recorder installed (measured last: a recorder is global) and
+//!   the hot-key report on.
 //!
-//! Each iteration sends one `GET` and reads the whole body. No metrics
-//! recorder is installed, so the `metrics` macros are no-ops here; with the
-//! gateway's Prometheus recorder each request also pays for its counters and
-//! histogram.
+//! Each iteration sends one `GET` and reads the whole body. Until the last
+//! variant no metrics recorder is installed, so the `metrics` macros are
+//! no-ops there.
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use stampede_layer::{MemoryStore, Mitigations, SharedStore, StampedeLayer};
+use stampede_layer::{HotKeys, MemoryStore, Mitigations, SharedStore, StampedeLayer};
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -55,15 +57,22 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    for (name, mitigations) in [
-        ("stack_none_hit", Mitigations::NONE),
-        ("stack_all_hit", Mitigations::ALL),
+    for (name, mitigations, recorded) in [
+        ("stack_none_hit", Mitigations::NONE, false),
+        ("stack_all_hit", Mitigations::ALL, false),
+        ("stack_all_hit_recorded", Mitigations::ALL, true),
     ] {
         let store: SharedStore = Arc::new(MemoryStore::default());
-        let svc = StampedeLayer::new(store)
+        let mut layer = StampedeLayer::new(store)
             .mitigations(mitigations)
-            .ttl(Duration::from_secs(3600))
-            .service(origin);
+            .ttl(Duration::from_secs(3600));
+        if recorded {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            metrics::set_global_recorder(recorder).expect("the only recorder");
+            stampede_layer::telemetry::register("memory");
+            layer = layer.hot_keys(HotKeys::new(10, Duration::from_secs(10), 10_000));
+        }
+        let svc = layer.service(origin);
         // Fill the entry; every measured request is a fresh hit.
         rt.block_on(async {
             let resp = svc.clone().oneshot(request()).await.unwrap();

@@ -2,6 +2,11 @@
 //! window, without per-key metric labels (unbounded cardinality). Published
 //! as `stampede_hot_key_requests_per_second{rank="1".."N"}` and readable via
 //! [`HotKeys::top`] (the gateway serves it on its admin listener).
+//!
+//! A hit must not take a lock: one request in [`DEFAULT_SAMPLE`] (chosen at
+//! random, so no request pattern aliases with it) is counted, with weight
+//! [`DEFAULT_SAMPLE`]. A hot key's rate is estimated within a few percent
+//! over a window; a key too cold to be sampled was not hot.
 
 use crate::key::CacheKey;
 use std::collections::HashMap;
@@ -17,6 +22,9 @@ pub struct HotKey {
     pub requests_per_second: f64,
 }
 
+/// One request in this many is counted by default (see the module docs).
+pub const DEFAULT_SAMPLE: u32 = 8;
+
 /// Counts requests per key in fixed windows, tracking at most `capacity` keys.
 #[derive(Clone, Debug)]
 pub struct HotKeys {
@@ -24,6 +32,7 @@ pub struct HotKeys {
     window: Duration,
     capacity: usize,
     top_n: usize,
+    sample: u32,
 }
 
 #[derive(Debug)]
@@ -45,18 +54,29 @@ impl HotKeys {
             window,
             capacity,
             top_n,
+            sample: DEFAULT_SAMPLE,
         }
     }
 
-    /// Count one request for `key`.
+    /// Count one request in `n` (1: every request, exact counts).
+    pub fn sample_one_in(mut self, n: u32) -> Self {
+        self.sample = n.max(1);
+        self
+    }
+
+    /// Count one request for `key` (sampled: most calls return at once).
     pub fn record(&self, key: &CacheKey) {
+        if self.sample > 1 && !rand::random_ratio(1, self.sample) {
+            return;
+        }
+        let weight = u64::from(self.sample);
         let mut s = self.state.lock().expect("hot keys lock");
         self.rotate_if_due(&mut s);
         let full = s.counts.len() >= self.capacity;
         if let Some(c) = s.counts.get_mut(key.display()) {
-            *c += 1;
+            *c += weight;
         } else if !full {
-            s.counts.insert(key.display().to_owned(), 1);
+            s.counts.insert(key.display().to_owned(), weight);
         }
     }
 
@@ -99,7 +119,7 @@ mod tests {
 
     #[test]
     fn ranks_and_bounds() {
-        let hot = HotKeys::new(2, Duration::from_millis(50), 3);
+        let hot = HotKeys::new(2, Duration::from_millis(50), 3).sample_one_in(1);
         let k = |p: &str| CacheKey::new(&Method::GET, &p.parse().unwrap());
         for _ in 0..10 {
             hot.record(&k("/hot"));
@@ -116,5 +136,26 @@ mod tests {
         assert_eq!(top[0].key, "GET /hot");
         assert_eq!(top[1].key, "GET /warm");
         assert!(top[0].requests_per_second > top[1].requests_per_second);
+    }
+
+    #[test]
+    fn sampled_counts_estimate_the_rate() {
+        let window = Duration::from_millis(200);
+        let created = Instant::now();
+        let hot = HotKeys::new(1, window, 100);
+        let k = CacheKey::new(&Method::GET, &"/hot".parse().unwrap());
+        let n = 40_000u32;
+        for _ in 0..n {
+            hot.record(&k);
+        }
+        assert!(created.elapsed() < window, "all in one window");
+        std::thread::sleep(window);
+        // The rate is per second of the window as it was closed: between these two.
+        let (before, top, after) = (created.elapsed(), hot.top(), created.elapsed());
+        let rate = top[0].requests_per_second;
+        // Binomial(n, 1/8) × 8: the standard deviation is under 2 % of n.
+        let n = f64::from(n);
+        assert!(rate * before.as_secs_f64() < 1.15 * n, "{rate}/s for {n}");
+        assert!(rate * after.as_secs_f64() > 0.85 * n, "{rate}/s for {n}");
     }
 }

@@ -28,10 +28,11 @@ use crate::refresh::refresh_headers;
 use crate::serve::{bad_target, response_from_entry};
 use crate::status::{CacheStatus, Detail, Fwd};
 use crate::store::{SharedStore, get_or_miss, record_error};
+use crate::telemetry::RequestMetrics;
 use futures_util::future::BoxFuture;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{Method, Request, Response, Uri};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -42,6 +43,7 @@ pub struct CacheLookupLayer {
     store: SharedStore,
     config: Arc<CacheConfig>,
     hot_keys: Option<HotKeys>,
+    metrics: Arc<OnceLock<RequestMetrics>>,
 }
 
 impl std::fmt::Debug for CacheLookupLayer {
@@ -60,6 +62,7 @@ impl CacheLookupLayer {
             store,
             config: Arc::new(config),
             hot_keys: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -79,6 +82,7 @@ impl<S> Layer<S> for CacheLookupLayer {
             store: self.store.clone(),
             config: self.config.clone(),
             hot_keys: self.hot_keys.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct CacheLookup<S> {
     store: SharedStore,
     config: Arc<CacheConfig>,
     hot_keys: Option<HotKeys>,
+    /// Looked up on the first request recorded (the recorder is installed
+    /// by then), then shared by every clone.
+    metrics: Arc<OnceLock<RequestMetrics>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CacheLookup<S> {
@@ -133,7 +140,8 @@ where
         let fut = async move {
             let started = Instant::now();
             let background = req.extensions().get::<ForceRefresh>().is_some();
-            let name = this.config.name.clone();
+            let config = this.config.clone();
+            let metrics = this.metrics.clone();
             let mut resp = this.handle(req).await?;
             let status = resp
                 .extensions_mut()
@@ -141,7 +149,7 @@ where
                 .unwrap_or_default();
             // An upstream cache's entries stay; ours is the last member, the
             // cache closest to the client (RFC 9211 §2).
-            let ours = status.header_value(&name);
+            let ours = status.header_value(&config.name);
             let value = match resp.headers().get(crate::CACHE_STATUS) {
                 Some(upstream) => {
                     let mut v = upstream.as_bytes().to_vec();
@@ -152,13 +160,13 @@ where
                 None => ours,
             };
             resp.headers_mut().insert(crate::CACHE_STATUS, value);
-            let outcome = status.outcome(resp.status()).as_str();
-            record.record("outcome", outcome);
+            let outcome = status.outcome(resp.status());
+            record.record("outcome", outcome.as_str());
             record.record("status", resp.status().as_u16());
             if !background {
-                metrics::counter!("stampede_requests_total", "outcome" => outcome).increment(1);
-                metrics::histogram!("stampede_request_duration_seconds", "outcome" => outcome)
-                    .record(started.elapsed().as_secs_f64());
+                metrics
+                    .get_or_init(RequestMetrics::new)
+                    .record(outcome, started.elapsed());
             }
             Ok(resp)
         };

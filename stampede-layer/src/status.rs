@@ -95,6 +95,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Stale,
+        Outcome::Collapsed,
+        Outcome::LockWaitHit,
+        Outcome::NegativeHit,
+        Outcome::Shed,
+        Outcome::Bypass,
+    ];
+
+    /// Position in [`Outcome::ALL`] (for per-outcome tables).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -178,8 +195,10 @@ impl CacheStatus {
     }
 
     /// The header value, e.g. `stampede; hit; ttl=3` or `stampede; fwd=uri-miss; fwd-status=200; stored`.
+    /// Written into one buffer that becomes the header's bytes (no copy).
     pub fn header_value(&self, cache_name: &str) -> HeaderValue {
-        let mut v = String::with_capacity(64);
+        use std::fmt::Write;
+        let mut v = String::with_capacity(cache_name.len() + 48);
         v.push_str(cache_name);
         if self.hit {
             v.push_str("; hit");
@@ -189,10 +208,10 @@ impl CacheStatus {
             v.push_str(fwd.as_str());
         }
         if let Some(s) = self.fwd_status {
-            v.push_str(&format!("; fwd-status={s}"));
+            let _ = write!(v, "; fwd-status={s}");
         }
         if let Some(t) = self.ttl {
-            v.push_str(&format!("; ttl={t}"));
+            let _ = write!(v, "; ttl={t}");
         }
         if self.stored {
             v.push_str("; stored");
@@ -204,7 +223,8 @@ impl CacheStatus {
             v.push_str("; detail=");
             v.push_str(d.as_str());
         }
-        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("stampede"))
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            .unwrap_or_else(|_| HeaderValue::from_static("stampede"))
     }
 }
 
@@ -222,6 +242,15 @@ mod tests {
             miss.header_value("gw"),
             "gw; fwd=uri-miss; fwd-status=200; stored; collapsed"
         );
+    }
+
+    #[test]
+    fn outcome_table() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i);
+            assert_eq!(o.as_str(), crate::telemetry::OUTCOMES[i]);
+        }
+        assert_eq!(CacheStatus::hit(1).header_value("bad\nname"), "stampede");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! series up front, so dashboards and alert rules see `0`, not "no data",
 //! before the first miss, shed or store error.
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use crate::status::Outcome;
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
+use std::time::Duration;
 
 /// Outcome label values of `stampede_requests_total`.
 pub const OUTCOMES: [&str; 8] = [
@@ -129,5 +131,75 @@ pub fn register(backend: &'static str) {
     for rank in 1..=10 {
         metrics::gauge!("stampede_hot_key_requests_per_second", "rank" => rank.to_string())
             .set(0.0);
+    }
+}
+
+/// The per-request series (`stampede_requests_total` and
+/// `stampede_request_duration_seconds` by outcome), looked up once: a
+/// request records through these handles instead of resolving name and
+/// labels in the recorder's registry each time. Handles belong to the
+/// recorder current when [`RequestMetrics::new`] runs.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    requests: [Counter; 8],
+    durations: [Histogram; 8],
+}
+
+impl RequestMetrics {
+    /// Look up every outcome's handles in the current recorder.
+    pub fn new() -> Self {
+        Self {
+            requests: Outcome::ALL.map(|o| {
+                metrics::counter!("stampede_requests_total", "outcome" => o.as_str())
+            }),
+            durations: Outcome::ALL.map(|o| {
+                metrics::histogram!("stampede_request_duration_seconds", "outcome" => o.as_str())
+            }),
+        }
+    }
+
+    /// Count one request answered with `outcome` after `elapsed`.
+    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+        self.requests[outcome.index()].increment(1);
+        self.durations[outcome.index()].record(elapsed.as_secs_f64());
+    }
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    #[test]
+    fn cached_handles_record_by_outcome() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let m = RequestMetrics::new();
+            m.record(Outcome::Hit, Duration::from_millis(1));
+            m.record(Outcome::Hit, Duration::from_millis(2));
+            m.record(Outcome::Stale, Duration::from_millis(3));
+        });
+        let counts: Vec<(String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n) if n > 0 => {
+                    let label = key.key().labels().next()?.value().to_owned();
+                    Some((label, n))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut counts = counts;
+        counts.sort();
+        assert_eq!(counts, [("hit".into(), 2), ("stale".into(), 1)]);
     }
 }

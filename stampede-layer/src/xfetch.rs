@@ -1,36 +1,65 @@
 //! XFetch — probabilistic early expiration (Vattani, Chierichetti, Lowenstein,
-//! VLDB 2015): bounds the *cliff*. Each read of a fresh entry refreshes it in
-//! the background with probability rising as expiry nears:
+//! VLDB 2015): bounds the *cliff*. A fresh entry is refreshed in the
+//! background a random while before it expires. The paper's per-read test
+//! ([`should_refresh_early`]) is
 //!
 //! ```text
 //! now - delta * beta * ln(U) >= expiry,   U ~ Uniform(0, 1]
 //! ```
 //!
-//! `delta` is the measured rebuild time stored in the entry, `beta` (> 0)
-//! trades earlier refreshes (> 1) for fewer (< 1). On a hot key exactly one
-//! read near the end of the window triggers, so the entry never expires
-//! under load; a cold key read about once per TTL rarely rolls the dice in
-//! the window, and still misses at expiry.
+//! rolled on every read. With `r` reads a second its trigger times compound:
+//! the first refresh comes about `delta*beta*ln(r*delta*beta)` before expiry,
+//! earlier the hotter the key and the slower the origin (at 1,800 reads/s and
+//! a 200 ms rebuild, 1.2 s early on a 2 s TTL; with a saturated origin, right
+//! after the previous fill). Here `U` is drawn once per *entry* instead
+//! ([`entry_draw`]: a hash of the key and the write, so every instance of a
+//! fleet draws the same), and the refresh is due at
+//!
+//! ```text
+//! expiry - s * (1 - ln U),   s = min(delta * beta, lifetime / 8),
+//! never more than lifetime / 2 before expiry
+//! ```
+//!
+//! ([`early_refresh_gap_ms`]). For a single read (a cold key) the trigger
+//! probability is `e` times the paper's (capped at 1) while `s` is not
+//! capped; for any read rate the earliness has the same distribution: at least `s` (a refresh that takes `delta` lands before
+//! expiry while `delta*beta <= lifetime/8`), `2s` on average, so at most
+//! `1 / (1 - 2/8)` ≈ 1.33 rebuilds per lifetime whatever the rate and the
+//! rebuild time, and never two within half a lifetime (no chain against a
+//! saturated origin). `beta` (> 0) scales `s`; 0 disables early refresh. A
+//! key read about once per TTL rarely has a read in the window, and still
+//! misses at expiry.
 //!
 //! It sits outside [`CacheLookup`](crate::CacheLookup): it reads the
-//! [`FreshHit`] the lookup attaches to a fresh hit, rolls the dice from the
-//! entry's timing, and on a hit starts the refresh itself, through its own
-//! inner service (the lookup, then single-flight and the lock), marked
-//! [`ForceRefresh`]. The client's answer is the hit, untouched.
+//! [`FreshHit`] the lookup attaches to a fresh hit and, when the entry is
+//! due, starts the refresh itself, through its own inner service (the
+//! lookup, then single-flight and the lock), marked [`ForceRefresh`]. The
+//! client's answer is the hit, untouched. At most one refresh per key runs in
+//! a process, and on a shared store one per fleet (the refresh claims the
+//! key's lock first).
 
 use crate::body::{BoxError, CacheBody};
 use crate::context::{ForceRefresh, FreshHit, Lookup, warn_misplaced};
 use crate::entry::{CachedResponse, now_ms};
+use crate::key::CacheKey;
 use crate::refresh::Refresher;
 use crate::store::SharedStore;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
-use rand::Rng;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
-/// The XFetch decision for one read of an entry.
+/// Largest spread `s` of the early refresh, as a fraction of the entry's
+/// fresh lifetime: a slow (saturated) origin cannot pull refreshes earlier.
+pub const MAX_SPREAD_OF_LIFETIME: f64 = 1.0 / 8.0;
+
+/// Earliest early refresh, as a fraction of the entry's fresh lifetime: an
+/// entry younger than this is never refreshed early.
+pub const MIN_AGE_OF_LIFETIME: f64 = 0.5;
+
+/// The XFetch decision for an entry.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct XFetchPolicy {
     /// The `beta` knob (default 1.0).
@@ -38,24 +67,71 @@ pub struct XFetchPolicy {
 }
 
 impl XFetchPolicy {
-    /// Roll the dice for `entry` at `now_ms`.
-    pub fn should_refresh(&self, entry: &CachedResponse, now_ms: u64) -> bool {
-        let u: f64 = rand::rng().random_range(f64::MIN_POSITIVE..=1.0);
-        should_refresh_early(
-            now_ms,
+    /// Whether `entry`, found under `key`, is due for its early refresh at `now_ms`.
+    pub fn should_refresh(&self, key: &CacheKey, entry: &CachedResponse, now_ms: u64) -> bool {
+        let lifetime = entry.fresh_until_ms.saturating_sub(entry.stored_at_ms);
+        let earliest = entry.fresh_until_ms - max_gap_ms(lifetime);
+        // Cheap test first: most hits of a hot key are far from expiry.
+        now_ms >= earliest && now_ms >= self.refresh_at_ms(key, entry)
+    }
+
+    /// When `entry`, found under `key`, is due for its early refresh (ms
+    /// since the epoch; `fresh_until_ms` when early refresh is off).
+    pub fn refresh_at_ms(&self, key: &CacheKey, entry: &CachedResponse) -> u64 {
+        let lifetime = entry.fresh_until_ms.saturating_sub(entry.stored_at_ms);
+        let gap = early_refresh_gap_ms(
+            lifetime,
             u64::from(entry.rebuild_ms),
             self.beta,
-            entry.fresh_until_ms,
-            u,
-        )
+            entry_draw(key, entry),
+        );
+        entry.fresh_until_ms - gap
     }
 }
 
-/// The XFetch test with an explicit `u` in (0, 1]:
-/// `now - delta * beta * ln(u) >= expiry`.
+/// The paper's per-read test with an explicit `u` in (0, 1]:
+/// `now - delta * beta * ln(u) >= expiry`. Kept as the reference the layer
+/// is argued against (see the module docs); the layer uses
+/// [`early_refresh_gap_ms`] with one `u` per entry.
 pub fn should_refresh_early(now_ms: u64, delta_ms: u64, beta: f64, expiry_ms: u64, u: f64) -> bool {
     let gap = -(delta_ms as f64) * beta * u.ln(); // ≥ 0
     now_ms as f64 + gap >= expiry_ms as f64
+}
+
+/// How long before expiry an entry with fresh lifetime `lifetime_ms`,
+/// rebuilt in `delta_ms`, is due for its early refresh, for its draw `u` in
+/// (0, 1]: `s * (1 - ln u)` with `s = min(delta * beta, lifetime / 8)`, at
+/// most `lifetime / 2`; 0 when `beta` or `delta` is 0.
+pub fn early_refresh_gap_ms(lifetime_ms: u64, delta_ms: u64, beta: f64, u: f64) -> u64 {
+    let spread = (delta_ms as f64 * beta.max(0.0)).min(lifetime_ms as f64 * MAX_SPREAD_OF_LIFETIME);
+    let u = u.clamp(f64::MIN_POSITIVE, 1.0);
+    let gap = spread * (1.0 - u.ln());
+    (gap as u64).min(max_gap_ms(lifetime_ms))
+}
+
+fn max_gap_ms(lifetime_ms: u64) -> u64 {
+    (lifetime_ms as f64 * (1.0 - MIN_AGE_OF_LIFETIME)) as u64
+}
+
+/// The entry's `U` in (0, 1]: a hash of the key and of the write (when it
+/// was stored, its fencing token), uniform over entries, the same in every
+/// process that reads the entry — so a fleet agrees on when it is due.
+pub fn entry_draw(key: &CacheKey, entry: &CachedResponse) -> f64 {
+    let digest = key.digest();
+    let key_bits = digest
+        .get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| digest.bytes().fold(0u64, |h, b| mix(h ^ u64::from(b))));
+    let h = mix(mix(key_bits ^ entry.stored_at_ms) ^ entry.fence);
+    ((h >> 11) + 1) as f64 / (1u64 << 53) as f64
+}
+
+/// SplitMix64's finaliser: a fast, well-mixed 64-bit permutation.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Layer for [`XFetch`].
@@ -118,7 +194,7 @@ impl<S> Layer<S> for XFetchLayer {
     fn layer(&self, inner: S) -> Self::Service {
         XFetch {
             inner,
-            config: self.clone(),
+            config: Arc::new(self.clone()),
         }
     }
 }
@@ -127,7 +203,7 @@ impl<S> Layer<S> for XFetchLayer {
 #[derive(Clone, Debug)]
 pub struct XFetch<S> {
     inner: S,
-    config: XFetchLayer,
+    config: Arc<XFetchLayer>,
 }
 
 crate::inner_access!(XFetch);
@@ -155,13 +231,21 @@ where
         if req.extensions().get::<Lookup>().is_some() {
             warn_misplaced("XFetch", "outside CacheLookup");
         }
-        let inner = self.inner.clone();
+        // One clone of the stack below per request: it answers this request
+        // and, when the entry is due, runs the refresh.
+        let mut inner = self.inner.clone();
         let config = self.config.clone();
         let version = req.version();
         Box::pin(async move {
-            let resp = inner.clone().oneshot(req).await.map_err(Into::into)?;
+            let resp = inner
+                .ready()
+                .await
+                .map_err(Into::into)?
+                .call(req)
+                .await
+                .map_err(Into::into)?;
             if let Some(hit) = resp.extensions().get::<FreshHit>()
-                && config.policy.should_refresh(&hit.entry, now_ms())
+                && config.policy.should_refresh(&hit.key, &hit.entry, now_ms())
             {
                 let mut refresh = Request::new(B::default());
                 *refresh.method_mut() = Method::GET;
@@ -180,8 +264,49 @@ where
 mod tests {
     use super::*;
 
+    const L: u64 = 2_000; // fresh lifetime, ms
+
+    fn entry(stored_at_ms: u64, lifetime_ms: u64, rebuild_ms: u32) -> CachedResponse {
+        CachedResponse {
+            status: 200,
+            headers: vec![],
+            body: Default::default(),
+            stored_at_ms,
+            fresh_until_ms: stored_at_ms + lifetime_ms,
+            stale_until_ms: stored_at_ms + lifetime_ms,
+            error_until_ms: stored_at_ms + lifetime_ms,
+            rebuild_ms,
+            fence: 7,
+            vary: Default::default(),
+            kind: Default::default(),
+            initial_age_ms: 0,
+            retain_until_ms: stored_at_ms + lifetime_ms,
+            must_revalidate: false,
+            no_cache: false,
+        }
+    }
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::new(&Method::GET, &path.parse().unwrap())
+    }
+
+    /// `n` draws spread evenly over (0, 1].
+    fn draws(n: u32) -> impl Iterator<Item = f64> + Clone {
+        (1..=n).map(move |i| f64::from(i) / f64::from(n))
+    }
+
+    /// The first of `rate` evenly spaced reads a second of an entry stored
+    /// at 0 (a read at `t` rolls `u_of(t)`) that triggers, per `trigger`.
+    fn first_trigger(rate: u64, mut trigger: impl FnMut(u64) -> bool) -> Option<u64> {
+        let step = 1_000_000 / rate; // µs
+        (0..)
+            .map(|i| i * step / 1_000)
+            .take_while(|t| *t < L)
+            .find(|t| trigger(*t))
+    }
+
     #[test]
-    fn formula() {
+    fn paper_formula() {
         // Far from expiry: only an astronomically small u triggers.
         assert!(!should_refresh_early(0, 200, 1.0, 10_000, 0.5));
         assert!(should_refresh_early(0, 200, 1.0, 10_000, 1e-30));
@@ -192,17 +317,118 @@ mod tests {
     }
 
     #[test]
-    fn probability_rises_towards_expiry() {
-        let p = |now: u64| {
-            let n = 20_000;
-            (1..=n)
-                .filter(|i| should_refresh_early(now, 200, 1.0, 2_000, *i as f64 / n as f64))
-                .count() as f64
-                / n as f64
+    fn gap_is_at_least_the_spread_and_bounded() {
+        // s = delta * beta while that is under lifetime / 8.
+        assert_eq!(early_refresh_gap_ms(L, 200, 1.0, 1.0), 200);
+        for u in draws(1_000) {
+            let gap = early_refresh_gap_ms(L, 200, 1.0, u);
+            assert!(gap >= 200, "a refresh taking delta lands in time: {gap}");
+            assert!(gap <= L / 2, "never younger than half its lifetime: {gap}");
+        }
+        // Even the smallest draw stays within half the lifetime.
+        assert_eq!(early_refresh_gap_ms(L, 200, 1.0, f64::MIN_POSITIVE), L / 2);
+        assert_eq!(early_refresh_gap_ms(L, 200, 1.0, 0.0), L / 2);
+        // beta 0 or an instant rebuild: no early refresh.
+        assert_eq!(early_refresh_gap_ms(L, 200, 0.0, 1e-9), 0);
+        assert_eq!(early_refresh_gap_ms(L, 0, 1.0, 1e-9), 0);
+        // beta scales the spread.
+        assert_eq!(early_refresh_gap_ms(L, 100, 2.0, 1.0), 200);
+    }
+
+    #[test]
+    fn a_slow_origin_cannot_pull_refreshes_earlier() {
+        let capped = (L as f64 * MAX_SPREAD_OF_LIFETIME) as u64;
+        for delta in [capped, 1_000, 5_000, 60_000] {
+            assert_eq!(early_refresh_gap_ms(L, delta, 1.0, 1.0), capped);
+        }
+        // Mean earliness over the draws is about 2 s, so cycles last at
+        // least lifetime - 2 s on average.
+        let n = 100_000;
+        let mean = draws(n)
+            .map(|u| early_refresh_gap_ms(L, 60_000, 1.0, u) as f64)
+            .sum::<f64>()
+            / f64::from(n);
+        let bound = 2.0 * L as f64 * MAX_SPREAD_OF_LIFETIME;
+        assert!(mean <= bound, "{mean} > {bound}");
+        assert!(
+            L as f64 / (L as f64 - mean) <= 1.5,
+            "rebuilds per lifetime, refreshes landing at once"
+        );
+    }
+
+    #[test]
+    fn read_rate_does_not_move_the_refresh() {
+        // One entry, its draw fixed: the refresh is due at one instant, and
+        // the first read at or after it triggers, at any rate.
+        let policy = XFetchPolicy { beta: 1.0 };
+        let k = key("/hot");
+        let e = entry(0, L, 200);
+        let due = policy.refresh_at_ms(&k, &e);
+        assert!((L / 2..=L - 200).contains(&due), "{due}");
+        for rate in [10, 100, 1_000, 10_000] {
+            let t = first_trigger(rate, |t| policy.should_refresh(&k, &e, t)).unwrap();
+            assert!(
+                t >= due && t - due <= 1_000 / rate,
+                "rate {rate}: {t} vs {due}"
+            );
+        }
+        // The paper's per-read test, one fresh u per read (a fixed
+        // sequence), triggers earlier the more reads there are.
+        let per_read = |rate| {
+            let mut us = draws(997).cycle().step_by(389);
+            first_trigger(rate, |t| {
+                should_refresh_early(t, 200, 1.0, L, us.next().unwrap())
+            })
+            .unwrap()
         };
-        // P(trigger) = exp(-(expiry - now) / (delta * beta)).
-        assert!(p(1_000) < 0.01);
-        assert!((p(1_800) - (-1.0f64).exp()).abs() < 0.02);
-        assert!(p(1_990) > 0.9);
+        assert!(per_read(10_000) < per_read(100) && per_read(100) < due);
+    }
+
+    #[test]
+    fn one_read_triggers_at_least_as_often_as_the_papers_test() {
+        // A cold key: a single read at `gap` before expiry, over the draws.
+        let n = 10_000;
+        for gap in [50, 200, 400, 800] {
+            let ours = draws(n)
+                .filter(|u| early_refresh_gap_ms(L, 200, 1.0, *u) >= gap)
+                .count();
+            let paper = draws(n)
+                .filter(|u| should_refresh_early(L - gap, 200, 1.0, L, *u))
+                .count();
+            assert!(ours >= paper, "gap {gap}: {ours} < {paper}");
+        }
+    }
+
+    #[test]
+    fn draw_is_per_entry_and_uniform() {
+        let (a, b) = (key("/a"), key("/b"));
+        let e = entry(1_700_000_000_000, L, 200);
+        let u = entry_draw(&a, &e);
+        assert!(u > 0.0 && u <= 1.0);
+        assert_eq!(u, entry_draw(&a, &e.clone()), "every reader draws the same");
+        assert_ne!(u, entry_draw(&b, &e), "keys written together differ");
+        let mut next = e.clone();
+        next.stored_at_ms += 1;
+        assert_ne!(u, entry_draw(&a, &next), "each write draws anew");
+        // Uniform enough: the mean and the lower tail of many writes.
+        let n = 20_000;
+        let us: Vec<f64> = (0..n)
+            .map(|i| entry_draw(&a, &entry(1_700_000_000_000 + i * 2_000, L, 200)))
+            .collect();
+        let mean = us.iter().sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        let low = us.iter().filter(|u| **u < 0.1).count() as f64 / n as f64;
+        assert!((low - 0.1).abs() < 0.02, "{low}");
+    }
+
+    #[test]
+    fn young_entries_are_never_due() {
+        let policy = XFetchPolicy { beta: 100.0 };
+        for i in 0..1_000 {
+            let e = entry(i * 3_000, L, 60_000);
+            let k = key(&format!("/k/{i}"));
+            assert!(!policy.should_refresh(&k, &e, e.stored_at_ms + L / 2 - 1));
+            assert!(policy.should_refresh(&k, &e, e.fresh_until_ms));
+        }
     }
 }

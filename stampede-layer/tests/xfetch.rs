@@ -1,5 +1,6 @@
 //! XFetch: on a hot key the entry is refreshed in the background before it
-//! expires, so no request meets the cliff; with beta 0 it is not.
+//! expires, so no request meets the cliff; with beta 0 it is not; a slow
+//! origin does not make refreshes chain.
 
 mod common;
 
@@ -22,7 +23,13 @@ struct Run {
 /// A hot key: one request every ~2 ms from the first fill until 200 ms past
 /// the first entry's expiry. TTL 600 ms; every rebuild takes 50 ms (XFetch's delta).
 async fn hot_key(beta: f64) -> Run {
-    let (calls, origin) = slow_origin(Duration::from_millis(50));
+    hot_key_for(beta, Duration::from_millis(50), 200).await
+}
+
+/// [`hot_key`] with rebuilds taking `rebuild`, reading until `past_ms` after
+/// the first entry's expiry.
+async fn hot_key_for(beta: f64, rebuild: Duration, past_ms: u64) -> Run {
+    let (calls, origin) = slow_origin(rebuild);
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
     let svc = StampedeLayer::new(store)
@@ -39,12 +46,12 @@ async fn hot_key(beta: f64) -> Run {
     read(svc.clone().oneshot(get("/hot")).await.unwrap()).await;
     let first = memory.get(&key("/hot")).await.unwrap().unwrap();
     assert!(
-        first.rebuild_ms >= 50,
+        u128::from(first.rebuild_ms) >= rebuild.as_millis(),
         "delta is measured: {}",
         first.rebuild_ms
     );
     let mut statuses = Vec::new();
-    while now_ms() < first.fresh_until_ms + 200 {
+    while now_ms() < first.fresh_until_ms + past_ms {
         let (status, cs, _) = read(svc.clone().oneshot(get("/hot")).await.unwrap()).await;
         assert_eq!(status, 200);
         statuses.push(cs);
@@ -95,4 +102,23 @@ async fn beta_zero_never_refreshes_early() {
         run.statuses.iter().any(|cs| !is_hit(cs)),
         "a request meets the expiry (a miss)"
     );
+}
+
+#[tokio::test]
+async fn slow_origin_does_not_chain_refreshes() {
+    // Rebuilds take half the TTL: the paper's per-read test would refresh
+    // right after every fill. Here a refresh never starts before the entry it
+    // replaces is half its lifetime old, and one runs at a time.
+    let (ttl, rebuild) = (600, 300);
+    let run = hot_key_for(1.0, Duration::from_millis(rebuild), 2 * ttl).await;
+    let starts = &run.origin_calls_ms;
+    assert!(starts.len() >= 3, "refreshes ran: {starts:?}");
+    let slack = 30; // timer and scheduling
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] + slack >= rebuild + ttl / 2,
+            "a refresh started {} ms after the previous one: {starts:?}",
+            pair[1] - pair[0]
+        );
+    }
 }
