@@ -30,8 +30,8 @@ use tokio::task::JoinSet;
 use crate::cache_status::{CacheClass, classify};
 use crate::procs::{Http, HttpClient};
 use crate::stats::{
-    CacheCounts, LatencyRecorder, LatencyStats, OriginQueries, OriginSummary, SLOW_THRESHOLD,
-    analyse_origin, duration_us, new_histogram, us_to_ms,
+    CacheCounts, LatencyRecorder, LatencyStats, OriginSummary, SLOW_THRESHOLD, analyse_origin,
+    duration_us, new_histogram, round, us_to_ms,
 };
 
 /// The default origin-sim base URL (`--origin`).
@@ -359,8 +359,11 @@ struct Outcome {
     latency: Duration,
     attempts: u32,
     attempt_errors: Vec<ErrorKind>,
-    result: Result<(StatusCode, CacheClass), ErrorKind>,
+    result: Answer,
 }
+
+/// A request's final answer: its status and cache class, or why it failed.
+type Answer = Result<(StatusCode, CacheClass), ErrorKind>;
 
 impl Recorder {
     fn record(&mut self, o: Outcome) {
@@ -429,11 +432,8 @@ pub fn now_ms() -> u64 {
 /// cannot be read, a line says so on stderr and `origin` is `None`.
 pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSummary> {
     cfg.validate()?;
-    let targets: Vec<String> = cfg
-        .targets
-        .iter()
-        .map(|t| parse_base_url(t))
-        .collect::<anyhow::Result<_>>()?;
+    let targets = cfg.targets.iter().map(|t| parse_base_url(t));
+    let targets: Vec<String> = targets.collect::<anyhow::Result<_>>()?;
     let (start_ms, start) = (now_ms(), Instant::now());
     let summary = LoadSummary {
         config: cfg.clone(),
@@ -494,26 +494,16 @@ pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSu
         None => (None, None),
         Some(url) => {
             let base = parse_base_url(url)?;
-            let url = format!("{base}/stats/queries?since_ms={start_ms}");
-            let body = shared.http.get_ok(&url).await;
-            let log =
-                body.and_then(|b| serde_json::from_slice::<OriginQueries>(&b).context("bad JSON"));
-            match log {
+            match shared.http.origin_log(&base, start_ms).await {
                 Ok(q) => {
-                    let window = (start_ms, end_ms);
-                    (
-                        Some(analyse_origin(
-                            &base,
-                            &q.queries,
-                            window,
-                            cfg.hot_key,
-                            cfg.ttl,
-                        )),
-                        None,
-                    )
+                    let (window, key) = ((start_ms, end_ms), cfg.hot_key);
+                    (Some(analyse_origin(&base, &q, window, key, cfg.ttl)), None)
                 }
                 Err(e) => {
-                    let msg = format!("{e:#}");
+                    let (url, msg) = (
+                        format!("{base}/stats/queries?since_ms={start_ms}"),
+                        format!("{e:#}"),
+                    );
                     eprintln!(
                         "stampede-bench: origin stats unavailable at {url} ({msg}); origin section left null"
                     );
@@ -526,27 +516,23 @@ pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSu
     let mut rec = shared.recorder();
     let (elapsed_s, n) = (elapsed.as_secs_f64(), rec.summary.requests);
     let origin_len = origin.as_ref().map_or(0, |o| o.per_second.len());
-    let seconds = rec
-        .seconds
-        .len()
-        .max(origin_len)
-        .max(cfg.duration.as_secs_f64().ceil() as usize);
+    let duration = cfg.duration.as_secs_f64().ceil() as usize;
+    let seconds = rec.seconds.len().max(origin_len).max(duration);
     let p99 = |h: &Histogram<u64>| (!h.is_empty()).then(|| us_to_ms(h.value_at_quantile(0.99)));
-    let timeline = (0..seconds)
-        .map(|i| {
-            let s = rec.seconds.get(i);
-            let at = |v: &Vec<u64>| v.get(i).copied().unwrap_or(0);
-            TimelineSecond {
-                second: i as u64,
-                requests: s.map_or(0, |s| s.requests),
-                errors: s.map_or(0, |s| s.errors),
-                p99_ms: s.and_then(|s| p99(&s.hist[0])),
-                hot_p99_ms: s.and_then(|s| p99(&s.hist[1])),
-                origin_queries: origin.as_ref().map(|o| at(&o.per_second)),
-                hot_origin_queries: origin.as_ref().map(|o| at(&o.hot_per_second)),
-            }
-        })
-        .collect();
+    let second = |i: usize| {
+        let s = rec.seconds.get(i);
+        let at = |v: &Vec<u64>| v.get(i).copied().unwrap_or(0);
+        TimelineSecond {
+            second: i as u64,
+            requests: s.map_or(0, |s| s.requests),
+            errors: s.map_or(0, |s| s.errors),
+            p99_ms: s.and_then(|s| p99(&s.hist[0])),
+            hot_p99_ms: s.and_then(|s| p99(&s.hist[1])),
+            origin_queries: origin.as_ref().map(|o| at(&o.per_second)),
+            hot_origin_queries: origin.as_ref().map(|o| at(&o.hot_per_second)),
+        }
+    };
+    let timeline = (0..seconds).map(second).collect();
     let per_target = shared.targets.iter().zip(&rec.per_target);
     let per_target = per_target.map(|(t, n)| TargetCount {
         target: t.clone(),
@@ -558,17 +544,18 @@ pub async fn run_load(cfg: &LoadConfig, progress: bool) -> anyhow::Result<LoadSu
         hot: l.hot.summary(),
         other: l.other.summary(),
     };
+    let status = rec
+        .status
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
     Ok(LoadSummary {
-        end_ms: start_ms + elapsed.as_millis() as u64,
-        elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
-        requests_per_sec: (n as f64 / elapsed_s.max(1e-9) * 10.0).round() / 10.0,
+        end_ms,
+        elapsed_s: round(elapsed_s, 3),
+        requests_per_sec: round(n as f64 / elapsed_s.max(1e-9), 1),
         retries: rec.summary.attempts - n,
         per_target: per_target.collect(),
-        status: rec
-            .status
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect(),
+        status,
         latency,
         origin,
         origin_error,
@@ -595,9 +582,7 @@ async fn worker(shared: Arc<Shared>, mut rng: StdRng) {
             if let Err(kind) = &r {
                 attempt_errors.push(*kind);
             }
-            let retryable = r
-                .as_ref()
-                .map_or(true, |(status, _)| status.is_server_error());
+            let retryable = r.as_ref().map_or(true, |(s, _)| s.is_server_error());
             if !retryable || attempts > cfg.retries || Instant::now() >= shared.deadline {
                 break r;
             }
@@ -623,11 +608,7 @@ async fn worker(shared: Arc<Shared>, mut rng: StdRng) {
     }
 }
 
-async fn attempt(
-    client: &HttpClient,
-    url: &str,
-    timeout: Duration,
-) -> Result<(StatusCode, CacheClass), ErrorKind> {
+async fn attempt(client: &HttpClient, url: &str, timeout: Duration) -> Answer {
     let uri: Uri = url.parse().map_err(|_| ErrorKind::Other)?;
     let exchange = async {
         let resp = client.get(uri).await.map_err(|e| {
@@ -637,20 +618,15 @@ async fn attempt(
                 ErrorKind::Other
             }
         })?;
-        let header = resp
-            .headers()
-            .get("cache-status")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let header = resp.headers().get("cache-status");
+        let header = header.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let status = resp.status();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|_| ErrorKind::Body)?;
+        let body = resp.into_body().collect();
+        body.await.map_err(|_| ErrorKind::Body)?;
         Ok((status, classify(header.as_deref())))
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .unwrap_or(Err(ErrorKind::Timeout))
+    let answer = tokio::time::timeout(timeout, exchange).await;
+    answer.unwrap_or(Err(ErrorKind::Timeout))
 }
 
 async fn progress_lines(shared: Arc<Shared>) {

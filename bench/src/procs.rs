@@ -18,6 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::stats::{OriginQueries, OriginQuery};
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
@@ -30,6 +32,16 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// The value of the first `key: value` line of `text` that starts with
+/// `key` (as in `/proc/cpuinfo`, `/proc/meminfo`, `/proc/PID/status`).
+pub fn proc_field<'a>(text: &'a str, key: &str) -> &'a str {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_default();
+    line.split_once(':').map_or("", |(_, v)| v.trim())
 }
 
 /// `p` as a report shows it: relative to the repository root (the nearest
@@ -65,8 +77,8 @@ impl ChildProc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
-            .with_context(|| format!("open log {}", log.display()))?;
+            .open(log);
+        let out = out.with_context(|| format!("open log {}", log.display()))?;
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -74,12 +86,12 @@ impl ChildProc {
             .stderr(Stdio::from(out))
             .spawn()
             .with_context(|| format!("start {name} ({})", program.display()))?;
-        let (name, log) = (name.to_string(), log.to_path_buf());
+        let (name, log, term_grace) = (name.to_string(), log.to_path_buf(), None);
         Ok(Self {
             name,
             child,
             log,
-            term_grace: None,
+            term_grace,
         })
     }
 
@@ -110,21 +122,17 @@ impl ChildProc {
     /// `(pid N); end of LOG:` and its last 20 lines (without colour codes).
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let parts = text
-            .split('\x1b')
-            .enumerate()
+        let parts = text.split('\x1b').enumerate();
+        let text: String = parts
             .map(|(i, p)| match p.split_once('m') {
                 Some((_, rest)) if i > 0 => rest,
                 _ => p,
-            });
-        let text: String = parts.collect();
+            })
+            .collect();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        format!(
-            " (pid {}); end of {}:\n{tail}",
-            self.pid(),
-            display_path(&self.log)
-        )
+        let (pid, log) = (self.pid(), display_path(&self.log));
+        format!(" (pid {pid}); end of {log}:\n{tail}")
     }
 
     /// Stop it now (SIGTERM first if asked, then SIGKILL, by PID) and reap it.
@@ -160,11 +168,8 @@ impl ChildProc {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!(
-                    "{} not ready at {url} within {timeout:?}{}",
-                    self.name,
-                    self.log_tail()
-                );
+                let (name, tail) = (&self.name, self.log_tail());
+                bail!("{name} not ready at {url} within {timeout:?}{tail}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -224,16 +229,13 @@ impl Http {
         let req = req.body(Full::new(Bytes::from(body)))?;
         let exchange = async {
             let (parts, body) = self.client.request(req).await?.into_parts();
-            anyhow::Ok((
-                parts.status,
-                parts.headers,
-                body.collect().await?.to_bytes(),
-            ))
+            let body = body.collect().await?.to_bytes();
+            anyhow::Ok((parts.status, parts.headers, body))
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| anyhow::anyhow!("{method} {url}: no answer within {timeout:?}"))?
-            .with_context(|| format!("{method} {url}"))
+        let answer = tokio::time::timeout(timeout, exchange).await;
+        let answer =
+            answer.map_err(|_| anyhow::anyhow!("{method} {url}: no answer within {timeout:?}"))?;
+        answer.with_context(|| format!("{method} {url}"))
     }
 
     /// `method url` (with a JSON body) → body; an error unless 2xx.
@@ -243,9 +245,8 @@ impl Http {
         url: &str,
         json: Option<&serde_json::Value>,
     ) -> anyhow::Result<Bytes> {
-        let (s, _, b) = self
-            .request(method.clone(), url, json, Duration::from_secs(30))
-            .await?;
+        let answer = self.request(method.clone(), url, json, Duration::from_secs(30));
+        let (s, _, b) = answer.await?;
         if !s.is_success() {
             bail!("{method} {url}: HTTP {s}: {}", String::from_utf8_lossy(&b));
         }
@@ -255,6 +256,23 @@ impl Http {
     /// `GET url` → body; an error unless 2xx.
     pub async fn get_ok(&self, url: &str) -> anyhow::Result<Bytes> {
         self.ok(Method::GET, url, None).await
+    }
+
+    /// `GET url` → body as text (a `/metrics` page); an error unless 2xx.
+    pub async fn text(&self, url: &str) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.get_ok(url).await?).into_owned())
+    }
+
+    /// origin-sim's query log from `since_ms` on (`GET /stats/queries`).
+    pub async fn origin_log(
+        &self,
+        origin: &str,
+        since_ms: u64,
+    ) -> anyhow::Result<Vec<OriginQuery>> {
+        let url = format!("{origin}/stats/queries?since_ms={since_ms}");
+        let body = self.get_ok(&url).await?;
+        let log = serde_json::from_slice::<OriginQueries>(&body).context("bad JSON")?;
+        Ok(log.queries)
     }
 }
 
@@ -284,15 +302,13 @@ impl RedisProc {
             "",
             "--appendonly",
             "no",
-            "--dir",
-            &d,
         ];
-        let args = args.map(String::from);
+        let args = args.into_iter().chain(["--dir", &d]).map(String::from);
+        let args: Vec<String> = args.collect();
         let proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
         let cli = Some(program.with_file_name("redis-cli")).filter(|c| c.is_file());
-        let cli = cli
-            .or_else(|| which("redis-cli"))
-            .context("redis-cli is not on PATH")?;
+        let cli = cli.or_else(|| which("redis-cli"));
+        let cli = cli.context("redis-cli is not on PATH")?;
         let mut redis = Self {
             proc_,
             cli,
@@ -319,10 +335,8 @@ impl RedisProc {
             .await?;
         let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || reply.starts_with("ERR") {
-            bail!(
-                "redis-cli {cmd:?}: {reply}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            bail!("redis-cli {cmd:?}: {reply}{stderr}");
         }
         Ok(reply)
     }
@@ -380,8 +394,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         let wanted = labels.iter().all(|want| lbl.contains(want));
         wanted.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
     };
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(sample)
-        .sum()
+    let samples = text.lines().filter(|l| !l.starts_with('#'));
+    samples.filter_map(sample).sum()
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::ladder::runner::Launcher;
 use crate::ladder::table::{OriginSpec, RunSpec};
 use crate::load::{LoadConfig, run_load};
-use crate::procs::{Http, metric_sum};
+use crate::procs::{Http, metric_sum, proc_field};
 
 /// Soak settings (the `soak` subcommand's flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -80,24 +80,26 @@ pub struct SoakReport {
     pub failures: Vec<String>,
 }
 
+/// Resident set (MiB) and threads of process `pid`.
 fn proc_status(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let number = |key| {
+        proc_field(&status, key)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     };
-    Ok((field("VmRSS:") as f64 / 1024.0, field("Threads:")))
+    let (rss_kb, threads) = (
+        number("VmRSS:").unwrap_or(0),
+        number("Threads:").unwrap_or(0),
+    );
+    Ok((rss_kb as f64 / 1024.0, threads))
 }
 
 fn fd_count(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 async fn sample(http: &Http, pid: u32, admin: &str, t0: Instant) -> anyhow::Result<Sample> {
@@ -208,52 +210,44 @@ pub async fn run_soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
     // they swing; a leak is growth well past that swing.
     let allowance = budget_mib * 3.0 + 64.0;
     let (base_rss, warm_rss, bound) = (base.rss_mib, warm.rss_mib, cfg.max_entries);
-    let checks = [
-        (
-            peak_rss > base_rss + allowance,
-            format!(
-                "rss peaked at {peak_rss:.1} MiB: more than baseline {base_rss:.1} + {allowance:.1} MiB"
-            ),
+    let (late_bound, entries_bound) = (warm_rss * 1.5 + 32.0, bound as f64 * 1.1 + 10.0);
+    let (last_fds, warm_fds, last_tasks, warm_tasks) = (last.fds, warm.fds, last.tasks, warm.tasks);
+    let (idle_fds, idle_tasks) = (idle.fds, idle.tasks);
+    let mut failures = Vec::new();
+    let mut check = |failed: bool, why: String| failures.extend(failed.then_some(why));
+    check(
+        peak_rss > base_rss + allowance,
+        format!(
+            "rss peaked at {peak_rss:.1} MiB: more than baseline {base_rss:.1} + {allowance:.1} MiB"
         ),
-        (
-            late_max > warm_rss * 1.5 + 32.0,
-            format!("rss kept growing: {late_max:.1} MiB late vs {warm_rss:.1} MiB after warm-up"),
+    );
+    check(
+        late_max > late_bound,
+        format!("rss kept growing: {late_max:.1} MiB late vs {warm_rss:.1} MiB after warm-up"),
+    );
+    check(
+        max_entries > entries_bound,
+        format!("store held {max_entries} entries, over its bound of {bound}"),
+    );
+    check(
+        last_fds > warm_fds + 16,
+        format!("fd leak: {last_fds} open at the end of the load vs {warm_fds} after warm-up"),
+    );
+    check(
+        last_tasks > warm_tasks * 1.5 + 32.0,
+        format!(
+            "task leak: {last_tasks} alive at the end of the load vs {warm_tasks} after warm-up"
         ),
-        (
-            max_entries > bound as f64 * 1.1 + 10.0,
-            format!("store held {max_entries} entries, over its bound of {bound}"),
-        ),
-        (
-            last.fds > warm.fds + 16,
-            format!(
-                "fd leak: {} open at the end of the load vs {} after warm-up",
-                last.fds, warm.fds
-            ),
-        ),
-        (
-            last.tasks > warm.tasks * 1.5 + 32.0,
-            format!(
-                "task leak: {} alive at the end of the load vs {} after warm-up",
-                last.tasks, warm.tasks
-            ),
-        ),
-        (
-            idle.fds > max_fds.max(base.fds),
-            format!(
-                "fd leak: {} open at idle, more than under load ({max_fds})",
-                idle.fds
-            ),
-        ),
-        (
-            idle.tasks > max_tasks.max(base.tasks),
-            format!(
-                "task leak: {} alive at idle, more than under load ({max_tasks})",
-                idle.tasks
-            ),
-        ),
-        (summary.requests == 0, "no requests completed".into()),
-    ];
-    let failures: Vec<String> = checks.into_iter().filter(|c| c.0).map(|c| c.1).collect();
+    );
+    check(
+        idle_fds > max_fds.max(base.fds),
+        format!("fd leak: {idle_fds} open at idle, more than under load ({max_fds})"),
+    );
+    check(
+        idle_tasks > max_tasks.max(base.tasks),
+        format!("task leak: {idle_tasks} alive at idle, more than under load ({max_tasks})"),
+    );
+    check(summary.requests == 0, "no requests completed".into());
 
     let figures = serde_json::json!({
         "duration_s": cfg.duration.as_secs_f64(),

@@ -55,7 +55,7 @@ impl LatencyRecorder {
             mean_ms: if h.is_empty() {
                 0.0
             } else {
-                round3(h.mean() / 1000.0)
+                round(h.mean() / 1000.0, 3)
             },
             p50_ms: q(0.50),
             p90_ms: q(0.90),
@@ -112,7 +112,7 @@ impl CacheCounts {
             *self.fwd.entry(f.clone()).or_default() += 1;
         }
         let seen = self.hits + self.misses;
-        self.miss_rate = (seen > 0).then(|| round6(self.misses as f64 / seen as f64));
+        self.miss_rate = (seen > 0).then(|| round(self.misses as f64 / seen as f64, 6));
     }
 
     /// Hit ratio in percent over hits + misses (0 when neither).
@@ -192,7 +192,7 @@ pub fn group_bursts(times_ms: &[u64], gap: Duration) -> Bursts {
     Bursts {
         gap_ms,
         boundaries: sizes.len() as u64,
-        mean_per_boundary: round3(mean),
+        mean_per_boundary: round(mean, 3),
         max_per_boundary: sizes.iter().copied().max().unwrap_or(0),
         sizes,
     }
@@ -286,9 +286,12 @@ pub fn analyse_origin(
     o.hot_queries = hot_times.len() as u64;
     o.max_queries_per_second = o.per_second.iter().copied().max().unwrap_or(0);
     o.hot_bursts = group_bursts(&hot_times, burst_gap(ttl));
-    o.hot_queries_per_ttl = ttl
-        .filter(|t| !t.is_zero() && end_ms > start_ms)
-        .map(|t| round3(o.hot_queries as f64 * t.as_millis() as f64 / (end_ms - start_ms) as f64));
+    o.hot_queries_per_ttl = ttl.filter(|t| !t.is_zero() && end_ms > start_ms).map(|t| {
+        round(
+            o.hot_queries as f64 * t.as_millis() as f64 / (end_ms - start_ms) as f64,
+            3,
+        )
+    });
     o
 }
 
@@ -299,13 +302,11 @@ pub fn duration_us(d: Duration) -> u64 {
 
 /// Microseconds to milliseconds, rounded to 3 decimals.
 pub fn us_to_ms(us: u64) -> f64 {
-    round3(us as f64 / 1000.0)
+    round(us as f64 / 1000.0, 3)
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn round6(x: f64) -> f64 {
-    (x * 1_000_000.0).round() / 1_000_000.0
+/// `x` rounded to `digits` decimals.
+pub fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use stampede_bench::cache_status::classify;
 use stampede_bench::ladder::peers::{NGINX_HIT, VARIANTS, VARNISH, Variant, conf_duration};
 use stampede_bench::ladder::table::{
-    COUNTERS, Col, Part, RunSpec, Section, TABLE_ROWS, rung_names, sections,
+    Col, Part, RunSpec, Section, TABLE_ROWS, counters, rung_names, sections,
 };
 use stampede_bench::ladder::{LadderOptions, Profile};
 
@@ -63,7 +63,7 @@ fn every_rung_has_a_report_section() {
                 for c in cols {
                     assert!(!c.head().is_empty());
                     if let Col::Counter(name) = c {
-                        assert!(COUNTERS.iter().any(|k| k.0 == *name), "{name}");
+                        assert!(counters().iter().any(|k| k.0 == *name), "{name}");
                     }
                 }
             }
@@ -260,5 +260,20 @@ fn peer_cache_status_values_classify() {
             all.contains(&format!("\"{value}\"")),
             "{value} is not in the configs"
         );
+    }
+}
+
+/// Every `{name}` of the prose (`bench/src/ladder/prose.md`) is filled from
+/// the table (the fencing prose's `{id}` is part of a path).
+#[test]
+fn prose_placeholders_are_filled() {
+    for s in sections(&opts(Profile::Full)) {
+        for p in &s.parts {
+            let (Part::Table(text, ..) | Part::Text(text)) = p else {
+                continue;
+            };
+            let left = text.replace("{id}", "");
+            assert!(!left.contains('{'), "{}: {left}", s.rung);
+        }
     }
 }

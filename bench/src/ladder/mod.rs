@@ -38,12 +38,12 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
     let work = std::env::temp_dir().join(format!("stampede-ladder-{}", std::process::id()));
     let launcher = Launcher::new(o.bin_dir.clone(), work.clone())?;
     std::fs::create_dir_all(&o.out)?;
-    let (profile, bins, logs, out) = (
-        o.profile,
+    let (bins, logs, out) = (
         display_path(&o.bin_dir),
         display_path(&work),
         display_path(&o.out),
     );
+    let profile = o.profile;
     eprintln!(
         "stampede-bench ladder ({profile:?} profile): binaries from {bins}, logs in {logs}, output to {out}"
     );
@@ -52,24 +52,18 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
     let chosen = sections
         .iter()
         .filter(|s| o.rungs.iter().any(|r| r == s.rung));
-    let rows = chosen.flat_map(|s| s.rows().map(|r| (s.rung, r)));
-    let mut plan: Vec<(&str, &table::RunSpec)> = Vec::new();
-    for (rung, spec) in rows {
-        if !plan.iter().any(|(_, p)| p.id == spec.id) {
-            plan.push((rung, spec));
-        }
-    }
+    let plan = report::dedup(chosen.clone().flat_map(|s| s.rows()));
+    let rung_of = |spec: &table::RunSpec| {
+        let has = |s: &&table::Section| s.rows().any(|r| r.id == spec.id);
+        chosen.clone().find(has).map_or("", |s| s.rung)
+    };
     let (redis, redis_desc) = match which("redis-server") {
-        Some(p) if plan.iter().any(|(_, r)| r.needs_redis()) => {
+        Some(p) if plan.iter().any(|r| r.needs_redis()) => {
             let version = std::process::Command::new(&p).arg("--version").output();
             let r = RedisProc::start(&p, &work).await?;
             eprintln!("redis-server started on port {}", r.port);
-            (
-                Some(r),
-                version
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_default(),
-            )
+            let version = version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+            (Some(r), version.unwrap_or_default())
         }
         Some(_) => (None, "not needed by the selected rungs".to_string()),
         None => (None, "not installed".to_string()),
@@ -80,19 +74,18 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
     // Runs that cannot happen here are reported per rung and reason.
     let mut skipped: BTreeMap<(&str, String), Vec<&str>> = BTreeMap::new();
     let mut todo = Vec::new();
-    for (rung, spec) in plan {
+    for spec in plan {
+        let rung = rung_of(spec);
         match runner.missing(spec) {
             None => todo.push((rung, spec)),
             Some(why) => skipped.entry((rung, why)).or_default().push(&spec.label),
         }
     }
-    let skipped: Vec<Skipped> = skipped
-        .into_iter()
-        .map(|((rung, why), labels)| Skipped {
-            what: format!("{rung}: {}", labels.join(", ")),
-            why,
-        })
-        .collect();
+    let skipped = skipped.into_iter().map(|((rung, why), labels)| {
+        let what = format!("{rung}: {}", labels.join(", "));
+        Skipped { what, why }
+    });
+    let skipped: Vec<Skipped> = skipped.collect();
     for s in &skipped {
         eprintln!("skipped: {} — {}", s.what, s.why);
     }
@@ -102,11 +95,9 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
         match runner.run(rung, spec).await {
             Ok(run) => runs.push(run),
             Err(e) => {
-                eprintln!("error: {rung}: {}: {e:#}", spec.label);
-                failed.push(Skipped {
-                    what: format!("{rung}: {}", spec.label),
-                    why: format!("{e:#}"),
-                });
+                let (what, why) = (format!("{rung}: {}", spec.label), format!("{e:#}"));
+                eprintln!("error: {what}: {why}");
+                failed.push(Skipped { what, why });
             }
         }
     }
@@ -127,10 +118,8 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
     }
     results.elapsed_s = (start.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let (report_file, json_file) = o.files();
-    std::fs::write(
-        o.out.join(json_file),
-        format!("{}\n", serde_json::to_string_pretty(&results)?),
-    )?;
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(o.out.join(json_file), format!("{json}\n"))?;
     std::fs::write(o.out.join(report_file), report::render(&results, &sections))?;
     let _ = std::fs::remove_dir_all(&work);
     if let Some(h) = report::headline(&results, &sections) {

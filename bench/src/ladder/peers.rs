@@ -28,18 +28,6 @@ pub const VARNISH_GRACE: Duration = Duration::from_secs(5);
 /// request through.
 pub const NGINX_LOCK_BOUND: Duration = Duration::from_secs(2);
 
-/// How the peers' hits and misses are told apart (the configs below add the header).
-pub const CACHE_STATUS_PROSE: &str = "Hits and misses come from a `Cache-Status` header each config adds: nginx maps `$upstream_cache_status` HIT/REVALIDATED → `nginx; hit`, STALE/UPDATING → `nginx; hit; ttl=-1`, EXPIRED → `nginx; fwd=stale`, MISS/BYPASS → `nginx; fwd=miss`; Varnish sets `varnish; hit` when `obj.hits > 0` (`ttl=-1` when served in grace), else `varnish; fwd=miss`. A request that waited for another's fetch (nginx's cache lock, Varnish's waiting list) counts as a hit there, where the gateway says `fwd=miss; collapsed`: compare the origin-query and latency columns across systems, not the miss rate.";
-
-/// What the peers' documented behaviour does to the rows.
-pub const WHAT_DRIVES_THE_ROWS: &str = "What drives these rows:
-
-- nginx's `proxy_cache_lock` only covers populating a *new* entry: once an entry has expired, every request that finds it expired goes to the origin (`EXPIRED`) until one refresh lands — the lock-only rows' burst per boundary. Its lock waiters poll every 500 ms (fixed in nginx), which is what the cold fill costs them (the first second's hot p99 in the charts).
-- With `proxy_cache_background_update`, nginx answers with the stale entry at once but keeps the client connection that triggered the refresh busy until the refresh finishes: the next request on that keep-alive connection waits for the origin. Refreshes of the other (expired, rarely read) keys do this too, so hot-key requests queue behind them — the slow hot-key tail of those rows.
-- Varnish coalesces the requests for an object being fetched on its waiting list (no timeout): without grace they all wait for the one fetch; with grace they get the stale object while one background fetch refreshes it.
-- A fleet of either keeps one cache per instance and no shared lock: about one rebuild per instance per boundary. stampede-layer's fleet shares the lock and the store through Redis.
-";
-
 /// A peer: its binary and Debian package, its config template with the
 /// template's file name in an instance's directory, and its arguments.
 #[derive(Debug, PartialEq, Eq)]

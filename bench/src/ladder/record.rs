@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::load::{HostInfo, LoadConfig, LoadSummary};
-use crate::procs::display_path;
+use crate::procs::{display_path, proc_field};
 
 /// How much of the table to run, and how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -79,32 +79,22 @@ impl Machine {
     /// This machine.
     pub fn current(bin_dir: &Path, redis: &str) -> Self {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let field = |file: &str, key: &str| {
-            let text = read(file);
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(key))
-                .unwrap_or_default();
-            line.split_once(':')
-                .map_or("", |(_, v)| v.trim())
-                .to_string()
+        let (cpuinfo, meminfo) = (read("/proc/cpuinfo"), read("/proc/meminfo"));
+        let cpu = Some(proc_field(&cpuinfo, "model name")).filter(|c| !c.is_empty());
+        let mem_kb = proc_field(&meminfo, "MemTotal")
+            .trim_end_matches(" kB")
+            .parse::<u64>();
+        let bench_profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
         };
-        let cpu = Some(field("/proc/cpuinfo", "model name")).filter(|c| !c.is_empty());
-        let mem_kb = field("/proc/meminfo", "MemTotal");
         Self {
             host: HostInfo::current(),
-            cpu: cpu.unwrap_or_else(|| "unknown".into()),
-            memory_mib: mem_kb
-                .trim_end_matches(" kB")
-                .parse::<u64>()
-                .map_or(0, |kb| kb / 1024),
+            cpu: cpu.unwrap_or("unknown").into(),
+            memory_mib: mem_kb.map_or(0, |kb| kb / 1024),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
-            bench_profile: if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            }
-            .into(),
+            bench_profile: bench_profile.into(),
             bin_dir: display_path(bin_dir),
             redis: redis.to_string(),
         }

@@ -18,10 +18,10 @@ use tokio::task::JoinSet;
 use super::peers::find_peer_binary;
 use super::record::{LadderOptions, Measured, MetaSecond, PeerConfig, Run};
 use super::report;
-use super::table::{COUNTERS, Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, human};
+use super::table::{Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, counters, human};
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
 use crate::procs::{ChildProc, Http, RedisProc, display_path, free_port, metric_sum};
-use crate::stats::{OriginQueries, OriginQuery, max_in_flight};
+use crate::stats::{OriginQuery, max_in_flight, round};
 
 /// Admin token the bench gives its gateways.
 const ADMIN_TOKEN: &str = "ladder-admin-token";
@@ -57,9 +57,8 @@ impl Stack {
 
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.origin.check_alive()?;
-        self.fronts
-            .iter_mut()
-            .try_for_each(|f| f.proc_.check_alive())
+        let mut fronts = self.fronts.iter_mut();
+        fronts.try_for_each(|f| f.proc_.check_alive())
     }
 }
 
@@ -73,45 +72,42 @@ impl Launcher {
             .find(|b| !b.is_file())
             .map(|b| display_path(b))
         {
-            bail!(
-                "missing {bin} — build it: cargo build --release --workspace (or pass --bin-dir DIR)"
-            );
+            let build = "cargo build --release --workspace (or pass --bin-dir DIR)";
+            bail!("missing {bin} — build it: {build}");
         }
         std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+        let http = Http::default();
         Ok(Self {
             bin_dir,
             work,
-            http: Http::default(),
+            http,
         })
     }
 
     /// Start origin-sim and the fronts of `spec` (gateways on `redis` when
     /// given) and wait until every one is ready.
     pub async fn start(&self, spec: &RunSpec, redis: Option<String>) -> anyhow::Result<Stack> {
-        let oport = free_port()?;
+        let (oport, id, bin) = (free_port()?, &spec.id, |b| self.bin_dir.join(b));
         let origin_url = format!("http://127.0.0.1:{oport}");
         let listen = ["--listen".to_string(), format!("127.0.0.1:{oport}")];
         let args: Vec<String> = listen.into_iter().chain(spec.origin.flags()).collect();
-        let log = self.work.join(format!("{}-origin-sim.log", spec.id));
-        let mut origin =
-            ChildProc::spawn("origin-sim", &self.bin_dir.join("origin-sim"), &args, &log)?;
+        let log = self.work.join(format!("{id}-origin-sim.log"));
+        let mut origin = ChildProc::spawn("origin-sim", &bin("origin-sim"), &args, &log)?;
+        let ready = format!("{origin_url}/metrics");
         origin
-            .wait_ready(
-                &self.http,
-                &format!("{origin_url}/metrics"),
-                Duration::from_secs(30),
-            )
+            .wait_ready(&self.http, &ready, Duration::from_secs(30))
             .await?;
+        let (fronts, peer_config) = (Vec::new(), None);
         let mut stack = Stack {
             origin,
             origin_url,
-            fronts: Vec::new(),
-            peer_config: None,
+            fronts,
+            peer_config,
         };
         for i in 1..=spec.instances {
             let (port, admin) = (free_port()?, free_port()?);
             let (url, name) = (format!("http://127.0.0.1:{port}"), format!("g{i}"));
-            let instance = match &spec.front {
+            let (proc_, admin) = match &spec.front {
                 Front::Gateway { .. } => {
                     let (origin, token) = (&stack.origin_url, ADMIN_TOKEN);
                     let args = format!(
@@ -120,45 +116,27 @@ impl Launcher {
                     let redis = redis
                         .iter()
                         .flat_map(|u| ["--redis".to_string(), u.clone()]);
-                    let args: Vec<String> = args
-                        .split(' ')
-                        .map(String::from)
-                        .chain(redis)
-                        .chain(spec.gateway_flags())
-                        .collect();
-                    let log = self.work.join(format!("{}-gateway-{name}.log", spec.id));
-                    let proc_ = ChildProc::spawn(
-                        &format!("gateway-{name}"),
-                        &self.bin_dir.join("gateway"),
-                        &args,
-                        &log,
-                    )?;
-                    Instance {
-                        proc_,
-                        url,
-                        admin: Some(format!("http://127.0.0.1:{admin}")),
-                    }
+                    let args = args.split(' ').map(String::from).chain(redis);
+                    let args: Vec<String> = args.chain(spec.gateway_flags()).collect();
+                    let log = self.work.join(format!("{id}-gateway-{name}.log"));
+                    let gateway = format!("gateway-{name}");
+                    let proc_ = ChildProc::spawn(&gateway, &bin("gateway"), &args, &log)?;
+                    (proc_, Some(format!("http://127.0.0.1:{admin}")))
                 }
                 Front::Peer(v) => {
                     let bin = find_peer_binary(v.kind.binary).context("peer binary")?;
-                    let name = format!("{}-{i}", spec.id);
+                    let name = format!("{id}-{i}");
                     let (proc_, config) =
                         v.spawn(&bin, &self.work, &name, (port, oport), spec.ttl)?;
                     stack.peer_config.get_or_insert(config);
-                    Instance {
-                        proc_,
-                        url,
-                        admin: None,
-                    }
+                    (proc_, None)
                 }
             };
-            stack.fronts.push(instance);
+            stack.fronts.push(Instance { proc_, url, admin });
         }
         for f in &mut stack.fronts {
-            let ready = f
-                .admin
-                .as_ref()
-                .map_or(format!("{}/__ready", f.url), |a| format!("{a}/readyz"));
+            let ready = f.admin.as_ref();
+            let ready = ready.map_or(format!("{}/__ready", f.url), |a| format!("{a}/readyz"));
             f.proc_
                 .wait_ready(&self.http, &ready, Duration::from_secs(60))
                 .await?;
@@ -181,23 +159,22 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(o: LadderOptions, redis: Option<RedisProc>, launcher: Launcher) -> Self {
+        let (total, done, started) = (0, 0, Instant::now());
         Self {
             o,
             redis,
             launcher,
-            total: 0,
-            done: 0,
-            started: Instant::now(),
+            total,
+            done,
+            started,
         }
     }
 
     /// Progress on stderr: `[elapsed] [run i/N] rung: what`.
     pub fn line(&self, rung: &str, what: &str) {
-        let (n, t) = (
-            (self.done + 1).min(self.total.max(1)),
-            self.started.elapsed().as_secs_f64(),
-        );
-        eprintln!("[{t:>6.1}s] [run {n}/{}] {rung}: {what}", self.total);
+        let (i, n) = ((self.done + 1).min(self.total.max(1)), self.total);
+        let t = self.started.elapsed().as_secs_f64();
+        eprintln!("[{t:>6.1}s] [run {i}/{n}] {rung}: {what}");
     }
 
     /// Why `spec` cannot run on this machine, if it cannot.
@@ -221,12 +198,10 @@ impl Runner {
         let (store, what) = match &spec.front {
             Front::Gateway { redis, .. } => {
                 let store = if *redis { "redis" } else { "memory" };
+                let m = spec.mitigations();
                 (
                     store,
-                    format!(
-                        "gateway(s) ({store} store, --mitigations {})",
-                        spec.mitigations()
-                    ),
+                    format!("gateway(s) ({store} store, --mitigations {m})"),
                 )
             }
             Front::Peer(v) => (
@@ -234,9 +209,10 @@ impl Runner {
                 format!("{} (own cache each)", v.kind.binary),
             ),
         };
+        let n = spec.instances;
         self.line(
             rung,
-            &format!("{label}: starting origin-sim + {} × {what}", spec.instances),
+            &format!("{label}: starting origin-sim + {n} × {what}"),
         );
         let redis_url = match (&mut self.redis, spec.needs_redis()) {
             (Some(r), true) => Some(r.flush().await.map(|_| r.url())?),
@@ -247,24 +223,19 @@ impl Runner {
         let mut m = Measured::default();
         let first = stack.targets().first().cloned().unwrap_or_default();
         for k in &spec.prewarm {
-            http.get_ok(&format!("{first}/items/{k}"))
-                .await
-                .context("prewarm")?;
+            let url = format!("{first}/items/{k}");
+            http.get_ok(&url).await.context("prewarm")?;
         }
         if spec.warm_burst > 0 {
-            self.line(
-                rung,
-                &format!("{label}: warming {} keys at once", spec.warm_burst),
-            );
+            let keys = spec.warm_burst;
+            self.line(rung, &format!("{label}: warming {keys} keys at once"));
             let t = Instant::now();
             let get = |url: String, http: Http| async move { http.get_ok(&url).await.map(|_| ()) };
-            let gets: JoinSet<_> = (1..=spec.warm_burst)
+            let gets: JoinSet<_> = (1..=keys)
                 .map(|k| get(format!("{first}/items/{k}"), http.clone()))
                 .collect();
-            gets.join_all()
-                .await
-                .into_iter()
-                .collect::<anyhow::Result<()>>()?;
+            let done = gets.join_all().await.into_iter();
+            done.collect::<anyhow::Result<()>>()?;
             m.set("warm_ms", t.elapsed().as_millis() as u64);
         }
         let samples: Arc<Mutex<Vec<(u64, f64)>>> = Arc::default();
@@ -291,20 +262,16 @@ impl Runner {
                     rung,
                     &format!("{label}: warm-up {} × {c} clients", human(duration)),
                 );
-                run_load(
-                    &LoadConfig {
-                        duration,
-                        origin: None,
-                        ..cfg.clone()
-                    },
-                    false,
-                )
-                .await?;
+                let warm = LoadConfig {
+                    duration,
+                    origin: None,
+                    ..cfg.clone()
+                };
+                run_load(&warm, false).await?;
             }
-            let before = if let Some(r) = redis {
-                Some(r.commands().await?)
-            } else {
-                None
+            let before = match redis {
+                Some(r) => Some(r.commands().await?),
+                None => None,
             };
             self.line(
                 rung,
@@ -324,21 +291,16 @@ impl Runner {
         let (t0, origin) = (phases.first().map_or(0, |s| s.start_ms), &stack.origin_url);
         match spec.measure {
             Measure::Recovery(ok_ms) => {
-                let log = self.origin_log(origin, t0.saturating_sub(1000)).await?;
+                let log = http.origin_log(origin, t0.saturating_sub(1000)).await?;
                 let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 recovery(&phases, &log, &samples, ok_ms, &mut m);
             }
             Measure::InFlight => {
-                self.settle(
-                    origin,
-                    Duration::from_millis(spec.origin.latency_ms * 2 + 5000),
-                )
-                .await;
-                let (log, end) = (self.origin_log(origin, t0).await?, phases[0].end_ms);
-                m.set(
-                    "hot_max_in_flight",
-                    max_in_flight(log.iter().filter(|q| q.id == HOT_KEY && q.t_ms <= end)),
-                );
+                let bound = Duration::from_millis(spec.origin.latency_ms * 2 + 5000);
+                self.settle(origin, bound).await;
+                let (log, end) = (http.origin_log(origin, t0).await?, phases[0].end_ms);
+                let hot = log.iter().filter(|q| q.id == HOT_KEY && q.t_ms <= end);
+                m.set("hot_max_in_flight", max_in_flight(hot));
             }
             Measure::Load | Measure::Fencing(_) | Measure::Throughput(_) => {}
         }
@@ -351,10 +313,9 @@ impl Runner {
             std::fs::write(&path, &c.text).with_context(|| format!("write {}", path.display()))?;
         }
         let single = phases.len() == 1;
-        let mut flags = if let Front::Gateway { .. } = spec.front {
-            spec.gateway_flags()
-        } else {
-            vec![]
+        let mut flags = match spec.front {
+            Front::Gateway { .. } => spec.gateway_flags(),
+            Front::Peer(_) => vec![],
         };
         flags.extend(m.peer.as_ref().map(|p| p.command.clone()));
         let mut run = Run {
@@ -365,11 +326,7 @@ impl Runner {
             store: store.into(),
             gateway_flags: flags,
             origin_flags: spec.origin.flags(),
-            phases: if single {
-                Vec::new()
-            } else {
-                spec.load.clone()
-            },
+            phases: if single { vec![] } else { spec.load.clone() },
             gateways,
             chart: None,
             summary: if single { phases.pop() } else { None },
@@ -393,15 +350,21 @@ impl Runner {
         Ok(run)
     }
 
+    /// origin-sim's in-flight gauge, if it answers.
+    async fn inflight(&self, origin: &str) -> Option<f64> {
+        let text = self.launcher.http.text(&format!("{origin}/metrics")).await;
+        text.ok()
+            .map(|t| metric_sum(&t, "origin_inflight_queries", &[]))
+    }
+
     /// Sample origin-sim's in-flight gauge every 500 ms into `samples` (until dropped).
     fn sample_inflight(&self, origin: &str, samples: Arc<Mutex<Vec<(u64, f64)>>>) -> JoinSet<()> {
         let (http, url) = (self.launcher.http.clone(), format!("{origin}/metrics"));
         let mut task = JoinSet::new();
         task.spawn(async move {
             loop {
-                if let Ok(b) = http.get_ok(&url).await {
-                    let v =
-                        metric_sum(&String::from_utf8_lossy(&b), "origin_inflight_queries", &[]);
+                if let Ok(text) = http.text(&url).await {
+                    let v = metric_sum(&text, "origin_inflight_queries", &[]);
                     samples
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -416,51 +379,25 @@ impl Runner {
     /// Wait (at most `bound`) until origin-sim has no query in flight.
     async fn settle(&self, origin: &str, bound: Duration) {
         let start = Instant::now();
-        while start.elapsed() < bound {
-            let metrics = self
-                .launcher
-                .http
-                .get_ok(&format!("{origin}/metrics"))
-                .await;
-            let text = metrics
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            if !text.is_empty() && metric_sum(&text, "origin_inflight_queries", &[]) == 0.0 {
-                return;
-            }
+        while start.elapsed() < bound && self.inflight(origin).await != Some(0.0) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    async fn origin_log(&self, origin: &str, since_ms: u64) -> anyhow::Result<Vec<OriginQuery>> {
-        let body = self
-            .launcher
-            .http
-            .get_ok(&format!("{origin}/stats/queries?since_ms={since_ms}"))
-            .await?;
-        Ok(serde_json::from_slice::<OriginQueries>(&body)?.queries)
-    }
-
-    /// The [`COUNTERS`] of each gateway, from its `/metrics`.
+    /// The [`counters`] of each gateway, from its `/metrics`.
     async fn counters(&self, stack: &Stack) -> Vec<BTreeMap<String, f64>> {
         let mut out = Vec::new();
-        for (g, admin) in stack
-            .fronts
-            .iter()
-            .filter_map(|f| Some((f, f.admin.as_ref()?)))
-        {
-            let text = match self.launcher.http.get_ok(&format!("{admin}/metrics")).await {
-                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                Err(e) => {
-                    eprintln!("warning: {}: cannot read metrics: {e:#}", g.proc_.name());
-                    String::new()
-                }
+        for f in &stack.fronts {
+            let Some(admin) = &f.admin else { continue };
+            let text = self.launcher.http.text(&format!("{admin}/metrics")).await;
+            let text = text.unwrap_or_else(|e| {
+                eprintln!("warning: {}: cannot read metrics: {e:#}", f.proc_.name());
+                String::new()
+            });
+            let sum = |(name, metric, label): &(&str, &str, &str)| {
+                (name.to_string(), metric_sum(&text, metric, &[label]))
             };
-            let labels = |l: &'static str| if l.is_empty() { vec![] } else { vec![l] };
-            let sum = |(name, metric, l): &(&str, &str, &'static str)| {
-                (name.to_string(), metric_sum(&text, metric, &labels(l)))
-            };
-            out.push(COUNTERS.iter().map(sum).collect());
+            out.push(counters().iter().map(sum).collect());
         }
         out
     }
@@ -481,9 +418,16 @@ impl Runner {
         );
         let (slow, fast) = (f.slow.as_millis() as u64, f.fast.as_millis() as u64);
         self.line(rung, &format!("item {key}: slow rebuild ({slow} ms) via g1, version bump, fast rebuild via g2 after the lock expired"));
-        let admin = format!("{origin}/admin/config");
-        http.ok(Method::PUT, &admin, Some(&json!({ "latency_ms": slow })))
-            .await?;
+        let (admin, item) = (
+            format!("{origin}/admin/config"),
+            format!("{origin}/items/{key}"),
+        );
+        let (admin, item) = (&admin, &item);
+        let latency = |ms: u64| async move {
+            let body = json!({ "latency_ms": ms });
+            http.ok(Method::PUT, admin, Some(&body)).await
+        };
+        latency(slow).await?;
         let get = |url: String| {
             let http = http.clone();
             async move {
@@ -496,30 +440,19 @@ impl Runner {
         let slow_task = tokio::spawn(async move { (slow_get.await, t.elapsed()) });
         // Let the slow rebuild read the row, then bump it and speed the origin up.
         tokio::time::sleep(f.lock_ttl / 2).await;
-        http.ok(
-            Method::PUT,
-            &format!("{origin}/items/{key}"),
-            Some(&json!({})),
-        )
-        .await?;
-        http.ok(Method::PUT, &admin, Some(&json!({ "latency_ms": fast })))
-            .await?;
+        http.ok(Method::PUT, item, Some(&json!({}))).await?;
+        latency(fast).await?;
         tokio::time::sleep((f.lock_ttl + f.lock_ttl / 2).saturating_sub(t.elapsed())).await;
         let (_, _, fast_body) = get(format!("{}/items/{key}", g[1])).await?;
         let (slow_res, slow_elapsed) = slow_task.await?;
         tokio::time::sleep(f.fast * 4).await;
         let (_, headers, cached) = get(format!("{}/items/{key}", g[g.len() - 1])).await?;
-        let direct = http.get_ok(&format!("{origin}/items/{key}")).await?;
+        let direct = http.get_ok(item).await?;
         let version = |b: &[u8]| {
-            serde_json::from_slice::<serde_json::Value>(b)
-                .ok()?
-                .get("version")?
-                .as_i64()
+            let v = serde_json::from_slice::<serde_json::Value>(b).ok()?;
+            v.get("version")?.as_i64()
         };
-        let status = headers
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let status = headers.get("cache-status").and_then(|v| v.to_str().ok());
         m.set("key", key);
         m.set(
             "slow_version",
@@ -528,7 +461,7 @@ impl Runner {
         m.set("slow_ms", slow_elapsed.as_millis() as u64);
         m.set("fast_version", version(&fast_body));
         m.set("cached_version", version(&cached));
-        m.set("cached_status", format!("`{status}`"));
+        m.set("cached_status", format!("`{}`", status.unwrap_or("")));
         m.set("origin_version", version(&direct));
         Ok(())
     }
@@ -549,12 +482,11 @@ fn recovery(
     let [base, spike, after] = phases else { return };
     let (t0, spike_end, end) = (base.start_ms, spike.end_ms, after.end_ms);
     let secs = ((end.saturating_sub(t0)) / 1000 + 1) as usize;
-    let mut tl: Vec<MetaSecond> = (0..secs)
-        .map(|i| MetaSecond {
-            second: i as u64,
-            ..MetaSecond::default()
-        })
-        .collect();
+    let second = |i| MetaSecond {
+        second: i as u64,
+        ..MetaSecond::default()
+    };
+    let mut tl: Vec<MetaSecond> = (0..secs).map(second).collect();
     let mut fin_sum = vec![0u64; secs];
     let sec_of = |t: u64| (t0..=end).contains(&t).then(|| ((t - t0) / 1000) as usize);
     let mut base_durs = Vec::new();
@@ -571,8 +503,7 @@ fn recovery(
         }
     }
     for (s, sum) in tl.iter_mut().zip(&fin_sum) {
-        s.finished_mean_ms =
-            (s.finished > 0).then(|| (*sum as f64 / s.finished as f64 * 10.0).round() / 10.0);
+        s.finished_mean_ms = (s.finished > 0).then(|| round(*sum as f64 / s.finished as f64, 1));
     }
     for (s, v) in samples.iter().filter_map(|(t, v)| Some((sec_of(*t)?, v))) {
         tl[s].inflight = Some(*v);
@@ -592,13 +523,11 @@ fn recovery(
     let ok = |s: &MetaSecond| s.finished_mean_ms.is_none_or(|m| m <= ok_ms as f64);
     let recovered = (spike_sec..secs).find(|&i| tl[i..].iter().all(ok) && tl[i].finished > 0);
     let observed = (end - spike_end) as f64 / 1000.0;
+    let recovered_after = |i| (t0 + i as u64 * 1000).saturating_sub(spike_end) as f64 / 1000.0;
     m.set(
         "recovery",
         match recovered {
-            Some(i) => format!(
-                "{:.1} s",
-                (t0 + i as u64 * 1000).saturating_sub(spike_end) as f64 / 1000.0
-            ),
+            Some(i) => format!("{:.1} s", recovered_after(i)),
             None => format!("not recovered within {observed:.0} s"),
         },
     );
@@ -611,7 +540,7 @@ fn recovery(
         )
     });
     let base_mean = base_durs.iter().sum::<u64>() as f64 / base_durs.len().max(1) as f64;
-    m.set("base_ms", (base_mean * 10.0).round() / 10.0);
+    m.set("base_ms", round(base_mean, 1));
     m.set(
         "worst_ms",
         after_secs()

@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::peers::{self, Variant};
 use super::record::{LadderOptions, Profile, Results, Run};
 use crate::load::LoadConfig;
@@ -43,42 +45,44 @@ pub const TABLE_ROWS: [(&str, &str, &str); 8] = [
     ("full", "full stack", "all"),
 ];
 
-/// Gateway counters scraped after each run: `(name and column header,
-/// metric, label filter)`.
-pub const COUNTERS: [(&str, &str, &str); 8] = [
-    (
-        "lock acquired",
-        "stampede_lock_acquisitions_total",
-        "result=\"acquired\"",
-    ),
-    (
-        "lock contended",
-        "stampede_lock_acquisitions_total",
-        "result=\"contended\"",
-    ),
-    (
-        "lock waits timed out",
-        "stampede_lock_wait_seconds_count",
-        "result=\"timeout\"",
-    ),
-    (
-        "SWR refreshes",
-        "stampede_background_refreshes_total",
-        "trigger=\"swr\"",
-    ),
-    (
-        "XFetch refreshes",
-        "stampede_background_refreshes_total",
-        "trigger=\"xfetch\"",
-    ),
-    (
-        "fencing rejections",
-        "stampede_fencing_rejections_total",
-        "",
-    ),
-    ("shed (503)", "stampede_shed_total", ""),
-    ("origin requests", "stampede_origin_requests_total", ""),
-];
+/// Gateway counters scraped after each run, one a line: `name (also the
+/// column header) = metric{label filter}`.
+const COUNTER_LINES: &str = r#"
+lock acquired = stampede_lock_acquisitions_total{result="acquired"}
+lock contended = stampede_lock_acquisitions_total{result="contended"}
+lock waits timed out = stampede_lock_wait_seconds_count{result="timeout"}
+SWR refreshes = stampede_background_refreshes_total{trigger="swr"}
+XFetch refreshes = stampede_background_refreshes_total{trigger="xfetch"}
+fencing rejections = stampede_fencing_rejections_total
+shed (503) = stampede_shed_total
+origin requests = stampede_origin_requests_total
+"#;
+
+/// The gateway counters: `(name, metric, label filter)`.
+pub fn counters() -> Vec<(&'static str, &'static str, &'static str)> {
+    let counter = |l: &'static str| {
+        let (name, selector) = l.split_once(" = ")?;
+        let (metric, label) = selector.split_once('{').unwrap_or((selector, ""));
+        Some((name, metric, label.trim_end_matches('}')))
+    };
+    COUNTER_LINES.lines().filter_map(counter).collect()
+}
+
+/// The report's prose (`prose.md`), one block per `<!-- key -->` marker.
+const PROSE: &str = include_str!("prose.md");
+
+/// Prose block `key` with every `{name}` of `vars` (a JSON object) filled in.
+pub fn prose(key: &str, vars: &Value) -> String {
+    let marker = format!("<!-- {key} -->\n");
+    let start = PROSE.find(&marker).map(|i| i + marker.len());
+    let text = &PROSE[start.unwrap_or_else(|| panic!("no prose block {key}"))..];
+    let text = text.split("\n<!-- ").next().unwrap_or_default().trim();
+    let vars = vars.as_object().into_iter().flatten();
+    vars.fold(text.to_string(), |t, (k, v)| {
+        let v = v.as_str().map_or_else(|| v.to_string(), String::from);
+        t.replace(&format!("{{{k}}}"), &v)
+    })
+}
 
 impl Profile {
     /// Load duration of a protocol run.
@@ -105,10 +109,9 @@ impl Profile {
     /// Output directory unless `--out` says otherwise: the quick profile
     /// writes under `target/` (never tracked, never the committed results).
     pub fn out_dir(self) -> &'static str {
-        if self == Profile::Quick {
-            "target/ladder-quick"
-        } else {
-            "docs/results"
+        match self {
+            Profile::Quick => "target/ladder-quick",
+            Profile::Full => "docs/results",
         }
     }
 }
@@ -275,19 +278,13 @@ pub struct RunSpec {
 
 impl RunSpec {
     /// One gateway with the in-process store.
-    pub fn gateway(
-        id: &str,
-        label: &str,
-        mitigations: &str,
-        ttl: Duration,
-        load: &LoadConfig,
-    ) -> Self {
+    pub fn gateway(id: &str, label: &str, m: &str, ttl: Duration, load: &LoadConfig) -> Self {
         Self {
             id: id.into(),
             label: label.into(),
-            setup: format!("`{mitigations}`"),
+            setup: format!("`{m}`"),
             front: Front::Gateway {
-                mitigations: mitigations.into(),
+                mitigations: m.into(),
                 redis: false,
                 flags: vec![],
             },
@@ -411,7 +408,7 @@ pub enum Col {
     /// The metastable run's origin query ms over its last [`LAST_SECONDS`].
     LastMs,
     Chart,
-    /// A gateway counter (its name in [`COUNTERS`]), summed over the fleet.
+    /// A gateway counter (its name in [`counters`]), summed over the fleet.
     Counter(&'static str),
     /// A value the run's [`Measure`] recorded, and its header.
     Val(&'static str, &'static str),
@@ -566,9 +563,9 @@ fn opt<T>(x: Option<T>, f: impl FnOnce(T) -> String) -> String {
 fn standard(second: Col) -> Vec<Col> {
     use Col::*;
     let cols = [
-        HotMean, HotMax, Boundaries, PerTtl, MaxQps, Total, HotP50, HotP99, OtherP50,
+        HotMean, HotMax, Boundaries, PerTtl, MaxQps, Total, HotP50, HotP99,
     ];
-    let more = [OtherP99, Slow, MissRate, Errors, Requests, Chart];
+    let more = [OtherP50, OtherP99, Slow, MissRate, Errors, Requests, Chart];
     [Label, second]
         .into_iter()
         .chain(cols)
@@ -577,14 +574,10 @@ fn standard(second: Col) -> Vec<Col> {
 }
 
 /// The columns printed to the terminal: the headline.
-pub const HEADLINE: [Col; 6] = [
-    Col::Label,
-    Col::HotMean,
-    Col::HotMax,
-    Col::HotP99,
-    Col::HotSlow,
-    Col::Errors,
-];
+pub const HEADLINE: [Col; 6] = {
+    use Col::*;
+    [Label, HotMean, HotMax, HotP99, HotSlow, Errors]
+};
 
 /// The load of a protocol run: 50 clients, 95 % to the hot key, the rest
 /// over 1..=1000, the options' duration and TTL, the fixed seed.
@@ -618,11 +611,8 @@ fn describe(l: &LoadConfig) -> String {
 /// Every `--rungs` name, in table order.
 pub fn rung_names() -> Vec<&'static str> {
     let sections = sections(&LadderOptions::of(Profile::Full));
-    sections
-        .iter()
-        .map(|s| s.rung)
-        .filter(|r| !r.is_empty())
-        .collect()
+    let rungs = sections.iter().map(|s| s.rung);
+    rungs.filter(|r| !r.is_empty()).collect()
 }
 
 /// The table: every section of the report, every run behind it.
@@ -633,18 +623,16 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     let (ms, secs) = (Duration::from_millis, Duration::from_secs);
     let gw = |id: &str, label: &str, m: &str| RunSpec::gateway(id, label, m, ttl, &p);
     let row = |key: &str| {
-        let (k, label, m) = TABLE_ROWS
-            .iter()
-            .find(|r| r.0 == key)
-            .expect("a TABLE_ROWS name");
+        let row = TABLE_ROWS.iter().find(|r| r.0 == key);
+        let (k, label, m) = row.expect("a TABLE_ROWS name");
         gw(&format!("table-{k}"), label, m).fleet(n)
     };
     let chosen = TABLE_ROWS
         .iter()
         .filter(|r| o.rows.iter().any(|x| x == r.0));
     let rows: Vec<RunSpec> = chosen.map(|r| row(r.0)).collect();
-    let rows_in_order = TABLE_ROWS.map(|r| r.1).join(", ");
-    let counters = COUNTERS[..7].iter().map(|c| Counter(c.0));
+    let counters: Vec<Col> = counters()[..7].iter().map(|c| Counter(c.0)).collect();
+    let (threshold, base_ms, pool) = (base.capacity_qps(), base.latency_ms, base.db_connections);
 
     // Multi-key: keys written together expire together.
     let (mk_keys, mk_pool, jitter) = (200, 256, "0.2");
@@ -656,8 +644,6 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         ttl: Some(mk_ttl),
         ..p.clone()
     };
-    let (threshold, clients) = (base.capacity_qps(), p.concurrency);
-    let (base_ms, pool) = (base.latency_ms, base.db_connections);
     let mk = |id: &str, label: &str, m: &str| {
         let mut s = RunSpec::gateway(id, label, m, mk_ttl, &mk_load).flags(&["--jitter", jitter]);
         (s.origin.db_connections, s.warm_burst) = (mk_pool, mk_keys);
@@ -672,8 +658,8 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         ..p.clone()
     };
     let neg = |id: &str, label: &str, m: &str| {
-        let mut s =
-            RunSpec::gateway(id, label, m, ttl, &neg_load).flags(&["--negative-ttl", &neg_ttl]);
+        let s = RunSpec::gateway(id, label, m, ttl, &neg_load);
+        let mut s = s.flags(&["--negative-ttl", &neg_ttl]);
         s.origin.items = neg_items;
         s
     };
@@ -703,8 +689,6 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         lock_ttl: ms(300),
     };
     let fence_ttl = secs(30);
-    let [f_lock, f_ttl, f_slow, f_fast] =
-        [fence.lock_ttl, fence_ttl, fence.slow, fence.fast].map(human);
     let fencing = [7, 8, 9].map(|key| {
         let s = RunSpec::gateway(
             &format!("fencing-{key}"),
@@ -716,9 +700,11 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         let s = s
             .fleet(n.max(2))
             .flags(&["--lock-ttl", &human(fence.lock_ttl)]);
+        let measure = Measure::Fencing(Fencing { key, ..fence });
         RunSpec {
             load: vec![],
-            ..s.measure(Measure::Fencing(Fencing { key, ..fence }))
+            measure,
+            ..s
         }
     });
 
@@ -756,31 +742,24 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
 
     // Peers: nginx and Varnish, one instance and a fleet, next to the full stack.
     let peer = |v: &Variant, k: usize| {
-        let setup = format!(
-            "{k} × {}, own cache each ([config](peers/{}))",
-            v.kind.package,
-            v.file_name()
-        );
+        let (package, file) = (v.kind.package, v.file_name());
+        let setup = format!("{k} × {package}, own cache each ([config](peers/{file}))");
         let s = gw(&format!("peers-{}-x{k}", v.key), "", "");
+        let s = s.labelled(format!("{} × {k}", v.label()), &setup);
         RunSpec {
             front: Front::Peer(*v),
             instances: k,
-            ..s.labelled(format!("{} × {k}", v.label()), &setup)
+            ..s
         }
     };
-    let (hot, dur, ttl_h) = (p.hot_fraction * 100.0, human(p.duration), human(ttl));
-    let nginx_lock = human(peers::NGINX_LOCK_BOUND);
-    let single = gw("peers-stampede-x1", "stampede-layer full stack × 1", "all");
-    let mut peer_rows = vec![single.labelled(
-        "stampede-layer full stack × 1",
-        "`--mitigations all`, in-process store",
-    )];
+    let full_x1 = "stampede-layer full stack × 1";
+    let mut peer_rows = vec![
+        gw("peers-stampede-x1", full_x1, "all")
+            .labelled(full_x1, "`--mitigations all`, in-process store"),
+    ];
     peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, 1)));
-    let (fleet_label, fleet_setup) = (
-        format!("stampede-layer full stack × {n}"),
-        "`--mitigations all`, one Redis (the table's full-stack run)",
-    );
-    peer_rows.push(row("full").labelled(fleet_label, fleet_setup));
+    let fleet_setup = "`--mitigations all`, one Redis (the table's full-stack run)";
+    peer_rows.push(row("full").labelled(format!("stampede-layer full stack × {n}"), fleet_setup));
     peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, n)));
 
     // Revalidation: a short origin freshness, validators off and on.
@@ -799,14 +778,17 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     };
 
     // Slow origin: rebuilds slower than the lock TTL, lease renewal on and off.
-    let (slow_ms, lock_ttl, slow_pool) = (3000, human(secs(2)), 64);
+    let (slow_ms, slow_lock_ttl, slow_pool) = (3000, human(secs(2)), 64);
     let slow_load = LoadConfig {
         duration: o.duration.min(secs(15)),
         ..p.clone()
     };
     let slow = |id: &str, label: &str, extra: &[&str]| {
         let s = RunSpec::gateway(id, label, "all", ttl, &slow_load).fleet(n);
-        let mut s = s.flags(&["--lock-ttl", &lock_ttl]).flags(extra).prewarmed();
+        let mut s = s
+            .flags(&["--lock-ttl", &slow_lock_ttl])
+            .flags(extra)
+            .prewarmed();
         (s.origin.latency_ms, s.origin.db_connections) = (slow_ms, slow_pool);
         s.setup = format!("`{}`", s.gateway_flags()[2..].join(" "));
         s.measure(Measure::InFlight)
@@ -816,7 +798,6 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     // and nginx measured in turn, three rounds.
     let (hit_ttl, rounds, nginx) = (secs(600), 3, peers::NGINX_HIT);
     let (hit_dur, warmup) = (o.duration / 2, (o.duration / 10).max(secs(1)));
-    let [hit_ttl_h, warmup_h, hit_dur_h] = [hit_ttl, warmup, hit_dur].map(human);
     let workers = nginx.workers;
     let hit_load = LoadConfig {
         duration: hit_dur,
@@ -825,13 +806,8 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
     };
     let hits = (1..=rounds).flat_map(|i| {
         let hit = |what: &str, label: &str| {
-            let s = RunSpec::gateway(
-                &format!("hit-{what}-{i}"),
-                &format!("round {i}: {label}"),
-                "all",
-                hit_ttl,
-                &hit_load,
-            );
+            let (id, label) = (format!("hit-{what}-{i}"), format!("round {i}: {label}"));
+            let s = RunSpec::gateway(&id, &label, "all", hit_ttl, &hit_load);
             s.prewarmed().measure(Measure::Throughput(warmup))
         };
         let nginx_label = format!("nginx `proxy_cache`, {workers} workers, `proxy_cache_lock on`");
@@ -846,6 +822,29 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         ]
     });
 
+    // The numbers of the prose (`prose.md`).
+    let [f_lock, f_ttl, f_slow, f_fast] = [fence.lock_ttl, fence_ttl, fence.slow, fence.fast];
+    let v = json!({
+        "clients": p.concurrency, "n": n, "hot_key": HOT_KEY, "base_ms": base_ms, "pool": pool,
+        "hot_pct": format!("{:.0}", p.hot_fraction * 100.0), "duration": human(p.duration),
+        "ttl": human(ttl), "threshold": threshold, "mk_keys": mk_keys, "mk_pool": mk_pool,
+        "rows_in_order": TABLE_ROWS.map(|r| r.1).join(", "),
+        "neg_items": neg_items, "neg_keys": neg_keys, "neg_ttl": neg_ttl,
+        "cold_think": human(cold.think_time), "f_lock": human(f_lock), "f_ttl": human(f_ttl),
+        "f_slow": human(f_slow), "f_fast": human(f_fast), "b": b, "sp": sp, "a": a,
+        "normal": describe(&normal(b)), "spike": describe(&spike), "ok_ms": ok_ms,
+        "nginx_lock": human(peers::NGINX_LOCK_BOUND), "max_age": max_age,
+        "slow_duration": human(slow_load.duration), "slow_ms": slow_ms, "slow_pool": slow_pool,
+        "slow_lock_ttl": slow_lock_ttl, "hit_ttl": human(hit_ttl), "hit_warmup": human(warmup),
+        "hit_duration": human(hit_dur), "rounds": rounds, "workers": workers,
+    });
+    let t = |key: &str| prose(key, &v);
+    let (above, xfetch) = (SecondsAbove(threshold), Counter("XFetch refreshes"));
+    let in_flight = Val(
+        "hot_max_in_flight",
+        "hot-key origin queries in flight at once: max",
+    );
+
     vec![
         Section::new(
             "table",
@@ -854,16 +853,14 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                 Part::Table(String::new(), standard(Mitigations), rows.clone()),
                 Part::Table(
                     "Gateway counters of the same runs (summed over the fleet):".into(),
-                    std::iter::once(Label).chain(counters).collect(),
+                    [Label].into_iter().chain(counters).collect(),
                     rows,
                 ),
                 Part::Note(|res, _| {
                     let chart = res.overview_chart.as_ref();
                     chart.map_or_else(String::new, |c| format!("![naive vs full stack]({c})"))
                 }),
-                Part::Text(format!(
-                    "Rows in order: {rows_in_order}. The full stack adds `overload-gate` (`--mitigations all`)."
-                )),
+                Part::Text(t("table")),
             ],
         ),
         Section::new(
@@ -894,20 +891,8 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             format!("Multi-key: {mk_keys} keys written together expire together"),
             vec![
                 Part::Table(
-                    format!(
-                        "One gateway (in-process store). Keys 1..={mk_keys} are filled by one burst of concurrent requests (origin pool raised to {mk_pool} connections so the burst is one round trip), then {clients} clients read them evenly. *Seconds above* counts seconds with more than {threshold} origin queries — what a default origin-sim ({pool} connections × {base_ms} ms) can serve."
-                    ),
-                    vec![
-                        Label,
-                        Ttl,
-                        MaxQps,
-                        SecondsAbove(threshold),
-                        Total,
-                        P99,
-                        Slow,
-                        Errors,
-                        Chart,
-                    ],
+                    t("multi-key"),
+                    vec![Label, Ttl, MaxQps, above, Total, P99, Slow, Errors, Chart],
                     vec![
                         mk(
                             "multikey-no-jitter",
@@ -923,10 +908,8 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                 ),
                 Part::Note(|_, runs| {
                     let warm = runs.iter().filter_map(|r| r.measured.values.get("warm_ms"));
-                    format!(
-                        "The warm bursts took {} ms.",
-                        warm.map(|m| m.to_string()).collect::<Vec<_>>().join(" / ")
-                    )
+                    let warm: Vec<String> = warm.map(|m| m.to_string()).collect();
+                    format!("The warm bursts took {} ms.", warm.join(" / "))
                 }),
             ],
         ),
@@ -934,19 +917,11 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "negative",
             "Negative: a miss storm on ids that do not exist",
             vec![Part::Table(
-                format!(
-                    "One gateway. origin-sim has items 1..={neg_items}; {clients} clients read ids 1..={neg_keys} evenly, so ids above {neg_items} answer 404. Negative TTL {neg_ttl}."
-                ),
-                vec![
-                    Label,
-                    Status("404"),
-                    StatusMean("404"),
-                    StatusMax("404"),
-                    Status("200"),
-                    P99,
-                    Errors,
-                    Chart,
-                ],
+                t("negative"),
+                vec![Label, Status("404"), StatusMean("404"), StatusMax("404")]
+                    .into_iter()
+                    .chain([Status("200"), P99, Errors, Chart])
+                    .collect(),
                 vec![
                     neg(
                         "negative-off",
@@ -966,16 +941,14 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "XFetch: refresh before the cliff — on a hot key only",
             vec![
                 Part::Table(
-                    format!(
-                        "Hot key, protocol load on the fleet, `/items/{HOT_KEY}` filled before the load starts (so every hot-key miss is an expiry):"
-                    ),
+                    t("xfetch-hot"),
                     vec![
                         Name,
                         HotMisses,
                         PerTtl,
                         BoundaryMean,
                         HotMax,
-                        Counter("XFetch refreshes"),
+                        xfetch,
                         HotP99,
                         HotSlow,
                         Chart,
@@ -991,10 +964,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     ],
                 ),
                 Part::Table(
-                    format!(
-                        "Cold key: one client reads `/items/{HOT_KEY}` with {} think time (≈ the TTL), one gateway:",
-                        human(cold.think_time)
-                    ),
+                    t("xfetch-cold"),
                     vec![Name, Requests, Misses, MissRate, OriginQueries, P50, Chart],
                     vec![
                         xcold("xfetch-cold-off", "single-flight"),
@@ -1008,9 +978,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "Fencing: a rebuild slower than the lock TTL",
             vec![
                 Part::Table(
-                    format!(
-                        "Fleet with `--mitigations all --lock-ttl {f_lock} --ttl {f_ttl}`, a fresh one per item. Per item: origin latency set to {f_slow} (`PUT /admin/config`), a GET through g1 starts a slow rebuild and reads version v; the item is bumped (`PUT /items/{{id}}` on the origin, → v+1) and the origin set to {f_fast}; once g1's lock has expired a GET through g2 takes a new lock (newer fencing token) and fills v+1; g1's late fill carries the older token. Then a GET through another gateway is compared with the origin's direct answer."
-                    ),
+                    t("fencing"),
                     vec![
                         Val("key", "item"),
                         Val("slow_version", "slow rebuild answered version"),
@@ -1025,20 +993,18 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                 Part::Note(|_, runs| {
                     let n = runs.iter().map(|r| r.gateways.len()).max().unwrap_or(0);
                     let rejections = |i: usize| -> f64 {
-                        runs.iter()
-                            .filter_map(|r| r.gateways.get(i)?.get("fencing rejections"))
-                            .sum()
+                        let per = runs.iter().filter_map(|r| r.gateways.get(i));
+                        per.filter_map(|g| g.get("fencing rejections")).sum()
                     };
                     let per: Vec<f64> = (0..n).map(rejections).collect();
                     let newest = runs.iter().all(|r| {
                         let v = |k| r.measured.values.get(k).filter(|v| !v.is_null());
                         v("cached_version").is_some() && v("cached_version") == v("origin_version")
                     });
-                    format!(
-                        "`stampede_fencing_rejections_total` per gateway, summed over the items: {per:?} (total {}). Cache ends with the newest version for every item: **{}**.",
-                        per.iter().sum::<f64>(),
-                        if newest { "yes" } else { "no" }
-                    )
+                    let (total, newest) =
+                        (per.iter().sum::<f64>(), if newest { "yes" } else { "no" });
+                    let v = json!({ "per": format!("{per:?}"), "total": total.to_string(), "newest": newest });
+                    prose("fencing-result", &v)
                 }),
             ],
         ),
@@ -1046,11 +1012,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "metastable",
             "Metastable failure: a retry storm keeps the origin pinned",
             vec![Part::Table(
-                format!(
-                    "One gateway, origin {base_ms} ms × {pool} connections ({threshold} q/s). Phases: {b} s normal load, {sp} s spike, {a} s normal load again. Normal: {}. Spike: {}. origin-sim finishes every query it started, even when the client gave up. *Recovery* = seconds from the spike's end until the mean duration of origin queries finishing in each second stays ≤ {ok_ms} ms.",
-                    describe(&normal(b)),
-                    describe(&spike)
-                ),
+                t("metastable"),
                 vec![
                     Setup,
                     Val("recovery", "recovery after the spike"),
@@ -1084,28 +1046,19 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                 let list: String = charts
                     .filter_map(|r| Some(format!("- [{}]({})\n", r.label, r.chart.as_ref()?)))
                     .collect();
-                if list.is_empty() {
-                    return list;
-                }
-                format!(
-                    "One PNG per run: origin queries per second (all keys and the hot key) and the p99 latency of the requests started in each second, for the hot key and for all requests (log scale). The all-requests p99 is set by the other keys, which mostly miss (see the protocol).\n\n{list}"
-                )
+                let empty = list.is_empty();
+                opt((!empty).then_some(list), |l| {
+                    format!("{}\n\n{l}", prose("charts", &Value::Null))
+                })
             })],
         ),
         Section::new(
             "peers",
             "Peers: nginx and Varnish under the same protocol",
             vec![
-                Part::Table(
-                    format!(
-                        "The load of section 1 ({clients} clients, {hot:.0} % hot key, {dur}, TTL {ttl_h}, origin-sim {base_ms} ms × {pool} connections, fresh origin-sim per run) against nginx and Varnish as caching reverse proxies, one instance and {n} instances with the load round-robin. Each peer instance has its own cache: neither has a lock shared across instances, so a fleet of them rebuilds a key once per instance. stampede-layer's full stack (`--mitigations all`) is repeated from the same ladder run for comparison. nginx's cache lock waits at most {nginx_lock} (`proxy_cache_lock_timeout` and `proxy_cache_lock_age`, as the gateway's default `--lock-ttl`).\n\n{}",
-                        peers::CACHE_STATUS_PROSE
-                    ),
-                    standard(Setup),
-                    peer_rows,
-                ),
+                Part::Table(t("peers"), standard(Setup), peer_rows),
                 Part::Note(|_, runs| installed(runs)),
-                Part::Text(peers::WHAT_DRIVES_THE_ROWS.into()),
+                Part::Text(t("peers-drivers")),
                 Part::Note(|_, runs| {
                     let single = runs.iter().filter(|r| r.instances == 1);
                     let configs: String = single.filter_map(|r| {
@@ -1115,10 +1068,9 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                         let (file, command, text) = (&c.file, &c.command, &c.text);
                         Some(format!("<details><summary>{label} — <a href=\"{file}\">{file}</a></summary>\n\n`{command}`\n\n```{lang}\n{text}```\n\n</details>\n\n"))
                     }).collect();
+                    let intro = prose("peers-configs", &Value::Null);
                     opt(Some(configs).filter(|c| !c.is_empty()), |c| {
-                        format!(
-                            "The config files, verbatim as the single-instance runs used them (fleet instances differ only in port and directories; `<tmp>` stands for the run's temporary directory):\n\n{c}"
-                        )
+                        format!("{intro}\n\n{c}")
                     })
                 }),
             ],
@@ -1127,9 +1079,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "revalidation",
             "Revalidation: a stale entry refreshed with a conditional GET",
             vec![Part::Table(
-                format!(
-                    "The protocol load on {n} gateways (`--mitigations all`, one Redis). origin-sim sends `Cache-Control: max-age={max_age}`, so the gateways keep each answer fresh for {max_age} s; with `--validators` it gives every item an `ETag` (from id and version) and a `Last-Modified`, and answers a matching `If-None-Match` / `If-Modified-Since` with `304 Not Modified` and no body. A gateway that refreshes a stale entry with its validators turns the boundary's origin query into a 304: the query still runs, the body is not sent. *Body bytes* are what origin-sim sent in the load window (its `/stats/queries`)."
-                ),
+                t("revalidation"),
                 vec![
                     Label,
                     Setup,
@@ -1137,11 +1087,10 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                     HotQueries,
                     Status("304"),
                     BodyBytes,
-                    HotP99,
-                    HotSlow,
-                    Errors,
-                    Chart,
-                ],
+                ]
+                .into_iter()
+                .chain([HotP99, HotSlow, Errors, Chart])
+                .collect(),
                 vec![reval(false), reval(true)],
             )],
         ),
@@ -1149,25 +1098,11 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "slow-origin",
             "Slow origin: rebuilds slower than the lock TTL",
             vec![Part::Table(
-                format!(
-                    "The protocol load for {} on {n} gateways (one Redis), origin-sim at {slow_ms} ms per query (a pool of {slow_pool}, so queries never queue) and a lock TTL of {lock_ttl}: every rebuild outlives the lock. With lease renewal (the gateway's default) the lock holder extends its lock while the rebuild runs; without it the lock expires mid-rebuild and another gateway takes over. *In flight at once* is the most hot-key origin queries running at the same time, from origin-sim's query log (each query's start and duration, read once every query has finished); `/items/{HOT_KEY}` is filled before the load.",
-                    human(slow_load.duration)
-                ),
-                vec![
-                    Label,
-                    Setup,
-                    Val(
-                        "hot_max_in_flight",
-                        "hot-key origin queries in flight at once: max",
-                    ),
-                    HotQueries,
-                    HotMean,
-                    HotMax,
-                    Counter("lock acquired"),
-                    HotP99,
-                    Errors,
-                    Chart,
-                ],
+                t("slow-origin"),
+                vec![Label, Setup, in_flight, HotQueries, HotMean, HotMax]
+                    .into_iter()
+                    .chain([Counter("lock acquired"), HotP99, Errors, Chart])
+                    .collect(),
                 vec![
                     slow("slow-origin-renewal", "lease renewal (default)", &[]),
                     slow(
@@ -1183,9 +1118,7 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             "Hit path: in-process store, Redis store and nginx, every request a hit",
             vec![
                 Part::Table(
-                    format!(
-                        "{clients} keep-alive clients on `/items/{HOT_KEY}` only, filled before the load and cached for {hit_ttl_h} (every request is a hit), each system alone on the machine with a fresh origin-sim: {warmup_h} of warm-up, then {hit_dur_h} measured. The three are measured in turn, {rounds} rounds, so a drift of the machine shows in every column. One gateway (`--mitigations all`) with the in-process store, one with `--redis` (store and lock in Redis), nginx `proxy_cache` with {workers} worker processes and `proxy_cache_lock on` in front of the same origin. *Redis commands per request*: the calls in `INFO commandstats` during the measured load (its own `INFO` excluded) ÷ requests."
-                    ),
+                    t("hit-path"),
                     vec![Label, Rps, P50, P99, RedisPerRequest, OriginQueries, Errors],
                     hits.collect(),
                 ),
@@ -1204,7 +1137,7 @@ fn installed(runs: &[&Run]) -> String {
         .collect();
     v.sort();
     v.dedup();
-    opt(Some(v).filter(|v| !v.is_empty()), |v| {
+    opt((!v.is_empty()).then_some(v), |v| {
         format!("Installed: {}.", v.join(", "))
     })
 }
@@ -1217,11 +1150,12 @@ fn hit_ratios(res: &Results) -> String {
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
     let mut md = "| round | `--redis` ÷ in-process (hits/s) | in-process ÷ nginx (hits/s) | p99 ms: in-process | nginx |\n|--:|--:|--:|--:|--:|\n".to_string();
     let (mut redis_memory, mut memory_nginx) = (vec![], vec![]);
-    for i in (1..).take_while(|i| {
+    let ran = |i: &u32| {
         ["memory", "redis", "nginx"]
             .iter()
             .any(|w| summary(w, *i).is_some())
-    }) {
+    };
+    for i in (1..).take_while(ran) {
         let (a, b) = (
             ratio(rps("redis", i), rps("memory", i)),
             ratio(rps("memory", i), rps("nginx", i)),
@@ -1234,10 +1168,10 @@ fn hit_ratios(res: &Results) -> String {
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        opt((n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0), |m| {
-            format!("**{}**", f2(m))
-        })
+        let m = (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0);
+        opt(m, |m| format!("**{}**", f2(m)))
     };
     let (a, b) = (median(&mut redis_memory), median(&mut memory_nginx));
-    format!("{md}\nMedian over the rounds: `--redis` ÷ in-process {a}, in-process ÷ nginx {b}.")
+    let v = json!({ "redis_memory": a, "memory_nginx": b });
+    format!("{md}\n{}", prose("hit-path-median", &v))
 }
