@@ -180,6 +180,12 @@ impl RedisStore {
         self.keys(key).0
     }
 
+    /// The pub/sub channel near caches announce invalidations on
+    /// (`{prefix}:v{FORMAT_VERSION}:invalidate`; see [`NearCacheStore`](super::NearCacheStore)).
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}:v{FORMAT_VERSION}:invalidate", self.prefix)
+    }
+
     /// The underlying fred pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
