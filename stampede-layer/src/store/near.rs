@@ -87,9 +87,14 @@ struct NearEntry {
 struct NearExpiry;
 
 impl NearExpiry {
+    /// Until `until_ms`, less the millisecond `now_ms` may have truncated:
+    /// moka drops a copy no later than `until_ms`. A copy moka still held
+    /// past it would be passed over by the lookup but handed back by moka's
+    /// coalesced read, so every request in that window would read the inner
+    /// store on its own.
     fn left(value: &NearEntry) -> Option<Duration> {
         Some(Duration::from_millis(
-            value.until_ms.saturating_sub(now_ms()).max(1),
+            value.until_ms.saturating_sub(now_ms() + 1).max(1),
         ))
     }
 }
