@@ -436,6 +436,39 @@ def lock_and_store() -> list:
         .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE).sort(common.SortOrder.NONE))
         .interval("5s")
         .with_target(query(f'max by (gateway, backend) ({gw("stampede_store_circuit_open")})', "{{gateway}} {{backend}}")),
+        graph(
+            "Near cache hit ratio (gateways with --redis)",
+            "Share of store reads the near cache in front of Redis answered from memory, per gateway: "
+            "hits / (hits + misses). A hot key costs about one Redis read per gateway per --near-cache-ttl, so under "
+            "a hot-key load this sits near 1; it drops while invalidations or resets clear it, and reads 0 with "
+            "--near-cache-ttl 0s. No data: the gateway runs without --redis.",
+            "percentunit",
+            (
+                f'sum by (gateway) (rate({gw("stampede_near_cache_hits_total")}[$__rate_interval])) / '
+                f'(sum by (gateway) (rate({gw("stampede_near_cache_hits_total")}[$__rate_interval])) + '
+                f'sum by (gateway) (rate({gw("stampede_near_cache_misses_total")}[$__rate_interval])))',
+                "{{gateway}}",
+            ),
+            interval="5s",
+        ),
+        graph(
+            "Near cache invalidations",
+            "Near-cache invalidations per second by gateway and source: local (a purge or unsafe method on this gateway), "
+            "remote (another gateway's, over Redis pub/sub; every gateway should show the same remote rate), reset (the "
+            "whole near cache cleared because the invalidation subscriber disconnected or reconnected: dashed, should be 0 "
+            "outside Redis incidents).",
+            "ops",
+            (
+                f'sum by (gateway, source) (rate({gw("stampede_near_cache_invalidations_total", source="~local|remote")}[$__rate_interval]))',
+                "{{gateway}} {{source}}",
+            ),
+            (
+                f'sum by (gateway) (rate({gw("stampede_near_cache_invalidations_total", source="reset")}[$__rate_interval]))',
+                "{{gateway}} reset",
+            ),
+            interval="5s",
+            dashed=".*reset",
+        ),
     ]
 
 

@@ -140,22 +140,31 @@ fn slow_origin_rows() {
     assert!(intro(&sections(&o), "slow-origin").contains("for 7s on 5 gateways"));
 }
 
-/// Issue 12: in-process store, Redis store and nginx alternated, 3 rounds,
-/// 50 clients on one hot key.
+/// Issue 12: in-process store, Redis store with and without its near cache
+/// and nginx alternated, 3 rounds, 50 clients on one hot key.
 #[test]
 fn hit_path_rows() {
     let hits = rows("hit-path");
     let ids: Vec<&str> = hits.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
-        &ids[..4],
-        ["hit-memory-1", "hit-redis-1", "hit-nginx-1", "hit-memory-2"]
+        &ids[..5],
+        [
+            "hit-memory-1",
+            "hit-redis-1",
+            "hit-redis-no-near-1",
+            "hit-nginx-1",
+            "hit-memory-2"
+        ]
     );
-    assert_eq!(hits.len(), 9);
+    assert_eq!(hits.len(), 12);
     assert!(
         hits.iter()
             .all(|r| r.load[0].hot_fraction == 1.0 && r.load[0].concurrency == 50)
     );
-    assert!(hits[1].needs_redis() && !hits[0].needs_redis());
+    assert!(hits[1].needs_redis() && hits[2].needs_redis() && !hits[0].needs_redis());
+    // The near cache is the default; the comparison row turns it off.
+    let near_flag = |r: &RunSpec| r.gateway_flags().iter().any(|f| f == "--near-cache-ttl");
+    assert!(!near_flag(&hits[1]) && near_flag(&hits[2]));
     let mut o = opts(Profile::Full);
     o.duration = Duration::from_secs(7);
     let hit = intro(&sections(&o), "hit-path");

@@ -265,6 +265,23 @@ pub struct Config {
     /// In-process store bound: bytes.
     #[arg(long, env = "STAMPEDE_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub memory_max_bytes: u64,
+    /// With --redis: near cache in process memory in front of Redis. A fresh
+    /// entry read from Redis is served from memory for up to this long (never
+    /// past its freshness), so hot-key hits skip the Redis round trip; purges
+    /// and invalidations reach every gateway at once over Redis pub/sub.
+    /// 0s: off (every lookup asks Redis).
+    #[arg(long, env = "STAMPEDE_NEAR_CACHE_TTL", default_value = "1s", value_parser = duration)]
+    pub near_cache_ttl: Duration,
+    /// Near cache bound: bytes.
+    #[arg(long, env = "STAMPEDE_NEAR_CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub near_cache_max_bytes: u64,
+    /// Near cache bound: entries.
+    #[arg(
+        long,
+        env = "STAMPEDE_NEAR_CACHE_MAX_ENTRIES",
+        default_value_t = 10_000
+    )]
+    pub near_cache_max_entries: u64,
     /// Cache answers to requests with Authorization or Cookie (off: they bypass).
     #[arg(long, env = "STAMPEDE_CACHE_CREDENTIALED")]
     pub cache_credentialed: bool,
@@ -390,5 +407,8 @@ mod tests {
         assert_eq!(d.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(d.instance, default_instance());
         assert!(!d.instance.is_empty());
+        assert_eq!(d.near_cache_ttl, Duration::from_secs(1));
+        let off = Config::try_parse_from(["gateway", "--near-cache-ttl", "0s"]).unwrap();
+        assert!(off.near_cache_ttl.is_zero());
     }
 }

@@ -19,8 +19,8 @@ use axum::response::IntoResponse;
 use http::{Request, StatusCode, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
-    CacheConfig, CacheStore, FallbackStore, HotKeys, LeaseOptions, MemoryStore, RedisStore,
-    SharedStore, StampedeLayer, StampedeService,
+    CacheConfig, CacheStore, FallbackStore, HotKeys, LeaseOptions, MemoryStore, NearCacheConfig,
+    NearCacheStore, RedisStore, SharedStore, StampedeLayer, StampedeService,
 };
 use std::convert::Infallible;
 use std::future::Future;
@@ -98,7 +98,28 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
             let url = config::redact_url(url);
             tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
             let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
-            Arc::new(FallbackStore::new(store, fallback))
+            let breaker = FallbackStore::new(store.clone(), fallback);
+            if config.near_cache_ttl.is_zero() {
+                tracing::info!("near cache: off (--near-cache-ttl 0s); every lookup asks Redis");
+                return Ok(Arc::new(breaker));
+            }
+            // In front of the breaker: a near hit touches neither Redis nor
+            // the breaker; misses, writes, locks and fencing go through both.
+            let near = NearCacheConfig {
+                ttl: config.near_cache_ttl,
+                max_entries: config.near_cache_max_entries,
+                max_bytes: config.near_cache_max_bytes,
+            };
+            let near = NearCacheStore::with_redis_invalidation(breaker, near, &store)
+                .await
+                .with_context(|| format!("cannot subscribe to invalidations on {url}"))?;
+            tracing::info!(
+                ttl = ?config.near_cache_ttl,
+                channel = %store.invalidation_channel(),
+                "near cache: fresh entries served from memory for up to the TTL; \
+                 deletes published to every gateway over Redis pub/sub"
+            );
+            Arc::new(near)
         }
         None => {
             if config.mitigations.lock {

@@ -161,11 +161,20 @@ async fn a_purge_during_a_rebuild_is_not_undone_by_it() {
             .unwrap();
         let path = format!("/items/{}", free_port());
         let item = format!("http://{}{path}", gw.addr);
+        let calls_before = origin.calls.load(Ordering::SeqCst);
         let first = tokio::spawn({
             let item = item.clone();
             async move { http_get(&item).await.body }
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Purge while the rebuild is at the origin (its lock, and token, taken).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while origin.calls.load(Ordering::SeqCst) == calls_before {
+            assert!(
+                Instant::now() < deadline,
+                "{store}: the rebuild never reached the origin"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let purge = send(
             Method::POST,
             &format!("http://{}/admin/purge", gw.admin_addr),

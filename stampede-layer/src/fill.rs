@@ -22,7 +22,7 @@ use crate::freshness::Timing;
 use crate::policy::{Lifetimes, NotShareable};
 use crate::serve::collapsed_hit;
 use crate::status::{CacheStatus, Detail};
-use crate::store::{PutOutcome, SharedStore, get_or_miss, record_error};
+use crate::store::{PutOutcome, SharedStore, record_error, reread_or_miss};
 use futures_util::future::BoxFuture;
 use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -154,7 +154,7 @@ impl<S> CacheFill<S> {
         };
         // Re-check inside the flight / lock.
         if lookup.state != LookupState::Pass
-            && let Some(entry) = get_or_miss(self.store.as_ref(), &lookup.key).await
+            && let Some(entry) = reread_or_miss(self.store.as_ref(), &lookup.key).await
         {
             match lookup.classify_reread(&entry, now_ms()) {
                 Reread::Usable => return Ok(collapsed_hit(&entry, Detail::Recheck)),

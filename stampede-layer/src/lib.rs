@@ -138,7 +138,8 @@ pub use single_flight::{SingleFlight, SingleFlightLayer};
 pub use stack::{Mitigations, Stampede, StampedeLayer, StampedeService};
 pub use status::{CacheStatus, Detail, Fwd, Outcome};
 pub use store::{
-    CacheStore, FallbackStore, LockLease, MemoryStore, PutOutcome, SharedStore, StoreError,
+    CacheStore, FallbackStore, LockLease, MemoryStore, NearCacheConfig, NearCacheStore, PutOutcome,
+    SharedStore, StoreError,
 };
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};

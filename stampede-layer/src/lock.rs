@@ -31,7 +31,7 @@ use crate::entry::now_ms;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::serve::{collapsed_hit, stale};
 use crate::status::Detail;
-use crate::store::{SharedStore, get_or_miss};
+use crate::store::{SharedStore, reread_or_miss};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use rand::Rng;
@@ -221,7 +221,7 @@ where
             .min(deadline - Instant::now());
         store.wait_for_fill(key, sleep).await;
         backoff = (backoff * 2).min(config.max_backoff);
-        let Some(entry) = get_or_miss(store.as_ref(), key).await else {
+        let Some(entry) = reread_or_miss(store.as_ref(), key).await else {
             continue;
         };
         match lookup.classify_reread(&entry, now_ms()) {

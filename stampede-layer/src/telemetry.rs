@@ -90,6 +90,18 @@ pub fn register(backend: &'static str) {
         "stampede_uncacheable_total",
         "Origin answers that could be neither stored nor shared, by reason"
     );
+    describe_counter!(
+        "stampede_near_cache_hits_total",
+        "Store reads answered from the near cache (no Redis round trip)"
+    );
+    describe_counter!(
+        "stampede_near_cache_misses_total",
+        "Store reads the near cache passed to the store of record"
+    );
+    describe_counter!(
+        "stampede_near_cache_invalidations_total",
+        "Near-cache invalidations: local deletes, deletes announced by other instances, full resets"
+    );
     describe_gauge!(
         "stampede_hot_key_requests_per_second",
         "Request rate of the hottest keys, by rank"
@@ -127,6 +139,12 @@ pub fn register(backend: &'static str) {
     metrics::counter!("stampede_revalidated_total").increment(0);
     for reason in crate::policy::NotShareable::ALL {
         metrics::counter!("stampede_uncacheable_total", "reason" => reason.as_str()).increment(0);
+    }
+    metrics::counter!("stampede_near_cache_hits_total").increment(0);
+    metrics::counter!("stampede_near_cache_misses_total").increment(0);
+    for source in ["local", "remote", "reset"] {
+        metrics::counter!("stampede_near_cache_invalidations_total", "source" => source)
+            .increment(0);
     }
     for rank in 1..=10 {
         metrics::gauge!("stampede_hot_key_requests_per_second", "rank" => rank.to_string())

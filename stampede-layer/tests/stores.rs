@@ -9,8 +9,8 @@ use common::*;
 use fred::prelude::*;
 use stampede_layer::testing::RedisServer;
 use stampede_layer::{
-    CacheStore, MemoryStore, Mitigations, PutOutcome, RedisStore, SharedStore, StampedeLayer,
-    StoreError,
+    CacheStore, MemoryStore, Mitigations, NearCacheConfig, NearCacheStore, PutOutcome, RedisStore,
+    SharedStore, StampedeLayer, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +132,122 @@ async fn redis_store_contract() {
     assert_eq!(b.get(&key("/fenced")).await.unwrap().unwrap().fence, 8);
     lock_is_exclusive(&a, &b).await;
     expires_after_the_stale_window(&a).await;
+}
+
+async fn near(redis: &RedisStore, ttl: Duration) -> NearCacheStore<RedisStore> {
+    let config = NearCacheConfig {
+        ttl,
+        ..Default::default()
+    };
+    NearCacheStore::with_redis_invalidation(redis.clone(), config, redis)
+        .await
+        .expect("subscribe")
+}
+
+#[tokio::test]
+async fn near_cache_over_redis_contract() {
+    let server = RedisServer::start();
+    let redis = RedisStore::connect(&server.url()).await.unwrap();
+    let a = near(&redis, Duration::from_secs(1)).await;
+    let b = near(&redis, Duration::from_secs(1)).await;
+    round_trip_and_delete(&a).await;
+    fenced_writes(&a).await;
+    assert_eq!(b.get(&key("/fenced")).await.unwrap().unwrap().fence, 8);
+    lock_is_exclusive(&a, &b).await;
+    expires_after_the_stale_window(&a).await;
+}
+
+/// Poll `store` until `key` reads `want` (None: absent); the time it took.
+async fn until_reads(store: &dyn CacheStore, path: &str, want: Option<&str>) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let got = store.get(&key(path)).await.unwrap();
+        let body = got.map(|e| String::from_utf8_lossy(&e.body).into_owned());
+        if body.as_deref() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path}: still {body:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn near_cache_deletes_reach_every_instance_and_a_lost_subscriber_clears_it() {
+    let server = RedisServer::start();
+    let redis = RedisStore::connect(&server.url()).await.unwrap();
+    // A bound far longer than the test: only an invalidation can explain a change.
+    let long = Duration::from_secs(60);
+    let (a, b) = (near(&redis, long).await, near(&redis, long).await);
+    let k = key("/items/1");
+    redis.put(&k, &entry("v1", 60_000, 0, 1)).await.unwrap();
+    for s in [&a, &b] {
+        assert_eq!(s.get(&k).await.unwrap().unwrap().body, "v1");
+    }
+    // Behind their backs (a write without a delete): both keep serving v1.
+    redis.put(&k, &entry("v2", 60_000, 0, 2)).await.unwrap();
+    for s in [&a, &b] {
+        let got = s.get(&k).await.unwrap().unwrap();
+        assert_eq!(got.body, "v1", "served from the near copy");
+    }
+    // A delete through one drops the copy everywhere (every variant too).
+    a.delete(&k.clone().with_variant(Some("lang=de".into())))
+        .await
+        .unwrap();
+    let took = until_reads(&b, "/items/1", None).await;
+    assert!(
+        took < Duration::from_millis(100),
+        "remote invalidation took {took:?}"
+    );
+    assert_eq!(a.get(&k).await.unwrap(), None);
+
+    // A subscriber that loses its connection clears its near cache.
+    redis.put(&k, &entry("v3", 60_000, 0, 3)).await.unwrap();
+    assert_eq!(b.get(&k).await.unwrap().unwrap().body, "v3");
+    redis.put(&k, &entry("v4", 60_000, 0, 4)).await.unwrap();
+    assert_eq!(b.get(&k).await.unwrap().unwrap().body, "v3");
+    let killed: i64 = redis
+        .pool()
+        .next()
+        .custom(
+            fred::types::CustomCommand::new_static("CLIENT", None, false),
+            vec!["KILL", "TYPE", "pubsub"],
+        )
+        .await
+        .unwrap();
+    assert!(killed >= 2, "killed {killed} subscriber connections");
+    until_reads(&b, "/items/1", Some("v4")).await;
+    // …and, resubscribed, still hears deletes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let numsub: Vec<fred::types::Value> = redis
+            .pool()
+            .next()
+            .custom(
+                fred::types::CustomCommand::new_static("PUBSUB", None, false),
+                vec!["NUMSUB".to_owned(), redis.invalidation_channel()],
+            )
+            .await
+            .unwrap();
+        if numsub.get(1).and_then(|v| v.as_i64()) == Some(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never resubscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.put(&k, &entry("v5", 60_000, 0, 5)).await.unwrap();
+    until_reads(&b, "/items/1", Some("v5")).await;
+    redis.put(&k, &entry("v6", 60_000, 0, 6)).await.unwrap();
+    assert_eq!(b.get(&k).await.unwrap().unwrap().body, "v5");
+    a.delete(&k).await.unwrap();
+    let took = until_reads(&b, "/items/1", None).await;
+    assert!(
+        took < Duration::from_millis(100),
+        "after the reconnect: {took:?}"
+    );
 }
 
 #[tokio::test]

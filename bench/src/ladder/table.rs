@@ -523,7 +523,9 @@ impl Col {
                     .values
                     .get("redis_commands")
                     .and_then(|v| v.as_f64());
-                opt(commands.zip(s), |(c, s)| f2(c / s.requests.max(1) as f64))
+                opt(commands.zip(s), |(c, s)| {
+                    per_request(c / s.requests.max(1) as f64)
+                })
             }
             Ttl => opt(s.and_then(|s| s.config.ttl), human),
             SecondsAbove(t) => opt(o, |o| {
@@ -553,6 +555,17 @@ fn f1(x: f64) -> String {
 
 fn f2(x: f64) -> String {
     format!("{x:.2}")
+}
+
+/// A per-request ratio: two decimals, or three significant digits below 0.1
+/// (a near cache takes Redis commands per request far below 0.01).
+fn per_request(x: f64) -> String {
+    if x == 0.0 || x >= 0.1 {
+        f2(x)
+    } else {
+        let decimals = (2 - x.log10().floor() as i32).max(2) as usize;
+        format!("{x:.decimals$}")
+    }
 }
 
 fn opt<T>(x: Option<T>, f: impl FnOnce(T) -> String) -> String {
@@ -817,7 +830,13 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         };
         [
             hit("memory", "gateway, in-process store"),
-            hit("redis", "gateway, `--redis`").fleet(1),
+            hit("redis", "gateway, `--redis` (near cache on, the default)").fleet(1),
+            hit(
+                "redis-no-near",
+                "gateway, `--redis --near-cache-ttl 0s` (near cache off)",
+            )
+            .fleet(1)
+            .flags(&["--near-cache-ttl", "0s"]),
             nginx_row,
         ]
     });
@@ -1148,22 +1167,24 @@ fn hit_ratios(res: &Results) -> String {
     let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
     let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
-    let mut md = "| round | `--redis` ÷ in-process (hits/s) | in-process ÷ nginx (hits/s) | p99 ms: in-process | nginx |\n|--:|--:|--:|--:|--:|\n".to_string();
-    let (mut redis_memory, mut memory_nginx) = (vec![], vec![]);
-    let ran = |i: &u32| {
-        ["memory", "redis", "nginx"]
+    let mut md = "| round | `--redis` ÷ in-process (hits/s) | `--redis`, near cache off ÷ in-process | in-process ÷ nginx (hits/s) | p99 ms: in-process | `--redis` | nginx |\n|--:|--:|--:|--:|--:|--:|--:|\n".to_string();
+    let (mut redis_memory, mut direct_memory, mut memory_nginx) = (vec![], vec![], vec![]);
+    for i in (1..).take_while(|i| {
+        ["memory", "redis", "redis-no-near", "nginx"]
             .iter()
             .any(|w| summary(w, *i).is_some())
-    };
-    for i in (1..).take_while(ran) {
-        let (a, b) = (
+    }) {
+        let (a, d, b) = (
             ratio(rps("redis", i), rps("memory", i)),
+            ratio(rps("redis-no-near", i), rps("memory", i)),
             ratio(rps("memory", i), rps("nginx", i)),
         );
         redis_memory.extend(a);
+        direct_memory.extend(d);
         memory_nginx.extend(b);
-        let (a, b, pm, pn) = (opt(a, f2), opt(b, f2), p99("memory", i), p99("nginx", i));
-        md += &format!("| {i} | {a} | {b} | {pm} | {pn} |\n");
+        let (a, d, b) = (opt(a, f2), opt(d, f2), opt(b, f2));
+        let (pm, pr, pn) = (p99("memory", i), p99("redis", i), p99("nginx", i));
+        md += &format!("| {i} | {a} | {d} | {b} | {pm} | {pr} | {pn} |\n");
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -1171,7 +1192,11 @@ fn hit_ratios(res: &Results) -> String {
         let m = (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0);
         opt(m, |m| format!("**{}**", f2(m)))
     };
-    let (a, b) = (median(&mut redis_memory), median(&mut memory_nginx));
-    let v = json!({ "redis_memory": a, "memory_nginx": b });
+    let (a, d, b) = (
+        median(&mut redis_memory),
+        median(&mut direct_memory),
+        median(&mut memory_nginx),
+    );
+    let v = json!({ "redis_memory": a, "direct_memory": d, "memory_nginx": b });
     format!("{md}\n{}", prose("hit-path-median", &v))
 }

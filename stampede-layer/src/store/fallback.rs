@@ -194,6 +194,13 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         route!(self, "get", |s| s.get(key).await)
     }
 
+    async fn get_authoritative(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<CachedResponse>, StoreError> {
+        route!(self, "get", |s| s.get_authoritative(key).await)
+    }
+
     async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
         route!(self, "put", |s| s.put(key, entry).await)
     }

@@ -1,15 +1,19 @@
 //! Cache store backends behind one trait: the in-process store (moka, the
-//! embedded default) and Redis (fred). A store holds entries *and* the
+//! embedded default) and Redis (fred), plus two wrappers: a circuit breaker
+//! that falls back to the in-process store, and a near cache (L1) that
+//! answers fresh hits without a round trip to Redis. A store holds entries *and* the
 //! per-key rebuild lock with its fencing token, so that one backend decides
 //! the scope of coordination: process-wide for memory, fleet-wide for Redis.
 
 mod fallback;
 mod memory;
+mod near;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use fallback::FallbackStore;
 pub use memory::MemoryStore;
+pub use near::{NearCacheConfig, NearCacheStore};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
 
@@ -78,6 +82,17 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Read an entry (`None`: absent or expired from the store).
     async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError>;
 
+    /// Read an entry from the store of record, past any near cache: the
+    /// re-reads that coordinate a rebuild (inside a flight or a lock, after
+    /// waiting for another's fill) must see what the fleet sees. Stores
+    /// without a near copy answer it like [`get`](Self::get).
+    async fn get_authoritative(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<CachedResponse>, StoreError> {
+        self.get(key).await
+    }
+
     /// Write `entry`, kept for `entry.keep_for(now)`, unless the stored entry
     /// carries a newer fencing token (atomic check-and-set). A write with
     /// token 0 (no lock held) takes the key's next token as it lands.
@@ -132,6 +147,21 @@ pub trait CacheStore: Send + Sync + 'static {
 /// layers never fail a request because the cache did).
 pub(crate) async fn get_or_miss(store: &dyn CacheStore, key: &CacheKey) -> Option<CachedResponse> {
     match store.get(key).await {
+        Ok(found) => found,
+        Err(err) => {
+            record_error(store, "get", &err);
+            None
+        }
+    }
+}
+
+/// [`get_or_miss`] for the re-reads that coordinate a rebuild
+/// ([`CacheStore::get_authoritative`]).
+pub(crate) async fn reread_or_miss(
+    store: &dyn CacheStore,
+    key: &CacheKey,
+) -> Option<CachedResponse> {
+    match store.get_authoritative(key).await {
         Ok(found) => found,
         Err(err) => {
             record_error(store, "get", &err);

@@ -267,6 +267,12 @@ impl RedisStore {
         )
     }
 
+    /// The pub/sub channel near caches announce invalidations on
+    /// (`{prefix}:v{FORMAT_VERSION}:invalidate`; see [`NearCacheStore`](super::NearCacheStore)).
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}:v{FORMAT_VERSION}:invalidate", self.prefix)
+    }
+
     /// The underlying fred pool.
     pub fn pool(&self) -> &Pool {
         &self.pool

@@ -1,0 +1,891 @@
+//! A near cache (L1): fresh entries kept in process memory in front of a
+//! shared store (L2, Redis), so a fleet's hot-key hits stop costing a Redis
+//! round trip each.
+//!
+//! * **Reads**: [`get`](CacheStore::get) answers from the near copy only
+//!   while the entry is still fresh *and* younger than the configured bound
+//!   ([`NearCacheConfig::ttl`]); anything else goes to the inner store, and a
+//!   fresh answer is remembered for `min(remaining freshness, bound)`. A near
+//!   copy is never served past its own freshness: stale entries, misses and
+//!   hit-for-miss decisions past the bound always come from the store of
+//!   record, so stale-while-revalidate and the lock see the fleet's state.
+//!   The re-reads that coordinate a rebuild
+//!   ([`get_authoritative`](CacheStore::get_authoritative)) skip the near
+//!   copy altogether.
+//! * **Writes, locks, fencing**: every other operation goes to the inner
+//!   store unchanged; an entry written under a lock (its fencing token known)
+//!   also replaces the local near copy.
+//! * **Invalidation**: [`delete`](CacheStore::delete) (purge, unsafe
+//!   methods) drops the local copy and, with
+//!   [`with_redis_invalidation`](NearCacheStore::with_redis_invalidation),
+//!   publishes the key's digest on the store's invalidation channel; every
+//!   other instance drops its copy when the message arrives. Entries are held
+//!   per digest, so one delete drops every variant of a key. When the
+//!   subscriber loses its connection (or falls behind) the whole near cache
+//!   is cleared, since invalidations may have been missed; either way no
+//!   copy outlives the bound.
+//!
+//! Concurrent misses of one key share one read of the inner store, so the
+//! end of a hot key's near copy costs one Redis read per instance, not one per
+//! request in flight (a stale or absent answer is shared by the requests that
+//! waited on that read, never kept).
+//!
+//! A read that raced an invalidation (it read the store before the delete
+//! and lands its copy after it) is caught by a per-shard invalidation
+//! counter: the copy is dropped again if an invalidation of its shard
+//! happened while it was being read.
+
+use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use crate::entry::{CachedResponse, now_ms};
+use crate::key::CacheKey;
+use async_trait::async_trait;
+use moka::Expiry;
+use moka::future::Cache;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Invalidation counters: a digest maps to one of these shards.
+const SHARDS: usize = 64;
+
+/// Bounds of a [`NearCacheStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NearCacheConfig {
+    /// Longest a copy is served from memory after it was read from (or
+    /// written to) the inner store; never past the entry's freshness.
+    /// Zero turns the near cache off (every operation goes to the inner store).
+    pub ttl: Duration,
+    /// Most entries held.
+    pub max_entries: u64,
+    /// About the most bytes held (entries are weighed as in [`MemoryStore`](super::MemoryStore)).
+    pub max_bytes: u64,
+}
+
+impl Default for NearCacheConfig {
+    /// 1 s, 10,000 entries, 64 MiB.
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(1),
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a read of the inner store found, to share with the requests that
+/// waited on it (`None`: the read failed).
+fn found_now(found: &Result<Option<CachedResponse>, StoreError>) -> Option<Option<CachedResponse>> {
+    found.as_ref().ok().cloned()
+}
+
+/// A near copy and the instant (ms since the epoch) it stops being served.
+struct NearEntry {
+    entry: CachedResponse,
+    until_ms: u64,
+}
+
+struct NearExpiry;
+
+impl NearExpiry {
+    /// Until `until_ms`, less the millisecond `now_ms` may have truncated:
+    /// moka drops a copy no later than `until_ms`. A copy moka still held
+    /// past it would be passed over by the lookup but handed back by moka's
+    /// coalesced read, so every request in that window would read the inner
+    /// store on its own.
+    fn left(value: &NearEntry) -> Option<Duration> {
+        Some(Duration::from_millis(
+            value.until_ms.saturating_sub(now_ms() + 1).max(1),
+        ))
+    }
+}
+
+impl Expiry<String, Arc<NearEntry>> for NearExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<NearEntry>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Self::left(value)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Arc<NearEntry>,
+        _now: std::time::Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::left(value)
+    }
+}
+
+/// The near copies, shared with the invalidation listener.
+struct Near {
+    entries: Cache<String, Arc<NearEntry>>,
+    ttl_ms: u64,
+    epochs: [AtomicU64; SHARDS],
+}
+
+impl Near {
+    fn new(config: &NearCacheConfig) -> Self {
+        let floor = (config.max_bytes / config.max_entries.max(1)).clamp(1, u32::MAX as u64) as u32;
+        let entries = Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(move |_k: &String, v: &Arc<NearEntry>| v.entry.weight().max(floor))
+            .expire_after(NearExpiry)
+            .build();
+        Self {
+            entries,
+            ttl_ms: config.ttl.as_millis().min(u64::MAX as u128) as u64,
+            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.ttl_ms > 0
+    }
+
+    fn shard(digest: &str) -> usize {
+        digest
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % SHARDS
+    }
+
+    fn epoch(&self, digest: &str) -> u64 {
+        self.epochs[Self::shard(digest)].load(Ordering::SeqCst)
+    }
+
+    /// The near copy of `digest`, if it may still be served.
+    async fn lookup(&self, digest: &str) -> Option<CachedResponse> {
+        let near = self.entries.get(digest).await?;
+        (now_ms() < near.until_ms).then(|| near.entry.clone())
+    }
+
+    /// The copy to keep of `entry` at `now`: while it is fresh, at most
+    /// for the bound (`None`: not to be kept).
+    fn copy_of(&self, entry: &CachedResponse, now: u64) -> Option<Arc<NearEntry>> {
+        (self.enabled() && entry.is_fresh(now)).then(|| {
+            Arc::new(NearEntry {
+                entry: entry.clone(),
+                until_ms: entry.fresh_until_ms.min(now.saturating_add(self.ttl_ms)),
+            })
+        })
+    }
+
+    /// Keep a copy of `entry` (just read from or written to the inner store,
+    /// which began when the shard's counter read `epoch`) while it is fresh,
+    /// at most for the bound.
+    async fn remember(&self, digest: &str, entry: &CachedResponse, epoch: u64) {
+        let Some(near) = self.copy_of(entry, now_ms()) else {
+            self.entries.invalidate(digest).await;
+            return;
+        };
+        self.entries.insert(digest.to_owned(), near).await;
+        // An invalidation of this shard since the read began may have come
+        // before our insert: drop what we just inserted (a miss at worst).
+        if self.epoch(digest) != epoch {
+            self.entries.invalidate(digest).await;
+        }
+    }
+
+    /// Drop the copy of `digest` (every variant: copies are held per digest).
+    async fn invalidate(&self, digest: &str, source: &'static str) {
+        self.epochs[Self::shard(digest)].fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate(digest).await;
+        metrics::counter!("stampede_near_cache_invalidations_total", "source" => source)
+            .increment(1);
+    }
+
+    /// Drop every copy.
+    fn reset(&self) {
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        self.entries.invalidate_all();
+        metrics::counter!("stampede_near_cache_invalidations_total", "source" => "reset")
+            .increment(1);
+    }
+}
+
+/// A near cache (L1) in front of `S` (see the module docs).
+pub struct NearCacheStore<S> {
+    inner: S,
+    near: Arc<Near>,
+    #[cfg(feature = "redis")]
+    bus: Option<bus::Bus>,
+}
+
+impl<S: CacheStore> std::fmt::Debug for NearCacheStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("NearCacheStore");
+        d.field("inner", &self.inner.backend())
+            .field("ttl_ms", &self.near.ttl_ms)
+            .field("entries", &self.near.entries.entry_count());
+        #[cfg(feature = "redis")]
+        d.field(
+            "invalidation",
+            &self.bus.as_ref().map(|b| b.channel.as_str()),
+        );
+        d.finish()
+    }
+}
+
+impl<S: CacheStore> NearCacheStore<S> {
+    /// A near cache in front of `inner`, without fleet-wide invalidation:
+    /// deletes drop this process's copy only, so another instance's purge
+    /// reaches it when its copy's bound ends. For fleets use
+    /// [`with_redis_invalidation`](Self::with_redis_invalidation).
+    pub fn new(inner: S, config: NearCacheConfig) -> Self {
+        Self {
+            inner,
+            near: Arc::new(Near::new(&config)),
+            #[cfg(feature = "redis")]
+            bus: None,
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Drop every near copy (what a lost subscriber connection does).
+    pub fn clear(&self) {
+        self.near.reset();
+    }
+
+    /// Copies held (approximate: moka evicts lazily; see [`sync`](Self::sync)).
+    pub fn near_entry_count(&self) -> u64 {
+        self.near.entries.entry_count()
+    }
+
+    /// Run pending evictions now; for tests and reports.
+    pub async fn sync(&self) {
+        self.near.entries.run_pending_tasks().await;
+    }
+}
+
+#[async_trait]
+impl<S: CacheStore> CacheStore for NearCacheStore<S> {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn is_distributed(&self) -> bool {
+        self.inner.is_distributed()
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+        if !self.near.enabled() {
+            return self.inner.get(key).await;
+        }
+        let digest = key.digest();
+        if let Some(entry) = self.near.lookup(digest).await {
+            metrics::counter!("stampede_near_cache_hits_total").increment(1);
+            return Ok(Some(entry));
+        }
+        metrics::counter!("stampede_near_cache_misses_total").increment(1);
+        // Concurrent misses of one key share one read of the inner store
+        // (moka runs one initialiser per key): an expiring near copy of a hot
+        // key costs one Redis read, not one per request in flight.
+        let epoch = self.near.epoch(digest);
+        let mut own = None;
+        let shared = self
+            .near
+            .entries
+            .try_get_with_by_ref(digest, async {
+                let found = self.inner.get(key).await;
+                let kept = match &found {
+                    Ok(Some(entry)) => self.near.copy_of(entry, now_ms()).ok_or(found_now(&found)),
+                    // Absent or stale: shared with the requests that waited
+                    // on this read (read from the store at the same moment).
+                    Ok(None) => Err(found_now(&found)),
+                    Err(_) => Err(None),
+                };
+                own = Some(found);
+                kept
+            })
+            .await;
+        match own {
+            // We read the inner store: our answer, kept if fresh.
+            Some(found) => {
+                if shared.is_ok() && self.near.epoch(digest) != epoch {
+                    // An invalidation raced the read: drop the copy.
+                    self.near.entries.invalidate(digest).await;
+                }
+                found
+            }
+            // Another request's read: its answer, unless it failed or an
+            // invalidation came while we waited.
+            None if self.near.epoch(digest) != epoch => self.inner.get(key).await,
+            None => match shared {
+                Ok(near) if now_ms() < near.until_ms => Ok(Some(near.entry.clone())),
+                Err(found) if found.is_some() => Ok(Option::clone(&found).flatten()),
+                _ => self.inner.get(key).await,
+            },
+        }
+    }
+
+    async fn get_authoritative(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<CachedResponse>, StoreError> {
+        if !self.near.enabled() {
+            return self.inner.get_authoritative(key).await;
+        }
+        let digest = key.digest();
+        let epoch = self.near.epoch(digest);
+        let found = self.inner.get_authoritative(key).await?;
+        if let Some(entry) = &found {
+            self.near.remember(digest, entry, epoch).await;
+        }
+        Ok(found)
+    }
+
+    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
+        if !self.near.enabled() {
+            return self.inner.put(key, entry).await;
+        }
+        let digest = key.digest();
+        let epoch = self.near.epoch(digest);
+        let outcome = self.inner.put(key, entry).await;
+        match &outcome {
+            // A write with token 0 takes its token in the store: we do not
+            // know it, so the next read fetches the entry as stored.
+            Ok(PutOutcome::Written) if entry.fence != 0 => {
+                self.near.remember(digest, entry, epoch).await
+            }
+            // A newer entry is in the store (or we do not know): no copy.
+            _ => self.near.entries.invalidate(digest).await,
+        }
+        outcome
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
+        let result = self.inner.delete(key).await;
+        if self.near.enabled() {
+            // After the store's delete: a read that began before it and lands
+            // its copy afterwards is caught by the shard counter.
+            self.near.invalidate(key.digest(), "local").await;
+            // Not while the inner store is local only (an open breaker):
+            // Redis is failing, and nobody could hear it.
+            #[cfg(feature = "redis")]
+            if let Some(bus) = &self.bus
+                && self.inner.is_distributed()
+                && let Err(err) = bus.publish(key.digest()).await
+            {
+                super::record_error(self, "delete", &err);
+            }
+        }
+        result
+    }
+
+    async fn try_lock(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StoreError> {
+        self.inner.try_lock(key, ttl).await
+    }
+
+    async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
+        self.inner.unlock(key, lease).await
+    }
+
+    async fn renew_lock(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lock(key, lease, ttl).await
+    }
+
+    fn is_degraded(&self) -> bool {
+        self.inner.is_degraded()
+    }
+
+    async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration) {
+        self.inner.wait_for_fill(key, timeout).await
+    }
+
+    fn entry_count(&self) -> Option<u64> {
+        self.inner.entry_count()
+    }
+}
+
+#[cfg(feature = "redis")]
+mod bus {
+    //! Fleet-wide invalidation over Redis pub/sub.
+
+    use super::{Near, NearCacheConfig, NearCacheStore};
+    use crate::store::{CacheStore, RedisStore, StoreError};
+    use fred::clients::{Pool, SubscriberClient};
+    use fred::prelude::*;
+    use fred::types::ConnectHandle;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::broadcast::error::RecvError;
+
+    fn backend(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+
+    /// The publisher (the store's pool) and the subscriber with its listener.
+    pub(super) struct Bus {
+        pool: Pool,
+        pub(super) channel: String,
+        /// This instance's id in every message it publishes, so it skips its own.
+        node: String,
+        subscriber: SubscriberClient,
+        connection: Option<ConnectHandle>,
+        listener: tokio::task::JoinHandle<()>,
+    }
+
+    impl Bus {
+        /// Announce that `digest` was deleted: `<node> <digest>`.
+        pub(super) async fn publish(&self, digest: &str) -> Result<(), StoreError> {
+            let _receivers: i64 = self
+                .pool
+                .next()
+                .publish(self.channel.as_str(), format!("{} {digest}", self.node))
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+    }
+
+    impl Drop for Bus {
+        fn drop(&mut self) {
+            self.listener.abort();
+            let subscriber = self.subscriber.clone();
+            let connection = self.connection.take();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), subscriber.quit()).await;
+                        if let Some(c) = connection {
+                            c.abort();
+                        }
+                    });
+                }
+                Err(_) => {
+                    if let Some(c) = connection {
+                        c.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop copies as invalidations arrive; clear everything when the
+    /// connection fails or comes back (messages may have been missed) or
+    /// when the listener falls behind.
+    async fn listen(subscriber: SubscriberClient, channel: String, node: String, near: Arc<Near>) {
+        let mut messages = subscriber.message_rx();
+        let mut errors = subscriber.error_rx();
+        let mut reconnects = subscriber.reconnect_rx();
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(m) if *m.channel == *channel => {
+                        let text = m.value.as_str();
+                        match text.as_deref().and_then(|t| t.split_once(' ')) {
+                            Some((from, _)) if from == node => {}
+                            Some((_, digest)) => near.invalidate(digest, "remote").await,
+                            None => tracing::warn!("near cache: malformed invalidation message"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "near cache: invalidation listener fell behind; cleared");
+                        near.reset();
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                error = errors.recv() => match error {
+                    Ok((err, _)) => {
+                        tracing::warn!(error = %err, "near cache: invalidation subscriber disconnected; cleared");
+                        near.reset();
+                    }
+                    Err(RecvError::Lagged(_)) => near.reset(),
+                    Err(RecvError::Closed) => return,
+                },
+                reconnect = reconnects.recv() => match reconnect {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if let Err(err) = subscriber.resubscribe_all().await {
+                            tracing::warn!(error = %err, "near cache: resubscribing failed");
+                        }
+                        // Whatever was published while we were away is lost.
+                        near.reset();
+                        tracing::info!("near cache: invalidation subscriber reconnected; cleared");
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    impl<S: CacheStore> NearCacheStore<S> {
+        /// A near cache in front of `inner` (typically `redis` itself, or a
+        /// [`FallbackStore`](crate::store::FallbackStore) around it) whose
+        /// deletes reach every instance: published on
+        /// [`RedisStore::invalidation_channel`] and received by a subscriber
+        /// connection of its own (fred's `SubscriberClient`, same settings
+        /// and reconnect policy as the store's pool; it resubscribes after a
+        /// reconnect). Waits up to 2 s for the subscription; if Redis cannot
+        /// be reached by then, subscribes in the background when it answers.
+        pub async fn with_redis_invalidation(
+            inner: S,
+            config: NearCacheConfig,
+            redis: &RedisStore,
+        ) -> Result<Self, StoreError> {
+            let mut store = Self::new(inner, config);
+            if !store.near.enabled() {
+                return Ok(store);
+            }
+            let channel = redis.invalidation_channel();
+            let client = redis.pool().next();
+            let subscriber = SubscriberClient::new(
+                client.client_config(),
+                Some(client.perf_config()),
+                Some(client.connection_config().clone()),
+                client.client_reconnect_policy(),
+            );
+            // Connect in the background (the pool's settings: a gateway started
+            // during a Redis outage comes up and subscribes once Redis answers;
+            // until then deletes reach only this instance, and every near copy
+            // still ends at its bound).
+            let connection = subscriber.connect();
+            let subscribed = async {
+                subscriber.wait_for_connect().await?;
+                subscriber.subscribe(channel.as_str()).await
+            };
+            let live = matches!(
+                tokio::time::timeout(Duration::from_secs(2), subscribed).await,
+                Ok(Ok(()))
+            );
+            let node = uuid::Uuid::new_v4().simple().to_string();
+            let listener = tokio::spawn({
+                let (subscriber, channel, node, near) = (
+                    subscriber.clone(),
+                    channel.clone(),
+                    node.clone(),
+                    store.near.clone(),
+                );
+                async move {
+                    let mut live = live;
+                    while !live {
+                        let attempt = async {
+                            subscriber.wait_for_connect().await?;
+                            subscriber.subscribe(channel.as_str()).await
+                        };
+                        live = attempt.await.is_ok();
+                        if live {
+                            near.reset();
+                            tracing::info!("near cache: invalidation subscriber live");
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                    listen(subscriber, channel, node, near).await
+                }
+            });
+            store.bus = Some(Bus {
+                pool: redis.pool().clone(),
+                channel,
+                node,
+                subscriber,
+                connection: Some(connection),
+                listener,
+            });
+            Ok(store)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::sample;
+    use crate::store::MemoryStore;
+    use http::Method;
+
+    fn key(p: &str) -> CacheKey {
+        CacheKey::new(&Method::GET, &p.parse().unwrap())
+    }
+
+    fn near(inner: &MemoryStore, ttl_ms: u64) -> NearCacheStore<MemoryStore> {
+        NearCacheStore::new(
+            inner.clone(),
+            NearCacheConfig {
+                ttl: Duration::from_millis(ttl_ms),
+                ..Default::default()
+            },
+        )
+    }
+
+    async fn body(store: &dyn CacheStore, k: &CacheKey) -> Option<String> {
+        let e = store.get(k).await.unwrap()?;
+        Some(String::from_utf8_lossy(&e.body).into_owned())
+    }
+
+    /// Write behind the near cache's back (another instance's fill).
+    async fn write_elsewhere(inner: &MemoryStore, k: &CacheKey, e: CachedResponse) {
+        assert_eq!(inner.put(k, &e).await.unwrap(), PutOutcome::Written);
+    }
+
+    #[tokio::test]
+    async fn serves_the_near_copy_while_fresh_and_never_past_its_freshness() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 60_000);
+        let k = key("/a");
+        write_elsewhere(&inner, &k, sample("v1", 150, 60_000)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
+        write_elsewhere(&inner, &k, sample("v2", 0, 60_000)).await;
+        assert_eq!(
+            body(&store, &k).await.as_deref(),
+            Some("v1"),
+            "fresh: served from the near copy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // v1 is stale now: the answer comes from the inner store (v2, stale),
+        // and a stale answer is not remembered.
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v2"));
+        write_elsewhere(&inner, &k, sample("v3", 0, 60_000)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v3"));
+    }
+
+    #[tokio::test]
+    async fn the_bound_is_respected() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 100);
+        let k = key("/a");
+        write_elsewhere(&inner, &k, sample("v1", 60_000, 0)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
+        write_elsewhere(&inner, &k, sample("v2", 60_000, 0)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            body(&store, &k).await.as_deref(),
+            Some("v2"),
+            "past the bound: re-read"
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_invalidates_every_variant() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 60_000);
+        let k = key("/a");
+        let mut v1 = sample("v1", 60_000, 0);
+        v1.fence = 1;
+        store.put(&k, &v1).await.unwrap();
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
+        // Someone else writes; then a delete through a variant-scoped key.
+        write_elsewhere(&inner, &k, sample("v2", 60_000, 0)).await;
+        let variant = k.clone().with_variant(Some("lang=de".into()));
+        store.delete(&variant).await.unwrap();
+        assert_eq!(body(&store, &k).await, None, "local copy and entry gone");
+    }
+
+    #[tokio::test]
+    async fn reset_clears_every_copy() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 60_000);
+        let (a, b) = (key("/a"), key("/b"));
+        for k in [&a, &b] {
+            write_elsewhere(&inner, k, sample("old", 60_000, 0)).await;
+            assert_eq!(body(&store, k).await.as_deref(), Some("old"));
+            write_elsewhere(&inner, k, sample("new", 60_000, 0)).await;
+        }
+        store.clear();
+        for k in [&a, &b] {
+            assert_eq!(body(&store, k).await.as_deref(), Some("new"));
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_replace_the_copy_and_fenced_writes_drop_it() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 60_000);
+        let k = key("/a");
+        let mut newer = sample("newer", 60_000, 0);
+        newer.fence = 10;
+        store.put(&k, &newer).await.unwrap();
+        assert!(
+            store.near.lookup(k.digest()).await.is_some(),
+            "written: kept"
+        );
+        assert_eq!(body(&store, &k).await.as_deref(), Some("newer"));
+        let mut late = sample("late", 60_000, 0);
+        late.fence = 5;
+        assert!(matches!(
+            store.put(&k, &late).await.unwrap(),
+            PutOutcome::Fenced { current: 10 }
+        ));
+        assert!(
+            store.near.lookup(k.digest()).await.is_none(),
+            "fenced: dropped"
+        );
+        assert_eq!(body(&store, &k).await.as_deref(), Some("newer"));
+        // An unlocked write (token 0) takes its token in the store: not kept.
+        store
+            .put(&key("/b"), &sample("b", 60_000, 0))
+            .await
+            .unwrap();
+        assert!(store.near.lookup(key("/b").digest()).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn authoritative_reads_skip_the_copy_and_refresh_it() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 60_000);
+        let k = key("/a");
+        write_elsewhere(&inner, &k, sample("v1", 60_000, 0)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
+        write_elsewhere(&inner, &k, sample("v2", 60_000, 0)).await;
+        let reread = store.get_authoritative(&k).await.unwrap().unwrap();
+        assert_eq!(reread.body, "v2");
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v2"));
+    }
+
+    #[tokio::test]
+    async fn a_read_racing_an_invalidation_leaves_no_copy() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 60_000);
+        let k = key("/a");
+        let e = sample("v1", 60_000, 0);
+        // A read began (epoch taken), an invalidation landed, then the read's copy.
+        let epoch = store.near.epoch(k.digest());
+        store.near.invalidate(k.digest(), "remote").await;
+        store.near.remember(k.digest(), &e, epoch).await;
+        assert!(store.near.lookup(k.digest()).await.is_none());
+        // Without an invalidation in between it is kept.
+        let epoch = store.near.epoch(k.digest());
+        store.near.remember(k.digest(), &e, epoch).await;
+        assert!(store.near.lookup(k.digest()).await.is_some());
+    }
+
+    /// An inner store whose reads are slow and counted.
+    struct SlowReads {
+        inner: MemoryStore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl CacheStore for SlowReads {
+        fn backend(&self) -> &'static str {
+            "slow"
+        }
+        fn is_distributed(&self) -> bool {
+            true
+        }
+        async fn get(&self, k: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.inner.get(k).await
+        }
+        async fn put(&self, k: &CacheKey, e: &CachedResponse) -> Result<PutOutcome, StoreError> {
+            self.inner.put(k, e).await
+        }
+        async fn delete(&self, k: &CacheKey) -> Result<(), StoreError> {
+            self.inner.delete(k).await
+        }
+        async fn try_lock(
+            &self,
+            k: &CacheKey,
+            t: Duration,
+        ) -> Result<Option<LockLease>, StoreError> {
+            self.inner.try_lock(k, t).await
+        }
+        async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
+            self.inner.unlock(k, l).await
+        }
+        async fn renew_lock(
+            &self,
+            k: &CacheKey,
+            l: &LockLease,
+            t: Duration,
+        ) -> Result<bool, StoreError> {
+            self.inner.renew_lock(k, l, t).await
+        }
+        async fn wait_for_fill(&self, k: &CacheKey, t: Duration) {
+            self.inner.wait_for_fill(k, t).await
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_read_of_a_fresh_entry() {
+        let inner = MemoryStore::default();
+        let store = Arc::new(NearCacheStore::new(
+            SlowReads {
+                inner: inner.clone(),
+                reads: Default::default(),
+            },
+            NearCacheConfig::default(),
+        ));
+        let k = key("/hot");
+        write_elsewhere(&inner, &k, sample("v1", 60_000, 0)).await;
+        let reads = futures_util::future::join_all((0..20).map(|_| {
+            let (store, k) = (store.clone(), k.clone());
+            async move { store.get(&k).await.unwrap().unwrap().body }
+        }))
+        .await;
+        assert!(reads.iter().all(|b| b == "v1"));
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 1);
+
+        // A stale answer is shared by the reads in flight, but never kept.
+        let s = key("/stale");
+        write_elsewhere(&inner, &s, sample("old", 0, 60_000)).await;
+        let stale = futures_util::future::join_all((0..5).map(|_| store.get(&s))).await;
+        assert!(
+            stale
+                .iter()
+                .all(|e| e.as_ref().unwrap().as_ref().unwrap().body == "old")
+        );
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 2);
+        store.get(&s).await.unwrap();
+        assert_eq!(store.inner().reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_is_a_pass_through() {
+        let inner = MemoryStore::default();
+        let store = near(&inner, 0);
+        let k = key("/a");
+        write_elsewhere(&inner, &k, sample("v1", 60_000, 0)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
+        write_elsewhere(&inner, &k, sample("v2", 60_000, 0)).await;
+        assert_eq!(body(&store, &k).await.as_deref(), Some("v2"));
+        store.sync().await;
+        assert_eq!(store.near_entry_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bounded_by_entries() {
+        let inner = MemoryStore::default();
+        let store = NearCacheStore::new(
+            inner.clone(),
+            NearCacheConfig {
+                ttl: Duration::from_secs(60),
+                max_entries: 10,
+                max_bytes: 1_000_000,
+            },
+        );
+        for i in 0..100 {
+            let mut e = sample("x", 60_000, 0);
+            e.fence = 1;
+            store.put(&key(&format!("/{i}")), &e).await.unwrap();
+        }
+        store.sync().await;
+        assert!(
+            store.near_entry_count() <= 10,
+            "{}",
+            store.near_entry_count()
+        );
+    }
+}
