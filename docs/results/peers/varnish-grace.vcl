@@ -1,9 +1,9 @@
 vcl 4.1;
-# stampede-bench ladder, rung (9) peers: Varnish in front of origin-sim.
+# stampede-bench ladder, peers rung: Varnish in front of origin-sim.
 
 backend origin {
     .host = "127.0.0.1";
-    .port = "38829";
+    .port = "34401";
 }
 
 sub vcl_recv {

@@ -1,9 +1,9 @@
 vcl 4.1;
-# stampede-bench ladder, rung (9) peers: Varnish in front of origin-sim.
+# stampede-bench ladder, peers rung: Varnish in front of origin-sim.
 
 backend origin {
     .host = "127.0.0.1";
-    .port = "34197";
+    .port = "38695";
 }
 
 sub vcl_recv {
