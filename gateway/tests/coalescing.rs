@@ -277,9 +277,14 @@ async fn each_client_gets_its_own_variant() {
             assert_eq!(a.status, 200, "{name}");
             assert_eq!(a.body, format!("hello in {lang}"), "{name}");
         }
-        // Four variants: at most one rebuild each (the two fr clients share one).
+        // Four variants: at most one rebuild each (the two fr clients share
+        // one). Across a fleet the fr waiter on the other gateway re-reads the
+        // store, which keeps one variant per key: when the de/ja fills land
+        // over the fr one before its next poll, it fetches its own — one more
+        // call, never another client's answer (the bodies above).
+        let bound = if name == "single" { 4 } else { 5 };
         assert!(
-            calls.of("/lang") <= 4,
+            calls.of("/lang") <= bound,
             "{name}: {} calls",
             calls.of("/lang")
         );
