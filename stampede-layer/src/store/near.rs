@@ -560,14 +560,17 @@ mod bus {
             // until then deletes reach only this instance, and every near copy
             // still ends at its bound).
             let connection = subscriber.connect();
-            let subscribed = async {
-                subscriber.wait_for_connect().await?;
-                subscriber.subscribe(channel.as_str()).await
+            // (Not at all when the store already knows Redis is unreachable.)
+            let live = !redis.is_degraded() && {
+                let subscribed = async {
+                    subscriber.wait_for_connect().await?;
+                    subscriber.subscribe(channel.as_str()).await
+                };
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), subscribed).await,
+                    Ok(Ok(()))
+                )
             };
-            let live = matches!(
-                tokio::time::timeout(Duration::from_secs(2), subscribed).await,
-                Ok(Ok(()))
-            );
             let node = uuid::Uuid::new_v4().simple().to_string();
             let listener = tokio::spawn({
                 let (subscriber, channel, node, near) = (
