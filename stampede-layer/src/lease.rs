@@ -38,6 +38,27 @@ impl Default for LeaseOptions {
     }
 }
 
+impl LeaseOptions {
+    /// Run `rebuild`, cut at the fill deadline (`None`: cut; counted under
+    /// `stampede_fill_deadline_exceeded_total` and logged with `token`).
+    pub(crate) async fn within_deadline<F: std::future::Future>(
+        self,
+        token: FencingToken,
+        rebuild: F,
+    ) -> Option<F::Output> {
+        let out = tokio::time::timeout(self.fill_deadline, rebuild).await.ok();
+        if out.is_none() {
+            metrics::counter!("stampede_fill_deadline_exceeded_total").increment(1);
+            tracing::warn!(
+                token = token.0,
+                deadline_ms = self.fill_deadline.as_millis() as u64,
+                "rebuild exceeded the fill deadline"
+            );
+        }
+        out
+    }
+}
+
 /// Why taking a rebuild lock did not give one.
 #[derive(Debug)]
 pub enum Acquire {

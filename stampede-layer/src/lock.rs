@@ -29,7 +29,7 @@ use crate::body::{BoxError, CacheBody};
 use crate::context::{FencingToken, Lookup, LookupState, RefreshSkipped, Reread};
 use crate::entry::now_ms;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
-use crate::serve::{collapsed_hit, stale};
+use crate::serve::{collapsed_hit, gateway_timeout, stale};
 use crate::status::Detail;
 use crate::store::{SharedStore, reread_or_miss};
 use futures_util::future::BoxFuture;
@@ -285,14 +285,12 @@ where
     if config.lease.renew {
         guard.keep_alive(config.lock_ttl);
     }
-    let deadline = config.lease.fill_deadline;
+    let lease = config.lease;
     let task = tokio::spawn(async move {
-        let result = match tokio::time::timeout(deadline, inner.oneshot(req)).await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => {
-                deadline_exceeded(guard.token().0, deadline);
-                Ok(gateway_timeout())
-            }
+        let rebuild = inner.oneshot(req);
+        let result = match lease.within_deadline(guard.token(), rebuild).await {
+            Some(result) => result.map_err(Into::into),
+            None => Ok(gateway_timeout()),
         };
         guard.release().await;
         result
@@ -301,30 +299,4 @@ where
         Ok(result) => result,
         Err(join) => Err(format!("rebuild task failed: {join}").into()),
     }
-}
-
-/// Count and log a rebuild cut at its deadline.
-pub(crate) fn deadline_exceeded(token: u64, deadline: Duration) {
-    metrics::counter!("stampede_fill_deadline_exceeded_total").increment(1);
-    tracing::warn!(
-        token,
-        deadline_ms = deadline.as_millis() as u64,
-        "rebuild exceeded the fill deadline"
-    );
-}
-
-/// The 504 of a rebuild past its deadline: made by the layers, so shareable
-/// with anyone who waited on it (and stale-if-error above may replace it).
-fn gateway_timeout() -> Response<CacheBody> {
-    let mut resp = Response::new(CacheBody::full(
-        "origin did not answer within the fill deadline\n",
-    ));
-    *resp.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.extensions_mut()
-        .insert(crate::context::Sharing::Generated);
-    resp
 }

@@ -6,7 +6,7 @@
 //! the lock layer below does not take the lock again).
 
 use crate::body::BoxError;
-use crate::context::RefreshSkipped;
+use crate::context::{FencingToken, RefreshSkipped};
 use crate::key::CacheKey;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::store::SharedStore;
@@ -92,18 +92,12 @@ impl Refresher {
             }
             metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
                 .increment(1);
-            match tokio::time::timeout(lease.fill_deadline, inner.oneshot(req)).await {
-                Err(_) => {
-                    let token = guard.as_ref().map_or(0, |g| g.token().0);
-                    crate::lock::deadline_exceeded(token, lease.fill_deadline);
+            let token = guard.as_ref().map_or(FencingToken(0), LeaseGuard::token);
+            if let Some(Err(err)) = lease.within_deadline(token, inner.oneshot(req)).await {
+                let err: BoxError = err.into();
+                if !RefreshSkipped::is(err.as_ref()) {
+                    tracing::debug!(error = %err, trigger, "background refresh failed");
                 }
-                Ok(Err(err)) => {
-                    let err: BoxError = err.into();
-                    if !RefreshSkipped::is(err.as_ref()) {
-                        tracing::debug!(error = %err, trigger, "background refresh failed");
-                    }
-                }
-                Ok(Ok(_)) => {}
             }
             if let Some(g) = guard {
                 g.release().await;

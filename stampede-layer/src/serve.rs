@@ -50,21 +50,39 @@ pub fn stale(entry: &CachedResponse, head: bool, detail: Detail) -> Response<Cac
     response_from_entry(entry, now, head, status)
 }
 
-/// A 503 with `Retry-After`, as the overload gate answers. Made by the
-/// layers, so shareable with anyone who waited on it.
-pub fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
-    let mut resp = Response::new(CacheBody::full("origin overloaded, retry later\n"));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    resp.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        HeaderValue::from(retry_after.as_secs().max(1)),
-    );
+/// A plain-text answer made by the layers themselves: it carries no origin
+/// data and no one's session, so it is shareable with anyone who waited on it.
+fn generated(status: StatusCode, body: &'static str) -> Response<CacheBody> {
+    let mut resp = Response::new(CacheBody::full(body));
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp.extensions_mut().insert(Sharing::Generated);
     resp
+}
+
+/// A 503 with `Retry-After`, as the overload gate answers.
+pub fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
+    let mut resp = generated(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "origin overloaded, retry later\n",
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs().max(1)),
+    );
+    resp
+}
+
+/// The 504 of a rebuild cut at its deadline (stale-if-error above may
+/// replace it).
+pub fn gateway_timeout() -> Response<CacheBody> {
+    generated(
+        StatusCode::GATEWAY_TIMEOUT,
+        "origin did not answer within the fill deadline\n",
+    )
 }
 
 /// A 400 for a request target without an unambiguous normal form.
