@@ -200,24 +200,6 @@ async fn a_purge_during_a_rebuild_is_not_undone_by_it() {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (installed with redis-server by scripts/test.sh)");
-    assert!(out.status.success(), "redis-cli {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn used_memory(port: u16) -> u64 {
-    redis_cli(port, &["INFO", "memory"])
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory in INFO memory")
-}
-
 /// A flood of distinct keys (a random query string per request, 404s and
 /// 200s, a POST that invalidates) leaves nothing behind: every key the
 /// gateway writes (entry, lock, fence, tombstone) expires with what it serves.
@@ -245,7 +227,7 @@ async fn a_flood_of_distinct_keys_leaves_redis_as_it_found_it() {
     .await
     .unwrap();
     let base = format!("http://{}", gw.addr);
-    let memory_before = used_memory(redis.port());
+    let memory_before = redis.info_field("memory", "used_memory");
     const N: u64 = 2000;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -268,14 +250,14 @@ async fn a_flood_of_distinct_keys_leaves_redis_as_it_found_it() {
     }
     let flood_secs = started.elapsed().as_secs_f64();
     let flood_end = Instant::now();
-    let keys_after_flood: u64 = redis_cli(redis.port(), &["DBSIZE"]).parse().unwrap();
-    let memory_after_flood = used_memory(redis.port());
+    let keys_after_flood: u64 = redis.cli(&["DBSIZE"]).parse().unwrap();
+    let memory_after_flood = redis.info_field("memory", "used_memory");
     assert!(keys_after_flood > 0, "the flood reached Redis");
     // Every key has an expiry: nothing can outlive what it serves.
-    let keys = redis_cli(redis.port(), &["--scan"]);
+    let keys = redis.cli(&["--scan"]);
     let mut without_expiry = Vec::new();
     for key in keys.lines().take(500) {
-        let ttl: i64 = redis_cli(redis.port(), &["PTTL", key]).parse().unwrap();
+        let ttl: i64 = redis.cli(&["PTTL", key]).parse().unwrap();
         if ttl == -1 {
             without_expiry.push(key.to_owned());
         }
@@ -291,13 +273,13 @@ async fn a_flood_of_distinct_keys_leaves_redis_as_it_found_it() {
     let left = 2 * (N / 10);
     let keys_after_expiry: u64 = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let keys: u64 = redis_cli(redis.port(), &["DBSIZE"]).parse().unwrap();
+        let keys: u64 = redis.cli(&["DBSIZE"]).parse().unwrap();
         if keys <= left || flood_end.elapsed() > Duration::from_secs(8) {
             break keys;
         }
     };
     let drained_after = flood_end.elapsed();
-    let memory_after_expiry = used_memory(redis.port());
+    let memory_after_expiry = redis.info_field("memory", "used_memory");
     report(
         "fleet_faults::a_flood_of_distinct_keys_leaves_redis_as_it_found_it",
         serde_json::json!({

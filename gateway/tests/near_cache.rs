@@ -134,25 +134,6 @@ impl Http {
     }
 }
 
-fn redis_info(port: u16, section: &str) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", section])
-        .output()
-        .expect("redis-cli is needed (Debian: redis-tools, installed with redis-server)");
-    assert!(out.status.success(), "redis-cli INFO {section} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `total_commands_processed` from `INFO stats` (the `INFO` reading it is
-/// counted once it has run, so the next reading includes it).
-fn total_commands(port: u16) -> u64 {
-    redis_info(port, "stats")
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("total_commands_processed in INFO stats")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_reaches_every_gateway_within_100ms() {
     let redis = RedisServer::start();
@@ -244,8 +225,8 @@ async fn hot_key_hits_cost_at_most_a_hundredth_of_a_redis_command() {
     for _ in 0..3 {
         http.get(&g.url("/items/1")).await;
     }
-    let before = total_commands(redis.port());
-    let stats_before = redis_info(redis.port(), "commandstats");
+    let before = redis.info_field("stats", "total_commands_processed");
+    let stats_before = redis.cli(&["INFO", "commandstats"]);
     let started = Instant::now();
     let clients = 4;
     let tasks: Vec<_> = (0..clients)
@@ -270,10 +251,10 @@ async fn hot_key_hits_cost_at_most_a_hundredth_of_a_redis_command() {
         hits += t.await.unwrap();
     }
     let took = started.elapsed();
-    let stats_after = redis_info(redis.port(), "commandstats");
+    let stats_after = redis.cli(&["INFO", "commandstats"]);
     // The INFO calls since (and including) `before`'s are counted; this
     // reading itself is not.
-    let commands = total_commands(redis.port()) - before - 3;
+    let commands = redis.info_field("stats", "total_commands_processed") - before - 3;
     assert_eq!(hits, HITS, "every request a hit");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one origin call: the fill");
     let per_hit = commands as f64 / HITS as f64;

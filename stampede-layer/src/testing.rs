@@ -99,6 +99,29 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Run `redis-cli` against it with `args`; its output, trimmed. Panics
+    /// (loudly) when `redis-cli` is missing or the command fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is needed (Debian: redis-tools, installed with redis-server)");
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A numeric field of `INFO <section>` (`used_memory` of `memory`,
+    /// `total_commands_processed` of `stats`, …).
+    pub fn info_field(&self, section: &str, field: &str) -> u64 {
+        let prefix = format!("{field}:");
+        self.cli(&["INFO", section])
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+    }
+
     /// Freeze it (SIGSTOP, by PID): connections stay open but nothing answers —
     /// the hung-Redis case, where every command runs into its timeout.
     pub fn pause(&self) {
