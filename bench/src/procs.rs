@@ -1,4 +1,5 @@
-//! Child processes and the HTTP and Redis helpers of the ladder and the soak.
+//! Child processes and the HTTP helpers of the ladder and the soak (Redis:
+//! `stampede_layer::testing::RedisServer`, the workspace's one launcher).
 //!
 //! Every process the bench starts is a [`ChildProc`]: it is killed by its
 //! PID and reaped when the guard drops, so an error, a panic or a ctrl-c
@@ -276,90 +277,6 @@ impl Http {
     }
 }
 
-/// A `redis-server` child on a free port (no persistence), killed on drop;
-/// commands go through `redis-cli` (installed with it).
-#[derive(Debug)]
-pub struct RedisProc {
-    proc_: ChildProc,
-    cli: PathBuf,
-    pub port: u16,
-    dir: PathBuf,
-}
-
-impl RedisProc {
-    /// Start `redis-server` from `program` and wait until it answers `PING`.
-    pub async fn start(program: &Path, work_dir: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let dir = work_dir.join(format!("redis-{port}"));
-        std::fs::create_dir_all(&dir)?;
-        let (p, d) = (port.to_string(), dir.display().to_string());
-        let args = [
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ];
-        let args = args.into_iter().chain(["--dir", &d]).map(String::from);
-        let args: Vec<String> = args.collect();
-        let proc_ = ChildProc::spawn("redis-server", program, &args, &dir.join("redis.log"))?;
-        let cli = Some(program.with_file_name("redis-cli")).filter(|c| c.is_file());
-        let cli = cli.or_else(|| which("redis-cli"));
-        let cli = cli.context("redis-cli is not on PATH")?;
-        let mut redis = Self {
-            proc_,
-            cli,
-            port,
-            dir,
-        };
-        let start = Instant::now();
-        while !redis.command(&["PING"]).await.is_ok_and(|r| r == "PONG") {
-            redis.proc_.check_alive()?;
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("redis-server on port {port} did not answer PING within 10s");
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        Ok(redis)
-    }
-
-    /// Run one `redis-cli` command; its reply.
-    async fn command(&self, cmd: &[&str]) -> anyhow::Result<String> {
-        let out = tokio::process::Command::new(&self.cli)
-            .args(["-p", &self.port.to_string()])
-            .args(cmd)
-            .output()
-            .await?;
-        let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || reply.starts_with("ERR") {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            bail!("redis-cli {cmd:?}: {reply}{stderr}");
-        }
-        Ok(reply)
-    }
-
-    /// Its `redis://` URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Empty every database.
-    pub async fn flush(&mut self) -> anyhow::Result<()> {
-        self.proc_.check_alive()?;
-        self.command(&["FLUSHALL"]).await.map(|_| ())
-    }
-
-    /// Commands served so far (`INFO commandstats`), `INFO` itself excluded.
-    pub async fn commands(&self) -> anyhow::Result<u64> {
-        Ok(command_calls(
-            &self.command(&["INFO", "commandstats"]).await?,
-        ))
-    }
-}
-
 /// The sum of `calls=` over an `INFO commandstats` reply, `cmdstat_info` excluded.
 pub fn command_calls(info: &str) -> u64 {
     let calls = |l: &str| {
@@ -372,13 +289,6 @@ pub fn command_calls(info: &str) -> u64 {
     };
     let counted = |l: &&str| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:");
     info.lines().filter(counted).filter_map(calls).sum()
-}
-
-impl Drop for RedisProc {
-    fn drop(&mut self) {
-        self.proc_.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Sum of every sample of the Prometheus metric `name` in `text` whose labels

@@ -28,7 +28,9 @@ pub use record::{LadderOptions, Profile, Results};
 use record::{Machine, Skipped};
 use runner::{Launcher, Runner};
 
-use crate::procs::{RedisProc, display_path, which};
+use stampede_layer::testing::RedisServer;
+
+use crate::procs::{display_path, which};
 
 /// Run the ladder and write its outputs. The caller wires ctrl-c to dropping
 /// this future (every child is killed by its guard).
@@ -60,8 +62,8 @@ pub async fn run_ladder(o: LadderOptions) -> anyhow::Result<Results> {
     let (redis, redis_desc) = match which("redis-server") {
         Some(p) if plan.iter().any(|r| r.needs_redis()) => {
             let version = std::process::Command::new(&p).arg("--version").output();
-            let r = RedisProc::start(&p, &work).await?;
-            eprintln!("redis-server started on port {}", r.port);
+            let r = RedisServer::start();
+            eprintln!("redis-server started on port {}", r.port());
             let version = version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
             (Some(r), version.unwrap_or_default())
         }

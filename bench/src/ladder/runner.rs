@@ -20,7 +20,9 @@ use super::record::{LadderOptions, Measured, MetaSecond, PeerConfig, Run};
 use super::report;
 use super::table::{Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, counters, human};
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
-use crate::procs::{ChildProc, Http, RedisProc, display_path, free_port, metric_sum};
+use stampede_layer::testing::RedisServer;
+
+use crate::procs::{ChildProc, Http, command_calls, display_path, free_port, metric_sum};
 use crate::stats::{OriginQuery, max_in_flight, round};
 
 /// Admin token the bench gives its gateways.
@@ -149,7 +151,7 @@ impl Launcher {
 pub struct Runner {
     pub o: LadderOptions,
     /// The Redis server of the fleet rows, if one runs.
-    pub redis: Option<RedisProc>,
+    pub redis: Option<RedisServer>,
     pub launcher: Launcher,
     /// Runs to make (for `[run i/N]`).
     pub total: usize,
@@ -158,7 +160,7 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(o: LadderOptions, redis: Option<RedisProc>, launcher: Launcher) -> Self {
+    pub fn new(o: LadderOptions, redis: Option<RedisServer>, launcher: Launcher) -> Self {
         let (total, done, started) = (0, 0, Instant::now());
         Self {
             o,
@@ -214,8 +216,8 @@ impl Runner {
             rung,
             &format!("{label}: starting origin-sim + {n} × {what}"),
         );
-        let redis_url = match (&mut self.redis, spec.needs_redis()) {
-            (Some(r), true) => Some(r.flush().await.map(|_| r.url())?),
+        let redis_url = match (&self.redis, spec.needs_redis()) {
+            (Some(r), true) => Some(r.cli(&["FLUSHALL"])).map(|_| r.url()),
             (None, true) => bail!("this run needs redis-server, which is not running"),
             _ => None,
         };
@@ -269,17 +271,15 @@ impl Runner {
                 };
                 run_load(&warm, false).await?;
             }
-            let before = match redis {
-                Some(r) => Some(r.commands().await?),
-                None => None,
-            };
+            let commands = |r: &RedisServer| command_calls(&r.cli(&["INFO", "commandstats"]));
+            let before = redis.map(commands);
             self.line(
                 rung,
                 &format!("{label}: load {d} × {c} clients on {t} target(s)"),
             );
             phases.push(run_load(&cfg, false).await?);
             if let (Some(r), Some(before)) = (redis, before) {
-                m.set("redis_commands", r.commands().await?.saturating_sub(before));
+                m.set("redis_commands", commands(r).saturating_sub(before));
             }
         }
         drop(sampler);
