@@ -257,10 +257,9 @@ impl<S> CacheLookup<S> {
             match entry.freshness(now) {
                 Freshness::Fresh if force_refresh => {
                     state = LookupState::Refresh;
-                    in_hand = Some(Arc::new(entry));
+                    in_hand = Some(entry);
                 }
                 Freshness::Fresh if !entry.no_cache => {
-                    let entry = Arc::new(entry);
                     let mut resp = response_from_entry(
                         &entry,
                         now,
@@ -282,7 +281,7 @@ impl<S> CacheLookup<S> {
                 _ => {
                     fwd = Fwd::Stale;
                     state = LookupState::Stale;
-                    in_hand = Some(Arc::new(entry));
+                    in_hand = Some(entry);
                 }
             }
         }
