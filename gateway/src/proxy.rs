@@ -220,7 +220,9 @@ pub enum ForwardedPolicy {
 #[derive(Clone, Debug)]
 pub struct Forwarding {
     policy: ForwardedPolicy,
-    name: String,
+    /// `Via` per protocol version (0.9, 1.0, 1.1, 2, 3), made once: a
+    /// `HeaderValue` clone shares its bytes, so no formatting per request.
+    via: [Option<HeaderValue>; 5],
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -229,21 +231,20 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 impl Forwarding {
     /// `name` is this proxy's pseudonym in `Via` (a token).
     pub fn new(policy: ForwardedPolicy, name: &str) -> Self {
-        Forwarding {
-            policy,
-            name: name.to_owned(),
-        }
+        let via = ["0.9", "1.0", "1.1", "2", "3"]
+            .map(|protocol| HeaderValue::from_str(&format!("{protocol} {name}")).ok());
+        Forwarding { policy, via }
     }
 
     fn via(&self, version: Version) -> Option<HeaderValue> {
-        let protocol = match version {
-            Version::HTTP_09 => "0.9",
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2",
-            Version::HTTP_3 => "3",
-            _ => "1.1",
+        let i = match version {
+            Version::HTTP_09 => 0,
+            Version::HTTP_10 => 1,
+            Version::HTTP_2 => 3,
+            Version::HTTP_3 => 4,
+            _ => 2,
         };
-        HeaderValue::from_str(&format!("{protocol} {}", self.name)).ok()
+        self.via[i].clone()
     }
 
     /// Set the forwarding headers of a request received in `version` from `peer`.
@@ -263,6 +264,16 @@ impl Forwarding {
         }
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(header::FORWARDED);
+        if xff.is_empty() && fwd.is_empty() {
+            // Nothing to keep (the default policy): the peer's address alone,
+            // formatted once for both headers.
+            if let Some(ip) = peer {
+                let (xff, fwd) = peer_values(ip);
+                headers.insert(X_FORWARDED_FOR, xff);
+                headers.insert(header::FORWARDED, fwd);
+            }
+            return;
+        }
         if let Some(ip) = peer {
             xff.push(ip.to_string());
             fwd.push(match ip {
@@ -285,6 +296,27 @@ impl Forwarding {
             headers.append(header::VIA, via);
         }
     }
+}
+
+/// `X-Forwarded-For` and `Forwarded` naming `ip` alone: `192.0.2.1` and
+/// `for=192.0.2.1` (`for="[2001:db8::1]"`), from one formatting of the address.
+fn peer_values(ip: IpAddr) -> (HeaderValue, HeaderValue) {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64);
+    let _ = match ip {
+        IpAddr::V4(ip) => write!(text, "for={ip}"),
+        IpAddr::V6(ip) => write!(text, "for=\"[{ip}]\""),
+    };
+    let fwd = bytes::Bytes::from(text);
+    let addr = match ip {
+        IpAddr::V4(_) => fwd.slice(4..),
+        IpAddr::V6(_) => fwd.slice(6..fwd.len() - 2),
+    };
+    // An address and `for=` with it are visible ASCII: always valid values.
+    let value = |b: bytes::Bytes| {
+        HeaderValue::from_maybe_shared(b).expect("an IP address is a valid header value")
+    };
+    (value(addr), value(fwd))
 }
 
 /// Every value of `name`, as text, split at commas outside quotes.

@@ -48,7 +48,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -201,29 +201,41 @@ async fn connection(
     };
     let conn = http.serve_connection(io, svc);
     tokio::pin!(conn);
+    // One timer, re-armed only when it fires, never per request: it is set
+    // no later than the earliest deadline any request could start from now
+    // on (a clock starts at an event, at the earliest now, and runs at least
+    // the shorter of the two timeouts), and no later than the running
+    // deadline; on firing, the connection is closed if its deadline has
+    // passed, else the timer is re-armed the same way.
+    // (At least 1 ms, the timer's resolution: a zero timeout must not spin.)
+    let shortest = limits
+        .header_read_timeout
+        .min(limits.idle_timeout)
+        .max(Duration::from_millis(1));
+    let arm = |now: Instant| {
+        let next = now + shortest;
+        activity.deadline(&limits).map_or(next, |d| d.min(next))
+    };
+    let expiry = tokio::time::sleep_until(arm(Instant::now()));
+    tokio::pin!(expiry);
     let mut draining = false;
     loop {
-        let deadline = activity.deadline(&limits);
-        let expiry = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
+            biased;
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
                 return;
             }
-            () = expiry => {
-                if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+            () = expiry.as_mut() => {
+                let now = Instant::now();
+                if activity.deadline(&limits).is_some_and(|d| d <= now) {
                     tracing::debug!(%peer, "client connection timed out (header read or idle)");
                     return; // dropping the connection closes it
                 }
+                expiry.as_mut().reset(arm(now));
             }
-            () = activity.changed.notified() => {}
             () = stopped(&mut stop), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
@@ -237,8 +249,6 @@ struct Activity {
     state: Mutex<State>,
     /// True while idle between requests: the next byte read starts a request.
     idle: AtomicBool,
-    /// Signalled when a clock (re)starts.
-    changed: Notify,
 }
 
 struct State {
@@ -259,7 +269,6 @@ impl Activity {
                 since: Instant::now(),
             }),
             idle: AtomicBool::new(false),
-            changed: Notify::new(),
         }
     }
 
@@ -293,8 +302,6 @@ impl Activity {
             s.reading_head = false;
             s.since = Instant::now();
             self.idle.store(true, Ordering::Release);
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
@@ -307,8 +314,6 @@ impl Activity {
         if s.in_flight == 0 && !s.reading_head {
             s.reading_head = true;
             s.since = Instant::now();
-            drop(s);
-            self.changed.notify_one();
         }
     }
 }

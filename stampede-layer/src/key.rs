@@ -145,6 +145,12 @@ pub fn normalise(method: &Method, uri: &Uri) -> String {
 /// is derived from and what the origin must receive. Refuses targets without
 /// an unambiguous normal form (see the module docs).
 pub fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
+    if let Some(pq) = uri.path_and_query()
+        && is_normal_path(pq.as_str())
+    {
+        // Already in normal form (the common case): forwarded as it came.
+        return Ok(pq.clone());
+    }
     let raw = uri.path_and_query().map_or("/", |p| p.as_str());
     let upper = raw.to_ascii_uppercase();
     if raw.contains('\\') || upper.contains("%5C") {
@@ -163,7 +169,44 @@ pub fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
     }))
 }
 
+/// Whether `target` is a path (no query) that normalisation leaves as it
+/// is: it starts with `/`, has no percent-encoding, no backslash, no dot
+/// segment, and only characters a path may carry unencoded (RFC 3986
+/// `pchar`, no `%`). Such a target is its own normal form, so the general
+/// path below (which would rebuild the same text) can be skipped.
+fn is_normal_path(target: &str) -> bool {
+    let bytes = target.as_bytes();
+    bytes.first() == Some(&b'/')
+        && bytes.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'-'
+                        | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                )
+        })
+        && !target.split('/').any(|seg| seg == "." || seg == "..")
+}
+
 fn normalised_target_text(uri: &Uri) -> String {
+    if uri.query().is_none() && is_normal_path(uri.path()) {
+        return uri.path().to_owned();
+    }
     let path = normalise_path(uri.path());
     let mut out = path;
     if let Some(query) = uri.query() {
@@ -329,6 +372,37 @@ mod tests {
             assert_eq!(normalise(&Method::GET, &again), text, "{target:?}");
         }
         assert!(tested > 10_000, "too few valid targets: {tested}");
+    }
+
+    /// The shortcut for targets already in normal form gives what the
+    /// general normalisation gives.
+    #[test]
+    fn normal_paths_take_the_shortcut_unchanged() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xbeef);
+        let alphabet: Vec<char> = "ab09-._~!$&'()*+,;=:@/".chars().collect();
+        let mut shortcut = 0;
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..12);
+            let target: String = std::iter::once('/')
+                .chain((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
+                .collect();
+            let Ok(uri) = target.parse::<Uri>() else {
+                continue;
+            };
+            if !is_normal_path(uri.path()) || uri.query().is_some() {
+                continue;
+            }
+            shortcut += 1;
+            let path = normalise_path(uri.path());
+            assert_eq!(path, target, "{target:?}");
+            assert_eq!(normalised_target_text(&uri), path, "{target:?}");
+            assert_eq!(normalise_target(&uri).unwrap().as_str(), path, "{target:?}");
+        }
+        assert!(shortcut > 5_000, "too few shortcut targets: {shortcut}");
+        for not_normal in ["/a/./b", "/a/..", "/%41", "/a?b", "/a\\b", "."] {
+            assert!(!is_normal_path(not_normal), "{not_normal}");
+        }
     }
 
     #[test]

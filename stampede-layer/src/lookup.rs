@@ -78,7 +78,7 @@ impl<S> Layer<S> for CacheLookupLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         CacheLookup {
-            inner,
+            inner: Arc::new(inner),
             store: self.store.clone(),
             config: self.config.clone(),
             hot_keys: self.hot_keys.clone(),
@@ -90,7 +90,10 @@ impl<S> Layer<S> for CacheLookupLayer {
 /// The cache's front door (see the module docs).
 #[derive(Clone)]
 pub struct CacheLookup<S> {
-    inner: S,
+    /// Shared, cloned only for a request that goes on down the stack: a hit
+    /// (most requests) neither copies the layers below nor carries them in
+    /// its future.
+    inner: Arc<S>,
     store: SharedStore,
     config: Arc<CacheConfig>,
     hot_keys: Option<HotKeys>,
@@ -108,11 +111,28 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CacheLookup<S> {
     }
 }
 
-crate::inner_access!(CacheLookup);
+impl<S> CacheLookup<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone> CacheLookup<S> {
+    /// The inner service, mutably (copied first if a request in flight shares it).
+    pub fn get_mut(&mut self) -> &mut S {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        Arc::unwrap_or_clone(self.inner)
+    }
+}
 
 impl<S, B> Service<Request<B>> for CacheLookup<S>
 where
-    S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
     B: Send + 'static,
@@ -174,24 +194,35 @@ where
     }
 }
 
-/// Forward through `inner`, recording `fwd` unless a layer below gave its own account.
-async fn forward<S, B>(inner: S, req: Request<B>, fwd: Fwd) -> Result<Response<CacheBody>, BoxError>
+/// Forward through (a copy of) `inner`, recording `fwd` unless a layer below
+/// gave its own account. Boxed: the request's future carries the stack below
+/// only when it goes there, so a hit's future stays small.
+fn forward<S, B>(
+    inner: &S,
+    req: Request<B>,
+    fwd: Fwd,
+) -> BoxFuture<'static, Result<Response<CacheBody>, BoxError>>
 where
-    S: Service<Request<B>, Response = Response<CacheBody>>,
+    S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
 {
-    let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
-    if resp.extensions().get::<CacheStatus>().is_none() {
-        let status = CacheStatus::forwarded(fwd, resp.status());
-        resp.extensions_mut().insert(status);
-    }
-    Ok(resp)
+    let inner = inner.clone();
+    Box::pin(async move {
+        let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
+        if resp.extensions().get::<CacheStatus>().is_none() {
+            let status = CacheStatus::forwarded(fwd, resp.status());
+            resp.extensions_mut().insert(status);
+        }
+        Ok(resp)
+    })
 }
 
 impl<S> CacheLookup<S> {
     async fn handle<B>(self, mut req: Request<B>) -> Result<Response<CacheBody>, BoxError>
     where
-        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send,
         B: Send + 'static,
@@ -210,7 +241,7 @@ impl<S> CacheLookup<S> {
         if !self.config.cache_credentialed
             && (req.headers().contains_key(AUTHORIZATION) || req.headers().contains_key(COOKIE))
         {
-            return forward(self.inner, req, Fwd::Bypass).await;
+            return forward(&*self.inner, req, Fwd::Bypass).await;
         }
         let force_refresh = req.extensions().get::<ForceRefresh>().is_some();
         let head = method == Method::HEAD;
@@ -234,7 +265,7 @@ impl<S> CacheLookup<S> {
                 fwd: Fwd::Bypass,
                 request_headers,
             });
-            let mut resp = forward(self.inner, req, Fwd::Bypass).await?;
+            let mut resp = forward(&*self.inner, req, Fwd::Bypass).await?;
             if let Some(status) = resp.extensions_mut().get_mut::<CacheStatus>() {
                 status.detail.get_or_insert(Detail::HitForMiss);
             }
@@ -257,10 +288,9 @@ impl<S> CacheLookup<S> {
             match entry.freshness(now) {
                 Freshness::Fresh if force_refresh => {
                     state = LookupState::Refresh;
-                    in_hand = Some(Arc::new(entry));
+                    in_hand = Some(entry);
                 }
                 Freshness::Fresh if !entry.no_cache => {
-                    let entry = Arc::new(entry);
                     let mut resp = response_from_entry(
                         &entry,
                         now,
@@ -282,13 +312,13 @@ impl<S> CacheLookup<S> {
                 _ => {
                     fwd = Fwd::Stale;
                     state = LookupState::Stale;
-                    in_hand = Some(Arc::new(entry));
+                    in_hand = Some(entry);
                 }
             }
         }
         if head {
             // A HEAD miss is forwarded as is and never fills the GET entry.
-            return forward(self.inner, restore(req, conditions), fwd).await;
+            return forward(&*self.inner, restore(req, conditions), fwd).await;
         }
         let request_headers = Arc::new(req.headers().clone());
         req.extensions_mut().insert(Lookup {
@@ -298,7 +328,7 @@ impl<S> CacheLookup<S> {
             fwd,
             request_headers,
         });
-        let resp = forward(self.inner, req, fwd).await?;
+        let resp = forward(&*self.inner, req, fwd).await?;
         Ok(answer(conditions, resp))
     }
 
@@ -307,14 +337,15 @@ impl<S> CacheLookup<S> {
     /// the same origin (RFC 9111 §4.4) — this also clears a cached 404 on create.
     async fn pass_unsafe<B>(self, req: Request<B>) -> Result<Response<CacheBody>, BoxError>
     where
-        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
+        S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send,
+        B: Send + 'static,
     {
         let invalidates = !matches!(*req.method(), Method::OPTIONS | Method::TRACE);
         let host = req.headers().get(http::header::HOST).cloned();
         let mut keys = vec![CacheKey::new(&Method::GET, req.uri())];
-        let resp = forward(self.inner, req, Fwd::Method).await?;
+        let resp = forward(&*self.inner, req, Fwd::Method).await?;
         if !invalidates || !(resp.status().is_success() || resp.status().is_redirection()) {
             return Ok(resp);
         }

@@ -122,7 +122,7 @@ async fn cancelled_leader_alone_still_fills_the_cache() {
     .await
     .expect("the rebuild of a cancelled leader must complete");
     let filled = store.get(&key("/items/1")).await.unwrap();
-    assert_eq!(filled.map(|e| e.body), Some("v1".into()));
+    assert_eq!(filled.map(|e| e.body.clone()), Some("v1".into()));
     let (_, cs, _) = read(svc.oneshot(get("/items/1")).await.unwrap()).await;
     assert!(is_hit(&cs), "{cs}");
     assert_eq!(calls.total(), 1);
@@ -209,7 +209,7 @@ impl CacheStore for LockedElsewhere {
     async fn get(
         &self,
         key: &stampede_layer::CacheKey,
-    ) -> Result<Option<stampede_layer::CachedResponse>, stampede_layer::StoreError> {
+    ) -> Result<Option<Arc<stampede_layer::CachedResponse>>, stampede_layer::StoreError> {
         self.0.get(key).await
     }
     async fn put(

@@ -30,7 +30,7 @@ async fn round_trip_and_delete(store: &dyn CacheStore) {
         store.backend()
     );
     e.fence = got.fence;
-    assert_eq!(got, e);
+    assert_eq!(*got, e);
     assert_eq!(store.get(&key("/b")).await.unwrap(), None);
     store.delete(&key("/a")).await.unwrap();
     assert_eq!(store.get(&key("/a")).await.unwrap(), None);

@@ -190,14 +190,14 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         self.primary.is_distributed() && !self.is_open()
     }
 
-    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         route!(self, "get", |s| s.get(key).await)
     }
 
     async fn get_authoritative(
         &self,
         key: &CacheKey,
-    ) -> Result<Option<CachedResponse>, StoreError> {
+    ) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         route!(self, "get", |s| s.get_authoritative(key).await)
     }
 
@@ -286,7 +286,7 @@ mod tests {
         fn is_distributed(&self) -> bool {
             true
         }
-        async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+        async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Backend("down".into()));
             }

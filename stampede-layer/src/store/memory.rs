@@ -111,12 +111,8 @@ impl CacheStore for MemoryStore {
         false
     }
 
-    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
-        Ok(self
-            .entries
-            .get(key.digest())
-            .await
-            .map(|e| CachedResponse::clone(&e)))
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
+        Ok(self.entries.get(key.digest()).await)
     }
 
     async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
@@ -273,7 +269,7 @@ mod tests {
         let got = s.get(&key("/a")).await.unwrap().unwrap();
         assert!(got.fence > 0, "an unlocked write takes a fresh token");
         e.fence = got.fence;
-        assert_eq!(got, e);
+        assert_eq!(*got, e);
         assert_eq!(s.get(&key("/b")).await.unwrap(), None);
         s.delete(&key("/a")).await.unwrap();
         assert_eq!(s.get(&key("/a")).await.unwrap(), None);

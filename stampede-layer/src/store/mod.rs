@@ -79,8 +79,9 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Whether the lock reaches other processes (a fleet).
     fn is_distributed(&self) -> bool;
 
-    /// Read an entry (`None`: absent or expired from the store).
-    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError>;
+    /// Read an entry (`None`: absent or expired from the store). Shared,
+    /// not copied: an in-process store hands out the entry it holds.
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError>;
 
     /// Read an entry from the store of record, past any near cache: the
     /// re-reads that coordinate a rebuild (inside a flight or a lock, after
@@ -89,7 +90,7 @@ pub trait CacheStore: Send + Sync + 'static {
     async fn get_authoritative(
         &self,
         key: &CacheKey,
-    ) -> Result<Option<CachedResponse>, StoreError> {
+    ) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         self.get(key).await
     }
 
@@ -145,7 +146,10 @@ pub trait CacheStore: Send + Sync + 'static {
 
 /// Read an entry; a failed read is counted and answered as a miss (the
 /// layers never fail a request because the cache did).
-pub(crate) async fn get_or_miss(store: &dyn CacheStore, key: &CacheKey) -> Option<CachedResponse> {
+pub(crate) async fn get_or_miss(
+    store: &dyn CacheStore,
+    key: &CacheKey,
+) -> Option<Arc<CachedResponse>> {
     match store.get(key).await {
         Ok(found) => found,
         Err(err) => {
@@ -160,7 +164,7 @@ pub(crate) async fn get_or_miss(store: &dyn CacheStore, key: &CacheKey) -> Optio
 pub(crate) async fn reread_or_miss(
     store: &dyn CacheStore,
     key: &CacheKey,
-) -> Option<CachedResponse> {
+) -> Option<Arc<CachedResponse>> {
     match store.get_authoritative(key).await {
         Ok(found) => found,
         Err(err) => {

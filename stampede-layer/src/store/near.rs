@@ -74,13 +74,15 @@ impl Default for NearCacheConfig {
 
 /// What a read of the inner store found, to share with the requests that
 /// waited on it (`None`: the read failed).
-fn found_now(found: &Result<Option<CachedResponse>, StoreError>) -> Option<Option<CachedResponse>> {
+fn found_now(
+    found: &Result<Option<Arc<CachedResponse>>, StoreError>,
+) -> Option<Option<Arc<CachedResponse>>> {
     found.as_ref().ok().cloned()
 }
 
 /// A near copy and the instant (ms since the epoch) it stops being served.
 struct NearEntry {
-    entry: CachedResponse,
+    entry: Arc<CachedResponse>,
     until_ms: u64,
 }
 
@@ -158,14 +160,14 @@ impl Near {
     }
 
     /// The near copy of `digest`, if it may still be served.
-    async fn lookup(&self, digest: &str) -> Option<CachedResponse> {
+    async fn lookup(&self, digest: &str) -> Option<Arc<CachedResponse>> {
         let near = self.entries.get(digest).await?;
         (now_ms() < near.until_ms).then(|| near.entry.clone())
     }
 
     /// The copy to keep of `entry` at `now`: while it is fresh, at most
     /// for the bound (`None`: not to be kept).
-    fn copy_of(&self, entry: &CachedResponse, now: u64) -> Option<Arc<NearEntry>> {
+    fn copy_of(&self, entry: &Arc<CachedResponse>, now: u64) -> Option<Arc<NearEntry>> {
         (self.enabled() && entry.is_fresh(now)).then(|| {
             Arc::new(NearEntry {
                 entry: entry.clone(),
@@ -177,7 +179,7 @@ impl Near {
     /// Keep a copy of `entry` (just read from or written to the inner store,
     /// which began when the shard's counter read `epoch`) while it is fresh,
     /// at most for the bound.
-    async fn remember(&self, digest: &str, entry: &CachedResponse, epoch: u64) {
+    async fn remember(&self, digest: &str, entry: &Arc<CachedResponse>, epoch: u64) {
         let Some(near) = self.copy_of(entry, now_ms()) else {
             self.entries.invalidate(digest).await;
             return;
@@ -277,7 +279,7 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         self.inner.is_distributed()
     }
 
-    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         if !self.near.enabled() {
             return self.inner.get(key).await;
         }
@@ -331,7 +333,7 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
     async fn get_authoritative(
         &self,
         key: &CacheKey,
-    ) -> Result<Option<CachedResponse>, StoreError> {
+    ) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         if !self.near.enabled() {
             return self.inner.get_authoritative(key).await;
         }
@@ -355,7 +357,9 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
             // A write with token 0 takes its token in the store: we do not
             // know it, so the next read fetches the entry as stored.
             Ok(PutOutcome::Written) if entry.fence != 0 => {
-                self.near.remember(digest, entry, epoch).await
+                self.near
+                    .remember(digest, &Arc::new(entry.clone()), epoch)
+                    .await
             }
             // A newer entry is in the store (or we do not know): no copy.
             _ => self.near.entries.invalidate(digest).await,
@@ -765,11 +769,17 @@ mod tests {
         // A read began (epoch taken), an invalidation landed, then the read's copy.
         let epoch = store.near.epoch(k.digest());
         store.near.invalidate(k.digest(), "remote").await;
-        store.near.remember(k.digest(), &e, epoch).await;
+        store
+            .near
+            .remember(k.digest(), &Arc::new(e.clone()), epoch)
+            .await;
         assert!(store.near.lookup(k.digest()).await.is_none());
         // Without an invalidation in between it is kept.
         let epoch = store.near.epoch(k.digest());
-        store.near.remember(k.digest(), &e, epoch).await;
+        store
+            .near
+            .remember(k.digest(), &Arc::new(e.clone()), epoch)
+            .await;
         assert!(store.near.lookup(k.digest()).await.is_some());
     }
 
@@ -787,7 +797,7 @@ mod tests {
         fn is_distributed(&self) -> bool {
             true
         }
-        async fn get(&self, k: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+        async fn get(&self, k: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             self.inner.get(k).await
@@ -835,7 +845,7 @@ mod tests {
         write_elsewhere(&inner, &k, sample("v1", 60_000, 0)).await;
         let reads = futures_util::future::join_all((0..20).map(|_| {
             let (store, k) = (store.clone(), k.clone());
-            async move { store.get(&k).await.unwrap().unwrap().body }
+            async move { store.get(&k).await.unwrap().unwrap().body.clone() }
         }))
         .await;
         assert!(reads.iter().all(|b| b == "v1"));

@@ -289,7 +289,7 @@ impl CacheStore for RedisStore {
         true
     }
 
-    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResponse>, StoreError> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         let (entry, _, _) = self.keys(key);
         let (token, data): (Option<u64>, Option<Bytes>) = self
             .pool
@@ -301,7 +301,7 @@ impl CacheStore for RedisStore {
             Some(bytes) => {
                 let mut entry = CachedResponse::decode(&bytes)?;
                 entry.fence = token.unwrap_or(entry.fence);
-                Ok(Some(entry))
+                Ok(Some(Arc::new(entry)))
             }
         }
     }
