@@ -268,69 +268,17 @@ mod tests {
     use super::*;
     use crate::entry::sample;
     use crate::store::MemoryStore;
+    use crate::store::test_fake::FakeRemote;
     use http::Method;
     use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// A primary that fails while `down` is set (a fake, inside a unit test
-    /// of the breaker logic).
-    struct Flaky {
-        inner: MemoryStore,
-        down: Arc<AtomicBool>,
-    }
-
-    #[async_trait]
-    impl CacheStore for Flaky {
-        fn backend(&self) -> &'static str {
-            "redis"
-        }
-        fn is_distributed(&self) -> bool {
-            true
-        }
-        async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend("down".into()));
-            }
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &CacheKey, e: &CachedResponse) -> Result<PutOutcome, StoreError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend("down".into()));
-            }
-            self.inner.put(key, e).await
-        }
-        async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn try_lock(
-            &self,
-            k: &CacheKey,
-            t: Duration,
-        ) -> Result<Option<LockLease>, StoreError> {
-            self.inner.try_lock(k, t).await
-        }
-        async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
-            self.inner.unlock(k, l).await
-        }
-        async fn renew_lock(
-            &self,
-            k: &CacheKey,
-            l: &LockLease,
-            t: Duration,
-        ) -> Result<bool, StoreError> {
-            self.inner.renew_lock(k, l, t).await
-        }
-        async fn wait_for_fill(&self, k: &CacheKey, t: Duration) {
-            self.inner.wait_for_fill(k, t).await
-        }
-    }
 
     #[tokio::test]
     async fn opens_on_failures_and_recovers_by_itself() {
         let down = Arc::new(AtomicBool::new(false));
         let store = FallbackStore::new(
-            Flaky {
-                inner: MemoryStore::default(),
+            FakeRemote {
                 down: down.clone(),
+                ..FakeRemote::default()
             },
             MemoryStore::default(),
         )

@@ -10,6 +10,8 @@ mod memory;
 mod near;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(test)]
+mod test_fake;
 
 pub use fallback::FallbackStore;
 pub use memory::MemoryStore;

@@ -619,6 +619,7 @@ mod tests {
     use super::*;
     use crate::entry::sample;
     use crate::store::MemoryStore;
+    use crate::store::test_fake::FakeRemote;
     use http::Method;
 
     fn key(p: &str) -> CacheKey {
@@ -783,61 +784,14 @@ mod tests {
         assert!(store.near.lookup(k.digest()).await.is_some());
     }
 
-    /// An inner store whose reads are slow and counted.
-    struct SlowReads {
-        inner: MemoryStore,
-        reads: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl CacheStore for SlowReads {
-        fn backend(&self) -> &'static str {
-            "slow"
-        }
-        fn is_distributed(&self) -> bool {
-            true
-        }
-        async fn get(&self, k: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.inner.get(k).await
-        }
-        async fn put(&self, k: &CacheKey, e: &CachedResponse) -> Result<PutOutcome, StoreError> {
-            self.inner.put(k, e).await
-        }
-        async fn delete(&self, k: &CacheKey) -> Result<(), StoreError> {
-            self.inner.delete(k).await
-        }
-        async fn try_lock(
-            &self,
-            k: &CacheKey,
-            t: Duration,
-        ) -> Result<Option<LockLease>, StoreError> {
-            self.inner.try_lock(k, t).await
-        }
-        async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
-            self.inner.unlock(k, l).await
-        }
-        async fn renew_lock(
-            &self,
-            k: &CacheKey,
-            l: &LockLease,
-            t: Duration,
-        ) -> Result<bool, StoreError> {
-            self.inner.renew_lock(k, l, t).await
-        }
-        async fn wait_for_fill(&self, k: &CacheKey, t: Duration) {
-            self.inner.wait_for_fill(k, t).await
-        }
-    }
-
     #[tokio::test]
     async fn concurrent_misses_share_one_read_of_a_fresh_entry() {
         let inner = MemoryStore::default();
         let store = Arc::new(NearCacheStore::new(
-            SlowReads {
+            FakeRemote {
                 inner: inner.clone(),
-                reads: Default::default(),
+                read_delay: Duration::from_millis(50),
+                ..FakeRemote::default()
             },
             NearCacheConfig::default(),
         ));

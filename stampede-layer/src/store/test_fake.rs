@@ -1,0 +1,72 @@
+//! A fake remote store for the unit tests of the store wrappers (the
+//! breaker, the near cache): a [`MemoryStore`] that says it is distributed,
+//! fails reads and writes while `down` is set, and counts (and may slow) its
+//! reads. Every other operation is the memory store's own.
+
+use super::{CacheStore, LockLease, MemoryStore, PutOutcome, StoreError};
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+pub(crate) struct FakeRemote {
+    pub(crate) inner: MemoryStore,
+    /// While set, `get` and `put` fail with a backend error.
+    pub(crate) down: Arc<AtomicBool>,
+    /// How long each `get` takes.
+    pub(crate) read_delay: Duration,
+    /// `get` calls so far.
+    pub(crate) reads: AtomicUsize,
+}
+
+impl FakeRemote {
+    fn check_up(&self) -> Result<(), StoreError> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(StoreError::Backend("down".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for FakeRemote {
+    fn backend(&self) -> &'static str {
+        "fake-remote"
+    }
+    fn is_distributed(&self) -> bool {
+        true
+    }
+    async fn get(&self, k: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.read_delay).await;
+        self.check_up()?;
+        self.inner.get(k).await
+    }
+    async fn put(&self, k: &CacheKey, e: &CachedResponse) -> Result<PutOutcome, StoreError> {
+        self.check_up()?;
+        self.inner.put(k, e).await
+    }
+    async fn delete(&self, k: &CacheKey) -> Result<(), StoreError> {
+        self.inner.delete(k).await
+    }
+    async fn try_lock(&self, k: &CacheKey, t: Duration) -> Result<Option<LockLease>, StoreError> {
+        self.inner.try_lock(k, t).await
+    }
+    async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
+        self.inner.unlock(k, l).await
+    }
+    async fn renew_lock(
+        &self,
+        k: &CacheKey,
+        l: &LockLease,
+        t: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lock(k, l, t).await
+    }
+    async fn wait_for_fill(&self, k: &CacheKey, t: Duration) {
+        self.inner.wait_for_fill(k, t).await
+    }
+}
