@@ -6,66 +6,29 @@ mod common;
 
 use axum::Router;
 use axum::routing::get;
-use common::{get as http_get, report, serve};
-use stampede_layer::testing::{RedisServer, free_port};
-use std::process::{Child, Command, Stdio};
+use common::{GatewayProcess, get as http_get, report, serve};
+use stampede_layer::testing::RedisServer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-struct Gateway {
-    child: Child,
-    port: u16,
-}
-
-impl Gateway {
-    async fn start(origin: std::net::SocketAddr, redis: &str, name: &str) -> Self {
-        let port = free_port();
-        let admin = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--origin",
-                &format!("http://{origin}"),
-                "--redis",
-                redis,
-                "--mitigations",
-                "single-flight,lock",
-                "--lock-ttl",
-                "1s",
-                "--ttl",
-                "30s",
-                "--instance",
-                name,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start gateway");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "gateway {name} did not start");
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        Gateway { child, port }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A gateway on `redis` in front of `origin`: single-flight and the lock
+/// (lock TTL 1 s), TTL 30 s.
+async fn gateway(origin: std::net::SocketAddr, redis: &str, name: &str) -> GatewayProcess {
+    let origin = format!("http://{origin}");
+    let args = [
+        "--origin",
+        &origin,
+        "--redis",
+        redis,
+        "--mitigations",
+        "single-flight,lock",
+        "--lock-ttl",
+        "1s",
+        "--ttl",
+        "30s",
+    ];
+    GatewayProcess::start(name, &args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,8 +50,8 @@ async fn a_crashed_lock_holder_is_taken_over_after_the_lock_ttl() {
         }),
     ))
     .await;
-    let mut holder = Gateway::start(origin, &redis.url(), "holder").await;
-    let survivor = Gateway::start(origin, &redis.url(), "survivor").await;
+    let mut holder = gateway(origin, &redis.url(), "holder").await;
+    let survivor = gateway(origin, &redis.url(), "survivor").await;
 
     let holder_port = holder.port;
     let doomed = tokio::spawn(async move {

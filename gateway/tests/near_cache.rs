@@ -8,87 +8,39 @@ mod common;
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use common::{send, serve};
+use common::{GatewayProcess, send, serve};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use stampede_layer::testing::{RedisServer, free_port};
-use std::process::{Child, Command, Stdio};
+use stampede_layer::testing::RedisServer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "near-cache-test-token";
 
-struct Gateway {
-    child: Child,
-    port: u16,
-    admin: u16,
-}
-
-impl Gateway {
-    async fn start(origin: std::net::SocketAddr, redis: &str, name: &str, extra: &[&str]) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--origin",
-                &format!("http://{origin}"),
-                "--redis",
-                redis,
-                "--ttl",
-                "60s",
-                "--admin-token",
-                TOKEN,
-                "--instance",
-                name,
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start gateway");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for p in [port, admin] {
-            while tokio::net::TcpStream::connect(("127.0.0.1", p))
-                .await
-                .is_err()
-            {
-                assert!(Instant::now() < deadline, "gateway {name} did not start");
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-        }
-        Gateway { child, port, admin }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// A counter's value from the admin listener's `/metrics`, summed over
-    /// the series whose labels contain `label` ("" for all).
-    async fn counter(&self, name: &str, label: &str) -> f64 {
-        let text = common::get(&format!("http://127.0.0.1:{}/metrics", self.admin))
-            .await
-            .body;
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter(|l| l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A gateway on `redis` in front of `origin` (TTL 60 s), with `extra` flags.
+async fn gateway(
+    origin: std::net::SocketAddr,
+    redis: &str,
+    name: &str,
+    extra: &[&str],
+) -> GatewayProcess {
+    let origin = format!("http://{origin}");
+    let mut args = vec![
+        "--origin",
+        &origin,
+        "--redis",
+        redis,
+        "--ttl",
+        "60s",
+        "--admin-token",
+        TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    GatewayProcess::start(name, &args).await
 }
 
 /// An origin whose answer carries a version the test changes.
@@ -143,7 +95,7 @@ async fn a_purge_reaches_every_gateway_within_100ms() {
     let near = ["--near-cache-ttl", "60s"];
     let mut gateways = Vec::new();
     for name in ["near-a", "near-b", "near-c"] {
-        gateways.push(Gateway::start(origin, &redis.url(), name, &near).await);
+        gateways.push(gateway(origin, &redis.url(), name, &near).await);
     }
     let http = Http::new();
     for g in &gateways {
@@ -166,7 +118,7 @@ async fn a_purge_reaches_every_gateway_within_100ms() {
     }
     let purge = send(
         Method::POST,
-        &format!("http://127.0.0.1:{}/admin/purge", gateways[0].admin),
+        &gateways[0].admin_url("/admin/purge"),
         &[
             ("authorization", &format!("Bearer {TOKEN}")),
             ("content-type", "application/json"),
@@ -220,7 +172,7 @@ async fn hot_key_hits_cost_at_most_a_hundredth_of_a_redis_command() {
     let redis = RedisServer::start();
     let (_version, calls, origin) = versioned_origin().await;
     // The default near-cache bound.
-    let g = Gateway::start(origin, &redis.url(), "near-hits", &[]).await;
+    let g = gateway(origin, &redis.url(), "near-hits", &[]).await;
     let http = Http::new();
     for _ in 0..3 {
         http.get(&g.url("/items/1")).await;

@@ -78,3 +78,76 @@ pub fn report(test: &str, figures: serde_json::Value) {
         serde_json::json!({ "test": test, "figures": figures })
     );
 }
+
+/// The gateway binary on free 127.0.0.1 ports (proxy and admin listeners,
+/// `--instance name`), killed (by PID) when dropped.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub port: u16,
+    pub admin: u16,
+}
+
+impl GatewayProcess {
+    /// Start it with `args` besides its addresses and name; wait (at most
+    /// 10 s) until both listeners accept connections.
+    pub async fn start(name: &str, args: &[&str]) -> Self {
+        use stampede_layer::testing::free_port;
+        let (port, admin) = (free_port(), free_port());
+        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", &listen, "--admin-listen", &admin_listen])
+            .args(["--instance", name])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gateway");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for p in [port, admin] {
+            while tokio::net::TcpStream::connect(("127.0.0.1", p))
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "gateway {name} did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+        GatewayProcess { child, port, admin }
+    }
+
+    /// `path` on its proxy listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `path` on its admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// A counter's value from the admin listener's `/metrics`, summed over
+    /// the series whose labels contain `label` ("" for all).
+    pub async fn counter(&self, name: &str, label: &str) -> f64 {
+        let text = get(&self.admin_url("/metrics")).await.body;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter(|l| l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Kill it now (SIGKILL, by PID) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
