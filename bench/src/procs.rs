@@ -45,6 +45,39 @@ pub fn proc_field<'a>(text: &'a str, key: &str) -> &'a str {
     line.split_once(':').map_or("", |(_, v)| v.trim())
 }
 
+/// CPU time (user + system) process `pid` has used, with `children` that
+/// of its child processes too (an nginx master's workers): `utime` and
+/// `stime` of `/proc/PID/stat`, in clock ticks of `getconf CLK_TCK`.
+pub fn cpu_time(pid: u32, children: bool) -> Duration {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output();
+        let hz = out
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok());
+        1.0 / hz.unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th.
+    let fields = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace();
+    let ticks: f64 = fields
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    let mut cpu = Duration::from_secs_f64(ticks * tick);
+    if children {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        let kids = kids.unwrap_or_default();
+        cpu += kids
+            .split_whitespace()
+            .filter_map(|k| k.parse().ok())
+            .map(|k| cpu_time(k, true))
+            .sum::<Duration>();
+    }
+    cpu
+}
+
 /// `p` as a report shows it: relative to the repository root (the nearest
 /// directory above the current one holding `Cargo.lock`) when under it,
 /// `<tmp>/…` when under the temp directory, else as given. Reports never carry

@@ -22,7 +22,7 @@ use super::table::{Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, coun
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
 use stampede_layer::testing::RedisServer;
 
-use crate::procs::{ChildProc, Http, command_calls, display_path, free_port, metric_sum};
+use crate::procs::{ChildProc, Http, command_calls, cpu_time, display_path, free_port, metric_sum};
 use crate::stats::{OriginQuery, max_in_flight, round};
 
 /// Admin token the bench gives its gateways.
@@ -276,11 +276,26 @@ impl Runner {
             }
             let commands = |r: &RedisServer| command_calls(&r.cli(&["INFO", "commandstats"]));
             let before = redis.map(commands);
+            // Throughput runs: the CPU the fronts (an nginx master with its
+            // workers) and this process, the load generator, used per request.
+            let fronts = stack.fronts.iter().map(|f| cpu_time(f.proc_.pid(), true));
+            let cpu = || [fronts.clone().sum(), cpu_time(std::process::id(), false)];
+            let cpu_before = warmup.map(|_| cpu());
             self.line(
                 rung,
                 &format!("{label}: load {d} × {c} clients on {t} target(s)"),
             );
-            phases.push(run_load(&cfg, false).await?);
+            let summary = run_load(&cfg, false).await?;
+            if let Some(before) = cpu_before {
+                let (after, n) = (cpu(), summary.requests.max(1) as f64);
+                let per_request = |i: usize| {
+                    let used = after[i].saturating_sub(before[i]);
+                    round(used.as_secs_f64() * 1e6 / n, 1)
+                };
+                m.set("cpu_us", per_request(0));
+                m.set("loader_cpu_us", per_request(1));
+            }
+            phases.push(summary);
             if let (Some(r), Some(before)) = (redis, before) {
                 m.set("redis_commands", commands(r).saturating_sub(before));
             }

@@ -238,7 +238,8 @@ pub enum Measure {
     /// queries in flight at the same time during the load.
     InFlight,
     /// After a warm-up load of this length (not recorded): the Redis
-    /// commands the measured load cost.
+    /// commands the measured load cost, and the CPU time per request of the
+    /// fronts (`cpu_us`) and of the load generator (`loader_cpu_us`).
     Throughput(Duration),
 }
 
@@ -1138,7 +1139,13 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
             vec![
                 Part::Table(
                     t("hit-path"),
-                    vec![Label, Rps, P50, P99, RedisPerRequest, OriginQueries, Errors],
+                    vec![Label, Rps, P50, P99, RedisPerRequest, OriginQueries, Errors]
+                        .into_iter()
+                        .chain([
+                            Val("cpu_us", "gateway or nginx CPU µs per request"),
+                            Val("loader_cpu_us", "load generator CPU µs per request"),
+                        ])
+                        .collect(),
                     hits.collect(),
                 ),
                 Part::Note(|res, _| hit_ratios(res)),
@@ -1161,7 +1168,15 @@ fn installed(runs: &[&Run]) -> String {
     })
 }
 
-/// The hit-path ratios per round, and their medians.
+/// The median of `v`.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+}
+
+/// The hit-path ratios per round, and their medians; the CPU the fronts and
+/// the load generator used.
 fn hit_ratios(res: &Results) -> String {
     let summary = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"))?.summary.as_ref();
     let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
@@ -1169,11 +1184,14 @@ fn hit_ratios(res: &Results) -> String {
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
     let mut md = "| round | `--redis` ÷ in-process (hits/s) | `--redis`, near cache off ÷ in-process | in-process ÷ nginx (hits/s) | p99 ms: in-process | `--redis` | nginx |\n|--:|--:|--:|--:|--:|--:|--:|\n".to_string();
     let (mut redis_memory, mut direct_memory, mut memory_nginx) = (vec![], vec![], vec![]);
-    for i in (1..).take_while(|i| {
-        ["memory", "redis", "redis-no-near", "nginx"]
-            .iter()
-            .any(|w| summary(w, *i).is_some())
-    }) {
+    let rounds: Vec<u32> = (1..)
+        .take_while(|i| {
+            ["memory", "redis", "redis-no-near", "nginx"]
+                .iter()
+                .any(|w| summary(w, *i).is_some())
+        })
+        .collect();
+    for &i in &rounds {
         let (a, d, b) = (
             ratio(rps("redis", i), rps("memory", i)),
             ratio(rps("redis-no-near", i), rps("memory", i)),
@@ -1186,17 +1204,30 @@ fn hit_ratios(res: &Results) -> String {
         let (pm, pr, pn) = (p99("memory", i), p99("redis", i), p99("nginx", i));
         md += &format!("| {i} | {a} | {d} | {b} | {pm} | {pr} | {pn} |\n");
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let m = (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0);
-        opt(m, |m| format!("**{}**", f2(m)))
+    let bold = |v: Vec<f64>| opt(median(v), |m| format!("**{}**", f2(m)));
+    // Median over the rounds of a CPU figure (µs per request), or of the
+    // share of the machine's CPU time it makes at the run's rate.
+    let cpu = |what: &str, key: &str, share: bool| {
+        let per = |i: &u32| {
+            let r = res.run(&format!("hit-{what}-{i}"))?;
+            let (us, s) = (r.measured.values.get(key)?.as_f64()?, r.summary.as_ref()?);
+            let cores = s.host.nproc.max(1) as f64;
+            Some(if share {
+                us * s.requests_per_sec / 1e4 / cores
+            } else {
+                us
+            })
+        };
+        let m = median(rounds.iter().filter_map(per).collect());
+        opt(m, |m| if share { format!("{m:.0} %") } else { f1(m) })
     };
-    let (a, d, b) = (
-        median(&mut redis_memory),
-        median(&mut direct_memory),
-        median(&mut memory_nginx),
-    );
-    let v = json!({ "redis_memory": a, "direct_memory": d, "memory_nginx": b });
+    let v = json!({ "redis_memory": bold(redis_memory), "direct_memory": bold(direct_memory),
+        "memory_nginx": bold(memory_nginx),
+        "cpu_memory": cpu("memory", "cpu_us", false), "cpu_nginx": cpu("nginx", "cpu_us", false),
+        "load_memory": cpu("memory", "loader_cpu_us", false),
+        "load_nginx": cpu("nginx", "loader_cpu_us", false),
+        "share_memory": cpu("memory", "cpu_us", true), "share_nginx": cpu("nginx", "cpu_us", true),
+        "share_load_memory": cpu("memory", "loader_cpu_us", true),
+        "share_load_nginx": cpu("nginx", "loader_cpu_us", true) });
     format!("{md}\n{}", prose("hit-path-median", &v))
 }
