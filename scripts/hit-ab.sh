@@ -30,7 +30,7 @@ curl -sf -o /dev/null "http://127.0.0.1:$GP/items/1"
 load() { "$BIN/stampede-bench" load --target "http://127.0.0.1:$GP" --concurrency 50 --duration "$1" \
   --hot-fraction 1.0 --origin none --quiet; }
 load 2s >/dev/null
-if [ -n "$PERF" ]; then perf record -F 499 --call-graph dwarf,16384 -p "$G" -o "$PERF" -- sleep 5 >/dev/null 2>&1 & P=$!; fi
+if [ -n "$PERF" ]; then perf record -F ${PERF_FREQ:-499} --call-graph dwarf,16384 -p "$G" -o "$PERF" -- sleep 5 >/dev/null 2>&1 & P=$!; fi
 cpu() { awk '{print $14 + $15}' "/proc/$G/stat"; }   # utime + stime, clock ticks
 before=$(cpu)
 load "$DUR" >"$OUT/load.json"

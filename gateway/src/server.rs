@@ -30,11 +30,10 @@
 //! shutdown the listener closes, idle connections close, and requests in
 //! flight finish first.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -50,7 +49,25 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
+
+/// What a listener serves: an axum `Router` (the admin API) or the proxy
+/// service, called once per request with the peer's `ConnectInfo`.
+pub trait App:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
 
 /// Limits on one listener's client connections.
 #[derive(Clone, Copy, Debug)]
@@ -68,13 +85,16 @@ pub struct Limits {
 /// Serve `app` on `listener` within `limits` until `stop` turns true, then
 /// drain: stop accepting and wait for every open connection to end.
 /// `name` labels the log lines (`proxy`, `admin`).
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: Limits,
     name: &'static str,
     mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: App,
+{
     let max = u32::try_from(limits.max_connections)
         .map_err(|_| io::Error::other("max_connections must fit in a u32"))?;
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -174,7 +194,7 @@ async fn connection(
     http: hyper::server::conn::http1::Builder,
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
+    app: impl App,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
