@@ -194,7 +194,7 @@ pub fn build_stack(
 ///
 /// Served straight by the listener, not through an axum `Router`: the proxy
 /// has no routes, and a router's per-request fallback dispatch cost a hit
-/// about 3 % of the gateway's CPU. What the router's response future also
+/// 2–3 % of the gateway's CPU. What the router's response future also
 /// did, hyper's HTTP/1 server does itself: no body on a `HEAD` answer, and a
 /// `Content-Length` from a body of known size.
 pub fn proxy_service(

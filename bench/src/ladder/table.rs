@@ -1178,7 +1178,8 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 /// The hit-path ratios per round, and their medians; the CPU the fronts and
 /// the load generator used.
 fn hit_ratios(res: &Results) -> String {
-    let summary = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"))?.summary.as_ref();
+    let run = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"));
+    let summary = |what: &str, i: u32| run(what, i)?.summary.as_ref();
     let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
     let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
@@ -1205,29 +1206,32 @@ fn hit_ratios(res: &Results) -> String {
         md += &format!("| {i} | {a} | {d} | {b} | {pm} | {pr} | {pn} |\n");
     }
     let bold = |v: Vec<f64>| opt(median(v), |m| format!("**{}**", f2(m)));
-    // Median over the rounds of a CPU figure (µs per request), or of the
-    // share of the machine's CPU time it makes at the run's rate.
-    let cpu = |what: &str, key: &str, share: bool| {
-        let per = |i: &u32| {
-            let r = res.run(&format!("hit-{what}-{i}"))?;
-            let (us, s) = (r.measured.values.get(key)?.as_f64()?, r.summary.as_ref()?);
-            let cores = s.host.nproc.max(1) as f64;
-            Some(if share {
-                us * s.requests_per_sec / 1e4 / cores
-            } else {
-                us
-            })
-        };
-        let m = median(rounds.iter().filter_map(per).collect());
-        opt(m, |m| if share { format!("{m:.0} %") } else { f1(m) })
+    // Medians over the rounds of a CPU figure `key` of `what`: µs per
+    // request, and the share of the machine's CPU time that makes at the
+    // run's rate.
+    let cpu = |what: &str, key: &str| {
+        let (mut us, mut share) = (vec![], vec![]);
+        for &i in &rounds {
+            let Some(r) = run(what, i) else { continue };
+            let x = r.measured.values.get(key).and_then(|v| v.as_f64());
+            if let Some((x, s)) = x.zip(r.summary.as_ref()) {
+                us.push(x);
+                share.push(x * s.requests_per_sec / 1e4 / s.host.nproc.max(1) as f64);
+            }
+        }
+        let share = opt(median(share), |m| format!("{m:.0} %"));
+        (opt(median(us), f1), share)
     };
+    let ((cpu_memory, share_memory), (cpu_nginx, share_nginx)) =
+        (cpu("memory", "cpu_us"), cpu("nginx", "cpu_us"));
+    let ((load_memory, share_load_memory), (load_nginx, share_load_nginx)) = (
+        cpu("memory", "loader_cpu_us"),
+        cpu("nginx", "loader_cpu_us"),
+    );
     let v = json!({ "redis_memory": bold(redis_memory), "direct_memory": bold(direct_memory),
-        "memory_nginx": bold(memory_nginx),
-        "cpu_memory": cpu("memory", "cpu_us", false), "cpu_nginx": cpu("nginx", "cpu_us", false),
-        "load_memory": cpu("memory", "loader_cpu_us", false),
-        "load_nginx": cpu("nginx", "loader_cpu_us", false),
-        "share_memory": cpu("memory", "cpu_us", true), "share_nginx": cpu("nginx", "cpu_us", true),
-        "share_load_memory": cpu("memory", "loader_cpu_us", true),
-        "share_load_nginx": cpu("nginx", "loader_cpu_us", true) });
+        "memory_nginx": bold(memory_nginx), "cpu_memory": cpu_memory, "cpu_nginx": cpu_nginx,
+        "load_memory": load_memory, "load_nginx": load_nginx,
+        "share_memory": share_memory, "share_nginx": share_nginx,
+        "share_load_memory": share_load_memory, "share_load_nginx": share_load_nginx });
     format!("{md}\n{}", prose("hit-path-median", &v))
 }
