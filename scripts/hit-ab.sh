@@ -17,21 +17,18 @@ PERF=${3:-}
 for b in origin-sim gateway stampede-bench; do
   [ -x "$BIN/$b" ] || { echo "hit-ab: $BIN/$b missing (cargo build --release --workspace)" >&2; exit 2; }
 done
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-OP=$(port); GP=$(port); AP=$(port)
 OUT=$(mktemp -d)
-"$BIN/origin-sim" --listen "127.0.0.1:$OP" --latency-ms 5 >"$OUT/origin.log" 2>&1 & O=$!
-# shellcheck disable=SC2086
-"$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" --origin "http://127.0.0.1:$OP" \
-  --ttl 1h --mitigations all ${GATEWAY_FLAGS:-} >"$OUT/gateway.log" 2>&1 & G=$!
+# shellcheck source=scripts/hit-common.sh
+. "$(dirname "$0")/hit-common.sh"
+start_hit_stack
 trap 'kill $G $O 2>/dev/null; wait $G $O 2>/dev/null; rm -rf "$OUT"' EXIT
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$AP/readyz" && break; sleep 0.1; done
+wait_ready "http://127.0.0.1:$OP/metrics" "http://127.0.0.1:$AP/readyz"
 curl -sf -o /dev/null "http://127.0.0.1:$GP/items/1"
 load() { "$BIN/stampede-bench" load --target "http://127.0.0.1:$GP" --concurrency 50 --duration "$1" \
   --hot-fraction 1.0 --origin none --quiet; }
 load 2s >/dev/null
 if [ -n "$PERF" ]; then perf record -F ${PERF_FREQ:-499} --call-graph dwarf,16384 -p "$G" -o "$PERF" -- sleep 5 >/dev/null 2>&1 & P=$!; fi
-cpu() { awk '{print $14 + $15}' "/proc/$G/stat"; }   # utime + stime, clock ticks
+cpu() { ticks "$G" | cut -d' ' -f2; }   # utime + stime, clock ticks
 before=$(cpu)
 load "$DUR" >"$OUT/load.json"
 after=$(cpu)

@@ -12,7 +12,7 @@
 #
 # usage: scripts/hit-wrk.sh BINDIR [DURATION=10s] [ROUNDS=3]
 #   needs wrk and nginx (Debian: apt-get install wrk nginx-light)
-# WRK_THREADS (default 2) sets wrk's -t.
+# WRK_THREADS (default 2) sets wrk's -t; GATEWAY_FLAGS adds gateway flags.
 set -euo pipefail
 BIN=${1:?usage: scripts/hit-wrk.sh BINDIR [DURATION] [ROUNDS]}
 DUR=${2:-10s}
@@ -26,32 +26,26 @@ for t in wrk nginx; do
   command -v "$t" >/dev/null || { echo "hit-wrk: $t not found (Debian: apt-get install wrk nginx-light)" >&2; exit 2; }
 done
 [ -f "$CONF" ] || { echo "hit-wrk: $CONF missing (written by ./scripts/demo.sh --full)" >&2; exit 2; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-OP=$(port); GP=$(port); AP=$(port); NP=$(port)
 OUT=$(mktemp -d)
 chmod 755 "$OUT"   # nginx workers run as an unprivileged user when started as root
+# shellcheck source=scripts/hit-common.sh
+. "$ROOT/scripts/hit-common.sh"
+start_hit_stack
+N=""
+trap 'kill $G $O $N 2>/dev/null; wait $G $O $N 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
+NP=$(port)
 # The rung's config with this run's directory and ports.
 sed -E -e "s#<tmp>/[^/ ;]+#$OUT/nginx#g" \
   -e "s/server 127\.0\.0\.1:[0-9]+;/server 127.0.0.1:$OP;/" \
   -e "s/listen 127\.0\.0\.1:[0-9]+;/listen 127.0.0.1:$NP;/" "$CONF" >"$OUT/nginx.conf"
 mkdir -p "$OUT/nginx"
-"$BIN/origin-sim" --listen "127.0.0.1:$OP" --latency-ms 5 >"$OUT/origin.log" 2>&1 & O=$!
-"$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" --origin "http://127.0.0.1:$OP" \
-  --ttl 1h --mitigations all >"$OUT/gateway.log" 2>&1 & G=$!
 nginx -e "$OUT/nginx/error.log" -c "$OUT/nginx.conf" -p "$OUT/nginx/" -g 'daemon off;' >"$OUT/nginx.log" 2>&1 & N=$!
-trap 'kill $G $O $N 2>/dev/null; wait $G $O $N 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$OP/metrics" && curl -sf -o /dev/null "http://127.0.0.1:$AP/readyz" \
-    && curl -sf -o /dev/null "http://127.0.0.1:$NP/__ready" && break
-  sleep 0.1
-done
+wait_ready "http://127.0.0.1:$OP/metrics" "http://127.0.0.1:$AP/readyz" "http://127.0.0.1:$NP/__ready"
 GW="http://127.0.0.1:$GP/items/1"; NG="http://127.0.0.1:$NP/items/1"
 curl -sf -o /dev/null "$GW"; curl -sf -o /dev/null "$NG"   # fill both caches
 for u in "$GW" "$NG"; do
   curl -sfi "$u" | grep -qi '^cache-status: [a-z]*; hit' || { echo "hit-wrk: $u is not answered from cache" >&2; exit 1; }
 done
-# CPU clock ticks (utime + stime) of each PID, "pid ticks" per line.
-ticks() { local q; for q in "$@"; do [ -r "/proc/$q/stat" ] && echo "$q $(awk '{print $14 + $15}' "/proc/$q/stat")"; done; true; }
 pids() { if [ "$1" = gateway ]; then echo "$G"; else echo "$N $(cat "/proc/$N/task/$N/children")"; fi; }
 WT=${WRK_THREADS:-2}
 wrk -t"$WT" -c50 -d2s "$GW" >/dev/null; wrk -t"$WT" -c50 -d2s "$NG" >/dev/null   # warm-up
