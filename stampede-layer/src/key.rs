@@ -347,19 +347,24 @@ mod tests {
     /// Fuzz-style: random request targets never panic, always give a
     /// 32-hex-digit digest, and normalisation is idempotent (the key of the
     /// normalised form is the key of the original).
+    /// `/` and then fewer than `max_len` characters drawn from `alphabet`.
+    fn random_target(rng: &mut impl rand::Rng, alphabet: &[char], max_len: usize) -> String {
+        let len = rng.random_range(0..max_len);
+        std::iter::once('/')
+            .chain((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
+            .collect()
+    }
+
     #[test]
     fn random_targets_are_safe_and_idempotent() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0xcafe);
         let alphabet: Vec<char> = "abcAZ09-._~%/?&=+;:@!$'()*,#[]{}|^` \"<>\\"
             .chars()
             .collect();
         let mut tested = 0;
         for _ in 0..50_000 {
-            let len = rng.random_range(0..40);
-            let target: String = std::iter::once('/')
-                .chain((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
-                .collect();
+            let target = random_target(&mut rng, &alphabet, 40);
             let Ok(uri) = target.parse::<Uri>() else {
                 continue;
             };
@@ -378,15 +383,12 @@ mod tests {
     /// general normalisation gives.
     #[test]
     fn normal_paths_take_the_shortcut_unchanged() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0xbeef);
         let alphabet: Vec<char> = "ab09-._~!$&'()*+,;=:@/".chars().collect();
         let mut shortcut = 0;
         for _ in 0..20_000 {
-            let len = rng.random_range(0..12);
-            let target: String = std::iter::once('/')
-                .chain((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
-                .collect();
+            let target = random_target(&mut rng, &alphabet, 12);
             let Ok(uri) = target.parse::<Uri>() else {
                 continue;
             };
