@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 
-TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "connections", "forwarding", "admin_auth", "cli", "memory_bound"]
+TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "connections", "forwarding", "admin_auth", "cli", "memory_bound"]
 
 PROTECTIONS = [
     ("Redis outage", "faults::redis_outage_is_survived_and_recovered_from",
@@ -26,9 +26,9 @@ PROTECTIONS = [
     ("Origin outage / 5xx", "faults::origin_errors_serve_stale_copies",
      "stale-if-error: a stale copy in hand is served when the origin fails; never-cached keys fail fast (upstream timeout → 504, unreachable → 502)."),
     ("Lock holder crash", "lock_crash::a_crashed_lock_holder_is_taken_over_after_the_lock_ttl",
-     "Locks expire (`PX`); losers wait at most the lock wait, then take the lock over; the fencing token keeps a late writer out."),
+     "Locks expire (`PX`); losers try the lock on every wake-up and take it over once it expired; the dead holder's lease is void, so a late writer is refused."),
     ("Redis Cluster", "cluster::store_lock_and_fencing_work_on_a_cluster",
-     "All keys of one cache key share a hash tag; every key a script touches is passed in KEYS."),
+     "All keys of one cache key share a hash tag; every key a script touches is passed in KEYS; the whole store contract (`testing::contract`) passes on the cluster."),
     ("Malformed requests", "hostile::malformed_requests_get_4xx_and_the_gateway_keeps_serving",
      "hyper rejects bad request lines, headers, huge URIs and headers with 4xx; keys are derived from any valid target without panics (fuzz-style unit tests in key.rs)."),
     ("Origin sends garbage", "hostile::an_origin_sending_garbage_is_a_502", "Proxy errors are answers (502), not failures."),
@@ -40,11 +40,19 @@ PROTECTIONS = [
      "Unkeyed override headers (X-Forwarded-Host, X-Original-URL, …) are not forwarded; Host is the origin's; keys are normalised."),
     ("Vary / max-age", "hostile::vary_and_max_age_are_honoured", "Vary'd request headers are checked on every read; origin max-age wins over --ttl."),
     ("Origin slower than the lock", "fleet_faults::an_origin_slower_than_the_lock_gets_one_rebuild_at_a_time",
-     "Lease renewal: the lock holder extends its lock every third of --lock-ttl while the rebuild runs (compare-and-expire; stops when the lock or its fencing token is no longer current); a whole-rebuild deadline (--fill-deadline) bounds it. The test also runs without renewal and asserts the takeover it prevents."),
+     "Lease renewal: the lock holder extends its lock and its key's fence record every third of --lock-ttl while the rebuild runs (compare-and-expire; stops once the lease is void); a waiter never takes over a lock its holder renews; a whole-rebuild deadline (--fill-deadline) bounds it. The test also runs without renewal and asserts the takeover it prevents."),
     ("Purge during a rebuild", "fleet_faults::a_purge_during_a_rebuild_is_not_undone_by_it",
-     "A delete leaves a fencing tombstone (the key's next token, kept 60 s): a fill holding an older token is refused when it lands."),
+     "A delete raises the key's purge floor in its fence record: a fill whose lease was drawn before it is refused when it lands, however late (docs/LAYERS.md, Fencing)."),
+    ("Paused leader, cold and warm key", "fencing::a_paused_leader_never_wins_on_a_cold_key",
+     "Leases carry (epoch, seq) from a fence record that lives while leases keep it: a holder paused past its lock is refused when it resumes (its record lapsed or carries the later write); both gateways keep the newer version, one fencing rejection. Also `fencing::a_paused_leader_never_wins_on_a_warm_key`."),
+    ("Lock-less fill racing a purge", "fencing::a_lockless_fill_does_not_undo_a_purge",
+     "Every fill holds a lease drawn before it asks the origin — a lock-less one a ticket — so a purge after it started refuses its write (in-process store and Redis)."),
+    ("Purge during a Redis outage", "fencing::a_purge_during_a_redis_outage_is_reported_as_failed",
+     "A purge the shared store did not take is answered 503 with the failed paths, never `purged`; the fallback's entries are dropped when the breaker closes; a lease is never written in a store other than the one that drew it."),
+    ("One client's junk variant", "fencing::one_clients_junk_variant_does_not_switch_caching_off",
+     "A 4xx never marks a key hit-for-miss; a marker applies to its own variant only and never replaces a stored answer."),
     ("Key flood", "fleet_faults::a_flood_of_distinct_keys_leaves_redis_as_it_found_it",
-     "Every Redis key the gateway writes (entry, lock, fence counter, tombstone) expires with what it serves; counters are re-seeded from the entry's token if they expire first. compose's Redis runs with `maxmemory` and `allkeys-lru`."),
+     "Every Redis key the gateway writes (entry, lock, fence record) expires with what it serves or the last lease drawn on it; a purge adds nothing. A lost or evicted record voids its leases (safe under `allkeys-lru`, which compose's Redis runs with `maxmemory`)."),
     ("Gateway started during a Redis outage", "fleet_faults::a_gateway_started_during_a_redis_outage_comes_up_and_joins_later",
      "Lazy connect: the gateway waits 2 s for Redis, then serves from its in-process fallback; /readyz says `ready (degraded …)` (503 with --readyz-requires-redis); it joins Redis when it answers."),
     ("Slow and idle clients", "connections::slow_and_idle_clients_are_closed_within_the_timeouts_while_traffic_is_served",

@@ -155,22 +155,34 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Refusal> {
         .collect()
 }
 
+/// Purge `paths`: answers how many entries were held (`purged`), how many
+/// paths were fenced (`fenced`: every one, held or not, so a fill in flight
+/// cannot undo the purge), and — 503 — the paths the shared store did not
+/// take (`failed`: Redis unreachable; the purge reached this gateway only).
 async fn purge(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response {
     let uris = match parse_paths(&body.paths) {
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let mut purged = 0;
-    for uri in &uris {
-        if s.store
-            .delete(&CacheKey::new(&Method::GET, uri))
-            .await
-            .is_ok()
-        {
-            purged += 1;
+    let (mut purged, mut fenced, mut failed) = (0, 0, Vec::new());
+    for (uri, path) in uris.iter().zip(&body.paths) {
+        match s.store.delete(&CacheKey::new(&Method::GET, uri)).await {
+            Ok(held) => {
+                fenced += 1;
+                purged += usize::from(held);
+            }
+            Err(err) => {
+                tracing::warn!(path, error = %err, "purge failed");
+                failed.push(path.clone());
+            }
         }
     }
-    Json(serde_json::json!({ "purged": purged })).into_response()
+    let body = serde_json::json!({ "purged": purged, "fenced": fenced, "failed": failed });
+    if failed.is_empty() {
+        Json(body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 async fn warm(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response {

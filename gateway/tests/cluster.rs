@@ -7,8 +7,8 @@ mod common;
 use axum::Router;
 use axum::routing::get;
 use common::{config, get as http_get, report, serve};
-use stampede_layer::testing::RedisServer;
-use stampede_layer::{CacheKey, CacheStore, CachedResponse, PutOutcome, RedisStore};
+use stampede_layer::testing::{RedisServer, contract, fill};
+use stampede_layer::{CacheKey, CacheStore, CachedResponse, PutOutcome, RedisStore, Refusal};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,43 +98,42 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         .expect("connect to the cluster");
     let b = RedisStore::connect(&url).await.unwrap();
 
+    // The whole store contract (leases, fences, one lock per URL, expiry).
+    contract::run(&a, &b).await;
     // Many keys, so they land on every node's slots.
+    let ttl = Duration::from_secs(5);
+    let mut refused = 0;
     for i in 0..50 {
         let key = CacheKey::new(&http::Method::GET, &format!("/items/{i}").parse().unwrap());
         assert_eq!(
-            a.put(&key, &entry(&format!("v{i}"), 0)).await.unwrap(),
+            fill(&a, &key, &entry(&format!("v{i}"), 0)).await.unwrap(),
             PutOutcome::Written
         );
         assert_eq!(b.get(&key).await.unwrap().unwrap().body, format!("v{i}"));
 
-        let lease = a
-            .try_lock(&key, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("free");
-        assert!(
-            b.try_lock(&key, Duration::from_secs(5))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let newer = entry("newer", lease.token);
-        assert_eq!(a.put(&key, &newer).await.unwrap(), PutOutcome::Written);
-        let stale = entry("stale", lease.token - 1);
+        let earlier = b.ticket(&key, ttl).await.unwrap();
+        let lease = a.try_lock(&key, ttl).await.unwrap().expect("free");
+        assert!(b.try_lock(&key, ttl).await.unwrap().is_none());
+        let newer = entry("newer", 0);
         assert_eq!(
-            b.put(&key, &stale).await.unwrap(),
-            PutOutcome::Fenced {
-                current: lease.token
-            },
+            a.put(&key, &newer, &lease).await.unwrap(),
+            PutOutcome::Written
+        );
+        let stale = entry("stale", 0);
+        assert_eq!(
+            b.put(&key, &stale, &earlier).await.unwrap(),
+            PutOutcome::Fenced(Refusal::Superseded),
             "fenced write on key {i}"
         );
-        assert!(a.unlock(&key, &lease).await.unwrap());
-        assert!(
-            b.try_lock(&key, Duration::from_secs(5))
-                .await
-                .unwrap()
-                .is_some()
+        refused += 1;
+        b.delete(&key).await.unwrap();
+        assert_eq!(
+            a.put(&key, &newer, &lease).await.unwrap(),
+            PutOutcome::Fenced(Refusal::Purged),
+            "purge fences on key {i}"
         );
+        assert!(a.unlock(&key, &lease).await.unwrap());
+        assert!(b.try_lock(&key, ttl).await.unwrap().is_some());
     }
 
     // Two gateways on the cluster share one cache.
@@ -171,7 +170,8 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         "3-node Redis Cluster: store, lock, fencing, two gateways",
         serde_json::json!({
             "keys": 50,
-            "fenced_writes_rejected": 50,
+            "fenced_writes_rejected": refused,
+            "store contract": "passed",
             "origin_calls_for_two_gateways": calls.load(Ordering::SeqCst),
         }),
     );

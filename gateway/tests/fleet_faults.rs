@@ -202,7 +202,8 @@ async fn a_purge_during_a_rebuild_is_not_undone_by_it() {
 
 /// A flood of distinct keys (a random query string per request, 404s and
 /// 200s, a POST that invalidates) leaves nothing behind: every key the
-/// gateway writes (entry, lock, fence, tombstone) expires with what it serves.
+/// gateway writes (entry, lock, fence record) expires with what it serves or
+/// the last lease drawn on it, and a purge adds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_distinct_keys_leaves_redis_as_it_found_it() {
     let redis = RedisServer::start();
@@ -266,11 +267,11 @@ async fn a_flood_of_distinct_keys_leaves_redis_as_it_found_it() {
         without_expiry.is_empty(),
         "keys without expiry: {without_expiry:?}"
     );
-    // Entries live 1 s fresh + 1 s stale; tombstones and counters of deleted
-    // keys hold 60 s (INVALIDATION_HOLD) — only the invalidated tenth is left.
-    // (Polled: the last entries of a slow flood, and background refreshes
-    // still landing, expire a little later.)
-    let left = 2 * (N / 10);
+    // Entries live 1 s fresh + 1 s stale, fence records a lock TTL (2 s) past
+    // the last lease drawn on them: nothing is left. (Polled: the last
+    // entries of a slow flood, and background refreshes still landing,
+    // expire a little later.)
+    let left = 0;
     let keys_after_expiry: u64 = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let keys: u64 = redis.cli(&["DBSIZE"]).parse().unwrap();
@@ -293,7 +294,7 @@ async fn a_flood_of_distinct_keys_leaves_redis_as_it_found_it() {
                 format!("{memory_before} / {memory_after_flood} / {memory_after_expiry}"),
         }),
     );
-    // What is left: a tombstone and a counter per invalidated key, nothing else.
+    // Nothing is left.
     assert!(
         keys_after_expiry <= left,
         "{keys_after_expiry} keys left after expiry"

@@ -67,8 +67,7 @@ async fn rss_stays_within_the_bound_under_a_flood_of_keys_with_large_vary_values
             ..CachedResponse::default()
         };
         let uri = format!("/items/{i}?lang={i}").parse().unwrap();
-        store
-            .put(&CacheKey::new(&Method::GET, &uri), &entry)
+        stampede_layer::testing::fill(&store, &CacheKey::new(&Method::GET, &uri), &entry)
             .await
             .unwrap();
         if i % 50_000 == 0 {

@@ -8,7 +8,7 @@ use clap::Parser;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
-/// Default database URL (mapped to a temporary file, see [`crate::db`]).
+/// Default database URL (mapped to a temporary file shared by the pool).
 pub const DEFAULT_DATABASE: &str = "sqlite::memory:";
 /// Default number of seeded items.
 pub const DEFAULT_ITEMS: u32 = 1000;

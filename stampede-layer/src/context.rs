@@ -4,7 +4,7 @@
 //! Request side: [`CacheLookup`](crate::CacheLookup) attaches a [`Lookup`] —
 //! the key, what the store held and why the request goes on — for the
 //! layers below; [`DistributedLock`](crate::DistributedLock) or a claimed
-//! background refresh attaches the [`FencingToken`] the fill writes with.
+//! background refresh attaches the [`HeldLease`] the fill writes with.
 //!
 //! Response side: every answer that leaves the rebuild path carries a
 //! [`Sharing`]: whether *other* requests that waited on this rebuild may be
@@ -64,13 +64,14 @@ impl Lookup {
         if !newer || entry.is_expired(now_ms) {
             return Reread::Nothing;
         }
-        if entry.is_hit_for_miss() {
+        let matches = entry.vary.matches(&self.request_headers);
+        if entry.is_hit_for_miss() && matches {
             return Reread::Uncacheable;
         }
-        if !entry.usable_fresh(now_ms) {
+        if !entry.is_hit_for_miss() && !entry.usable_fresh(now_ms) {
             return Reread::Nothing;
         }
-        if entry.vary.matches(&self.request_headers) {
+        if matches {
             Reread::Usable
         } else {
             Reread::OtherVariant(entry.vary.clone())
@@ -101,9 +102,11 @@ pub enum Reread {
     Uncacheable,
 }
 
-/// Request extension: the fencing token of the lock this rebuild holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FencingToken(pub u64);
+/// Request extension: the lease this rebuild holds (the lock layer's or a
+/// claimed background refresh's); the fill writes with it. A fill without one
+/// draws a ticket of its own before it asks the origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLease(pub crate::store::LockLease);
 
 /// Response extension: may requests that waited on this rebuild be given it?
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,7 +243,7 @@ pub(crate) fn warn_misplaced(layer: &'static str, needs: &'static str) {
 /// Why a response may not be stored (and so not shared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NotShareable {
-    /// Nobody vouched for it (no [`Sharing`](crate::Sharing) recorded).
+    /// Nobody vouched for it (no [`Sharing`] recorded).
     Unknown,
     /// `Cache-Control: no-store`.
     NoStore,

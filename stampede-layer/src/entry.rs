@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Magic prefix of an encoded entry: a foreign value under our key decodes to
 /// an error (and is treated as a miss), never to a wrong response.
 const MAGIC: &[u8; 3] = b"SLe";
-/// Version of the encoding; bump it when [`CachedResponse`] changes shape.
-/// Remote stores put it in their key prefix too, so two versions of the
-/// gateway in one fleet (a rolling deploy) never read each other's entries.
-pub const FORMAT_VERSION: u8 = 2;
+/// Version of the encoding; bump it when [`CachedResponse`] changes shape or
+/// a remote store's key layout does (3: fence records and leases, see
+/// [`fence`](crate::store::fence)). Remote stores put it in their key prefix
+/// too, so two versions of the gateway in one fleet (a rolling deploy) never
+/// read each other's entries or locks.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Milliseconds since the Unix epoch, the clock every deadline uses (it is
 /// shared by all instances of a fleet, unlike `Instant`).
@@ -45,7 +47,8 @@ pub struct CachedResponse {
     pub error_until_ms: u64,
     /// How long the origin took to produce it: XFetch's `delta`.
     pub rebuild_ms: u32,
-    /// The fencing token of the lock holder that wrote it (0: written without a lock).
+    /// The `seq` of the lease that wrote it ([`FencingToken`](crate::store::FencingToken);
+    /// informational: the store's fence record decides writes).
     pub fence: u64,
     /// Request header values this response varies on (`Vary`).
     pub vary: VaryValues,
@@ -110,10 +113,30 @@ impl VaryValues {
     /// A short digest of `request`'s values for these header names: the
     /// variant it selects, to scope rebuild coordination.
     pub fn variant_of(&self, request: &HeaderMap) -> String {
+        Self::digest(
+            self.0
+                .iter()
+                .map(|(name, _)| (name.as_str(), normalised_value(request, name))),
+        )
+    }
+
+    /// The variant these stored values select (what [`variant_of`](Self::variant_of)
+    /// gives for a matching request); `None` when nothing varies.
+    pub fn variant_id(&self) -> Option<String> {
+        (!self.is_empty()).then(|| {
+            Self::digest(
+                self.0
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.clone())),
+            )
+        })
+    }
+
+    fn digest<'a>(values: impl Iterator<Item = (&'a str, Option<Vec<u8>>)>) -> String {
         let mut h = blake3::Hasher::new();
-        for (name, _) in &self.0 {
+        for (name, value) in values {
             h.update(name.as_bytes());
-            match normalised_value(request, name) {
+            match value {
                 Some(v) => h.update(b"=").update(&v),
                 None => h.update(b"!"),
             };
@@ -208,6 +231,12 @@ impl Default for CachedResponse {
 }
 
 impl CachedResponse {
+    /// The variant this entry is (`None`: it varies on nothing): the scope
+    /// of its fenced write.
+    pub fn variant_id(&self) -> Option<String> {
+        self.vary.variant_id()
+    }
+
     /// A hit-for-miss marker kept `ttl` from `now_ms` (see [`EntryKind::HitForMiss`]).
     pub fn hit_for_miss(now_ms: u64, ttl: Duration, fence: u64) -> Self {
         let until = now_ms + ttl.as_millis().min(u64::MAX as u128 / 2) as u64;

@@ -1,6 +1,7 @@
 //! [`CacheFill`]: calls the origin for a looked-up request, buffers the
-//! answer and writes it — conditional on the request's
-//! [`FencingToken`](crate::FencingToken) — and says whether the requests that
+//! answer and writes it — fenced by the lease the rebuild holds (the lock's,
+//! or a ticket drawn here before the origin is asked; see
+//! [`fence`](crate::store::fence)) — and says whether the requests that
 //! waited on this rebuild may share it ([`Sharing`]).
 //!
 //! The storage decision is [`StorageRules::decide`](crate::policy::StorageRules::decide),
@@ -15,14 +16,15 @@ use crate::body::{BoxError, Buffered, CacheBody, buffer};
 use crate::cache_control::SURROGATE_CAPABILITY;
 use crate::config::CacheConfig;
 use crate::context::{
-    FencingToken, FillDirectives, FillPending, Lookup, LookupState, Reread, Sharing,
+    FillDirectives, FillPending, HeldLease, Lookup, LookupState, Reread, Sharing,
 };
 use crate::entry::{CachedResponse, EntryKind, VaryValues, now_ms};
 use crate::freshness::Timing;
+use crate::lease::{LeaseGuard, LeaseOptions};
 use crate::policy::{Lifetimes, NotShareable};
 use crate::serve::collapsed_hit;
 use crate::status::{CacheStatus, Detail};
-use crate::store::{PutOutcome, SharedStore, record_error, reread_or_miss};
+use crate::store::{LockLease, PutOutcome, SharedStore, record_error, reread_or_miss};
 use futures_util::future::BoxFuture;
 use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -36,6 +38,14 @@ use tower::{Layer, Service, ServiceExt};
 pub struct CacheFillLayer {
     store: SharedStore,
     config: Arc<CacheConfig>,
+    tickets: Tickets,
+}
+
+/// How a fill without a lock draws and keeps its ticket.
+#[derive(Clone, Copy, Debug)]
+struct Tickets {
+    ttl: Duration,
+    lease: LeaseOptions,
 }
 
 impl std::fmt::Debug for CacheFillLayer {
@@ -47,12 +57,23 @@ impl std::fmt::Debug for CacheFillLayer {
 }
 
 impl CacheFillLayer {
-    /// Fill `store` with `config`.
+    /// Fill `store` with `config` (tickets of 2 s, renewed while the fill runs).
     pub fn new(store: SharedStore, config: CacheConfig) -> Self {
         Self {
             store,
             config: Arc::new(config),
+            tickets: Tickets {
+                ttl: Duration::from_secs(2),
+                lease: LeaseOptions::default(),
+            },
         }
+    }
+
+    /// The TTL and renewal of the ticket a fill without a lock draws (the
+    /// lock's TTL and lease options, in a full stack).
+    pub fn tickets(mut self, ttl: Duration, lease: LeaseOptions) -> Self {
+        self.tickets = Tickets { ttl, lease };
+        self
     }
 }
 
@@ -64,6 +85,7 @@ impl<S> Layer<S> for CacheFillLayer {
             inner,
             store: self.store.clone(),
             config: self.config.clone(),
+            tickets: self.tickets,
         }
     }
 }
@@ -76,6 +98,7 @@ pub struct CacheFill<S> {
     inner: S,
     store: SharedStore,
     config: Arc<CacheConfig>,
+    tickets: Tickets,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CacheFill<S> {
@@ -115,7 +138,10 @@ where
                 key = lookup.key.digest(),
                 variant = lookup.key.variant(),
                 state = ?lookup.state,
-                fence = req.extensions().get::<FencingToken>().map(|t| t.0),
+                lease = req
+                    .extensions()
+                    .get::<HeldLease>()
+                    .map(|l| l.0.token.to_string()),
             ),
             None => tracing::Span::none(),
         };
@@ -162,7 +188,24 @@ impl<S> CacheFill<S> {
                 Reread::OtherVariant(_) | Reread::Nothing => {}
             }
         }
-        let fence = req.extensions().get::<FencingToken>().map_or(0, |t| t.0);
+        // The lease the write holds, drawn before the origin is asked: the
+        // lock's, or a ticket of our own (kept valid while the fill runs).
+        let held = req.extensions_mut().remove::<HeldLease>();
+        let ticket = match held {
+            Some(_) => None,
+            None => {
+                let mut ticket =
+                    LeaseGuard::ticket(&self.store, &lookup.key, self.tickets.ttl).await;
+                if let Some(t) = ticket.as_mut().filter(|_| self.tickets.lease.renew) {
+                    t.keep_alive(self.tickets.ttl);
+                }
+                ticket
+            }
+        };
+        let lease = held
+            .map(|h| h.0)
+            .or_else(|| ticket.as_ref().map(|t| t.lease().clone()));
+        let fence = lease.as_ref().map_or(0, |l| l.token.seq);
         let request_headers = req.headers().clone();
         // A stale entry with validators is revalidated: the origin may answer
         // 304 and save the body transfer (RFC 9111 §4.3.1). These are the
@@ -238,7 +281,7 @@ impl<S> CacheFill<S> {
                         rebuild,
                         fence,
                     );
-                    write(&self.store, &lookup, &entry, &mut status).await;
+                    write(&self.store, &lookup, &entry, lease.as_ref(), &mut status).await;
                     Some((entry, plan.shareable()))
                 }
                 Err(_) => None,
@@ -262,11 +305,16 @@ impl<S> CacheFill<S> {
         let bytes = match buffer(body, self.config.max_body_bytes).await? {
             Buffered::Complete(bytes) => bytes,
             Buffered::TooLarge(body) => {
+                let marker = Marker {
+                    lease: lease.as_ref(),
+                    status: parts.status,
+                    vary: VaryValues::of(&parts.headers, &request_headers),
+                };
                 uncacheable(
                     &self.store,
                     &self.config,
                     &lookup,
-                    fence,
+                    marker,
                     NotShareable::TooLarge,
                 )
                 .await;
@@ -298,7 +346,7 @@ impl<S> CacheFill<S> {
                     rebuild,
                     fence,
                 );
-                write(&self.store, &lookup, &entry, &mut status).await;
+                write(&self.store, &lookup, &entry, lease.as_ref(), &mut status).await;
                 if plan.shareable() {
                     Sharing::Stored(entry.vary)
                 } else {
@@ -311,7 +359,12 @@ impl<S> CacheFill<S> {
             }
             Err(_) if generated => Sharing::Generated,
             Err(reason) => {
-                uncacheable(&self.store, &self.config, &lookup, fence, reason).await;
+                let marker = Marker {
+                    lease: lease.as_ref(),
+                    status: parts.status,
+                    vary: VaryValues::of(&parts.headers, &request_headers),
+                };
+                uncacheable(&self.store, &self.config, &lookup, marker, reason).await;
                 Sharing::NotShareable(reason)
             }
         };
@@ -321,32 +374,35 @@ impl<S> CacheFill<S> {
     }
 }
 
-/// Write `entry` (fenced) and record the outcome in `status`.
+/// Write `entry` fenced by `lease` and record the outcome in `status`
+/// (no lease — the store could not draw one — no write).
 async fn write(
     store: &SharedStore,
     lookup: &Lookup,
     entry: &CachedResponse,
+    lease: Option<&LockLease>,
     status: &mut CacheStatus,
 ) {
-    {
-        let fence = entry.fence;
-        match store.put(&lookup.key, entry).await {
-            Ok(PutOutcome::Written) => {
-                status.stored = true;
-                status.ttl = Some(entry.ttl_secs(now_ms()));
-            }
-            Ok(PutOutcome::Fenced { current }) => {
-                metrics::counter!("stampede_fencing_rejections_total").increment(1);
-                tracing::info!(
-                    key = lookup.key.digest(),
-                    fence,
-                    current,
-                    "stale write rejected by fencing token"
-                );
-                status.detail = Some(Detail::Fenced);
-            }
-            Err(err) => record_error(store.as_ref(), "put", &err),
+    let Some(lease) = lease else {
+        return;
+    };
+    match store.put(&lookup.key, entry, lease).await {
+        Ok(PutOutcome::Written) => {
+            status.stored = true;
+            status.ttl = Some(entry.ttl_secs(now_ms()));
         }
+        Ok(PutOutcome::Fenced(refusal)) => {
+            metrics::counter!("stampede_fencing_rejections_total", "reason" => refusal.as_str())
+                .increment(1);
+            tracing::info!(
+                key = lookup.key.digest(),
+                lease = %lease.token,
+                reason = refusal.as_str(),
+                "write refused by the key's fence"
+            );
+            status.detail = Some(Detail::Fenced);
+        }
+        Err(err) => record_error(store.as_ref(), "put", &err),
     }
 }
 
@@ -448,22 +504,51 @@ pub fn freshened_headers(stored: &CachedResponse, not_modified: &HeaderMap) -> H
     headers
 }
 
+/// What a hit-for-miss marker is written with.
+struct Marker<'a> {
+    lease: Option<&'a LockLease>,
+    status: StatusCode,
+    /// The answer's `Vary` with this request's values: the marker applies to
+    /// the requests that select the same variant only.
+    vary: VaryValues,
+}
+
 /// Count an answer that may not be stored; mark the key hit-for-miss when
-/// the reason belongs to the resource.
+/// the reason belongs to the resource. Never for an error status (a 4xx or
+/// 5xx answers this request, not the resource: one client's junk header must
+/// not switch caching off for everyone), never over a stored response (it
+/// is replaced by the next cacheable answer, or expires).
 async fn uncacheable(
     store: &SharedStore,
     config: &CacheConfig,
     lookup: &Lookup,
-    fence: u64,
+    marker: Marker<'_>,
     reason: NotShareable,
 ) {
     metrics::counter!("stampede_uncacheable_total", "reason" => reason.as_str()).increment(1);
     let ttl = config.hit_for_miss_ttl;
-    if lookup.state == LookupState::Pass || ttl.is_zero() || !reason.marks_hit_for_miss() {
+    let Some(lease) = marker.lease else {
+        return;
+    };
+    if lookup.state == LookupState::Pass
+        || ttl.is_zero()
+        || !reason.marks_hit_for_miss()
+        || marker.status.as_u16() >= 400
+    {
         return;
     }
-    let marker = CachedResponse::hit_for_miss(now_ms(), ttl, fence);
-    match store.put(&lookup.key, &marker).await {
+    let now = now_ms();
+    if reread_or_miss(store.as_ref(), &lookup.key)
+        .await
+        .is_some_and(|e| !e.is_hit_for_miss() && !e.is_gone(now))
+    {
+        return;
+    }
+    let entry = CachedResponse {
+        vary: marker.vary,
+        ..CachedResponse::hit_for_miss(now, ttl, lease.token.seq)
+    };
+    match store.put(&lookup.key, &entry, lease).await {
         Ok(PutOutcome::Written) => {
             tracing::debug!(
                 key = lookup.key.digest(),
@@ -471,7 +556,7 @@ async fn uncacheable(
                 "key marked hit-for-miss"
             );
         }
-        Ok(PutOutcome::Fenced { .. }) => {}
+        Ok(PutOutcome::Fenced(_)) => {}
         Err(err) => record_error(store.as_ref(), "put", &err),
     }
 }

@@ -1,18 +1,21 @@
-//! A held rebuild lock, released when the guard goes away however the
-//! rebuild ends (an explicit [`LeaseGuard::release`], or a drop — a
+//! A held lease on one key — the rebuild lock's, or a lock-less ticket (see
+//! [`fence`](crate::store::fence)) — released when the guard goes away however
+//! the rebuild ends (an explicit [`LeaseGuard::release`], or a drop — a
 //! cancelled or panicking rebuild — which releases it in the background).
 //!
 //! While held it can be **renewed** ([`LeaseGuard::keep_alive`]): every third
-//! of the lock TTL the owner extends it (compare-and-expire), so an origin
-//! slower than the lock TTL still gets exactly one rebuild fleet-wide instead
-//! of a takeover per TTL. Renewal stops when the guard goes away, when the
-//! lock is no longer ours, or when a newer fencing token reached the key (a
-//! purge: this rebuild's write would be refused anyway). The lock layer
-//! bounds the whole rebuild with a deadline, so a renewed lock cannot be held
+//! of its TTL the owner extends it (the lock: compare-and-expire; both: the
+//! key's fence record), so an origin slower than the lock TTL still gets
+//! exactly one rebuild fleet-wide instead of a takeover per TTL, and a slow
+//! fill's write is still accepted. Renewal stops when the guard goes away or
+//! the lease is void (the lock is no longer ours, the fence record is
+//! another incarnation, or a purge came after it: this rebuild's write would
+//! be refused anyway). A failed renewal call is retried next period. The
+//! whole rebuild is bounded by a deadline, so a renewed lease cannot be held
 //! forever by a stuck origin.
 
-use crate::context::FencingToken;
 use crate::key::CacheKey;
+use crate::store::FencingToken;
 use crate::store::{LockLease, SharedStore, record_error};
 use std::time::Duration;
 
@@ -28,8 +31,7 @@ pub struct LeaseOptions {
 }
 
 impl Default for LeaseOptions {
-    /// Renewal on, 30 s deadline (below the store's
-    /// [`INVALIDATION_HOLD`](crate::store::INVALIDATION_HOLD)).
+    /// Renewal on, 30 s deadline.
     fn default() -> Self {
         Self {
             renew: true,
@@ -43,14 +45,14 @@ impl LeaseOptions {
     /// `stampede_fill_deadline_exceeded_total` and logged with `token`).
     pub(crate) async fn within_deadline<F: std::future::Future>(
         self,
-        token: FencingToken,
+        token: Option<FencingToken>,
         rebuild: F,
     ) -> Option<F::Output> {
         let out = tokio::time::timeout(self.fill_deadline, rebuild).await.ok();
         if out.is_none() {
             metrics::counter!("stampede_fill_deadline_exceeded_total").increment(1);
             tracing::warn!(
-                token = token.0,
+                token = token.map(|t| t.to_string()),
                 deadline_ms = self.fill_deadline.as_millis() as u64,
                 "rebuild exceeded the fill deadline"
             );
@@ -70,7 +72,7 @@ pub enum Acquire {
     Failed,
 }
 
-/// A held lock on one key (and variant): releases on drop.
+/// A held lease on one key: releases its lock (if any) on drop.
 #[derive(Debug)]
 pub struct LeaseGuard {
     store: SharedStore,
@@ -83,12 +85,7 @@ impl LeaseGuard {
     /// Try to take `key`'s rebuild lock for `ttl`.
     pub async fn acquire(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Acquire {
         match store.try_lock(key, ttl).await {
-            Ok(Some(lease)) => Acquire::Held(LeaseGuard {
-                store: store.clone(),
-                key: key.clone(),
-                lease: Some(lease),
-                renewal: None,
-            }),
+            Ok(Some(lease)) => Acquire::Held(Self::held(store, key, lease)),
             Ok(None) => Acquire::Contended,
             Err(err) => {
                 record_error(store.as_ref(), "lock", &err);
@@ -97,9 +94,35 @@ impl LeaseGuard {
         }
     }
 
-    /// The fencing token the fill must write with.
+    /// Draw a lock-less lease (a ticket) on `key` for `ttl`; `None` when the
+    /// store failed (counted): the fill then cannot write.
+    pub async fn ticket(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Option<Self> {
+        match store.ticket(key, ttl).await {
+            Ok(lease) => Some(Self::held(store, key, lease)),
+            Err(err) => {
+                record_error(store.as_ref(), "ticket", &err);
+                None
+            }
+        }
+    }
+
+    fn held(store: &SharedStore, key: &CacheKey, lease: LockLease) -> Self {
+        LeaseGuard {
+            store: store.clone(),
+            key: key.clone(),
+            lease: Some(lease),
+            renewal: None,
+        }
+    }
+
+    /// The lease the fill writes with.
+    pub fn lease(&self) -> &LockLease {
+        self.lease.as_ref().expect("held until released")
+    }
+
+    /// Its fencing token.
     pub fn token(&self) -> FencingToken {
-        FencingToken(self.lease.as_ref().map_or(0, |l| l.token))
+        self.lease().token
     }
 
     /// Renew the lock to `ttl` every `ttl / 3` until the guard goes away, the
@@ -124,8 +147,8 @@ impl LeaseGuard {
                             .increment(1);
                         tracing::debug!(
                             key = key.digest(),
-                            token = lease.token,
-                            "lock lost; renewal stops"
+                            token = %lease.token,
+                            "lease lost; renewal stops"
                         );
                         return;
                     }
@@ -146,7 +169,7 @@ impl LeaseGuard {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
-        if let Some(lease) = self.lease.take()
+        if let Some(lease) = self.lease.take().filter(|l| l.locked)
             && let Err(err) = self.store.unlock(&self.key, &lease).await
         {
             record_error(self.store.as_ref(), "lock", &err);
@@ -159,7 +182,7 @@ impl Drop for LeaseGuard {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
-        let Some(lease) = self.lease.take() else {
+        let Some(lease) = self.lease.take().filter(|l| l.locked) else {
             return;
         };
         let (store, key) = (self.store.clone(), self.key.clone());

@@ -122,7 +122,7 @@ pub mod xfetch;
 
 pub use body::{BoxError, CacheBody};
 pub use config::CacheConfig;
-pub use context::{FencingToken, FillDirectives, Lookup, LookupState, Sharing};
+pub use context::{FillDirectives, HeldLease, Lookup, LookupState, Sharing};
 pub use entry::CachedResponse;
 pub use fill::{CacheFill, CacheFillLayer};
 pub use hot_keys::{HotKey, HotKeys};
@@ -138,8 +138,8 @@ pub use single_flight::{SingleFlight, SingleFlightLayer};
 pub use stack::{Mitigations, Stampede, StampedeLayer, StampedeService};
 pub use status::{CacheStatus, Detail, Fwd, Outcome};
 pub use store::{
-    CacheStore, FallbackStore, LockLease, MemoryStore, NearCacheConfig, NearCacheStore, PutOutcome,
-    SharedStore, StoreError,
+    CacheStore, FallbackStore, FencingToken, LockLease, MemoryStore, NearCacheConfig,
+    NearCacheStore, PutOutcome, Refusal, SharedStore, StoreError,
 };
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};

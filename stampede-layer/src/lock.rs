@@ -1,20 +1,25 @@
-//! Per-fleet coalescing: one rebuild per key (and variant) across every
-//! instance sharing a store, through the store's lock (`SET NX PX` + a
-//! fencing token in Redis).
+//! Per-fleet coalescing: one rebuild per key across every instance sharing
+//! a store, through the store's lock (`SET NX PX` + a lease in Redis; one
+//! lock per URL, whatever the variant, so what a request saw never changes
+//! which lock it queues on).
 //!
-//! The winner attaches its [`FencingToken`] to the request, so the fill below
-//! writes only if no newer token already did (a winner whose lock expired
-//! mid-rebuild cannot overwrite the newer holder's entry). Losers wait for the
-//! fill — woken by the store's fill event where it has one (in-process), else
-//! polling with exponential backoff and full jitter — for at most `max_wait`,
-//! and then:
+//! The winner attaches its lease ([`HeldLease`]) to the request, so the fill
+//! below writes only if no purge and no later lease's write came first (a
+//! winner whose lock expired mid-rebuild cannot overwrite the newer holder's
+//! entry; see [`fence`](crate::store::fence)). Losers wait for the fill —
+//! woken by the store's fill event where it has one (in-process), else
+//! polling with exponential backoff and full jitter — and on every wake-up:
 //!
 //! * a fresh entry that their headers select: answered from it (`lock-wait`);
-//! * an entry of another variant: they coordinate again on their own variant;
+//! * an entry of another variant: they go on waiting for their own variant;
 //! * a hit-for-miss marker (the winner's answer could not be shared): they go
-//!   to the origin themselves, at once, without waiting out the bound;
-//! * nothing by the bound: the stale copy in hand if there is one, else they
-//!   take the lock over or, failing that, go to the origin themselves.
+//!   to the origin themselves, at once;
+//! * the lock free again (released without a usable entry, or expired: a dead
+//!   or paused holder): they take it over and rebuild.
+//!
+//! A holder alive and renewing is never overtaken: past `max_wait` a loser
+//! answers the stale copy in hand if it has one, else goes on waiting up to
+//! the fill deadline and answers `504`.
 //!
 //! The winner renews its lock while the rebuild runs (every third of the
 //! lock TTL, see [`LeaseGuard::keep_alive`]), so an origin slower than the
@@ -26,7 +31,7 @@
 //! stops ([`RefreshSkipped::Elsewhere`]): someone else is refreshing.
 
 use crate::body::{BoxError, CacheBody};
-use crate::context::{FencingToken, Lookup, LookupState, RefreshSkipped, Reread};
+use crate::context::{HeldLease, Lookup, LookupState, RefreshSkipped, Reread};
 use crate::entry::now_ms;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::serve::{collapsed_hit, gateway_timeout, stale};
@@ -90,7 +95,9 @@ impl DistributedLockLayer {
         self
     }
 
-    /// Longest a loser waits for the winner's fill.
+    /// Longest a loser with a stale copy in hand waits for the winner's fill
+    /// before answering the stale copy (without one it waits on, up to the
+    /// fill deadline, unless the lock comes free).
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.max_wait = wait;
         self
@@ -168,8 +175,8 @@ where
         match lookup {
             // Holds the key's lock already (a claimed background refresh), or
             // nothing to coordinate.
-            Some(lookup) if req.extensions().get::<FencingToken>().is_none() => {
-                Box::pin(locked(inner, config, lookup, req, true))
+            Some(lookup) if req.extensions().get::<HeldLease>().is_none() => {
+                Box::pin(locked(inner, config, lookup, req))
             }
             _ => Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) }),
         }
@@ -179,9 +186,8 @@ where
 async fn locked<S, B>(
     inner: S,
     config: DistributedLockLayer,
-    lookup: Lookup,
+    mut lookup: Lookup,
     mut req: Request<B>,
-    may_rescope: bool,
 ) -> Result<Response<CacheBody>, BoxError>
 where
     S: Service<Request<B>, Response = Response<CacheBody>> + Clone + Send + 'static,
@@ -190,9 +196,8 @@ where
     B: Send + 'static,
 {
     let store = config.store.clone();
-    let key = &lookup.key;
     let started = Instant::now();
-    match LeaseGuard::acquire(&store, key, config.lock_ttl).await {
+    match LeaseGuard::acquire(&store, &lookup.key, config.lock_ttl).await {
         Acquire::Held(guard) => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "acquired")
                 .increment(1);
@@ -203,7 +208,8 @@ where
                 .increment(1);
         }
         Acquire::Failed => {
-            // No lock service: degrade to process-local coordination.
+            // No lock service: degrade to process-local coordination (the
+            // fill draws a ticket; if the store is down it cannot write).
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "error").increment(1);
             return inner.oneshot(req).await.map_err(Into::into);
         }
@@ -212,58 +218,82 @@ where
         return Err(Box::new(RefreshSkipped::Elsewhere));
     }
 
-    // Lose: wait for the winner's fill, bounded.
-    let deadline = started + config.max_wait;
+    // Lose: wait for the winner's fill. The lock is tried again on every
+    // wake-up, so it is taken over only once free — released without a
+    // usable entry, or expired (a dead or paused holder) — never while its
+    // holder is alive and renewing. Past `max_wait` a stale copy is answered;
+    // without one the wait goes on to the fill deadline, then 504.
+    let stale_at = started + config.max_wait;
+    let give_up = started + config.lease.fill_deadline.max(config.max_wait);
     let mut backoff = config.initial_backoff;
-    while Instant::now() < deadline {
+    loop {
+        let now = Instant::now();
+        if now >= stale_at
+            && let Some(entry) = lookup
+                .entry
+                .as_ref()
+                .filter(|e| e.may_serve_stale() && now_ms() < e.error_until_ms)
+        {
+            wait_timed_out(&lookup, started);
+            return Ok(stale(entry, false, Detail::LockTimeout));
+        }
+        if now >= give_up {
+            wait_timed_out(&lookup, started);
+            return Ok(gateway_timeout());
+        }
+        let next_stop = if now < stale_at { stale_at } else { give_up };
         let sleep = rand::rng()
             .random_range(backoff / 2..=backoff)
-            .min(deadline - Instant::now());
-        store.wait_for_fill(key, sleep).await;
+            .min(next_stop - now);
+        store.wait_for_fill(&lookup.key, sleep).await;
         backoff = (backoff * 2).min(config.max_backoff);
-        let Some(entry) = reread_or_miss(store.as_ref(), key).await else {
-            continue;
-        };
-        match lookup.classify_reread(&entry, now_ms()) {
-            Reread::Nothing => continue,
-            Reread::Usable => {
-                metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
-                    .record(started.elapsed().as_secs_f64());
-                return Ok(collapsed_hit(&entry, Detail::LockWait));
+        if let Some(entry) = reread_or_miss(store.as_ref(), &lookup.key).await {
+            match lookup.classify_reread(&entry, now_ms()) {
+                Reread::Usable => {
+                    metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(collapsed_hit(&entry, Detail::LockWait));
+                }
+                Reread::Uncacheable => {
+                    req.extensions_mut().insert(Lookup {
+                        state: LookupState::Pass,
+                        ..lookup
+                    });
+                    return inner.oneshot(req).await.map_err(Into::into);
+                }
+                Reread::OtherVariant(vary) => {
+                    // Another variant was filled: ours is still to be built,
+                    // under the same (per-URL) lock.
+                    lookup = lookup.for_variant(&vary);
+                    req.extensions_mut().insert(lookup.clone());
+                }
+                Reread::Nothing => {}
             }
-            Reread::Uncacheable => {
-                req.extensions_mut().insert(Lookup {
-                    state: LookupState::Pass,
-                    ..lookup
-                });
+        }
+        match LeaseGuard::acquire(&store, &lookup.key, config.lock_ttl).await {
+            Acquire::Held(guard) => {
+                metrics::counter!("stampede_lock_acquisitions_total", "result" => "takeover")
+                    .increment(1);
+                return lead(inner, &config, guard, req).await;
+            }
+            Acquire::Contended => {}
+            Acquire::Failed => {
+                metrics::counter!("stampede_lock_acquisitions_total", "result" => "error")
+                    .increment(1);
                 return inner.oneshot(req).await.map_err(Into::into);
             }
-            Reread::OtherVariant(vary) if may_rescope => {
-                let scoped = lookup.for_variant(&vary);
-                req.extensions_mut().insert(scoped.clone());
-                return Box::pin(locked(inner, config, scoped, req, false)).await;
-            }
-            Reread::OtherVariant(_) => continue,
         }
     }
+}
+
+fn wait_timed_out(lookup: &Lookup, started: Instant) {
     metrics::histogram!("stampede_lock_wait_seconds", "result" => "timeout")
         .record(started.elapsed().as_secs_f64());
     tracing::warn!(
-        key = key.digest(),
+        key = lookup.key.digest(),
         waited_ms = started.elapsed().as_millis() as u64,
         "lock wait timed out"
     );
-    if let Some(entry) = lookup
-        .entry
-        .as_ref()
-        .filter(|e| e.may_serve_stale() && now_ms() < e.error_until_ms)
-    {
-        return Ok(stale(entry, false, Detail::LockTimeout));
-    }
-    match LeaseGuard::acquire(&store, key, config.lock_ttl).await {
-        Acquire::Held(guard) => lead(inner, &config, guard, req).await,
-        _ => inner.oneshot(req).await.map_err(Into::into),
-    }
 }
 
 /// Run the rebuild holding the lock (renewed while it runs, bounded by the
@@ -281,14 +311,15 @@ where
     S::Future: Send,
     B: Send + 'static,
 {
-    req.extensions_mut().insert(guard.token());
+    req.extensions_mut()
+        .insert(HeldLease(guard.lease().clone()));
     if config.lease.renew {
         guard.keep_alive(config.lock_ttl);
     }
     let lease = config.lease;
     let task = tokio::spawn(async move {
         let rebuild = inner.oneshot(req);
-        let result = match lease.within_deadline(guard.token(), rebuild).await {
+        let result = match lease.within_deadline(Some(guard.token()), rebuild).await {
             Some(result) => result.map_err(Into::into),
             None => Ok(gateway_timeout()),
         };

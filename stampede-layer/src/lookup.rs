@@ -254,7 +254,11 @@ impl<S> CacheLookup<S> {
             .await
             .filter(|e| !e.is_gone(now));
 
-        if found.as_ref().is_some_and(|e| e.is_hit_for_miss()) {
+        // A marker applies to the variant it was written for only.
+        if found
+            .as_ref()
+            .is_some_and(|e| e.is_hit_for_miss() && e.vary.matches(req.headers()))
+        {
             // Known uncacheable: straight to the origin, the client's own
             // headers and all; a cacheable answer replaces the marker.
             let request_headers = Arc::new(req.headers().clone());

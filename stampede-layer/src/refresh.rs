@@ -2,11 +2,12 @@
 //! and [`XFetch`](crate::XFetch) start them: at most one per key per process,
 //! a bounded number overall, and — on a shared store — one per key per fleet
 //! (the refresh first claims the key's rebuild lock and gives up if another
-//! instance holds it; the claim's fencing token then guards its write, and
-//! the lock layer below does not take the lock again).
+//! instance holds it; the claim's lease then guards its write, and the lock
+//! layer below does not take the lock again). An unclaimed refresh (in-process
+//! store) writes with a ticket the fill draws, like any lock-less fill.
 
 use crate::body::BoxError;
-use crate::context::{FencingToken, RefreshSkipped};
+use crate::context::{HeldLease, RefreshSkipped};
 use crate::key::CacheKey;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::store::SharedStore;
@@ -80,7 +81,7 @@ impl Refresher {
             if let Some((store, ttl)) = claim.filter(|(s, _)| s.is_distributed()) {
                 match LeaseGuard::acquire(&store, &key, ttl).await {
                     Acquire::Held(mut g) => {
-                        req.extensions_mut().insert(g.token());
+                        req.extensions_mut().insert(HeldLease(g.lease().clone()));
                         if lease.renew {
                             g.keep_alive(ttl);
                         }
@@ -92,7 +93,7 @@ impl Refresher {
             }
             metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
                 .increment(1);
-            let token = guard.as_ref().map_or(FencingToken(0), LeaseGuard::token);
+            let token = guard.as_ref().map(LeaseGuard::token);
             if let Some(Err(err)) = lease.within_deadline(token, inner.oneshot(req)).await {
                 let err: BoxError = err.into();
                 if !RefreshSkipped::is(err.as_ref()) {

@@ -359,7 +359,10 @@ impl<S> Layer<S> for StampedeLayer {
                     .lease(self.lease)
                     .enabled(m.lock),
             )
-            .layer(CacheFillLayer::new(store.clone(), self.cache.clone()))
+            .layer(
+                CacheFillLayer::new(store.clone(), self.cache.clone())
+                    .tickets(self.lock_ttl, self.lease),
+            )
             .layer(TtlJitterLayer::new(self.jitter).enabled(m.jitter))
             .layer(NegativeCacheLayer::new(self.negative_ttl).enabled(m.negative))
             .layer(

@@ -1,13 +1,27 @@
 //! Test support (feature `test-util`): a real `redis-server` on a free
-//! loopback port, owned by the test and killed (by PID) when dropped.
+//! loopback port, owned by the test and killed (by PID) when dropped, and
+//! [`fill`], a store write the way a lock-less fill makes it.
 //!
 //! A missing `redis-server` is a loud failure, never a silent skip: the
 //! test command installs it (`scripts/test.sh`).
+
+pub mod contract;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Write `entry` under `key` the way a fill without the lock does: draw a
+/// ticket (a lease of 5 s), then the fenced write with it.
+pub async fn fill(
+    store: &dyn crate::CacheStore,
+    key: &crate::CacheKey,
+    entry: &crate::CachedResponse,
+) -> Result<crate::PutOutcome, crate::StoreError> {
+    let lease = store.ticket(key, Duration::from_secs(5)).await?;
+    store.put(key, entry, &lease).await
+}
 
 /// A `redis-server` child process on 127.0.0.1.
 #[derive(Debug)]

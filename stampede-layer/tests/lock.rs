@@ -5,9 +5,10 @@ mod common;
 
 use common::*;
 use futures_util::future::join_all;
-use stampede_layer::testing::RedisServer;
+use stampede_layer::testing::{RedisServer, fill};
 use stampede_layer::{
-    BoxError, CacheStore, Mitigations, RedisStore, SharedStore, StampedeLayer, StampedeService,
+    BoxError, CacheStore, LeaseOptions, Mitigations, RedisStore, SharedStore, StampedeLayer,
+    StampedeService,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,21 +101,31 @@ async fn fencing_rejects_the_write_of_an_expired_lock_holder() {
     let _local = metrics::set_default_local_recorder(&recorder);
 
     let server = RedisServer::start();
-    // Call 1 (instance A) outlives its 150 ms lock; call 2 (instance B) is quick.
+    // Call 1 (instance A, paused: it cannot renew) outlives its 150 ms lock;
+    // call 2 (instance B) is quick.
     let (calls, origin) = origin(|n, _| async move {
         let (delay, body) = if n == 1 { (700, "old") } else { (50, "new") };
         tokio::time::sleep(Duration::from_millis(delay)).await;
         Ok(respond(200, body))
     });
     let ttl = Duration::from_millis(150);
-    let (redis, a) = instance(&server, origin.clone(), LOCK_ONLY, ttl, ttl).await;
+    let (redis, _) = instance(&server, origin.clone(), LOCK_ONLY, ttl, ttl).await;
+    let paused = StampedeLayer::new(Arc::new(redis.clone()) as SharedStore)
+        .mitigations(LOCK_ONLY)
+        .ttl(Duration::from_secs(30))
+        .lock_ttl(ttl)
+        .lease(LeaseOptions {
+            renew: false,
+            ..LeaseOptions::default()
+        });
+    let a = paused.service(origin.clone());
     let (_, b) = instance(&server, origin, LOCK_ONLY, ttl, ttl).await;
 
     let started = Instant::now();
     let slow = tokio::spawn(a.oneshot(get("/items/1")));
     calls.wait_inflight(1).await;
     tokio::time::sleep(Duration::from_millis(300).saturating_sub(started.elapsed())).await;
-    // A's lock has expired: B takes it (newer token) and fills first.
+    // A's lock has expired: B takes it (a new lease) and fills first.
     let (status, cs, body) = read(b.oneshot(get("/items/1")).await.unwrap()).await;
     assert_eq!((status.as_u16(), body.as_ref()), (200, &b"new"[..]), "{cs}");
     assert!(cs.contains("stored"), "{cs}");
@@ -130,24 +141,28 @@ async fn fencing_rejects_the_write_of_an_expired_lock_holder() {
 
     let held = redis.get(&key("/items/1")).await.unwrap().unwrap();
     assert_eq!(held.body, "new", "the stale holder's write was rejected");
-    assert_eq!(held.fence, 2, "the entry carries the newer token");
     assert_eq!(
-        counter(&metrics, "stampede_fencing_rejections_total", &[]),
+        counter(
+            &metrics,
+            "stampede_fencing_rejections_total",
+            &[("reason", "lease-lost")]
+        ),
         1
     );
 }
 
 #[tokio::test]
-async fn a_lock_never_released_bounds_the_wait_then_the_waiter_takes_over() {
+async fn a_lock_never_released_is_taken_over_once_it_expires() {
     let server = RedisServer::start();
     let (calls, origin) = slow_origin(Duration::from_millis(50));
     let wait = Duration::from_millis(300);
     let (redis, svc) = instance(&server, origin, LOCK_ONLY, Duration::from_secs(2), wait).await;
-    // A holder that never releases (crashed mid-rebuild, lock TTL 30 s).
-    let zombie = redis
-        .try_lock(&key("/items/1"), Duration::from_secs(30))
-        .await
-        .unwrap();
+    // A holder that never releases nor renews (crashed mid-rebuild): its
+    // lock lives out its TTL, 1 s, and no longer. Without a stale copy the
+    // waiter waits past `wait` — a live holder would still be renewing — and
+    // takes the lock over once it expired.
+    let lock_ttl = Duration::from_secs(1);
+    let zombie = redis.try_lock(&key("/items/1"), lock_ttl).await.unwrap();
     assert!(zombie.is_some());
 
     let started = Instant::now();
@@ -159,13 +174,13 @@ async fn a_lock_never_released_bounds_the_wait_then_the_waiter_takes_over() {
     let (status, cs, body) = read(resp).await;
     assert_eq!((status.as_u16(), body.as_ref()), (200, &b"v1"[..]), "{cs}");
     assert!(
-        elapsed >= wait && elapsed < wait + Duration::from_millis(600),
-        "waited {elapsed:?}, bound {wait:?}"
+        elapsed >= lock_ttl && elapsed < lock_ttl + Duration::from_millis(600),
+        "waited {elapsed:?}, lock TTL {lock_ttl:?}"
     );
     assert_eq!(
         calls.total(),
         1,
-        "past the bound the waiter rebuilds itself"
+        "once the lock expired the waiter rebuilds itself"
     );
     // Its fill serves the next request.
     let (_, cs, _) = read(svc.oneshot(get("/items/1")).await.unwrap()).await;
@@ -182,7 +197,7 @@ async fn a_lock_never_released_serves_the_stale_copy_past_the_bound() {
     // An entry past its fresh TTL, kept for stale-if-error, and a stuck lock.
     let mut old = entry("stale body", 0, 0, 1);
     old.error_until_ms += 60_000;
-    redis.put(&key("/items/1"), &old).await.unwrap();
+    fill(&redis, &key("/items/1"), &old).await.unwrap();
     let _zombie = redis
         .try_lock(&key("/items/1"), Duration::from_secs(30))
         .await

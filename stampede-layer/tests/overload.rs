@@ -5,8 +5,9 @@
 mod common;
 
 use common::*;
+use stampede_layer::testing::fill;
 use stampede_layer::{
-    CacheConfig, CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer, StampedeService,
+    CacheConfig, MemoryStore, Mitigations, SharedStore, StampedeLayer, StampedeService,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,8 +54,7 @@ fn saturate(
 #[tokio::test]
 async fn sheds_origin_bound_work_fast_and_keeps_serving_hits() {
     let (calls, store, svc) = stack(GATE);
-    store
-        .put(&key("/hot"), &entry("hot body", 30_000, 0, 0))
+    fill(&*store, &key("/hot"), &entry("hot body", 30_000, 0, 0))
         .await
         .unwrap();
     let slow = saturate(&svc);
@@ -105,7 +105,7 @@ async fn stale_during_overload(mitigations: Mitigations) -> (u16, String, bytes:
     // Past its fresh TTL, still within stale-if-error.
     let mut stale = entry("stale body", 0, 0, 0);
     stale.error_until_ms += 60_000;
-    store.put(&key("/items/7"), &stale).await.unwrap();
+    fill(&*store, &key("/items/7"), &stale).await.unwrap();
     let slow = saturate(&svc);
     calls.wait_inflight(2).await;
     let started = Instant::now();

@@ -216,14 +216,22 @@ impl CacheStore for LockedElsewhere {
         &self,
         key: &stampede_layer::CacheKey,
         entry: &stampede_layer::CachedResponse,
+        lease: &stampede_layer::LockLease,
     ) -> Result<stampede_layer::PutOutcome, stampede_layer::StoreError> {
-        self.0.put(key, entry).await
+        self.0.put(key, entry, lease).await
     }
     async fn delete(
         &self,
         key: &stampede_layer::CacheKey,
-    ) -> Result<(), stampede_layer::StoreError> {
+    ) -> Result<bool, stampede_layer::StoreError> {
         self.0.delete(key).await
+    }
+    async fn ticket(
+        &self,
+        key: &stampede_layer::CacheKey,
+        ttl: Duration,
+    ) -> Result<stampede_layer::LockLease, stampede_layer::StoreError> {
+        self.0.ticket(key, ttl).await
     }
     async fn try_lock(
         &self,
@@ -263,7 +271,9 @@ async fn a_client_never_gets_the_non_answer_of_a_refresh_that_lost_the_lock() {
     e.error_until_ms += 60_000;
     e.rebuild_ms = 100_000_000;
     let expiry = e.fresh_until_ms;
-    store.put(&key("/items/1"), &e).await.unwrap();
+    stampede_layer::testing::fill(&*store, &key("/items/1"), &e)
+        .await
+        .unwrap();
     let shared: SharedStore = store;
     let svc = stampede_layer::StampedeLayer::new(shared)
         .mitigations(stampede_layer::Mitigations {

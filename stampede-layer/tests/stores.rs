@@ -1,124 +1,27 @@
-//! Both store backends against the same contract: round-trip, delete, expiry
-//! after the stale window, fenced (conditional) writes, and — Redis — a
-//! corrupt or foreign value under the entry key reads as a decode error,
-//! which the stack treats as a miss and counts.
+//! Every store backend against the same contract
+//! ([`stampede_layer::testing::contract`]: round-trip, delete, expiry after
+//! the stale window, leases and fenced writes), and — Redis — leases that do
+//! not survive a flush or a restart, keys that all expire, and a corrupt or
+//! foreign value under the entry key that reads as a decode error, which the
+//! stack treats as a miss and counts.
 
 mod common;
 
 use common::*;
 use fred::prelude::*;
-use stampede_layer::testing::RedisServer;
+use stampede_layer::testing::{RedisServer, contract, fill};
 use stampede_layer::{
     CacheStore, MemoryStore, Mitigations, NearCacheConfig, NearCacheStore, PutOutcome, RedisStore,
-    SharedStore, StampedeLayer, StoreError,
+    Refusal, SharedStore, StampedeLayer, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
-async fn round_trip_and_delete(store: &dyn CacheStore) {
-    let mut e = entry("hello", 5_000, 5_000, 0);
-    assert_eq!(
-        store.put(&key("/a"), &e).await.unwrap(),
-        PutOutcome::Written
-    );
-    let got = store.get(&key("/a")).await.unwrap().unwrap();
-    // A write without a lock takes the key's next token as it lands.
-    assert!(
-        got.fence > 0,
-        "{}: unlocked write got no token",
-        store.backend()
-    );
-    e.fence = got.fence;
-    assert_eq!(*got, e);
-    assert_eq!(store.get(&key("/b")).await.unwrap(), None);
-    store.delete(&key("/a")).await.unwrap();
-    assert_eq!(store.get(&key("/a")).await.unwrap(), None);
-    // Deleting an absent key is not an error.
-    store.delete(&key("/a")).await.unwrap();
-}
-
-async fn expires_after_the_stale_window(store: &dyn CacheStore) {
-    // Fresh 100 ms, then stale 200 ms: kept through the stale window, gone after.
-    store
-        .put(&key("/exp"), &entry("x", 100, 200, 0))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(180)).await;
-    let stale = store.get(&key("/exp")).await.unwrap();
-    assert!(
-        stale.is_some(),
-        "{}: an entry must outlive its fresh TTL by the stale window",
-        store.backend()
-    );
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(
-        store.get(&key("/exp")).await.unwrap(),
-        None,
-        "{}: gone after the stale window",
-        store.backend()
-    );
-}
-
-async fn fenced_writes(store: &dyn CacheStore) {
-    let k = key("/fenced");
-    assert_eq!(
-        store.put(&k, &entry("new", 5_000, 0, 7)).await.unwrap(),
-        PutOutcome::Written
-    );
-    assert_eq!(
-        store.put(&k, &entry("old", 5_000, 0, 6)).await.unwrap(),
-        PutOutcome::Fenced { current: 7 },
-        "{}: an older token must be refused",
-        store.backend()
-    );
-    let held = store.get(&k).await.unwrap().unwrap();
-    assert_eq!((held.body.as_ref(), held.fence), (&b"new"[..], 7));
-    // The same or a newer token writes.
-    assert_eq!(
-        store.put(&k, &entry("same", 5_000, 0, 7)).await.unwrap(),
-        PutOutcome::Written
-    );
-    assert_eq!(
-        store.put(&k, &entry("newer", 5_000, 0, 8)).await.unwrap(),
-        PutOutcome::Written
-    );
-    let held = store.get(&k).await.unwrap().unwrap();
-    assert_eq!((held.body.as_ref(), held.fence), (&b"newer"[..], 8));
-}
-
-async fn lock_is_exclusive(a: &dyn CacheStore, b: &dyn CacheStore) {
-    let k = key("/lock");
-    let lease = a
-        .try_lock(&k, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        b.try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(a.unlock(&k, &lease).await.unwrap());
-    let next = b
-        .try_lock(&k, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(next.token > lease.token, "fencing tokens are monotonic");
-    // Only the owner releases.
-    assert!(!a.unlock(&k, &lease).await.unwrap());
-    assert!(b.unlock(&k, &next).await.unwrap());
-}
-
 #[tokio::test]
 async fn memory_store_contract() {
     let store = MemoryStore::default();
-    round_trip_and_delete(&store).await;
-    fenced_writes(&store).await;
-    lock_is_exclusive(&store, &store).await;
-    expires_after_the_stale_window(&store).await;
+    contract::run(&store, &store).await;
 }
 
 #[tokio::test]
@@ -126,12 +29,94 @@ async fn redis_store_contract() {
     let server = RedisServer::start();
     let a = RedisStore::connect(&server.url()).await.unwrap();
     let b = RedisStore::connect(&server.url()).await.unwrap();
-    round_trip_and_delete(&a).await;
-    fenced_writes(&a).await;
-    // Another instance sees the same entries and the same lock.
-    assert_eq!(b.get(&key("/fenced")).await.unwrap().unwrap().fence, 8);
-    lock_is_exclusive(&a, &b).await;
-    expires_after_the_stale_window(&a).await;
+    contract::run(&a, &b).await;
+}
+
+/// What a lease's validity rests on can vanish — `FLUSHALL`, a restart
+/// without persistence, an evicted record — and each ends in a refusal,
+/// never in an old write landing (finding 5 of #19: tokens used to restart
+/// at 1, so an old lease matched a new one).
+#[tokio::test]
+async fn redis_leases_do_not_survive_a_flush_or_a_restart() {
+    let mut server = RedisServer::start();
+    let a = RedisStore::connect(&server.url()).await.unwrap();
+    let b = RedisStore::connect(&server.url()).await.unwrap();
+    let k = key("/items/7");
+    let ttl = Duration::from_secs(30);
+    // FLUSHALL while a rebuild holds its lease; a new rebuild writes first.
+    let before = a.try_lock(&k, ttl).await.unwrap().unwrap();
+    server.cli(&["FLUSHALL"]);
+    let after = b.try_lock(&k, ttl).await.unwrap().unwrap();
+    assert_eq!(after.token.seq, before.token.seq, "the counter restarted…");
+    assert_ne!(
+        after.token.epoch, before.token.epoch,
+        "…in a new incarnation"
+    );
+    assert_eq!(
+        b.put(&k, &entry("v2", 60_000, 0, 0), &after).await.unwrap(),
+        PutOutcome::Written
+    );
+    assert_eq!(
+        a.put(&k, &entry("v1", 60_000, 0, 0), &before)
+            .await
+            .unwrap(),
+        PutOutcome::Fenced(Refusal::LeaseLost)
+    );
+    // An evicted record (as allkeys-lru may do): the same.
+    let held = a.ticket(&k, ttl).await.unwrap();
+    let record = a.entry_key(&k).replace(":e", ":f");
+    assert_eq!(server.cli(&["DEL", &record]), "1");
+    assert_eq!(
+        a.put(&k, &entry("v3", 60_000, 0, 0), &held).await.unwrap(),
+        PutOutcome::Fenced(Refusal::LeaseLost)
+    );
+    assert_eq!(
+        b.get(&k).await.unwrap().unwrap().body,
+        "v2",
+        "nothing older landed"
+    );
+    // A restart without persistence.
+    let before = a.ticket(&k, ttl).await.unwrap();
+    server.kill();
+    let _server = RedisServer::start_on(server.port(), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let outcome = loop {
+        match a.put(&k, &entry("v4", 60_000, 0, 0), &before).await {
+            Ok(outcome) => break outcome,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(err) => panic!("Redis never came back: {err}"),
+        }
+    };
+    assert_eq!(outcome, PutOutcome::Fenced(Refusal::LeaseLost));
+}
+
+/// Nothing the protocol writes outlives its purpose: entries expire with
+/// their stale window, fence records with the last lease drawn on them, and
+/// a purge of a key without a lease in flight leaves nothing behind.
+#[tokio::test]
+async fn redis_keys_all_expire() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&server.url()).await.unwrap();
+    let ttl = Duration::from_millis(200);
+    for i in 0..50 {
+        let k = key(&format!("/items/{i}"));
+        let lease = a.try_lock(&k, ttl).await.unwrap().unwrap();
+        a.put(&k, &entry("x", 100, 100, 0), &lease).await.unwrap();
+        a.unlock(&k, &lease).await.unwrap();
+        if i % 2 == 0 {
+            a.delete(&k).await.unwrap();
+        }
+        a.delete(&key(&format!("/never/{i}"))).await.unwrap();
+    }
+    let keys = server.cli(&["--scan"]);
+    for k in keys.lines() {
+        let ttl: i64 = server.cli(&["PTTL", k]).parse().unwrap();
+        assert_ne!(ttl, -1, "{k} has no expiry");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.cli(&["DBSIZE"]), "0", "{}", server.cli(&["--scan"]));
 }
 
 async fn near(redis: &RedisStore, ttl: Duration) -> NearCacheStore<RedisStore> {
@@ -150,11 +135,7 @@ async fn near_cache_over_redis_contract() {
     let redis = RedisStore::connect(&server.url()).await.unwrap();
     let a = near(&redis, Duration::from_secs(1)).await;
     let b = near(&redis, Duration::from_secs(1)).await;
-    round_trip_and_delete(&a).await;
-    fenced_writes(&a).await;
-    assert_eq!(b.get(&key("/fenced")).await.unwrap().unwrap().fence, 8);
-    lock_is_exclusive(&a, &b).await;
-    expires_after_the_stale_window(&a).await;
+    contract::run(&a, &b).await;
 }
 
 /// Poll `store` until `key` reads `want` (None: absent); the time it took.
@@ -182,12 +163,12 @@ async fn near_cache_deletes_reach_every_instance_and_a_lost_subscriber_clears_it
     let long = Duration::from_secs(60);
     let (a, b) = (near(&redis, long).await, near(&redis, long).await);
     let k = key("/items/1");
-    redis.put(&k, &entry("v1", 60_000, 0, 1)).await.unwrap();
+    fill(&redis, &k, &entry("v1", 60_000, 0, 0)).await.unwrap();
     for s in [&a, &b] {
         assert_eq!(s.get(&k).await.unwrap().unwrap().body, "v1");
     }
     // Behind their backs (a write without a delete): both keep serving v1.
-    redis.put(&k, &entry("v2", 60_000, 0, 2)).await.unwrap();
+    fill(&redis, &k, &entry("v2", 60_000, 0, 0)).await.unwrap();
     for s in [&a, &b] {
         let got = s.get(&k).await.unwrap().unwrap();
         assert_eq!(got.body, "v1", "served from the near copy");
@@ -204,9 +185,9 @@ async fn near_cache_deletes_reach_every_instance_and_a_lost_subscriber_clears_it
     assert_eq!(a.get(&k).await.unwrap(), None);
 
     // A subscriber that loses its connection clears its near cache.
-    redis.put(&k, &entry("v3", 60_000, 0, 3)).await.unwrap();
+    fill(&redis, &k, &entry("v3", 60_000, 0, 0)).await.unwrap();
     assert_eq!(b.get(&k).await.unwrap().unwrap().body, "v3");
-    redis.put(&k, &entry("v4", 60_000, 0, 4)).await.unwrap();
+    fill(&redis, &k, &entry("v4", 60_000, 0, 0)).await.unwrap();
     assert_eq!(b.get(&k).await.unwrap().unwrap().body, "v3");
     let killed: i64 = redis
         .pool()
@@ -238,9 +219,9 @@ async fn near_cache_deletes_reach_every_instance_and_a_lost_subscriber_clears_it
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    redis.put(&k, &entry("v5", 60_000, 0, 5)).await.unwrap();
+    fill(&redis, &k, &entry("v5", 60_000, 0, 0)).await.unwrap();
     until_reads(&b, "/items/1", Some("v5")).await;
-    redis.put(&k, &entry("v6", 60_000, 0, 6)).await.unwrap();
+    fill(&redis, &k, &entry("v6", 60_000, 0, 0)).await.unwrap();
     assert_eq!(b.get(&k).await.unwrap().unwrap().body, "v5");
     a.delete(&k).await.unwrap();
     let took = until_reads(&b, "/items/1", None).await;

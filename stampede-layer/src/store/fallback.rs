@@ -4,11 +4,17 @@
 //! by itself when it answers again.
 //!
 //! Closed: every operation goes to the primary; `failure_threshold`
-//! consecutive backend errors open the breaker. Open: operations go to the
+//! consecutive backend errors open the breaker. A failed call is answered
+//! as a failure (a read as a miss), never repeated against the fallback:
+//! a lease of one store is never written, renewed or released in the other
+//! (their epochs differ anyway, see [`fence`](super::fence)), and a purge
+//! the primary did not take is reported as failed, not as done. Open: operations go to the
 //! fallback until the cool-down ends. Half-open: one probe goes to the
 //! primary (the rest still use the fallback); success closes the breaker,
 //! failure re-opens it with a doubled cool-down (capped). Decode errors are
-//! not backend failures (the entry is bad, Redis is fine).
+//! not backend failures (the entry is bad, Redis is fine). When the breaker
+//! closes again the fallback's entries are dropped: they were written during
+//! the outage, and the fleet's purges since never reached them.
 
 use super::{CacheStore, LockLease, PutOutcome, StoreError, record_error};
 use crate::entry::CachedResponse;
@@ -116,8 +122,11 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
             if !matches!(*s, State::Closed { .. }) {
                 tracing::info!(
                     backend = self.primary.backend(),
-                    "store recovered; circuit closed"
+                    "store recovered; circuit closed, fallback entries dropped"
                 );
+                // What the fallback holds was written during the outage,
+                // unseen by the fleet's purges since: never serve it again.
+                self.fallback.clear();
                 metrics::gauge!("stampede_store_circuit_open", "backend" => self.primary.backend())
                     .set(0.0);
             }
@@ -153,31 +162,81 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
     }
 }
 
-macro_rules! route {
-    ($self:ident, $op:literal, |$s:ident| $call:expr) => {{
-        let route = $self.route();
+/// Owner prefix of the leases the fallback drew: a lease is renewed,
+/// released and written with where it was drawn, never in the other store.
+const LOCAL: &str = "fallback/";
+
+impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
+    /// Run `op` on the primary (or the fallback when the breaker says so);
+    /// a primary failure is counted and returned, never retried on the
+    /// fallback: one failed call is a miss, not a switch of stores.
+    async fn routed<'a, T, Fut>(
+        &'a self,
+        name: &'static str,
+        op: impl Fn(&'a dyn CacheStore) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let route = self.route();
         if route == Route::Fallback {
-            let $s = &$self.fallback;
-            $call
-        } else {
-            let result = {
-                let $s = &$self.primary;
-                $call
-            };
-            match result {
-                Err(StoreError::Backend(e)) => {
-                    record_error(&$self.primary, $op, &StoreError::Backend(e));
-                    $self.failed(route);
-                    let $s = &$self.fallback;
-                    $call
-                }
-                other => {
-                    $self.succeeded();
-                    other
-                }
+            return op(&self.fallback).await;
+        }
+        self.on_primary(route, name, op(&self.primary).await)
+    }
+
+    /// Account for a primary call's result.
+    fn on_primary<T>(
+        &self,
+        route: Route,
+        name: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Backend(e)) => {
+                let err = StoreError::Backend(e);
+                record_error(&self.primary, name, &err);
+                self.failed(route);
+                Err(err)
+            }
+            other => {
+                self.succeeded();
+                other
             }
         }
-    }};
+    }
+
+    /// `lease` as the fallback drew it (without our prefix), if it did.
+    fn local(lease: &LockLease) -> Option<LockLease> {
+        lease.owner.strip_prefix(LOCAL).map(|owner| LockLease {
+            owner: owner.to_owned(),
+            ..lease.clone()
+        })
+    }
+
+    fn mark_local(mut lease: LockLease) -> LockLease {
+        lease.owner.insert_str(0, LOCAL);
+        lease
+    }
+
+    /// The primary, for an operation of one of its leases: refused at once
+    /// while the breaker is open (it is failing; the lease is as good as lost).
+    async fn with_primary_lease<'a, T, Fut>(
+        &'a self,
+        name: &'static str,
+        op: impl FnOnce(&'a P) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        match self.route() {
+            Route::Fallback => Err(StoreError::Backend(format!(
+                "{} unavailable (circuit open)",
+                self.primary.backend()
+            ))),
+            route => self.on_primary(route, name, op(&self.primary).await),
+        }
+    }
 }
 
 #[async_trait]
@@ -191,25 +250,37 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        route!(self, "get", |s| s.get(key).await)
+        self.routed("get", |s| s.get(key)).await
     }
 
     async fn get_authoritative(
         &self,
         key: &CacheKey,
     ) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        route!(self, "get", |s| s.get_authoritative(key).await)
+        self.routed("get", |s| s.get_authoritative(key)).await
     }
 
-    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
-        route!(self, "put", |s| s.put(key, entry).await)
+    async fn put(
+        &self,
+        key: &CacheKey,
+        entry: &CachedResponse,
+        lease: &LockLease,
+    ) -> Result<PutOutcome, StoreError> {
+        match Self::local(lease) {
+            Some(local) => self.fallback.put(key, entry, &local).await,
+            None => {
+                self.with_primary_lease("put", |p| p.put(key, entry, lease))
+                    .await
+            }
+        }
     }
 
-    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
-        // Delete from both: an entry written to the fallback during an outage
-        // must not outlive an invalidation.
-        let _ = self.fallback.delete(key).await;
-        route!(self, "delete", |s| s.delete(key).await)
+    /// Deletes from both stores; an error unless the primary deleted (with
+    /// the breaker open the purge reached this process only, and says so).
+    async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let local = self.fallback.delete(key).await.unwrap_or(false);
+        let primary = self.with_primary_lease("delete", |p| p.delete(key)).await?;
+        Ok(primary || local)
     }
 
     async fn try_lock(
@@ -217,7 +288,21 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         key: &CacheKey,
         ttl: Duration,
     ) -> Result<Option<LockLease>, StoreError> {
-        route!(self, "lock", |s| s.try_lock(key, ttl).await)
+        match self.route() {
+            Route::Fallback => Ok(self
+                .fallback
+                .try_lock(key, ttl)
+                .await?
+                .map(Self::mark_local)),
+            route => self.on_primary(route, "lock", self.primary.try_lock(key, ttl).await),
+        }
+    }
+
+    async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
+        match self.route() {
+            Route::Fallback => Ok(Self::mark_local(self.fallback.ticket(key, ttl).await?)),
+            route => self.on_primary(route, "lock", self.primary.ticket(key, ttl).await),
+        }
     }
 
     async fn renew_lock(
@@ -226,7 +311,15 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         lease: &LockLease,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        route!(self, "lock", |s| s.renew_lock(key, lease, ttl).await)
+        match Self::local(lease) {
+            Some(local) => self.fallback.renew_lock(key, &local, ttl).await,
+            // An error (not `false`): the lease may still be valid in the
+            // primary, so the holder tries again next period.
+            None => {
+                self.with_primary_lease("lock", |p| p.renew_lock(key, lease, ttl))
+                    .await
+            }
+        }
     }
 
     /// Degraded: the primary knows it is disconnected, or failed recently
@@ -242,12 +335,13 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
     }
 
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
-        // A lease is released where it was taken; try both (owners are unique).
-        let local = self.fallback.unlock(key, lease).await.unwrap_or(false);
-        if local {
-            return Ok(true);
+        match Self::local(lease) {
+            Some(local) => self.fallback.unlock(key, &local).await,
+            None => {
+                self.with_primary_lease("lock", |p| p.unlock(key, lease))
+                    .await
+            }
         }
-        route!(self, "lock", |s| s.unlock(key, lease).await)
     }
 
     async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration) {
@@ -261,40 +355,59 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
     fn entry_count(&self) -> Option<u64> {
         self.primary.entry_count()
     }
+
+    fn clear(&self) {
+        self.fallback.clear();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::entry::sample;
-    use crate::store::MemoryStore;
     use crate::store::test_fake::FakeRemote;
+    use crate::store::{MemoryStore, Refusal};
     use http::Method;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    #[tokio::test]
-    async fn opens_on_failures_and_recovers_by_itself() {
-        let down = Arc::new(AtomicBool::new(false));
-        let store = FallbackStore::new(
+    const TTL: Duration = Duration::from_secs(5);
+
+    fn breaker(down: &Arc<AtomicBool>) -> FallbackStore<FakeRemote, MemoryStore> {
+        FallbackStore::new(
             FakeRemote {
                 down: down.clone(),
                 ..FakeRemote::default()
             },
             MemoryStore::default(),
         )
-        .cool_down(Duration::from_millis(50), Duration::from_millis(100));
-        let k = CacheKey::new(&Method::GET, &"/a".parse().unwrap());
-        store.put(&k, &sample("v1", 60_000, 0)).await.unwrap();
+        .cool_down(Duration::from_millis(50), Duration::from_millis(100))
+    }
+
+    fn key() -> CacheKey {
+        CacheKey::new(&Method::GET, &"/a".parse().unwrap())
+    }
+
+    async fn write(store: &impl CacheStore, body: &str) -> Result<PutOutcome, StoreError> {
+        let lease = store.ticket(&key(), TTL).await?;
+        store.put(&key(), &sample(body, 60_000, 0), &lease).await
+    }
+
+    #[tokio::test]
+    async fn opens_on_failures_and_recovers_by_itself_dropping_the_outage_entries() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down);
+        let k = key();
+        write(&store, "v1").await.unwrap();
         assert!(!store.is_open() && store.is_distributed());
 
         down.store(true, Ordering::SeqCst);
         for _ in 0..3 {
-            // Served by the fallback, never an error.
-            assert!(store.get(&k).await.is_ok());
+            // A failed read is a miss, not an error for the caller to handle.
+            assert!(store.get(&k).await.is_err());
         }
         assert!(store.is_open());
         assert!(!store.is_distributed());
-        store.put(&k, &sample("v2", 60_000, 0)).await.unwrap();
+        assert_eq!(write(&store, "v2").await.unwrap(), PutOutcome::Written);
         assert_eq!(store.get(&k).await.unwrap().unwrap().body, "v2");
 
         down.store(false, Ordering::SeqCst);
@@ -305,5 +418,81 @@ mod tests {
             "probe went to Redis"
         );
         assert!(!store.is_open(), "a successful probe closes the circuit");
+        // Finding 3 of #19: what the fallback held during the outage is gone,
+        // so a later fallback read can never serve it (it missed the purges).
+        assert_eq!(store.fallback.get(&k).await.unwrap(), None);
+    }
+
+    /// Finding 2 of #19: one failed lock call with the breaker closed used to
+    /// be repeated against the in-process store, whose lease (another
+    /// store's token) was then written to Redis.
+    #[tokio::test]
+    async fn a_single_failed_lock_call_is_a_failure_not_a_fallback_lease() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down).failure_threshold(3);
+        down.store(true, Ordering::SeqCst);
+        assert!(store.try_lock(&key(), TTL).await.is_err());
+        assert!(store.ticket(&key(), TTL).await.is_err());
+        assert!(!store.is_open(), "two failures do not open the breaker");
+        assert_eq!(store.fallback.fence_records(), 0, "no local lease drawn");
+    }
+
+    /// Finding 2 of #19: a failed renewal used to answer `false` from the
+    /// in-process store, which stopped the renewal for good.
+    #[tokio::test]
+    async fn a_failed_renewal_is_an_error_so_the_holder_tries_again() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down).failure_threshold(10);
+        let lease = store.try_lock(&key(), TTL).await.unwrap().unwrap();
+        down.store(true, Ordering::SeqCst);
+        assert!(store.renew_lock(&key(), &lease, TTL).await.is_err());
+        down.store(false, Ordering::SeqCst);
+        assert!(store.renew_lock(&key(), &lease, TTL).await.unwrap());
+    }
+
+    /// A lease is written where it was drawn: the fallback's in the fallback,
+    /// the primary's never in the fallback (and refused while the breaker is
+    /// open); a primary lease that reaches another store is refused anyway.
+    #[tokio::test]
+    async fn leases_are_written_where_they_were_drawn() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down).failure_threshold(1);
+        let primary_lease = store.ticket(&key(), TTL).await.unwrap();
+        down.store(true, Ordering::SeqCst);
+        assert!(store.get(&key()).await.is_err());
+        assert!(store.is_open());
+        let local_lease = store.ticket(&key(), TTL).await.unwrap();
+        assert!(local_lease.owner.starts_with(LOCAL));
+        let e = sample("x", 60_000, 0);
+        assert!(store.put(&key(), &e, &primary_lease).await.is_err());
+        assert_eq!(
+            store.put(&key(), &e, &local_lease).await.unwrap(),
+            PutOutcome::Written
+        );
+        // The same token in the other store: another epoch, refused.
+        let memory = MemoryStore::default();
+        let _ = memory.ticket(&key(), TTL).await.unwrap();
+        assert_eq!(
+            memory.put(&key(), &e, &primary_lease).await.unwrap(),
+            PutOutcome::Fenced(Refusal::LeaseLost)
+        );
+    }
+
+    /// Finding 3 of #19: with the breaker open a purge reaches this process
+    /// only; it says so (an error) instead of answering "purged".
+    #[tokio::test]
+    async fn a_purge_the_primary_did_not_take_is_an_error() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down).failure_threshold(1);
+        down.store(true, Ordering::SeqCst);
+        assert!(store.get(&key()).await.is_err());
+        assert!(store.is_open());
+        write(&store, "local").await.unwrap();
+        assert!(store.delete(&key()).await.is_err());
+        assert_eq!(
+            store.fallback.get(&key()).await.unwrap(),
+            None,
+            "the local copy is gone all the same"
+        );
     }
 }

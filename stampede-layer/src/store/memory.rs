@@ -1,13 +1,16 @@
-//! The in-process store: moka with per-entry expiry, bounded by entries and bytes.
+//! The in-process store: moka with per-entry expiry, bounded by entries and
+//! bytes, plus one [`FenceRecord`] (and the rebuild lock) per key with a
+//! lease in flight.
 
-use super::{CacheStore, INVALIDATION_HOLD, LockLease, PutOutcome, StoreError};
+use super::fence::{FenceRecord, new_epoch};
+use super::{CacheStore, LockLease, PutOutcome, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -17,19 +20,77 @@ use tokio::sync::Notify;
 /// Bounded by both entry count and bytes: each entry weighs
 /// `max(its size, max_bytes / max_entries)` against a `max_bytes` capacity,
 /// so neither bound can be exceeded. Its lock only coordinates one process.
+/// Fence records live while a lease keeps them (the lease TTL, renewed);
+/// at most `max_entries` of them are held — one dropped early voids its
+/// leases (their writes are refused), it never lets an old write in.
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Cache<String, Arc<CachedResponse>>,
-    locks: Arc<Mutex<HashMap<String, HeldLock>>>,
+    keys: Arc<Mutex<KeyStates>>,
     fills: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
-    /// Fences left by deletes: a write with an older token is refused.
-    tombstones: Cache<String, u64>,
-    next_token: Arc<AtomicU64>,
+}
+
+/// Per key with a lease in flight: the fence record and the lock.
+struct KeyState {
+    record: FenceRecord,
+    /// The record lives until then (extended by draws and renewals).
+    until: Instant,
+    lock: Option<HeldLock>,
 }
 
 struct HeldLock {
     owner: String,
     expires: Instant,
+}
+
+struct KeyStates {
+    map: HashMap<String, KeyState>,
+    max: usize,
+}
+
+impl KeyStates {
+    /// The live state of `digest` (an expired record is as good as absent).
+    fn live(&mut self, digest: &str, now: Instant) -> Option<&mut KeyState> {
+        if self.map.get(digest).is_some_and(|s| s.until <= now) {
+            self.map.remove(digest);
+        }
+        self.map.get_mut(digest)
+    }
+
+    /// The state of `digest`, a new incarnation if it has none, kept at least `ttl`.
+    fn draw_state(&mut self, digest: &str, now: Instant, ttl: Duration) -> &mut KeyState {
+        if self.live(digest, now).is_none() {
+            self.make_room(now);
+            self.map.insert(
+                digest.to_owned(),
+                KeyState {
+                    record: FenceRecord::new(new_epoch()),
+                    until: now,
+                    lock: None,
+                },
+            );
+        }
+        let state = self.map.get_mut(digest).expect("just inserted");
+        state.until = state.until.max(now + ttl);
+        state
+    }
+
+    /// Keep the map bounded: drop expired records; past the bound, drop
+    /// records outright (their leases' writes are then refused).
+    fn make_room(&mut self, now: Instant) {
+        if self.map.len() < self.max {
+            return;
+        }
+        self.map.retain(|_, s| s.until > now);
+        if self.map.len() >= self.max {
+            let excess = self.map.len() + 1 - self.max / 2;
+            let dropped: Vec<String> = self.map.keys().take(excess).cloned().collect();
+            for d in dropped {
+                self.map.remove(&d);
+            }
+            metrics::counter!("stampede_fence_records_dropped_total").increment(excess as u64);
+        }
+    }
 }
 
 struct EntryExpiry;
@@ -80,13 +141,11 @@ impl MemoryStore {
             .build();
         Self {
             entries,
-            locks: Arc::default(),
+            keys: Arc::new(Mutex::new(KeyStates {
+                map: HashMap::new(),
+                max: max_entries.clamp(1024, 1 << 20) as usize,
+            })),
             fills: Arc::default(),
-            tombstones: Cache::builder()
-                .max_capacity(max_entries.max(1024))
-                .time_to_live(INVALIDATION_HOLD)
-                .build(),
-            next_token: Arc::new(AtomicU64::new(1)),
         }
     }
 
@@ -98,6 +157,33 @@ impl MemoryStore {
     /// Total weight currently held (≈ bytes).
     pub fn weighted_size(&self) -> u64 {
         self.entries.weighted_size()
+    }
+
+    /// Fence records held (keys with a lease in flight, or lately).
+    pub fn fence_records(&self) -> usize {
+        self.keys.lock().expect("keys lock").map.len()
+    }
+
+    fn lease(&self, key: &CacheKey, ttl: Duration, lock: bool) -> Option<LockLease> {
+        let mut keys = self.keys.lock().expect("keys lock");
+        let now = Instant::now();
+        let state = keys.draw_state(key.digest(), now, ttl);
+        if lock && state.lock.as_ref().is_some_and(|l| l.expires > now) {
+            return None;
+        }
+        let token = state.record.draw();
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        if lock {
+            state.lock = Some(HeldLock {
+                owner: owner.clone(),
+                expires: now + ttl,
+            });
+        }
+        Some(LockLease {
+            token,
+            owner,
+            locked: lock,
+        })
     }
 }
 
@@ -115,30 +201,37 @@ impl CacheStore for MemoryStore {
         Ok(self.entries.get(key.digest()).await)
     }
 
-    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
+    async fn put(
+        &self,
+        key: &CacheKey,
+        entry: &CachedResponse,
+        lease: &LockLease,
+    ) -> Result<PutOutcome, StoreError> {
         let mut entry = entry.clone();
-        if entry.fence == 0 {
-            // An unlocked write is the newest at the moment it lands.
-            entry.fence = self.next_token.fetch_add(1, Ordering::Relaxed);
-        }
+        entry.fence = lease.token.seq;
+        let variant = entry.variant_id();
         let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
-        let tombstones = &self.tombstones;
         let out = &mut outcome;
+        let keys = &self.keys;
+        // moka runs one computation per key at a time: the check and the
+        // write are atomic against a delete of the same key.
         self.entries
             .entry(key.digest().to_owned())
-            .and_compute_with(|current| {
-                let fenced_at = current.map(|c| c.value().fence);
-                async move {
-                    let tomb = tombstones.get(key.digest()).await;
-                    match fenced_at.into_iter().chain(tomb).max() {
-                        Some(cur) if cur > new.fence => {
-                            *out = PutOutcome::Fenced { current: cur };
-                            moka::ops::compute::Op::Nop
-                        }
-                        _ => moka::ops::compute::Op::Put(new.clone()),
+            .and_compute_with(|_| {
+                let mut keys = keys.lock().expect("keys lock");
+                let checked = match keys.live(key.digest(), Instant::now()) {
+                    Some(state) => state.record.write(lease.token, variant.as_deref()),
+                    None => Err(super::Refusal::LeaseLost),
+                };
+                drop(keys);
+                std::future::ready(match checked {
+                    Ok(()) => Op::Put(new.clone()),
+                    Err(refusal) => {
+                        *out = PutOutcome::Fenced(refusal);
+                        Op::Nop
                     }
-                }
+                })
             })
             .await;
         if outcome == PutOutcome::Written {
@@ -150,16 +243,39 @@ impl CacheStore for MemoryStore {
         Ok(outcome)
     }
 
-    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
-        // Fence first, then remove, both before any later write of this key
-        // computes: a fill holding an older token is refused when it lands.
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.tombstones.insert(key.digest().to_owned(), token).await;
+    async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let keys = &self.keys;
+        let mut held = false;
+        let was = &mut held;
         self.entries
             .entry(key.digest().to_owned())
-            .and_compute_with(|_| std::future::ready(moka::ops::compute::Op::Remove))
+            .and_compute_with(|current| {
+                *was = current.is_some();
+                if let Some(state) = keys
+                    .lock()
+                    .expect("keys lock")
+                    .live(key.digest(), Instant::now())
+                {
+                    state.record.purge();
+                }
+                std::future::ready(Op::Remove)
+            })
             .await;
-        Ok(())
+        Ok(held)
+    }
+
+    async fn try_lock(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StoreError> {
+        Ok(self.lease(key, ttl, true))
+    }
+
+    async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
+        Ok(self
+            .lease(key, ttl, false)
+            .expect("a ticket is always drawn"))
     }
 
     async fn renew_lock(
@@ -168,59 +284,34 @@ impl CacheStore for MemoryStore {
         lease: &LockLease,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        // A newer token reached the key (a delete, another writer): this
-        // rebuild's write would be refused; stop holding the lock for it.
-        let tomb = self.tombstones.get(key.digest()).await;
-        let stored = self.entries.get(key.digest()).await.map(|e| e.fence);
-        if tomb.into_iter().chain(stored).any(|t| t > lease.token) {
+        let mut keys = self.keys.lock().expect("keys lock");
+        let now = Instant::now();
+        let Some(state) = keys.live(key.digest(), now) else {
+            return Ok(false);
+        };
+        if !state.record.is_live(lease.token) {
             return Ok(false);
         }
-        let mut locks = self.locks.lock().expect("locks lock");
-        let now = Instant::now();
-        match locks.get_mut(&key.flight_id()) {
-            Some(held) if held.owner == lease.owner && held.expires > now => {
-                held.expires = now + ttl;
-                Ok(true)
+        if lease.locked {
+            match state.lock.as_mut() {
+                Some(held) if held.owner == lease.owner && held.expires > now => {
+                    held.expires = now + ttl;
+                }
+                _ => return Ok(false),
             }
-            _ => Ok(false),
         }
-    }
-
-    async fn try_lock(
-        &self,
-        key: &CacheKey,
-        ttl: Duration,
-    ) -> Result<Option<LockLease>, StoreError> {
-        let mut locks = self.locks.lock().expect("locks lock");
-        let now = Instant::now();
-        let id = key.flight_id();
-        if let Some(held) = locks.get(&id)
-            && held.expires > now
-        {
-            return Ok(None);
-        }
-        // Keep the map bounded: drop expired locks while we hold the mutex.
-        if locks.len() > 1024 {
-            locks.retain(|_, l| l.expires > now);
-        }
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let owner = format!("{}:{token}", uuid::Uuid::new_v4());
-        locks.insert(
-            id,
-            HeldLock {
-                owner: owner.clone(),
-                expires: now + ttl,
-            },
-        );
-        Ok(Some(LockLease { token, owner }))
+        state.until = state.until.max(now + ttl);
+        Ok(true)
     }
 
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
-        let mut locks = self.locks.lock().expect("locks lock");
-        let id = key.flight_id();
-        match locks.get(&id) {
-            Some(held) if held.owner == lease.owner => {
-                locks.remove(&id);
+        if !lease.locked {
+            return Ok(false);
+        }
+        let mut keys = self.keys.lock().expect("keys lock");
+        match keys.live(key.digest(), Instant::now()) {
+            Some(state) if state.lock.as_ref().is_some_and(|l| l.owner == lease.owner) => {
+                state.lock = None;
                 Ok(true)
             }
             _ => Ok(false),
@@ -249,91 +340,134 @@ impl CacheStore for MemoryStore {
     fn entry_count(&self) -> Option<u64> {
         Some(self.entries.entry_count())
     }
+
+    /// Drop every entry (what a fallback store does when its primary is back:
+    /// what it held during the outage was never seen by the fleet's purges).
+    fn clear(&self) {
+        self.entries.invalidate_all();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::entry::sample;
+    use crate::store::Refusal;
     use http::Method;
 
     fn key(p: &str) -> CacheKey {
         CacheKey::new(&Method::GET, &p.parse().unwrap())
     }
 
+    const TTL: Duration = Duration::from_secs(5);
+
+    async fn write(s: &MemoryStore, k: &CacheKey, body: &str) -> PutOutcome {
+        let lease = s.ticket(k, TTL).await.unwrap();
+        s.put(k, &sample(body, 5000, 5000), &lease).await.unwrap()
+    }
+
     #[tokio::test]
     async fn round_trip_and_delete() {
         let s = MemoryStore::default();
+        let lease = s.ticket(&key("/a"), TTL).await.unwrap();
         let mut e = sample("hello", 5000, 5000);
-        assert_eq!(s.put(&key("/a"), &e).await.unwrap(), PutOutcome::Written);
+        assert_eq!(
+            s.put(&key("/a"), &e, &lease).await.unwrap(),
+            PutOutcome::Written
+        );
         let got = s.get(&key("/a")).await.unwrap().unwrap();
-        assert!(got.fence > 0, "an unlocked write takes a fresh token");
+        assert_eq!(got.fence, lease.token.seq, "the entry names its lease");
         e.fence = got.fence;
         assert_eq!(*got, e);
         assert_eq!(s.get(&key("/b")).await.unwrap(), None);
-        s.delete(&key("/a")).await.unwrap();
+        assert!(s.delete(&key("/a")).await.unwrap(), "an entry was held");
         assert_eq!(s.get(&key("/a")).await.unwrap(), None);
+        assert!(
+            !s.delete(&key("/a")).await.unwrap(),
+            "nothing left to purge"
+        );
     }
 
     #[tokio::test]
     async fn entries_expire_after_the_stale_window() {
         let s = MemoryStore::default();
-        s.put(&key("/a"), &sample("x", 50, 50)).await.unwrap();
+        let lease = s.ticket(&key("/a"), TTL).await.unwrap();
+        s.put(&key("/a"), &sample("x", 50, 50), &lease)
+            .await
+            .unwrap();
         assert!(s.get(&key("/a")).await.unwrap().is_some());
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(s.get(&key("/a")).await.unwrap(), None);
     }
 
+    /// Finding 1 of issue #19: a fill without the lock used to draw its
+    /// token when it landed, so it beat every purge. Now it holds a ticket
+    /// drawn before it asked the origin, and a purge after that refuses it.
     #[tokio::test]
-    async fn unlocked_writes_are_the_newest_when_they_land() {
+    async fn a_lockless_fill_that_started_before_a_purge_is_refused() {
         let s = MemoryStore::default();
         let k = key("/a");
-        let lease = s
-            .try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
-        // Someone without the lock writes meanwhile (lock wait timed out)...
-        s.put(&k, &sample("unlocked", 5000, 0)).await.unwrap();
-        // ...so the lock holder's late write is refused.
-        let mut late = sample("late", 5000, 0);
-        late.fence = lease.token;
-        assert!(matches!(
-            s.put(&k, &late).await.unwrap(),
-            PutOutcome::Fenced { .. }
-        ));
-        assert_eq!(s.get(&k).await.unwrap().unwrap().body, "unlocked");
-    }
-
-    #[tokio::test]
-    async fn a_delete_is_not_undone_by_a_fill_in_flight() {
-        let s = MemoryStore::default();
-        let k = key("/a");
-        let lease = s
-            .try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
-        // A purge lands while the lock holder is rebuilding...
+        let before = s.ticket(&k, TTL).await.unwrap();
+        assert_eq!(write(&s, &k, "v1").await, PutOutcome::Written);
         s.delete(&k).await.unwrap();
-        // ...so its answer, fetched before the purge, is refused.
-        let mut late = sample("before the purge", 5000, 0);
-        late.fence = lease.token;
-        assert!(matches!(
-            s.put(&k, &late).await.unwrap(),
-            PutOutcome::Fenced { .. }
-        ));
+        assert_eq!(
+            s.put(
+                &k,
+                &sample("v1, fetched before the purge", 5000, 0),
+                &before
+            )
+            .await
+            .unwrap(),
+            PutOutcome::Fenced(Refusal::Purged)
+        );
         assert_eq!(s.get(&k).await.unwrap(), None);
-        assert!(s.unlock(&k, &lease).await.unwrap());
-        // A rebuild that starts after the purge writes as usual.
-        let lease = s.try_lock(&k, Duration::from_secs(5)).await.unwrap();
-        let mut fresh = sample("after", 5000, 0);
-        fresh.fence = lease.unwrap().token;
-        assert_eq!(s.put(&k, &fresh).await.unwrap(), PutOutcome::Written);
+        assert_eq!(write(&s, &k, "v2").await, PutOutcome::Written);
     }
 
     #[tokio::test]
-    async fn renewal_extends_only_the_owners_lock() {
+    async fn writes_land_in_lease_order() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let lock = s.try_lock(&k, TTL).await.unwrap().unwrap();
+        // A ticket drawn later (a waiter that gave up) writes first...
+        assert_eq!(write(&s, &k, "later lease").await, PutOutcome::Written);
+        // ...so the lock holder's older answer is refused.
+        assert_eq!(
+            s.put(&k, &sample("earlier lease", 5000, 0), &lock)
+                .await
+                .unwrap(),
+            PutOutcome::Fenced(Refusal::Superseded)
+        );
+        assert_eq!(s.get(&k).await.unwrap().unwrap().body, "later lease");
+    }
+
+    /// The fence record lives only while leases keep it; a lease whose record
+    /// expired (its holder paused past the lease TTL) is void for good, even
+    /// on a key nothing was ever stored under (the cold-key scenario of #19).
+    #[tokio::test]
+    async fn a_lease_that_outlived_its_record_is_void_on_a_cold_key() {
+        let s = MemoryStore::default();
+        let k = key("/cold");
+        let ttl = Duration::from_millis(50);
+        let paused = s.try_lock(&k, ttl).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let next = s.try_lock(&k, ttl).await.unwrap().expect("expired lock");
+        assert_ne!(next.token.epoch, paused.token.epoch, "a new incarnation");
+        assert_eq!(
+            s.put(&k, &sample("v2", 5000, 0), &next).await.unwrap(),
+            PutOutcome::Written
+        );
+        assert_eq!(
+            s.put(&k, &sample("v1, late", 5000, 0), &paused)
+                .await
+                .unwrap(),
+            PutOutcome::Fenced(Refusal::LeaseLost)
+        );
+        assert_eq!(s.get(&k).await.unwrap().unwrap().body, "v2");
+    }
+
+    #[tokio::test]
+    async fn renewal_extends_only_the_owners_lock_and_stops_after_a_purge() {
         let s = MemoryStore::default();
         let k = key("/a");
         let ttl = Duration::from_millis(100);
@@ -344,47 +478,47 @@ mod tests {
         // 120 ms after taking a 100 ms lock: still held thanks to the renewal.
         assert!(s.try_lock(&k, ttl).await.unwrap().is_none());
         let stranger = LockLease {
-            token: a.token,
             owner: "someone else".into(),
+            ..a.clone()
         };
         assert!(!s.renew_lock(&k, &stranger, ttl).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(!s.renew_lock(&k, &a, ttl).await.unwrap(), "expired");
-    }
-
-    #[tokio::test]
-    async fn older_fencing_token_is_rejected() {
-        let s = MemoryStore::default();
-        let mut newer = sample("new", 5000, 0);
-        newer.fence = 7;
-        let mut older = sample("old", 5000, 0);
-        older.fence = 6;
-        s.put(&key("/a"), &newer).await.unwrap();
-        assert_eq!(
-            s.put(&key("/a"), &older).await.unwrap(),
-            PutOutcome::Fenced { current: 7 }
+        s.delete(&k).await.unwrap();
+        assert!(
+            !s.renew_lock(&k, &a, ttl).await.unwrap(),
+            "purged: its write would be refused"
         );
-        assert_eq!(s.get(&key("/a")).await.unwrap().unwrap().body, "new");
     }
 
     #[tokio::test]
-    async fn lock_is_exclusive_and_owner_released() {
+    async fn renewal_keeps_a_ticket_valid() {
         let s = MemoryStore::default();
         let k = key("/a");
-        let a = s
-            .try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
+        let ttl = Duration::from_millis(60);
+        let t = s.ticket(&k, ttl).await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert!(s.renew_lock(&k, &t, ttl).await.unwrap());
+        }
+        assert_eq!(
+            s.put(&k, &sample("slow fill", 5000, 0), &t).await.unwrap(),
+            PutOutcome::Written
+        );
+    }
+
+    #[tokio::test]
+    async fn lock_is_exclusive_per_url_and_owner_released() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let a = s.try_lock(&k, TTL).await.unwrap().unwrap();
+        assert!(s.try_lock(&k, TTL).await.unwrap().is_none());
+        let variant = k.clone().with_variant(Some("gzip".into()));
         assert!(
-            s.try_lock(&k, Duration::from_secs(5))
-                .await
-                .unwrap()
-                .is_none()
+            s.try_lock(&variant, TTL).await.unwrap().is_none(),
+            "one lock per URL, whatever the variant"
         );
         let stranger = LockLease {
-            token: a.token,
             owner: "someone-else".into(),
+            ..a.clone()
         };
         assert!(!s.unlock(&k, &stranger).await.unwrap());
         assert!(s.unlock(&k, &a).await.unwrap());
@@ -393,7 +527,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(b.token > a.token, "fencing tokens are monotonic");
+        assert!(b.token > a.token, "draws are ordered");
         tokio::time::sleep(Duration::from_millis(40)).await;
         let c = s.try_lock(&k, Duration::from_secs(1)).await.unwrap();
         assert!(c.is_some(), "an expired lock can be taken over");
@@ -403,12 +537,27 @@ mod tests {
     async fn bounded_by_entries() {
         let s = MemoryStore::new(10, 1_000_000);
         for i in 0..100 {
-            s.put(&key(&format!("/{i}")), &sample("x", 60_000, 0))
-                .await
-                .unwrap();
+            write(&s, &key(&format!("/{i}")), "x").await;
         }
         s.sync().await;
         assert!(s.entry_count().unwrap() <= 10, "{:?}", s.entry_count());
+    }
+
+    /// Finding 5 of #19, in process: the records are bounded, and one dropped
+    /// early refuses its leases' writes instead of letting them in.
+    #[tokio::test]
+    async fn fence_records_are_bounded_and_a_dropped_one_refuses() {
+        let s = MemoryStore::new(10, 1_000_000);
+        let k = key("/first");
+        let first = s.ticket(&k, TTL).await.unwrap();
+        for i in 0..5000 {
+            s.ticket(&key(&format!("/{i}")), TTL).await.unwrap();
+        }
+        assert!(s.fence_records() <= 1024, "{}", s.fence_records());
+        let outcome = s.put(&k, &sample("x", 5000, 0), &first).await.unwrap();
+        if outcome != PutOutcome::Written {
+            assert_eq!(outcome, PutOutcome::Fenced(Refusal::LeaseLost));
+        }
     }
 
     #[tokio::test]
@@ -423,7 +572,7 @@ mod tests {
             t.elapsed()
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        s.put(&k, &sample("x", 1000, 0)).await.unwrap();
+        write(&s, &k, "x").await;
         assert!(waiter.await.unwrap() < Duration::from_secs(2));
     }
 }

@@ -6,6 +6,7 @@
 //! the scope of coordination: process-wide for memory, fleet-wide for Redis.
 
 mod fallback;
+pub mod fence;
 mod memory;
 mod near;
 #[cfg(feature = "redis")]
@@ -14,6 +15,7 @@ mod redis;
 mod test_fake;
 
 pub use fallback::FallbackStore;
+pub use fence::{FencingToken, Refusal};
 pub use memory::MemoryStore;
 pub use near::{NearCacheConfig, NearCacheStore};
 #[cfg(feature = "redis")]
@@ -24,11 +26,6 @@ use crate::key::CacheKey;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How long a delete fences its key against older fills (a rebuild that
-/// started before a purge and lands after it). Longer than any rebuild: the
-/// lock layer's whole-fill deadline is shorter.
-pub const INVALIDATION_HOLD: Duration = Duration::from_secs(60);
 
 /// A store operation that failed. The layers treat every error as "no answer
 /// from the cache" and go on without it; none reaches a client.
@@ -42,25 +39,26 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
 }
 
-/// The result of a conditional write.
+/// The result of a fenced write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
     /// The entry was written.
     Written,
-    /// Refused: the entry already carries a newer fencing token.
-    Fenced {
-        /// The token the stored entry carries.
-        current: u64,
-    },
+    /// Refused by the key's fence (see [`fence`]).
+    Fenced(Refusal),
 }
 
-/// A held rebuild lock.
+/// A lease on one key, drawn before its rebuild asks the origin: the
+/// rebuild lock's ([`CacheStore::try_lock`]) or a lock-less ticket
+/// ([`CacheStore::ticket`]). Every write holds one (see [`fence`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockLease {
-    /// Monotonic fencing token of this acquisition (per key).
-    pub token: u64,
-    /// Unique owner value; only the owner can release the lock.
+    /// The fencing token the write is checked with.
+    pub token: FencingToken,
+    /// Unique owner value; only the owner can renew or release the lock.
     pub owner: String,
+    /// Whether the lease holds the key's rebuild lock (else: a ticket).
+    pub locked: bool,
 }
 
 /// A shared store handle.
@@ -96,32 +94,43 @@ pub trait CacheStore: Send + Sync + 'static {
         self.get(key).await
     }
 
-    /// Write `entry`, kept for `entry.keep_for(now)`, unless the stored entry
-    /// carries a newer fencing token (atomic check-and-set). A write with
-    /// token 0 (no lock held) takes the key's next token as it lands.
-    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError>;
+    /// Write `entry`, kept for `entry.keep_for(now)`, if `lease` may still
+    /// write it (atomic check-and-set, [`fence`]): its fence record is the
+    /// current one, no purge and no write of the same variant
+    /// ([`CachedResponse::variant_id`]) was ordered after the lease was drawn.
+    async fn put(
+        &self,
+        key: &CacheKey,
+        entry: &CachedResponse,
+        lease: &LockLease,
+    ) -> Result<PutOutcome, StoreError>;
 
-    /// Remove the entry, and fence it: a fill that took its token before the
-    /// delete (a rebuild in flight during a purge) is refused when it lands,
-    /// so an invalidation is never undone by an older answer.
-    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError>;
+    /// Remove the entry (every variant), and fence the key: a fill whose
+    /// lease was drawn before the delete (a rebuild in flight during a purge)
+    /// is refused when it lands, so an invalidation is never undone by an
+    /// older answer. Returns whether an entry was held.
+    async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError>;
 
-    /// Try to take the rebuild lock of `key` (scoped to its variant, if any:
-    /// [`CacheKey::flight_id`]) for `ttl`. `None`: someone else holds it.
-    /// Tokens come from one counter per key, whatever the variant, so the
-    /// fenced write compares like with like.
+    /// Try to take the rebuild lock of `key` (one per URL, whatever the
+    /// variant) for `ttl`, with a fresh lease. `None`: someone else holds it.
     async fn try_lock(
         &self,
         key: &CacheKey,
         ttl: Duration,
     ) -> Result<Option<LockLease>, StoreError>;
 
+    /// Draw a lease without the lock (a ticket), valid for `ttl` unless
+    /// renewed: what a fill that holds no lock writes with.
+    async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError>;
+
     /// Release the lock if `lease` still owns it (compare-and-delete).
-    /// Returns whether it was released.
+    /// Returns whether it was released (`false` for a ticket).
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError>;
 
-    /// Extend the lock `lease` holds to `ttl` from now if `lease` still owns it
-    /// (compare-and-expire). `false`: the lock is gone or someone else's.
+    /// Keep `lease` valid for `ttl` more (its fence record, and its lock if it
+    /// holds one: compare-and-expire). `false`: the lease is void (the lock
+    /// is gone or someone else's, the record is another incarnation, or a
+    /// purge came after it): its write would be refused, stop renewing.
     async fn renew_lock(
         &self,
         key: &CacheKey,
@@ -139,6 +148,10 @@ pub trait CacheStore: Send + Sync + 'static {
     fn is_degraded(&self) -> bool {
         false
     }
+
+    /// Drop every entry held in this process (an in-process store; a
+    /// fallback's local copies). Shared backends ignore it.
+    fn clear(&self) {}
 
     /// Number of entries held, where the backend knows it cheaply.
     fn entry_count(&self) -> Option<u64> {

@@ -346,20 +346,23 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         Ok(found)
     }
 
-    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
+    async fn put(
+        &self,
+        key: &CacheKey,
+        entry: &CachedResponse,
+        lease: &LockLease,
+    ) -> Result<PutOutcome, StoreError> {
         if !self.near.enabled() {
-            return self.inner.put(key, entry).await;
+            return self.inner.put(key, entry, lease).await;
         }
         let digest = key.digest();
         let epoch = self.near.epoch(digest);
-        let outcome = self.inner.put(key, entry).await;
+        let outcome = self.inner.put(key, entry, lease).await;
         match &outcome {
-            // A write with token 0 takes its token in the store: we do not
-            // know it, so the next read fetches the entry as stored.
-            Ok(PutOutcome::Written) if entry.fence != 0 => {
-                self.near
-                    .remember(digest, &Arc::new(entry.clone()), epoch)
-                    .await
+            Ok(PutOutcome::Written) => {
+                let mut stored = entry.clone();
+                stored.fence = lease.token.seq;
+                self.near.remember(digest, &Arc::new(stored), epoch).await
             }
             // A newer entry is in the store (or we do not know): no copy.
             _ => self.near.entries.invalidate(digest).await,
@@ -367,7 +370,7 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         outcome
     }
 
-    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
+    async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let result = self.inner.delete(key).await;
         if self.near.enabled() {
             // After the store's delete: a read that began before it and lands
@@ -394,6 +397,10 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         self.inner.try_lock(key, ttl).await
     }
 
+    async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
+        self.inner.ticket(key, ttl).await
+    }
+
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
         self.inner.unlock(key, lease).await
     }
@@ -417,6 +424,11 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
 
     fn entry_count(&self) -> Option<u64> {
         self.inner.entry_count()
+    }
+
+    fn clear(&self) {
+        self.near.reset();
+        self.inner.clear();
     }
 }
 
@@ -643,7 +655,14 @@ mod tests {
 
     /// Write behind the near cache's back (another instance's fill).
     async fn write_elsewhere(inner: &MemoryStore, k: &CacheKey, e: CachedResponse) {
-        assert_eq!(inner.put(k, &e).await.unwrap(), PutOutcome::Written);
+        let lease = inner.ticket(k, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(inner.put(k, &e, &lease).await.unwrap(), PutOutcome::Written);
+    }
+
+    /// Write through `store` with a fresh ticket.
+    async fn write(store: &dyn CacheStore, k: &CacheKey, e: CachedResponse) -> PutOutcome {
+        let lease = store.ticket(k, Duration::from_secs(5)).await.unwrap();
+        store.put(k, &e, &lease).await.unwrap()
     }
 
     #[tokio::test]
@@ -689,9 +708,7 @@ mod tests {
         let inner = MemoryStore::default();
         let store = near(&inner, 60_000);
         let k = key("/a");
-        let mut v1 = sample("v1", 60_000, 0);
-        v1.fence = 1;
-        store.put(&k, &v1).await.unwrap();
+        write(&store, &k, sample("v1", 60_000, 0)).await;
         assert_eq!(body(&store, &k).await.as_deref(), Some("v1"));
         // Someone else writes; then a delete through a variant-scoped key.
         write_elsewhere(&inner, &k, sample("v2", 60_000, 0)).await;
@@ -721,31 +738,25 @@ mod tests {
         let inner = MemoryStore::default();
         let store = near(&inner, 60_000);
         let k = key("/a");
-        let mut newer = sample("newer", 60_000, 0);
-        newer.fence = 10;
-        store.put(&k, &newer).await.unwrap();
+        let late = store.ticket(&k, Duration::from_secs(5)).await.unwrap();
+        write(&store, &k, sample("newer", 60_000, 0)).await;
         assert!(
             store.near.lookup(k.digest()).await.is_some(),
             "written: kept"
         );
         assert_eq!(body(&store, &k).await.as_deref(), Some("newer"));
-        let mut late = sample("late", 60_000, 0);
-        late.fence = 5;
-        assert!(matches!(
-            store.put(&k, &late).await.unwrap(),
-            PutOutcome::Fenced { current: 10 }
-        ));
+        assert_eq!(
+            store
+                .put(&k, &sample("late", 60_000, 0), &late)
+                .await
+                .unwrap(),
+            PutOutcome::Fenced(crate::store::Refusal::Superseded)
+        );
         assert!(
             store.near.lookup(k.digest()).await.is_none(),
             "fenced: dropped"
         );
         assert_eq!(body(&store, &k).await.as_deref(), Some("newer"));
-        // An unlocked write (token 0) takes its token in the store: not kept.
-        store
-            .put(&key("/b"), &sample("b", 60_000, 0))
-            .await
-            .unwrap();
-        assert!(store.near.lookup(key("/b").digest()).await.is_none());
     }
 
     #[tokio::test]
@@ -844,9 +855,7 @@ mod tests {
             },
         );
         for i in 0..100 {
-            let mut e = sample("x", 60_000, 0);
-            e.fence = 1;
-            store.put(&key(&format!("/{i}")), &e).await.unwrap();
+            write(&store, &key(&format!("/{i}")), sample("x", 60_000, 0)).await;
         }
         store.sync().await;
         assert!(

@@ -1,4 +1,4 @@
-//! The Redis store (fred): entries, the rebuild lock and fencing tokens.
+//! The Redis store (fred): entries, the rebuild lock and the fence records.
 //!
 //! Every key for one cache key shares a hash tag,
 //! `{prefix}:v{FORMAT_VERSION}:{<digest>}:e|l|f` (the entry format version is
@@ -7,19 +7,22 @@
 //! so the scripts that touch several of them stay valid on Redis Cluster, and
 //! every key a script touches is passed through `KEYS`.
 //!
-//! * entry `…:e` — a hash `{t: fencing token, d: encoded entry}` with `PEXPIRE`
-//!   = fresh TTL + stale window (+ the retention for revalidation); after a
-//!   delete, a tombstone `{t}` (no `d`) for [`INVALIDATION_HOLD`] fences out
-//!   fills that started before it;
-//! * lock `…:l` (`…:l:<variant>` for a variant's rebuild) — `owner|token`, `PX` =
-//!   lock TTL, extended by its owner while the rebuild runs;
-//! * fence `…:f` — the per-key token counter (`INCR`); lock acquisitions,
-//!   unlocked writes and deletes draw from it. It expires with the entry (and
-//!   never before a held lock): if it is gone, the next token is seeded from the
-//!   entry's, so tokens stay monotonic while nothing for a key outlives what it
-//!   serves — a flood of distinct keys leaves nothing behind.
+//! * entry `…:e` — a hash `{t: the writing lease's seq, d: encoded entry}`
+//!   with `PEXPIRE` = fresh TTL + stale window (+ the retention for
+//!   revalidation);
+//! * lock `…:l` — `owner|epoch|seq`, `PX` = lock TTL, extended by its owner
+//!   while the rebuild runs; one per URL, whatever the variant;
+//! * fence record `…:f` — a hash `{e: epoch, i: last seq drawn, p: purge
+//!   floor, w / w:<variant>: last seq written}` (see
+//!   [`fence`](super::fence)), `PEXPIRE` = the longest lease TTL drawn or
+//!   renewed on it. It lives while leases keep it and is then gone: a flood of
+//!   distinct keys leaves nothing behind, and a lost record (expiry,
+//!   eviction, restart, `FLUSHALL`) voids its leases instead of re-issuing
+//!   their tokens. Epochs are drawn by the client (64 random bits), so a
+//!   re-created record never matches an old lease.
 
-use super::{CacheStore, INVALIDATION_HOLD, LockLease, PutOutcome, StoreError};
+use super::fence::{FencingToken, Refusal, new_epoch};
+use super::{CacheStore, LockLease, PutOutcome, StoreError};
 use crate::entry::{CachedResponse, FORMAT_VERSION, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -29,97 +32,108 @@ use fred::types::scripts::Script;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Draw the key's next fencing token (a Lua snippet shared by the scripts):
-/// `INCR` the counter, never below the stored entry's token + 1 (the counter
-/// may have expired before a tombstone or a retained entry).
-const NEXT_TOKEN: &str = r#"
-local function next_token(entry, fence)
-  local stored = tonumber(redis.call('HGET', entry, 't') or '0')
-  local tok = redis.call('INCR', fence)
-  if tok <= stored then
-    tok = stored + 1
-    redis.call('SET', fence, tok)
+/// Draw the key's next lease token (a Lua snippet shared by the scripts):
+/// from the live record, or a new incarnation with the caller's epoch; the
+/// record then lives at least `ttl` ms more.
+const DRAW: &str = r#"
+local function draw(rec, epoch, ttl)
+  local e = redis.call('HGET', rec, 'e')
+  if not e then
+    e = epoch
+    redis.call('HSET', rec, 'e', e)
   end
-  return tok
-end
--- The counter lives at least `ms` more (as long as what it fences).
-local function keep_fence(fence, ms)
-  if redis.call('PTTL', fence) < tonumber(ms) then redis.call('PEXPIRE', fence, ms) end
+  local n = redis.call('HINCRBY', rec, 'i', 1)
+  if redis.call('PTTL', rec) < tonumber(ttl) then redis.call('PEXPIRE', rec, ttl) end
+  return {e, n}
 end
 "#;
 
-/// Take the lock and a fresh fencing token atomically. Idempotent for its
-/// owner: a resent attempt (fred retries after a dropped connection) finds
-/// its own value and gets its token back instead of a false "contended".
-/// KEYS: lock, fence, entry. ARGV: owner, lock TTL (ms).
+/// Take the lock with a fresh lease atomically. Idempotent for its owner: a
+/// resent attempt finds its own value and gets its token back instead of a
+/// false "contended".
+/// KEYS: lock, record. ARGV: owner, lock TTL (ms), epoch for a new record.
 const LOCK_SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local owner, tok = string.match(cur, '^(.*)|(%d+)$')
-  if owner == ARGV[1] then return tonumber(tok) end
-  return 0
+  local owner, e, n = string.match(cur, '^([^|]*)|([^|]*)|(%d+)$')
+  if owner == ARGV[1] then return {e, tonumber(n)} end
+  return false
 end
-local tok = next_token(KEYS[3], KEYS[2])
-keep_fence(KEYS[2], math.max(redis.call('PTTL', KEYS[3]), tonumber(ARGV[2])))
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. tok, 'PX', ARGV[2])
-return tok
+local t = draw(KEYS[2], ARGV[3], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. t[1] .. '|' .. t[2], 'PX', ARGV[2])
+return t
+"#;
+
+/// A lease without the lock. KEYS: record. ARGV: TTL (ms), epoch for a new record.
+const TICKET_SCRIPT: &str = r#"
+return draw(KEYS[1], ARGV[2], ARGV[1])
 "#;
 
 /// Compare-and-delete: release only our own lock.
 const UNLOCK_SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-if cur and string.match(cur, '^(.*)|%d+$') == ARGV[1] then
+if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 "#;
 
-/// Compare-and-expire: extend our own lock, unless a newer token reached the
-/// entry meanwhile (a delete or another writer: this rebuild's write would be
-/// refused, so holding the lock longer only delays the next one).
-/// KEYS: lock, fence, entry. ARGV: owner, lock TTL (ms), token.
+/// Keep a lease valid: its record is still the same incarnation and no purge
+/// came after it (else its write would be refused: stop), and, for a lock,
+/// compare-and-expire the lock.
+/// KEYS: lock, record. ARGV: owner, TTL (ms), epoch, seq, locked (1/0).
 const RENEW_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if not cur or string.match(cur, '^(.*)|%d+$') ~= ARGV[1] then return 0 end
-if tonumber(redis.call('HGET', KEYS[3], 't') or '0') > tonumber(ARGV[3]) then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-keep_fence(KEYS[2], ARGV[2])
+if redis.call('HGET', KEYS[2], 'e') ~= ARGV[3] then return 0 end
+if tonumber(ARGV[4]) < tonumber(redis.call('HGET', KEYS[2], 'p') or '0') then return 0 end
+if ARGV[5] == '1' then
+  local cur = redis.call('GET', KEYS[1])
+  if not cur or string.match(cur, '^([^|]*)|') ~= ARGV[1] then return 0 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return 1
 "#;
 
-/// Fenced write: refuse a token older than the stored entry's (or
-/// tombstone's). A write without a lock (token 0) takes the next token of the
-/// key's counter, so it counts as the newest write at the moment it lands
-/// (monotonic versions): a lock holder that lost its lock meanwhile is still
-/// refused afterwards. Returns -1 when written, else the stored (newer) token.
-/// KEYS: entry, fence. ARGV: payload, token, keep (ms).
+/// Fenced write ([`FenceRecord::write`](super::fence::FenceRecord::write) in
+/// Lua): 1 written; refused: -3 lease lost, -2 purged, -1 superseded.
+/// KEYS: entry, record. ARGV: payload, keep (ms), epoch, seq, written field.
 const PUT_SCRIPT: &str = r#"
-local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-local tok = tonumber(ARGV[2])
-if tok == 0 then tok = next_token(KEYS[1], KEYS[2]) end
-if tok < cur then return cur end
-redis.call('HSET', KEYS[1], 't', tok, 'd', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-keep_fence(KEYS[2], ARGV[3])
-return -1
+if redis.call('HGET', KEYS[2], 'e') ~= ARGV[3] then return -3 end
+local n = tonumber(ARGV[4])
+if n > tonumber(redis.call('HGET', KEYS[2], 'i') or '0') then return -3 end
+if n < tonumber(redis.call('HGET', KEYS[2], 'p') or '0') then return -2 end
+if n < tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0') then return -1 end
+redis.call('HSET', KEYS[2], ARGV[5], n)
+redis.call('HSET', KEYS[1], 't', n, 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 "#;
 
-/// Delete with a tombstone: the entry becomes `{t: next token}` for the hold,
-/// so a fill holding an older token is refused when it lands. A key with
-/// neither entry nor counter has no fill in flight: nothing is left behind.
-/// KEYS: entry, fence. ARGV: hold (ms).
+/// Delete: the entry goes, and a live record's purge floor becomes a fresh
+/// draw, so every lease drawn before it is refused. Without a record no lease
+/// is valid: nothing is left behind. Returns whether an entry was held.
+/// KEYS: entry, record.
 const DELETE_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local tok = next_token(KEYS[1], KEYS[2])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 't', tok)
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-keep_fence(KEYS[2], ARGV[1])
-return tok
+local existed = redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
+end
+return existed
 "#;
 
 fn script(body: &str) -> Arc<Script> {
-    Arc::new(Script::from_lua(format!("{NEXT_TOKEN}\n{body}")))
+    Arc::new(Script::from_lua(format!("{DRAW}\n{body}")))
+}
+
+/// A token from a script's `{epoch, seq}` reply.
+fn token(reply: Vec<Value>) -> Result<FencingToken, StoreError> {
+    let bad = || StoreError::Backend(format!("malformed lease reply: {reply:?}"));
+    let epoch = reply.first().and_then(|v| v.as_string()).ok_or_else(bad)?;
+    let seq = reply.get(1).and_then(Value::as_u64).ok_or_else(bad)?;
+    Ok(FencingToken {
+        epoch: epoch.parse().map_err(|_| bad())?,
+        seq,
+    })
 }
 
 /// Redis-backed store; entries and locks are shared by every instance.
@@ -130,6 +144,7 @@ pub struct RedisStore {
     lock_script: Arc<Script>,
     unlock_script: Arc<Script>,
     renew_script: Arc<Script>,
+    ticket_script: Arc<Script>,
     put_script: Arc<Script>,
     delete_script: Arc<Script>,
 }
@@ -217,6 +232,7 @@ impl RedisStoreBuilder {
             lock_script: script(LOCK_SCRIPT),
             unlock_script: Arc::new(Script::from_lua(UNLOCK_SCRIPT)),
             renew_script: script(RENEW_SCRIPT),
+            ticket_script: script(TICKET_SCRIPT),
             put_script: script(PUT_SCRIPT),
             delete_script: script(DELETE_SCRIPT),
         })
@@ -246,11 +262,7 @@ impl RedisStore {
 
     fn keys(&self, key: &CacheKey) -> (String, String, String) {
         let tag = format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest());
-        let lock = match key.variant() {
-            Some(v) => format!("{tag}:l:{v}"),
-            None => format!("{tag}:l"),
-        };
-        (format!("{tag}:e"), lock, format!("{tag}:f"))
+        (format!("{tag}:e"), format!("{tag}:l"), format!("{tag}:f"))
     }
 
     /// The Redis key an entry lives under (for tests and operators).
@@ -306,44 +318,52 @@ impl CacheStore for RedisStore {
         }
     }
 
-    async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<PutOutcome, StoreError> {
-        let (entry_key, _, fence_key) = self.keys(key);
+    async fn put(
+        &self,
+        key: &CacheKey,
+        entry: &CachedResponse,
+        lease: &LockLease,
+    ) -> Result<PutOutcome, StoreError> {
+        let (entry_key, _, record) = self.keys(key);
+        let mut entry = entry.clone();
+        entry.fence = lease.token.seq;
+        let written = match entry.variant_id() {
+            Some(v) => format!("w:{v}"),
+            None => "w".to_owned(),
+        };
         let payload = Bytes::from(entry.encode());
-        let keep_ms = entry.keep_for(now_ms()).as_millis() as i64;
+        let keep_ms = entry.keep_for(now_ms()).as_millis().max(1) as i64;
         let result: i64 = self
             .put_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![entry_key, fence_key],
+                vec![entry_key, record],
                 vec![
                     Value::Bytes(payload),
-                    Value::from(entry.fence.to_string()),
                     Value::from(keep_ms),
+                    Value::from(lease.token.epoch.to_string()),
+                    Value::from(lease.token.seq.to_string()),
+                    Value::from(written),
                 ],
             )
             .await
             .map_err(backend)?;
-        Ok(if result < 0 {
-            PutOutcome::Written
-        } else {
-            PutOutcome::Fenced {
-                current: result as u64,
-            }
+        Ok(match result {
+            1 => PutOutcome::Written,
+            -1 => PutOutcome::Fenced(Refusal::Superseded),
+            -2 => PutOutcome::Fenced(Refusal::Purged),
+            _ => PutOutcome::Fenced(Refusal::LeaseLost),
         })
     }
 
-    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
-        let (entry, _, fence) = self.keys(key);
-        let _: i64 = self
+    async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let (entry, _, record) = self.keys(key);
+        let existed: i64 = self
             .delete_script
-            .evalsha_with_reload(
-                self.pool.next(),
-                vec![entry, fence],
-                vec![INVALIDATION_HOLD.as_millis().to_string()],
-            )
+            .evalsha_with_reload(self.pool.next(), vec![entry, record], ())
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(existed > 0)
     }
 
     async fn try_lock(
@@ -351,24 +371,56 @@ impl CacheStore for RedisStore {
         key: &CacheKey,
         ttl: Duration,
     ) -> Result<Option<LockLease>, StoreError> {
-        let (entry, lock, fence) = self.keys(key);
+        let (_, lock, record) = self.keys(key);
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let token: i64 = self
+        let reply: Option<Vec<Value>> = self
             .lock_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![lock, fence, entry],
-                vec![owner.clone(), (ttl.as_millis().max(1) as u64).to_string()],
+                vec![lock, record],
+                vec![
+                    owner.clone(),
+                    (ttl.as_millis().max(1) as u64).to_string(),
+                    new_epoch().to_string(),
+                ],
             )
             .await
             .map_err(backend)?;
-        Ok((token > 0).then_some(LockLease {
-            token: token as u64,
-            owner,
-        }))
+        match reply {
+            None => Ok(None),
+            Some(reply) => Ok(Some(LockLease {
+                token: token(reply)?,
+                owner,
+                locked: true,
+            })),
+        }
+    }
+
+    async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
+        let (_, _, record) = self.keys(key);
+        let reply: Vec<Value> = self
+            .ticket_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![record],
+                vec![
+                    (ttl.as_millis().max(1) as u64).to_string(),
+                    new_epoch().to_string(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(LockLease {
+            token: token(reply)?,
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            locked: false,
+        })
     }
 
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
+        if !lease.locked {
+            return Ok(false);
+        }
         let (_, lock, _) = self.keys(key);
         let n: i64 = self
             .unlock_script
@@ -384,16 +436,18 @@ impl CacheStore for RedisStore {
         lease: &LockLease,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let (entry, lock, fence) = self.keys(key);
+        let (_, lock, record) = self.keys(key);
         let n: i64 = self
             .renew_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![lock, fence, entry],
+                vec![lock, record],
                 vec![
                     lease.owner.clone(),
                     (ttl.as_millis().max(1) as u64).to_string(),
-                    lease.token.to_string(),
+                    lease.token.epoch.to_string(),
+                    lease.token.seq.to_string(),
+                    if lease.locked { "1" } else { "0" }.to_owned(),
                 ],
             )
             .await

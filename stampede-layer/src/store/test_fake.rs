@@ -1,6 +1,6 @@
 //! A fake remote store for the unit tests of the store wrappers (the
 //! breaker, the near cache): a [`MemoryStore`] that says it is distributed,
-//! fails reads and writes while `down` is set, and counts (and may slow) its
+//! fails every operation while `down` is set, and counts (and may slow) its
 //! reads. Every other operation is the memory store's own.
 
 use super::{CacheStore, LockLease, MemoryStore, PutOutcome, StoreError};
@@ -14,7 +14,7 @@ use std::time::Duration;
 #[derive(Default)]
 pub(crate) struct FakeRemote {
     pub(crate) inner: MemoryStore,
-    /// While set, `get` and `put` fail with a backend error.
+    /// While set, every operation fails with a backend error.
     pub(crate) down: Arc<AtomicBool>,
     /// How long each `get` takes.
     pub(crate) read_delay: Duration,
@@ -45,17 +45,29 @@ impl CacheStore for FakeRemote {
         self.check_up()?;
         self.inner.get(k).await
     }
-    async fn put(&self, k: &CacheKey, e: &CachedResponse) -> Result<PutOutcome, StoreError> {
+    async fn put(
+        &self,
+        k: &CacheKey,
+        e: &CachedResponse,
+        l: &LockLease,
+    ) -> Result<PutOutcome, StoreError> {
         self.check_up()?;
-        self.inner.put(k, e).await
+        self.inner.put(k, e, l).await
     }
-    async fn delete(&self, k: &CacheKey) -> Result<(), StoreError> {
+    async fn delete(&self, k: &CacheKey) -> Result<bool, StoreError> {
+        self.check_up()?;
         self.inner.delete(k).await
     }
     async fn try_lock(&self, k: &CacheKey, t: Duration) -> Result<Option<LockLease>, StoreError> {
+        self.check_up()?;
         self.inner.try_lock(k, t).await
     }
+    async fn ticket(&self, k: &CacheKey, t: Duration) -> Result<LockLease, StoreError> {
+        self.check_up()?;
+        self.inner.ticket(k, t).await
+    }
     async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
+        self.check_up()?;
         self.inner.unlock(k, l).await
     }
     async fn renew_lock(
@@ -64,6 +76,7 @@ impl CacheStore for FakeRemote {
         l: &LockLease,
         t: Duration,
     ) -> Result<bool, StoreError> {
+        self.check_up()?;
         self.inner.renew_lock(k, l, t).await
     }
     async fn wait_for_fill(&self, k: &CacheKey, t: Duration) {

@@ -232,17 +232,8 @@ pub fn counter(snapshotter: &Snapshotter, name: &str, labels: &[(&str, &str)]) -
 
 /// A 200 entry with `body`, fresh for `fresh_ms` then stale for `stale_ms`.
 pub fn entry(body: &str, fresh_ms: u64, stale_ms: u64, fence: u64) -> CachedResponse {
-    let now = now_ms();
     CachedResponse {
-        status: 200,
-        headers: vec![("content-type".into(), b"text/plain".to_vec())],
-        body: Bytes::from(body.to_owned()),
-        stored_at_ms: now,
-        fresh_until_ms: now + fresh_ms,
-        stale_until_ms: now + fresh_ms + stale_ms,
-        error_until_ms: now + fresh_ms + stale_ms,
-        rebuild_ms: 10,
         fence,
-        ..Default::default()
+        ..stampede_layer::testing::contract::entry(body, fresh_ms, stale_ms)
     }
 }

@@ -1,0 +1,304 @@
+//! The store contract: what every [`CacheStore`] must do, as checks a custom
+//! store (memcached, DynamoDB, …) can run against itself. Each check panics
+//! with the broken promise; [`run`] runs them all.
+//!
+//! `a` and `b` are two handles on one store (two gateways' connections to
+//! one Redis; the same in-process store twice), so the checks see what one
+//! instance's writes and locks do to the other's.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use stampede_layer::MemoryStore;
+//! let store = MemoryStore::default();
+//! stampede_layer::testing::contract::run(&store, &store).await;
+//! # }
+//! ```
+
+use crate::entry::{CachedResponse, VaryValues, now_ms};
+use crate::key::CacheKey;
+use crate::store::{CacheStore, LockLease, PutOutcome, Refusal};
+use bytes::Bytes;
+use http::Method;
+use std::time::Duration;
+
+/// A lease TTL long enough for every check but the expiry ones.
+const TTL: Duration = Duration::from_secs(10);
+
+fn key(path: &str) -> CacheKey {
+    CacheKey::new(&Method::GET, &path.parse().expect("a path"))
+}
+
+/// A `200` with `body`, fresh for `fresh_ms`, then stale for `stale_ms`.
+pub fn entry(body: &str, fresh_ms: u64, stale_ms: u64) -> CachedResponse {
+    let now = now_ms();
+    CachedResponse {
+        status: 200,
+        headers: vec![("content-type".into(), b"text/plain".to_vec())],
+        body: Bytes::from(body.to_owned()),
+        stored_at_ms: now,
+        fresh_until_ms: now + fresh_ms,
+        stale_until_ms: now + fresh_ms + stale_ms,
+        error_until_ms: now + fresh_ms + stale_ms,
+        rebuild_ms: 10,
+        ..Default::default()
+    }
+}
+
+fn variant(mut e: CachedResponse, accept_language: &str) -> CachedResponse {
+    e.vary = VaryValues(vec![(
+        "accept-language".into(),
+        Some(accept_language.as_bytes().to_vec()),
+    )]);
+    e
+}
+
+async fn body(store: &dyn CacheStore, k: &CacheKey) -> Option<String> {
+    store
+        .get_authoritative(k)
+        .await
+        .expect("get")
+        .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+}
+
+async fn put(
+    store: &dyn CacheStore,
+    k: &CacheKey,
+    e: &CachedResponse,
+    lease: &LockLease,
+) -> PutOutcome {
+    store.put(k, e, lease).await.expect("put")
+}
+
+/// Run every check.
+pub async fn run(a: &dyn CacheStore, b: &dyn CacheStore) {
+    round_trip_and_delete(a, b).await;
+    writes_land_in_lease_order(a, b).await;
+    a_purge_refuses_every_earlier_lease(a, b).await;
+    variants_are_fenced_apart(a, b).await;
+    one_lock_per_url_and_owner_release(a, b).await;
+    renewal_keeps_a_lease_and_stops_when_it_is_void(a, b).await;
+    a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(a, b).await;
+    expires_after_the_stale_window(a).await;
+}
+
+/// Entries round-trip between handles; a delete says whether it held one.
+pub async fn round_trip_and_delete(a: &dyn CacheStore, b: &dyn CacheStore) {
+    let k = key("/contract/round-trip");
+    let lease = a.ticket(&k, TTL).await.expect("ticket");
+    assert!(!lease.locked, "a ticket holds no lock");
+    let e = entry("hello", 5_000, 5_000);
+    assert_eq!(put(a, &k, &e, &lease).await, PutOutcome::Written);
+    let got = b.get(&k).await.expect("get").expect("written");
+    assert_eq!(got.body, e.body);
+    assert_eq!(got.fence, lease.token.seq, "the entry names its lease");
+    assert!(b.delete(&k).await.expect("delete"), "an entry was held");
+    assert_eq!(body(a, &k).await, None);
+    assert!(!a.delete(&k).await.expect("delete"), "nothing left");
+}
+
+/// Two leases drawn in order: the later one's write lands first, then the
+/// earlier one's is refused (superseded).
+pub async fn writes_land_in_lease_order(a: &dyn CacheStore, b: &dyn CacheStore) {
+    let k = key("/contract/order");
+    let first = a.try_lock(&k, TTL).await.expect("lock").expect("free");
+    let second = b.ticket(&k, TTL).await.expect("ticket");
+    assert!(second.token > first.token, "draws are ordered");
+    assert_eq!(
+        put(b, &k, &entry("second", 5_000, 0), &second).await,
+        PutOutcome::Written
+    );
+    assert_eq!(
+        put(a, &k, &entry("first", 5_000, 0), &first).await,
+        PutOutcome::Fenced(Refusal::Superseded),
+        "{}: an earlier lease wrote over a later one",
+        a.backend()
+    );
+    assert_eq!(body(a, &k).await.as_deref(), Some("second"));
+    // The same lease may write again (a revalidated entry).
+    assert_eq!(
+        put(b, &k, &entry("second again", 5_000, 0), &second).await,
+        PutOutcome::Written
+    );
+    assert!(a.unlock(&k, &first).await.expect("unlock"));
+}
+
+/// A purge refuses every lease drawn before it — lock or ticket, on a key
+/// with or without an entry — and none drawn after it.
+pub async fn a_purge_refuses_every_earlier_lease(a: &dyn CacheStore, b: &dyn CacheStore) {
+    for warm in [false, true] {
+        let k = key(&format!("/contract/purge-{warm}"));
+        if warm {
+            let t = a.ticket(&k, TTL).await.expect("ticket");
+            assert_eq!(
+                put(a, &k, &entry("v1", 5_000, 0), &t).await,
+                PutOutcome::Written
+            );
+        }
+        let lock = a.try_lock(&k, TTL).await.expect("lock").expect("free");
+        let ticket = a.ticket(&k, TTL).await.expect("ticket");
+        b.delete(&k).await.expect("delete");
+        for lease in [&lock, &ticket] {
+            assert_eq!(
+                put(a, &k, &entry("fetched before the purge", 5_000, 0), lease).await,
+                PutOutcome::Fenced(Refusal::Purged),
+                "{}: a purge was undone (warm: {warm})",
+                a.backend()
+            );
+        }
+        assert_eq!(body(b, &k).await, None);
+        let after = b.ticket(&k, TTL).await.expect("ticket");
+        assert_eq!(
+            put(b, &k, &entry("after", 5_000, 0), &after).await,
+            PutOutcome::Written
+        );
+        a.unlock(&k, &lock).await.expect("unlock");
+    }
+}
+
+/// A write of one variant does not supersede another variant's lease.
+pub async fn variants_are_fenced_apart(a: &dyn CacheStore, b: &dyn CacheStore) {
+    let k = key("/contract/variants");
+    let de = a.ticket(&k, TTL).await.expect("ticket");
+    let fr = b.ticket(&k, TTL).await.expect("ticket");
+    assert_eq!(
+        put(b, &k, &variant(entry("fr", 5_000, 0), "fr"), &fr).await,
+        PutOutcome::Written
+    );
+    assert_eq!(
+        put(a, &k, &variant(entry("de", 5_000, 0), "de"), &de).await,
+        PutOutcome::Written,
+        "{}: one variant's write refused another's",
+        a.backend()
+    );
+    assert!(
+        a.renew_lock(&k, &de, TTL).await.expect("renew"),
+        "another variant's write stops no renewal"
+    );
+}
+
+/// One rebuild lock per URL, whatever the variant a request saw; only its
+/// owner releases it.
+pub async fn one_lock_per_url_and_owner_release(a: &dyn CacheStore, b: &dyn CacheStore) {
+    let k = key("/contract/lock");
+    let lease = a.try_lock(&k, TTL).await.expect("lock").expect("free");
+    assert!(lease.locked);
+    assert!(b.try_lock(&k, TTL).await.expect("lock").is_none());
+    let scoped = k.clone().with_variant(Some("lang=de".into()));
+    assert!(
+        b.try_lock(&scoped, TTL).await.expect("lock").is_none(),
+        "{}: a variant-scoped request took a second lock on one URL",
+        a.backend()
+    );
+    let stranger = LockLease {
+        owner: "someone else".into(),
+        ..lease.clone()
+    };
+    assert!(!b.unlock(&k, &stranger).await.expect("unlock"));
+    assert!(a.unlock(&k, &lease).await.expect("unlock"));
+    let next = b.try_lock(&k, TTL).await.expect("lock").expect("released");
+    assert!(next.token > lease.token);
+    assert!(
+        !a.unlock(&k, &lease).await.expect("unlock"),
+        "not the owner"
+    );
+    assert!(b.unlock(&k, &next).await.expect("unlock"));
+}
+
+/// Renewal keeps a lease (lock and ticket) past its TTL, and answers `false`
+/// once the lease is void: another owner, or a purge after it.
+pub async fn renewal_keeps_a_lease_and_stops_when_it_is_void(
+    a: &dyn CacheStore,
+    b: &dyn CacheStore,
+) {
+    let k = key("/contract/renew");
+    let ttl = Duration::from_millis(300);
+    let lock = a.try_lock(&k, ttl).await.expect("lock").expect("free");
+    let ticket = a.ticket(&k, ttl).await.expect("ticket");
+    for _ in 0..4 {
+        tokio::time::sleep(ttl / 3).await;
+        assert!(a.renew_lock(&k, &lock, ttl).await.expect("renew"));
+        assert!(a.renew_lock(&k, &ticket, ttl).await.expect("renew"));
+    }
+    // Four thirds of the TTL later: both still valid.
+    assert!(b.try_lock(&k, ttl).await.expect("lock").is_none());
+    assert_eq!(
+        put(a, &k, &entry("slow fill", 5_000, 0), &ticket).await,
+        PutOutcome::Written
+    );
+    let stranger = LockLease {
+        owner: "someone else".into(),
+        ..lock.clone()
+    };
+    assert!(!b.renew_lock(&k, &stranger, ttl).await.expect("renew"));
+    b.delete(&k).await.expect("delete");
+    assert!(
+        !a.renew_lock(&k, &lock, ttl).await.expect("renew"),
+        "purged: its write would be refused"
+    );
+    a.unlock(&k, &lock).await.expect("unlock");
+}
+
+/// Issue #19's headline: a lease whose holder paused past its TTL (no
+/// renewal) is void for good, on a key never cached before and on one with
+/// an entry — its late write is refused after a newer lease's write.
+pub async fn a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(
+    a: &dyn CacheStore,
+    b: &dyn CacheStore,
+) {
+    for warm in [false, true] {
+        let k = key(&format!("/contract/lapsed-{warm}"));
+        let ttl = Duration::from_millis(100);
+        if warm {
+            let t = b.ticket(&k, ttl).await.expect("ticket");
+            assert_eq!(
+                put(b, &k, &entry("v0", 60_000, 0), &t).await,
+                PutOutcome::Written
+            );
+            tokio::time::sleep(ttl * 2).await;
+        }
+        let paused = a.try_lock(&k, ttl).await.expect("lock").expect("free");
+        tokio::time::sleep(ttl * 2).await;
+        let next = b.try_lock(&k, ttl).await.expect("lock").expect("lapsed");
+        assert_eq!(
+            put(b, &k, &entry("v2", 60_000, 0), &next).await,
+            PutOutcome::Written
+        );
+        let late = put(a, &k, &entry("v1, late", 60_000, 0), &paused).await;
+        assert!(
+            matches!(late, PutOutcome::Fenced(_)),
+            "{}: a lapsed lease wrote over a newer one (warm: {warm}): {late:?}",
+            a.backend()
+        );
+        assert_eq!(body(a, &k).await.as_deref(), Some("v2"));
+        // Even with nothing written since, a lapsed lease stays void.
+        let k2 = key(&format!("/contract/lapsed-alone-{warm}"));
+        let alone = a.try_lock(&k2, ttl).await.expect("lock").expect("free");
+        tokio::time::sleep(ttl * 2).await;
+        let _other = b.ticket(&k2, ttl).await.expect("ticket");
+        assert_eq!(
+            put(a, &k2, &entry("late", 60_000, 0), &alone).await,
+            PutOutcome::Fenced(Refusal::LeaseLost)
+        );
+    }
+}
+
+/// An entry outlives its freshness by the stale window, and no longer.
+pub async fn expires_after_the_stale_window(store: &dyn CacheStore) {
+    let k = key("/contract/expiry");
+    let lease = store.ticket(&k, TTL).await.expect("ticket");
+    // Fresh 100 ms, then stale 200 ms: kept through the stale window, gone after.
+    put(store, &k, &entry("x", 100, 200), &lease).await;
+    tokio::time::sleep(Duration::from_millis(180)).await;
+    assert!(
+        store.get(&k).await.expect("get").is_some(),
+        "{}: an entry must outlive its fresh TTL by the stale window",
+        store.backend()
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        None,
+        "{}: gone after the stale window",
+        store.backend()
+    );
+}
