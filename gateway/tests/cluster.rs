@@ -112,8 +112,13 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         assert_eq!(b.get(&key).await.unwrap().unwrap().body, format!("v{i}"));
 
         let earlier = b.ticket(&key, ttl).await.unwrap();
-        let lease = a.try_lock(&key, ttl).await.unwrap().expect("free");
-        assert!(b.try_lock(&key, ttl).await.unwrap().is_none());
+        let lease = a
+            .try_lock(&key, ttl)
+            .await
+            .unwrap()
+            .acquired()
+            .expect("free");
+        assert!(b.try_lock(&key, ttl).await.unwrap().is_held());
         let newer = entry("newer", 0);
         assert_eq!(
             a.put(&key, &newer, &lease).await.unwrap(),
@@ -133,7 +138,7 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
             "purge fences on key {i}"
         );
         assert!(a.unlock(&key, &lease).await.unwrap());
-        assert!(b.try_lock(&key, ttl).await.unwrap().is_some());
+        assert!(b.try_lock(&key, ttl).await.unwrap().acquired().is_some());
     }
 
     // Two gateways on the cluster share one cache.

@@ -117,6 +117,11 @@ pub enum Sharing {
     /// Made by the gateway itself (a 502/504 for an unreachable origin, a
     /// shed 503): it carries no origin data and no one's session.
     Generated,
+    /// The error answer (5xx) of a failed rebuild that carries nothing
+    /// client-specific (no `Set-Cookie`, not `private`): the requests that
+    /// waited on the rebuild get it too — never stored — instead of each
+    /// asking a failing origin again.
+    Failure,
     /// Not shareable: a waiter sends its own request.
     NotShareable(NotShareable),
 }
@@ -133,7 +138,7 @@ impl Sharing {
     /// What a request with `headers` that waited on this answer may do with it.
     pub fn decide(&self, headers: &HeaderMap) -> Share {
         match self {
-            Sharing::Generated => Share::Yes,
+            Sharing::Generated | Sharing::Failure => Share::Yes,
             Sharing::Stored(vary) if vary.matches(headers) => Share::Yes,
             Sharing::Stored(vary) => Share::OtherVariant(vary.clone()),
             Sharing::NotShareable(_) => Share::No,
@@ -151,6 +156,12 @@ pub enum Share {
     /// It must send its own request to the origin.
     No,
 }
+
+/// Response extension set by [`CacheFill`](crate::CacheFill) on the answer of
+/// a failed rebuild (a 5xx it did not store, or a generated 502/504): what
+/// the lock layer leaves on the key when it releases the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildFailed(pub crate::store::RebuildFailure);
 
 /// Response extension on fresh hits, for [`XFetch`](crate::XFetch): the key
 /// and the entry whose timing decides an early refresh.

@@ -87,9 +87,16 @@ pub struct VaryValues(pub Vec<(String, Option<Vec<u8>>)>);
 
 impl VaryValues {
     /// The `Vary` of `response`, with the values `request` sent.
+    /// `Accept-Encoding` is left out when the representation serves every
+    /// coding (gzip, decompressed for clients that do not accept it, or
+    /// none; see [`coding`](crate::coding)).
     pub fn of(response: &HeaderMap, request: &HeaderMap) -> Self {
         let mut out: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        let any_coding = crate::coding::serves_every_coding(response);
         for name in vary_names(response) {
+            if any_coding && name == "accept-encoding" {
+                continue;
+            }
             if !out.iter().any(|(n, _)| *n == name) {
                 let value = normalised_value(request, &name);
                 out.push((name, value));
@@ -509,34 +516,34 @@ mod tests {
     #[test]
     fn vary_matching_normalises_and_scopes_variants() {
         let resp = headers(&[
-            ("vary", "Accept-Language, accept-encoding"),
+            ("vary", "Accept-Language, x-device"),
             ("vary", "Accept-Language"),
         ]);
-        let fr = headers(&[("accept-language", "fr, en"), ("accept-encoding", "gzip")]);
+        let fr = headers(&[("accept-language", "fr, en"), ("x-device", "phone")]);
         let v = VaryValues::of(&resp, &fr);
         assert_eq!(v.0.len(), 2, "duplicates collapse: {v:?}");
         assert!(v.matches(&headers(&[
             ("accept-language", "fr,en"),
-            ("accept-encoding", "gzip")
+            ("x-device", "phone")
         ])));
         assert!(v.matches(&headers(&[
             ("accept-language", "fr"),
             ("accept-language", "en"),
-            ("Accept-Encoding", "gzip")
+            ("X-Device", "phone")
         ])));
         assert!(!v.matches(&headers(&[
             ("accept-language", "de"),
-            ("accept-encoding", "gzip")
+            ("x-device", "phone")
         ])));
         assert!(
-            !v.matches(&headers(&[("accept-encoding", "gzip")])),
+            !v.matches(&headers(&[("x-device", "phone")])),
             "absent is a value too"
         );
         assert_eq!(
             v.variant_of(&fr),
             v.variant_of(&headers(&[
                 ("accept-language", "fr,en"),
-                ("accept-encoding", "gzip")
+                ("x-device", "phone")
             ]))
         );
         assert_ne!(
@@ -544,6 +551,26 @@ mod tests {
             v.variant_of(&headers(&[("accept-language", "de")]))
         );
         assert!(VaryValues::default().matches(&fr));
+    }
+    #[test]
+    fn accept_encoding_is_left_out_when_every_coding_can_be_served() {
+        let request = headers(&[("accept-language", "fr"), ("accept-encoding", "br")]);
+        for coding in [None, Some("gzip"), Some("identity")] {
+            let mut resp = headers(&[("vary", "Accept-Language, Accept-Encoding")]);
+            if let Some(c) = coding {
+                resp.insert(http::header::CONTENT_ENCODING, c.parse().unwrap());
+            }
+            let v = VaryValues::of(&resp, &request);
+            assert_eq!(v.0.len(), 1, "{coding:?}: {v:?}");
+            assert!(v.matches(&headers(&[("accept-language", "fr")])));
+        }
+        let br = headers(&[
+            ("vary", "Accept-Language, Accept-Encoding"),
+            ("content-encoding", "br"),
+        ]);
+        let v = VaryValues::of(&br, &request);
+        assert_eq!(v.0.len(), 2, "a br body serves only those who sent br");
+        assert!(!v.matches(&headers(&[("accept-language", "fr")])));
     }
 
     #[test]

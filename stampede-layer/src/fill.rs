@@ -16,7 +16,7 @@ use crate::body::{BoxError, Buffered, CacheBody, buffer};
 use crate::cache_control::SURROGATE_CAPABILITY;
 use crate::config::CacheConfig;
 use crate::context::{
-    FillDirectives, FillPending, HeldLease, Lookup, LookupState, Reread, Sharing,
+    FillDirectives, FillPending, HeldLease, Lookup, LookupState, RebuildFailed, Reread, Sharing,
 };
 use crate::entry::{CachedResponse, EntryKind, VaryValues, now_ms};
 use crate::freshness::Timing;
@@ -24,7 +24,9 @@ use crate::lease::{LeaseGuard, LeaseOptions};
 use crate::policy::{Lifetimes, NotShareable};
 use crate::serve::collapsed_hit;
 use crate::status::{CacheStatus, Detail};
-use crate::store::{LockLease, PutOutcome, SharedStore, record_error, reread_or_miss};
+use crate::store::{
+    LockLease, PutOutcome, RebuildFailure, SharedStore, record_error, reread_or_miss,
+};
 use futures_util::future::BoxFuture;
 use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -207,6 +209,17 @@ impl<S> CacheFill<S> {
             .or_else(|| ticket.as_ref().map(|t| t.lease().clone()));
         let fence = lease.as_ref().map_or(0, |l| l.token.seq);
         let request_headers = req.headers().clone();
+        // One representation for every client: ask for gzip whatever this
+        // client accepts (see `coding`); the stored variant leaves
+        // Accept-Encoding out, and the answer is decompressed on the way out
+        // for clients that do not accept gzip. A pass-through keeps the
+        // client's own header.
+        if lookup.state != LookupState::Pass {
+            req.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                crate::coding::FILL_ACCEPT_ENCODING,
+            );
+        }
         // A stale entry with validators is revalidated: the origin may answer
         // 304 and save the body transfer (RFC 9111 §4.3.1). These are the
         // cache's validators, never a client's (CacheLookup took those off).
@@ -302,6 +315,19 @@ impl<S> CacheFill<S> {
             &directives,
             timing,
         );
+        // A failed rebuild (a 5xx not stored; the proxy's own 502/504): its
+        // outcome is left on the key for a moment, and shared with whoever
+        // waited on it, so a failing origin is not asked again by each.
+        let failed = parts.status.is_server_error() && decision.is_err();
+        if failed {
+            let reason = if generated { "upstream" } else { "status" };
+            metrics::counter!("stampede_rebuild_failures_total", "reason" => reason).increment(1);
+            parts.extensions.insert(RebuildFailed(RebuildFailure {
+                status: parts.status.as_u16(),
+                until_ms: now_ms() + failure_hold(&parts.headers).as_millis() as u64,
+                lease: lease.as_ref().map(|l| l.token).unwrap_or_default(),
+            }));
+        }
         let bytes = match buffer(body, self.config.max_body_bytes).await? {
             Buffered::Complete(bytes) => bytes,
             Buffered::TooLarge(body) => {
@@ -358,6 +384,7 @@ impl<S> CacheFill<S> {
                 }
             }
             Err(_) if generated => Sharing::Generated,
+            Err(_) if failed && carries_nothing_personal(&parts.headers) => Sharing::Failure,
             Err(reason) => {
                 let marker = Marker {
                     lease: lease.as_ref(),
@@ -502,6 +529,36 @@ pub fn freshened_headers(stored: &CachedResponse, not_modified: &HeaderMap) -> H
         headers.append(name.clone(), value.clone());
     }
     headers
+}
+
+/// How long a failed rebuild's outcome is answered instead of a new
+/// rebuild: the origin's `Retry-After` (seconds or a date), at most 30 s;
+/// without one, 1 s — a transient error must not stick.
+fn failure_hold(headers: &HeaderMap) -> Duration {
+    let retry_after = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v.trim().parse::<u64>() {
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => httpdate::parse_http_date(v.trim())
+                .ok()
+                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok()),
+        });
+    retry_after
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
+/// Whether an error answer carries nothing that belongs to one client: it
+/// sets no cookie and is not `private`.
+fn carries_nothing_personal(headers: &HeaderMap) -> bool {
+    !headers.contains_key(http::header::SET_COOKIE)
+        && !headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().to_ascii_lowercase().starts_with("private"))
 }
 
 /// What a hit-for-miss marker is written with.

@@ -16,7 +16,7 @@
 
 use crate::key::CacheKey;
 use crate::store::FencingToken;
-use crate::store::{LockLease, SharedStore, record_error};
+use crate::store::{LockAttempt, LockLease, RebuildFailure, SharedStore, record_error};
 use std::time::Duration;
 
 /// How a held rebuild lock is kept: renewed while the rebuild runs, and the
@@ -66,8 +66,10 @@ impl LeaseOptions {
 pub enum Acquire {
     /// We hold it.
     Held(LeaseGuard),
-    /// Someone else holds it.
-    Contended,
+    /// Someone else holds it, with this lease.
+    Contended(FencingToken),
+    /// Free, but the last rebuild failed moments ago (answer its outcome).
+    RecentFailure(RebuildFailure),
     /// The lock service failed (counted and logged).
     Failed,
 }
@@ -84,9 +86,21 @@ pub struct LeaseGuard {
 impl LeaseGuard {
     /// Try to take `key`'s rebuild lock for `ttl`.
     pub async fn acquire(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Acquire {
-        match store.try_lock(key, ttl).await {
-            Ok(Some(lease)) => Acquire::Held(Self::held(store, key, lease)),
-            Ok(None) => Acquire::Contended,
+        Self::acquire_after(store, key, ttl, None).await
+    }
+
+    /// Try to take `key`'s rebuild lock for `ttl`, as a request that waited
+    /// on `holder`'s rebuild (see [`CacheStore::try_lock_after`](crate::CacheStore::try_lock_after)).
+    pub async fn acquire_after(
+        store: &SharedStore,
+        key: &CacheKey,
+        ttl: Duration,
+        holder: Option<FencingToken>,
+    ) -> Acquire {
+        match store.try_lock_after(key, ttl, holder).await {
+            Ok(LockAttempt::Acquired(lease)) => Acquire::Held(Self::held(store, key, lease)),
+            Ok(LockAttempt::Held(holder)) => Acquire::Contended(holder),
+            Ok(LockAttempt::RecentFailure(failure)) => Acquire::RecentFailure(failure),
             Err(err) => {
                 record_error(store.as_ref(), "lock", &err);
                 Acquire::Failed
@@ -162,6 +176,19 @@ impl LeaseGuard {
             }
         });
         self.renewal = Some(task.abort_handle());
+    }
+
+    /// Release now, leaving `failure` on the key (lock attempts answer it
+    /// until it lapses); a ticket just goes.
+    pub async fn release_failed(mut self, failure: RebuildFailure) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        if let Some(lease) = self.lease.take().filter(|l| l.locked)
+            && let Err(err) = self.store.unlock_failed(&self.key, &lease, &failure).await
+        {
+            record_error(self.store.as_ref(), "lock", &err);
+        }
     }
 
     /// Release now (compare-and-delete: only if we still own it).

@@ -93,6 +93,7 @@ pub(crate) use inner_access;
 
 pub mod body;
 pub mod cache_control;
+pub mod coding;
 pub mod conditional;
 pub mod config;
 pub mod context;
@@ -138,8 +139,8 @@ pub use single_flight::{SingleFlight, SingleFlightLayer};
 pub use stack::{Mitigations, Stampede, StampedeLayer, StampedeService};
 pub use status::{CacheStatus, Detail, Fwd, Outcome};
 pub use store::{
-    CacheStore, FallbackStore, FencingToken, LockLease, MemoryStore, NearCacheConfig,
-    NearCacheStore, PutOutcome, Refusal, SharedStore, StoreError,
+    CacheStore, FallbackStore, FencingToken, LockAttempt, LockLease, MemoryStore, NearCacheConfig,
+    NearCacheStore, PutOutcome, RebuildFailure, Refusal, SharedStore, StoreError,
 };
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};

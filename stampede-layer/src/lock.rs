@@ -31,12 +31,12 @@
 //! stops ([`RefreshSkipped::Elsewhere`]): someone else is refreshing.
 
 use crate::body::{BoxError, CacheBody};
-use crate::context::{HeldLease, Lookup, LookupState, RefreshSkipped, Reread};
+use crate::context::{HeldLease, Lookup, LookupState, RebuildFailed, RefreshSkipped, Reread};
 use crate::entry::now_ms;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
-use crate::serve::{collapsed_hit, gateway_timeout, stale};
+use crate::serve::{collapsed_hit, gateway_timeout, rebuild_failed, stale};
 use crate::status::Detail;
-use crate::store::{SharedStore, reread_or_miss};
+use crate::store::{RebuildFailure, SharedStore, reread_or_miss};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use rand::Rng;
@@ -197,15 +197,16 @@ where
 {
     let store = config.store.clone();
     let started = Instant::now();
-    match LeaseGuard::acquire(&store, &lookup.key, config.lock_ttl).await {
+    let holder = match LeaseGuard::acquire(&store, &lookup.key, config.lock_ttl).await {
         Acquire::Held(guard) => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "acquired")
                 .increment(1);
             return lead(inner, &config, guard, req).await;
         }
-        Acquire::Contended => {
+        Acquire::Contended(holder) => {
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "contended")
                 .increment(1);
+            holder
         }
         Acquire::Failed => {
             // No lock service: degrade to process-local coordination (the
@@ -213,7 +214,9 @@ where
             metrics::counter!("stampede_lock_acquisitions_total", "result" => "error").increment(1);
             return inner.oneshot(req).await.map_err(Into::into);
         }
-    }
+        // Only a waiter is answered a failure (this request did not wait).
+        Acquire::RecentFailure(failure) => return failed_outcome(&lookup, &failure),
+    };
     if lookup.state == LookupState::Refresh {
         return Err(Box::new(RefreshSkipped::Elsewhere));
     }
@@ -270,20 +273,46 @@ where
                 Reread::Nothing => {}
             }
         }
-        match LeaseGuard::acquire(&store, &lookup.key, config.lock_ttl).await {
+        match LeaseGuard::acquire_after(&store, &lookup.key, config.lock_ttl, Some(holder)).await {
             Acquire::Held(guard) => {
                 metrics::counter!("stampede_lock_acquisitions_total", "result" => "takeover")
                     .increment(1);
                 return lead(inner, &config, guard, req).await;
             }
-            Acquire::Contended => {}
+            Acquire::Contended(_) => {}
             Acquire::Failed => {
                 metrics::counter!("stampede_lock_acquisitions_total", "result" => "error")
                     .increment(1);
                 return inner.oneshot(req).await.map_err(Into::into);
             }
+            Acquire::RecentFailure(failure) => {
+                // The holder's rebuild failed and left its outcome on the lock.
+                metrics::histogram!("stampede_lock_wait_seconds", "result" => "failed")
+                    .record(started.elapsed().as_secs_f64());
+                return failed_outcome(&lookup, &failure);
+            }
         }
     }
+}
+
+/// What a request gets while its key's last rebuild failure lasts: the stale
+/// copy in hand (stale-if-error), else a generated error with `Retry-After`;
+/// a background refresh just stops.
+fn failed_outcome(
+    lookup: &Lookup,
+    failure: &RebuildFailure,
+) -> Result<Response<CacheBody>, BoxError> {
+    if lookup.state == LookupState::Refresh {
+        return Err(Box::new(RefreshSkipped::Elsewhere));
+    }
+    if let Some(entry) = lookup
+        .entry
+        .as_ref()
+        .filter(|e| e.may_serve_stale() && now_ms() < e.error_until_ms)
+    {
+        return Ok(stale(entry, false, Detail::StaleIfError));
+    }
+    Ok(rebuild_failed(failure))
 }
 
 fn wait_timed_out(lookup: &Lookup, started: Instant) {
@@ -318,12 +347,36 @@ where
     }
     let lease = config.lease;
     let task = tokio::spawn(async move {
+        let token = guard.token();
         let rebuild = inner.oneshot(req);
-        let result = match lease.within_deadline(Some(guard.token()), rebuild).await {
+        let result = match lease.within_deadline(Some(token), rebuild).await {
             Some(result) => result.map_err(Into::into),
             None => Ok(gateway_timeout()),
         };
-        guard.release().await;
+        // A failed rebuild leaves its outcome on the lock for a moment: the
+        // waiters on every instance answer it at once instead of each asking
+        // the failing origin again.
+        let failure = match &result {
+            Ok(resp) if resp.status() == http::StatusCode::GATEWAY_TIMEOUT => resp
+                .extensions()
+                .get::<RebuildFailed>()
+                .map(|f| f.0)
+                .or(Some(RebuildFailure {
+                    status: 504,
+                    until_ms: now_ms() + 1000,
+                    lease: token,
+                })),
+            Ok(resp) => resp.extensions().get::<RebuildFailed>().map(|f| f.0),
+            Err(_) => Some(RebuildFailure {
+                status: 502,
+                until_ms: now_ms() + 1000,
+                lease: token,
+            }),
+        };
+        match failure {
+            Some(failure) => guard.release_failed(failure).await,
+            None => guard.release().await,
+        }
         result
     });
     match task.await {

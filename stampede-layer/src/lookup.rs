@@ -286,6 +286,7 @@ impl<S> CacheLookup<S> {
             other => other,
         };
         let conditions = ClientConditions::take(req.headers_mut());
+        let identity_only = !crate::coding::accepts_gzip(req.headers());
         let mut state = LookupState::Missing;
         let mut in_hand = None;
         if let Some(entry) = found {
@@ -308,7 +309,7 @@ impl<S> CacheLookup<S> {
                         target: req.uri().clone(),
                         refresh_headers,
                     });
-                    return Ok(answer(conditions, resp));
+                    return Ok(answer(conditions, identity_only, resp));
                 }
                 // Stale, to be revalidated (`no-cache`), or only retained:
                 // in hand for a conditional revalidation and the stale answers
@@ -333,7 +334,7 @@ impl<S> CacheLookup<S> {
             request_headers,
         });
         let resp = forward(&*self.inner, req, fwd).await?;
-        Ok(answer(conditions, resp))
+        Ok(answer(conditions, identity_only, resp))
     }
 
     /// Unsafe methods pass through; a success invalidates the target URI's
@@ -380,8 +381,19 @@ impl<S> CacheLookup<S> {
     }
 }
 
-/// Answer the client from the full representation by its own headers.
-fn answer(conditions: Option<ClientConditions>, resp: Response<CacheBody>) -> Response<CacheBody> {
+/// Answer the client from the full representation by its own headers: its
+/// coding (a gzip representation decompressed for a client that does not
+/// accept gzip), then its preconditions and `Range`.
+fn answer(
+    conditions: Option<ClientConditions>,
+    identity_only: bool,
+    resp: Response<CacheBody>,
+) -> Response<CacheBody> {
+    let resp = if identity_only {
+        crate::coding::decode_for_identity(resp)
+    } else {
+        resp
+    };
     match conditions {
         Some(c) => c.apply(resp),
         None => resp,

@@ -87,7 +87,8 @@ impl Refresher {
                         }
                         guard = Some(g);
                     }
-                    Acquire::Contended => return, // another instance refreshes it
+                    // Another instance refreshes it, or the last refresh just failed.
+                    Acquire::Contended(_) | Acquire::RecentFailure(_) => return,
                     Acquire::Failed => {}
                 }
             }

@@ -76,6 +76,29 @@ pub fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
     resp
 }
 
+/// The answer while a rebuild's failure lasts: `502` (`503` and `504` as
+/// they were) with `Retry-After` for the rest of it.
+pub fn rebuild_failed(failure: &crate::store::RebuildFailure) -> Response<CacheBody> {
+    let status = match failure.status {
+        503 => StatusCode::SERVICE_UNAVAILABLE,
+        504 => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let mut resp = generated(status, "the origin failed to answer, retry later\n");
+    let left = failure
+        .until_ms
+        .saturating_sub(now_ms())
+        .div_ceil(1000)
+        .max(1);
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(left));
+    // Not forwarded: it shares the outcome of another request's rebuild.
+    let mut cache_status = CacheStatus::default().with_detail(Detail::RebuildFailed);
+    cache_status.collapsed = true;
+    resp.extensions_mut().insert(cache_status);
+    resp
+}
+
 /// The 504 of a rebuild cut at its deadline (stale-if-error above may
 /// replace it).
 pub fn gateway_timeout() -> Response<CacheBody> {

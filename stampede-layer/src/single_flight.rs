@@ -16,9 +16,10 @@
 //!   buffer: every follower sends its own request to the origin, concurrently
 //!   and uncoordinated, and gets its own answer.
 //!
-//! If the leader's call fails or panics, every waiter gets the same error (as
-//! Go's `singleflight`): retrying N times against a failing origin is the
-//! herd we are here to stop. A background refresh that was skipped (lock
+//! If the leader's rebuild fails — an error, a panic, or a 5xx answer that
+//! carries nothing client-specific ([`Sharing::Failure`]) — every waiter gets
+//! the same outcome (as Go's `singleflight`): retrying N times against a
+//! failing origin is the herd we are here to stop. A background refresh that was skipped (lock
 //! held elsewhere, shed) is no answer for a client: a client request that
 //! joined it makes its own call. A flight's map entry is removed when its
 //! task ends, so the map holds only keys with a rebuild in flight, and at
@@ -318,6 +319,9 @@ fn to_response(shared: &SharedResponse, follower: bool) -> Response<CacheBody> {
     if follower {
         status.collapsed = true;
         status.stored = false;
+        if shared.sharing == Sharing::Failure {
+            status.detail = Some(Detail::RebuildFailed);
+        }
     }
     resp.extensions_mut().insert(status);
     resp.extensions_mut().insert(shared.sharing.clone());

@@ -54,6 +54,10 @@ pub enum Detail {
     HitForMiss,
     /// Waited on a rebuild whose answer could not be shared with it: sent its own.
     NotShareable,
+    /// Answered with the outcome of a rebuild that failed (the origin's
+    /// error, shared with the requests that waited on it, or a generated one
+    /// while the failure lasts), instead of asking the failing origin again.
+    RebuildFailed,
 }
 
 impl Detail {
@@ -69,6 +73,7 @@ impl Detail {
             Detail::Fenced => "fenced",
             Detail::HitForMiss => "hit-for-miss",
             Detail::NotShareable => "not-shareable",
+            Detail::RebuildFailed => "rebuild-failed",
         }
     }
 }

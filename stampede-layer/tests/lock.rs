@@ -163,7 +163,7 @@ async fn a_lock_never_released_is_taken_over_once_it_expires() {
     // takes the lock over once it expired.
     let lock_ttl = Duration::from_secs(1);
     let zombie = redis.try_lock(&key("/items/1"), lock_ttl).await.unwrap();
-    assert!(zombie.is_some());
+    assert!(zombie.acquired().is_some());
 
     let started = Instant::now();
     let resp = tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(get("/items/1")))
@@ -202,6 +202,7 @@ async fn a_lock_never_released_serves_the_stale_copy_past_the_bound() {
         .try_lock(&key("/items/1"), Duration::from_secs(30))
         .await
         .unwrap()
+        .acquired()
         .unwrap();
 
     let started = Instant::now();

@@ -233,13 +233,22 @@ impl CacheStore for LockedElsewhere {
     ) -> Result<stampede_layer::LockLease, stampede_layer::StoreError> {
         self.0.ticket(key, ttl).await
     }
-    async fn try_lock(
+    async fn try_lock_after(
         &self,
         _key: &stampede_layer::CacheKey,
         _ttl: Duration,
-    ) -> Result<Option<stampede_layer::LockLease>, stampede_layer::StoreError> {
+        _holder: Option<stampede_layer::FencingToken>,
+    ) -> Result<stampede_layer::LockAttempt, stampede_layer::StoreError> {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        Ok(None)
+        Ok(stampede_layer::LockAttempt::Held(Default::default()))
+    }
+    async fn unlock_failed(
+        &self,
+        _key: &stampede_layer::CacheKey,
+        _lease: &stampede_layer::LockLease,
+        _failure: &stampede_layer::RebuildFailure,
+    ) -> Result<bool, stampede_layer::StoreError> {
+        Ok(false)
     }
     async fn unlock(
         &self,

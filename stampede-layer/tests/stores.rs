@@ -44,9 +44,9 @@ async fn redis_leases_do_not_survive_a_flush_or_a_restart() {
     let k = key("/items/7");
     let ttl = Duration::from_secs(30);
     // FLUSHALL while a rebuild holds its lease; a new rebuild writes first.
-    let before = a.try_lock(&k, ttl).await.unwrap().unwrap();
+    let before = a.try_lock(&k, ttl).await.unwrap().acquired().unwrap();
     server.cli(&["FLUSHALL"]);
-    let after = b.try_lock(&k, ttl).await.unwrap().unwrap();
+    let after = b.try_lock(&k, ttl).await.unwrap().acquired().unwrap();
     assert_eq!(after.token.seq, before.token.seq, "the counter restarted…");
     assert_ne!(
         after.token.epoch, before.token.epoch,
@@ -102,7 +102,7 @@ async fn redis_keys_all_expire() {
     let ttl = Duration::from_millis(200);
     for i in 0..50 {
         let k = key(&format!("/items/{i}"));
-        let lease = a.try_lock(&k, ttl).await.unwrap().unwrap();
+        let lease = a.try_lock(&k, ttl).await.unwrap().acquired().unwrap();
         a.put(&k, &entry("x", 100, 100, 0), &lease).await.unwrap();
         a.unlock(&k, &lease).await.unwrap();
         if i % 2 == 0 {

@@ -105,7 +105,13 @@ impl GatewayProcess {
             .args(["--instance", name])
             .args(args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(
+                if std::env::var_os("STAMPEDE_TEST_GATEWAY_STDERR").is_some() {
+                    std::process::Stdio::inherit()
+                } else {
+                    std::process::Stdio::null()
+                },
+            )
             .spawn()
             .expect("start gateway");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -272,4 +278,277 @@ impl VersionedOrigin {
 pub fn version(body: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     v.get("version")?.as_u64()
+}
+
+/// The byte at `offset` of a [`ScenarioOrigin`] big body: every byte of a
+/// body can be checked, not only its length.
+pub fn big_byte(offset: u64) -> u8 {
+    (offset.wrapping_mul(31) ^ (offset >> 13)) as u8
+}
+
+/// Whether `body` is the first `len` bytes of a big body, whole.
+pub fn big_body_intact(body: &[u8], len: u64) -> bool {
+    body.len() as u64 == len
+        && body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == big_byte(i as u64))
+}
+
+/// One origin request: its path and when it started and ended (since the
+/// origin started).
+#[derive(Clone, Debug)]
+pub struct OriginRequest {
+    pub path: String,
+    pub start: Duration,
+    pub end: Option<Duration>,
+}
+
+/// A test origin for the herd shapes of issue #20, recording every request:
+///
+/// * `GET /big/{bytes}?first_ms=&total_ms=&max_age=`: a deterministic body
+///   ([`big_byte`]), its first byte after `first_ms`, the rest paced to end
+///   at `total_ms`; `Cache-Control: max-age` when given;
+/// * `GET /fail?ms=`: `503` with `Cache-Control: no-store` after `ms`;
+/// * `GET /slow?ms=&max_age=`: `200` after `ms`;
+/// * `GET /negotiated?max_age=`: `Vary: Accept-Encoding`; gzip when the
+///   request accepts it, identity otherwise (the same text either way).
+#[derive(Clone)]
+pub struct ScenarioOrigin {
+    pub addr: SocketAddr,
+    started: std::time::Instant,
+    log: std::sync::Arc<std::sync::Mutex<Vec<OriginRequest>>>,
+}
+
+/// The text `/negotiated` answers (before any compression).
+pub const NEGOTIATED_TEXT: &str = "negotiated representation: the same words, compressed or not. ";
+
+impl ScenarioOrigin {
+    pub async fn start() -> Self {
+        use axum::extract::{Path, Query, State};
+        use axum::response::{IntoResponse, Response};
+        use axum::routing::get;
+        use std::collections::HashMap;
+        type Log = std::sync::Arc<std::sync::Mutex<Vec<OriginRequest>>>;
+
+        #[derive(Clone)]
+        struct St {
+            started: std::time::Instant,
+            log: Log,
+        }
+        /// Records the request's end when dropped (however it ends).
+        struct Done(St, usize);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let end = self.0.started.elapsed();
+                self.0.log.lock().unwrap()[self.1].end = Some(end);
+            }
+        }
+        fn begin(s: &St, path: String) -> Done {
+            let mut log = s.log.lock().unwrap();
+            log.push(OriginRequest {
+                path,
+                start: s.started.elapsed(),
+                end: None,
+            });
+            Done(s.clone(), log.len() - 1)
+        }
+        fn ms(q: &HashMap<String, String>, k: &str) -> u64 {
+            q.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+        }
+        fn cache_control(q: &HashMap<String, String>) -> Option<String> {
+            q.get("max_age").map(|a| format!("max-age={a}"))
+        }
+
+        async fn big(
+            State(s): State<St>,
+            Path(bytes): Path<u64>,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> Response {
+            let done = begin(&s, format!("/big/{bytes}"));
+            let (first, total) = (ms(&q, "first_ms"), ms(&q, "total_ms"));
+            tokio::time::sleep(Duration::from_millis(first)).await;
+            const CHUNK: u64 = 64 * 1024;
+            let chunks = bytes.div_ceil(CHUNK).max(1);
+            let pace = Duration::from_millis(total.saturating_sub(first)) / chunks as u32;
+            let stream = futures_util::stream::unfold(0u64, move |offset| async move {
+                if offset >= bytes {
+                    return None;
+                }
+                if offset > 0 {
+                    tokio::time::sleep(pace).await;
+                }
+                let end = (offset + CHUNK).min(bytes);
+                let data: Vec<u8> = (offset..end).map(big_byte).collect();
+                Some((Ok::<_, std::convert::Infallible>(Bytes::from(data)), end))
+            });
+            let stream = futures_util::StreamExt::chain(
+                stream,
+                futures_util::stream::once(async move {
+                    drop(done);
+                    Ok(Bytes::new())
+                }),
+            );
+            let mut resp = Response::new(axum::body::Body::from_stream(stream));
+            let h = resp.headers_mut();
+            h.insert("content-length", bytes.into());
+            h.insert("content-type", "application/octet-stream".parse().unwrap());
+            if let Some(cc) = cache_control(&q) {
+                h.insert("cache-control", cc.parse().unwrap());
+            }
+            resp
+        }
+
+        async fn fail(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+            let _done = begin(&s, "/fail".into());
+            tokio::time::sleep(Duration::from_millis(ms(&q, "ms"))).await;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("cache-control", "no-store")],
+                "origin overloaded",
+            )
+                .into_response()
+        }
+
+        async fn slow(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+            let _done = begin(&s, "/slow".into());
+            tokio::time::sleep(Duration::from_millis(ms(&q, "ms"))).await;
+            let cc = cache_control(&q).unwrap_or_else(|| "max-age=60".into());
+            ([("cache-control", cc)], "slow answer").into_response()
+        }
+
+        async fn negotiated(
+            State(s): State<St>,
+            Query(q): Query<HashMap<String, String>>,
+            headers: HeaderMap,
+        ) -> Response {
+            let _done = begin(&s, "/negotiated".into());
+            let gzip = headers
+                .get_all("accept-encoding")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|c| c.trim().split(';').next() == Some("gzip"));
+            let text = NEGOTIATED_TEXT.repeat(200);
+            let cc = cache_control(&q).unwrap_or_else(|| "max-age=60".into());
+            if gzip {
+                use std::io::Write;
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(text.as_bytes()).unwrap();
+                let body = enc.finish().unwrap();
+                (
+                    [
+                        ("vary", "Accept-Encoding"),
+                        ("content-encoding", "gzip"),
+                        ("cache-control", cc.as_str()),
+                    ],
+                    body,
+                )
+                    .into_response()
+            } else {
+                (
+                    [("vary", "Accept-Encoding"), ("cache-control", cc.as_str())],
+                    text,
+                )
+                    .into_response()
+            }
+        }
+
+        let st = St {
+            started: std::time::Instant::now(),
+            log: Log::default(),
+        };
+        let app = Router::new()
+            .route("/big/{bytes}", get(big))
+            .route("/fail", get(fail))
+            .route("/slow", get(slow))
+            .route("/negotiated", get(negotiated))
+            .with_state(st.clone());
+        let addr = serve(app).await;
+        ScenarioOrigin {
+            addr,
+            started: st.started,
+            log: st.log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests of paths starting with `prefix` so far.
+    pub fn requests(&self, prefix: &str) -> Vec<OriginRequest> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// The most requests of `prefix` that were in flight at once.
+    pub fn max_in_flight(&self, prefix: &str) -> usize {
+        let now = self.started.elapsed();
+        let reqs = self.requests(prefix);
+        reqs.iter()
+            .map(|r| {
+                reqs.iter()
+                    .filter(|o| o.start <= r.start && o.end.unwrap_or(now) > r.start)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A streaming GET: status, `Cache-Status`, the time to the first body
+/// byte (from `since`), and the body.
+pub struct Streamed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub first_byte: Duration,
+    pub done: Duration,
+    pub body: Bytes,
+}
+
+pub async fn get_streamed(
+    url: &str,
+    headers: &[(&str, &str)],
+    since: std::time::Instant,
+) -> Streamed {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder().uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut first_byte = None;
+    let mut all = bytes::BytesMut::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .expect("body timed out")
+    {
+        let Ok(data) = frame.expect("body failed").into_data() else {
+            continue;
+        };
+        if !data.is_empty() && first_byte.is_none() {
+            first_byte = Some(since.elapsed());
+        }
+        all.extend_from_slice(&data);
+    }
+    let done = since.elapsed();
+    Streamed {
+        status,
+        headers,
+        first_byte: first_byte.unwrap_or(done),
+        done,
+        body: all.freeze(),
+    }
 }

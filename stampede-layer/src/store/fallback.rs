@@ -16,7 +16,10 @@
 //! closes again the fallback's entries are dropped: they were written during
 //! the outage, and the fleet's purges since never reached them.
 
-use super::{CacheStore, LockLease, PutOutcome, StoreError, record_error};
+use super::{
+    CacheStore, FencingToken, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError,
+    record_error,
+};
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -283,18 +286,38 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         Ok(primary || local)
     }
 
-    async fn try_lock(
+    async fn try_lock_after(
         &self,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Result<Option<LockLease>, StoreError> {
+        holder: Option<FencingToken>,
+    ) -> Result<LockAttempt, StoreError> {
         match self.route() {
-            Route::Fallback => Ok(self
-                .fallback
-                .try_lock(key, ttl)
-                .await?
-                .map(Self::mark_local)),
-            route => self.on_primary(route, "lock", self.primary.try_lock(key, ttl).await),
+            Route::Fallback => Ok(
+                match self.fallback.try_lock_after(key, ttl, holder).await? {
+                    LockAttempt::Acquired(lease) => LockAttempt::Acquired(Self::mark_local(lease)),
+                    other => other,
+                },
+            ),
+            route => {
+                let attempt = self.primary.try_lock_after(key, ttl, holder).await;
+                self.on_primary(route, "lock", attempt)
+            }
+        }
+    }
+
+    async fn unlock_failed(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        failure: &RebuildFailure,
+    ) -> Result<bool, StoreError> {
+        match Self::local(lease) {
+            Some(local) => self.fallback.unlock_failed(key, &local, failure).await,
+            None => {
+                self.with_primary_lease("lock", |p| p.unlock_failed(key, lease, failure))
+                    .await
+            }
         }
     }
 
@@ -443,7 +466,12 @@ mod tests {
     async fn a_failed_renewal_is_an_error_so_the_holder_tries_again() {
         let down = Arc::new(AtomicBool::new(false));
         let store = breaker(&down).failure_threshold(10);
-        let lease = store.try_lock(&key(), TTL).await.unwrap().unwrap();
+        let lease = store
+            .try_lock(&key(), TTL)
+            .await
+            .unwrap()
+            .acquired()
+            .unwrap();
         down.store(true, Ordering::SeqCst);
         assert!(store.renew_lock(&key(), &lease, TTL).await.is_err());
         down.store(false, Ordering::SeqCst);

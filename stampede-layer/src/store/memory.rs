@@ -2,8 +2,8 @@
 //! bytes, plus one [`FenceRecord`] (and the rebuild lock) per key with a
 //! lease in flight.
 
-use super::fence::{FenceRecord, new_epoch};
-use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use super::fence::{FenceRecord, FencingToken, new_epoch};
+use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -36,11 +36,14 @@ struct KeyState {
     /// The record lives until then (extended by draws and renewals).
     until: Instant,
     lock: Option<HeldLock>,
+    /// The last rebuild's failure, answered until its `until_ms`.
+    failure: Option<RebuildFailure>,
 }
 
 struct HeldLock {
     owner: String,
     expires: Instant,
+    token: FencingToken,
 }
 
 struct KeyStates {
@@ -67,6 +70,7 @@ impl KeyStates {
                     record: FenceRecord::new(new_epoch()),
                     until: now,
                     lock: None,
+                    failure: None,
                 },
             );
         }
@@ -164,22 +168,37 @@ impl MemoryStore {
         self.keys.lock().expect("keys lock").map.len()
     }
 
-    fn lease(&self, key: &CacheKey, ttl: Duration, lock: bool) -> Option<LockLease> {
+    fn lease(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+        lock: bool,
+        holder: Option<FencingToken>,
+    ) -> LockAttempt {
         let mut keys = self.keys.lock().expect("keys lock");
         let now = Instant::now();
-        let state = keys.draw_state(key.digest(), now, ttl);
-        if lock && state.lock.as_ref().is_some_and(|l| l.expires > now) {
-            return None;
+        if lock && let Some(state) = keys.live(key.digest(), now) {
+            if let Some(held) = state.lock.as_ref().filter(|l| l.expires > now) {
+                return LockAttempt::Held(held.token);
+            }
+            if let Some(failure) = state
+                .failure
+                .filter(|f| holder.is_some_and(|h| f.answers(h, now_ms())))
+            {
+                return LockAttempt::RecentFailure(failure);
+            }
         }
+        let state = keys.draw_state(key.digest(), now, ttl);
         let token = state.record.draw();
         let owner = uuid::Uuid::new_v4().simple().to_string();
         if lock {
             state.lock = Some(HeldLock {
                 owner: owner.clone(),
                 expires: now + ttl,
+                token,
             });
         }
-        Some(LockLease {
+        LockAttempt::Acquired(LockLease {
             token,
             owner,
             locked: lock,
@@ -264,18 +283,41 @@ impl CacheStore for MemoryStore {
         Ok(held)
     }
 
-    async fn try_lock(
+    async fn try_lock_after(
         &self,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Result<Option<LockLease>, StoreError> {
-        Ok(self.lease(key, ttl, true))
+        holder: Option<FencingToken>,
+    ) -> Result<LockAttempt, StoreError> {
+        Ok(self.lease(key, ttl, true, holder))
     }
 
     async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
         Ok(self
-            .lease(key, ttl, false)
+            .lease(key, ttl, false, None)
+            .acquired()
             .expect("a ticket is always drawn"))
+    }
+
+    async fn unlock_failed(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        failure: &RebuildFailure,
+    ) -> Result<bool, StoreError> {
+        let mut keys = self.keys.lock().expect("keys lock");
+        let now = Instant::now();
+        let left = Duration::from_millis(failure.until_ms.saturating_sub(now_ms()));
+        let state = keys.draw_state(key.digest(), now, left);
+        state.failure = Some(RebuildFailure {
+            lease: lease.token,
+            ..*failure
+        });
+        let ours = lease.locked && state.lock.as_ref().is_some_and(|l| l.owner == lease.owner);
+        if ours {
+            state.lock = None;
+        }
+        Ok(ours)
     }
 
     async fn renew_lock(
@@ -428,7 +470,7 @@ mod tests {
     async fn writes_land_in_lease_order() {
         let s = MemoryStore::default();
         let k = key("/a");
-        let lock = s.try_lock(&k, TTL).await.unwrap().unwrap();
+        let lock = s.try_lock(&k, TTL).await.unwrap().acquired().unwrap();
         // A ticket drawn later (a waiter that gave up) writes first...
         assert_eq!(write(&s, &k, "later lease").await, PutOutcome::Written);
         // ...so the lock holder's older answer is refused.
@@ -449,9 +491,14 @@ mod tests {
         let s = MemoryStore::default();
         let k = key("/cold");
         let ttl = Duration::from_millis(50);
-        let paused = s.try_lock(&k, ttl).await.unwrap().unwrap();
+        let paused = s.try_lock(&k, ttl).await.unwrap().acquired().unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let next = s.try_lock(&k, ttl).await.unwrap().expect("expired lock");
+        let next = s
+            .try_lock(&k, ttl)
+            .await
+            .unwrap()
+            .acquired()
+            .expect("expired lock");
         assert_ne!(next.token.epoch, paused.token.epoch, "a new incarnation");
         assert_eq!(
             s.put(&k, &sample("v2", 5000, 0), &next).await.unwrap(),
@@ -471,12 +518,12 @@ mod tests {
         let s = MemoryStore::default();
         let k = key("/a");
         let ttl = Duration::from_millis(100);
-        let a = s.try_lock(&k, ttl).await.unwrap().unwrap();
+        let a = s.try_lock(&k, ttl).await.unwrap().acquired().unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(s.renew_lock(&k, &a, ttl).await.unwrap());
         tokio::time::sleep(Duration::from_millis(60)).await;
         // 120 ms after taking a 100 ms lock: still held thanks to the renewal.
-        assert!(s.try_lock(&k, ttl).await.unwrap().is_none());
+        assert!(s.try_lock(&k, ttl).await.unwrap().is_held());
         let stranger = LockLease {
             owner: "someone else".into(),
             ..a.clone()
@@ -509,11 +556,11 @@ mod tests {
     async fn lock_is_exclusive_per_url_and_owner_released() {
         let s = MemoryStore::default();
         let k = key("/a");
-        let a = s.try_lock(&k, TTL).await.unwrap().unwrap();
-        assert!(s.try_lock(&k, TTL).await.unwrap().is_none());
+        let a = s.try_lock(&k, TTL).await.unwrap().acquired().unwrap();
+        assert!(s.try_lock(&k, TTL).await.unwrap().is_held());
         let variant = k.clone().with_variant(Some("gzip".into()));
         assert!(
-            s.try_lock(&variant, TTL).await.unwrap().is_none(),
+            s.try_lock(&variant, TTL).await.unwrap().is_held(),
             "one lock per URL, whatever the variant"
         );
         let stranger = LockLease {
@@ -526,11 +573,43 @@ mod tests {
             .try_lock(&k, Duration::from_millis(20))
             .await
             .unwrap()
+            .acquired()
             .unwrap();
         assert!(b.token > a.token, "draws are ordered");
         tokio::time::sleep(Duration::from_millis(40)).await;
         let c = s.try_lock(&k, Duration::from_secs(1)).await.unwrap();
-        assert!(c.is_some(), "an expired lock can be taken over");
+        assert!(c.acquired().is_some(), "an expired lock can be taken over");
+    }
+
+    #[tokio::test]
+    async fn a_failed_rebuild_is_answered_until_it_lapses() {
+        let s = MemoryStore::default();
+        let k = key("/a");
+        let lease = s.try_lock(&k, TTL).await.unwrap().acquired().unwrap();
+        let failure = RebuildFailure {
+            status: 503,
+            until_ms: now_ms() + 100,
+            lease: lease.token,
+        };
+        assert!(s.unlock_failed(&k, &lease, &failure).await.unwrap());
+        // A request that waited on that rebuild gets its outcome…
+        let waited = Some(lease.token);
+        assert_eq!(
+            s.try_lock_after(&k, TTL, waited).await.unwrap(),
+            LockAttempt::RecentFailure(failure)
+        );
+        // …one that comes later starts a new rebuild.
+        let next = s.try_lock(&k, TTL).await.unwrap().acquired().unwrap();
+        s.unlock(&k, &next).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(
+            s.try_lock_after(&k, TTL, waited)
+                .await
+                .unwrap()
+                .acquired()
+                .is_some(),
+            "lapsed"
+        );
     }
 
     #[tokio::test]

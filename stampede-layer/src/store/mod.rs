@@ -61,6 +61,57 @@ pub struct LockLease {
     pub locked: bool,
 }
 
+/// What taking a rebuild lock gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockAttempt {
+    /// The lock, with a fresh lease.
+    Acquired(LockLease),
+    /// Someone else holds it: a rebuild is running, with this lease.
+    Held(FencingToken),
+    /// Free, but the rebuild this waiter waited on failed: answer its outcome
+    /// (stale-if-error, or an error with `Retry-After`) instead of asking
+    /// the failing origin again. Only a waiter gets it
+    /// ([`CacheStore::try_lock_after`]); a request that comes later starts
+    /// a new rebuild, as HTTP caching wants.
+    RecentFailure(RebuildFailure),
+}
+
+impl LockAttempt {
+    /// The lease, if the lock was taken.
+    pub fn acquired(self) -> Option<LockLease> {
+        match self {
+            LockAttempt::Acquired(lease) => Some(lease),
+            _ => None,
+        }
+    }
+
+    /// Whether someone else holds the lock.
+    pub fn is_held(&self) -> bool {
+        matches!(self, LockAttempt::Held(_))
+    }
+}
+
+/// The outcome a failed rebuild leaves on its key's lock, briefly (as
+/// pingora's `LockStatus`): every request that waited on it, on any
+/// instance, learns it at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RebuildFailure {
+    /// The status the rebuild ended with (a 5xx).
+    pub status: u16,
+    /// Until when (ms since the epoch) it is answered to its waiters; also
+    /// the `Retry-After` they are given.
+    pub until_ms: u64,
+    /// The lease of the rebuild that failed (set by the store).
+    pub lease: FencingToken,
+}
+
+impl RebuildFailure {
+    /// Whether a waiter that saw `holder` hold the lock waited on this failure.
+    pub fn answers(&self, holder: FencingToken, now_ms: u64) -> bool {
+        self.until_ms > now_ms && self.lease.epoch == holder.epoch && self.lease.seq >= holder.seq
+    }
+}
+
 /// A shared store handle.
 pub type SharedStore = Arc<dyn CacheStore>;
 
@@ -112,12 +163,31 @@ pub trait CacheStore: Send + Sync + 'static {
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError>;
 
     /// Try to take the rebuild lock of `key` (one per URL, whatever the
-    /// variant) for `ttl`, with a fresh lease. `None`: someone else holds it.
-    async fn try_lock(
+    /// variant) for `ttl`, with a fresh lease.
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<LockAttempt, StoreError> {
+        self.try_lock_after(key, ttl, None).await
+    }
+
+    /// [`try_lock`](Self::try_lock) for a request that waited on the rebuild
+    /// of `holder` (the lease [`LockAttempt::Held`] named): if that rebuild,
+    /// or one that took over from it, failed moments ago, its outcome
+    /// instead ([`LockAttempt::RecentFailure`]).
+    async fn try_lock_after(
         &self,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Result<Option<LockLease>, StoreError>;
+        holder: Option<FencingToken>,
+    ) -> Result<LockAttempt, StoreError>;
+
+    /// Release the lock `lease` holds and leave `failure` (its `lease` set to
+    /// this one's) on the key until its `until_ms`, for the requests that
+    /// waited on it. Returns whether the lock was ours.
+    async fn unlock_failed(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        failure: &RebuildFailure,
+    ) -> Result<bool, StoreError>;
 
     /// Draw a lease without the lock (a ticket), valid for `ttl` unless
     /// renewed: what a fill that holds no lock writes with.

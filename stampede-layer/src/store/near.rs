@@ -35,7 +35,7 @@
 //! counter: the copy is dropped again if an invalidation of its shard
 //! happened while it was being read.
 
-use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -389,12 +389,22 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         result
     }
 
-    async fn try_lock(
+    async fn try_lock_after(
         &self,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Result<Option<LockLease>, StoreError> {
-        self.inner.try_lock(key, ttl).await
+        holder: Option<super::FencingToken>,
+    ) -> Result<LockAttempt, StoreError> {
+        self.inner.try_lock_after(key, ttl, holder).await
+    }
+
+    async fn unlock_failed(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        failure: &RebuildFailure,
+    ) -> Result<bool, StoreError> {
+        self.inner.unlock_failed(key, lease, failure).await
     }
 
     async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {

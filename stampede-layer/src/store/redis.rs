@@ -22,7 +22,7 @@
 //!   re-created record never matches an old lease.
 
 use super::fence::{FencingToken, Refusal, new_epoch};
-use super::{CacheStore, LockLease, PutOutcome, StoreError};
+use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, FORMAT_VERSION, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -48,16 +48,28 @@ local function draw(rec, epoch, ttl)
 end
 "#;
 
-/// Take the lock with a fresh lease atomically. Idempotent for its owner: a
-/// resent attempt finds its own value and gets its token back instead of a
-/// false "contended".
-/// KEYS: lock, record. ARGV: owner, lock TTL (ms), epoch for a new record.
+/// Take the lock with a fresh lease atomically: `{epoch, seq}`; when held,
+/// `{'h', epoch, seq}` of the holder; for a waiter that saw the holder
+/// `(ARGV[5], ARGV[6])`, `{'!', status, until, epoch, seq}` when that rebuild
+/// (or a later one) failed and `until` (ms) is still ahead of `now`.
+/// Idempotent for its owner: a resent attempt finds its own value and gets
+/// its token back instead of a false "contended".
+/// KEYS: lock, record. ARGV: owner, lock TTL (ms), epoch for a new record,
+/// now (ms), the holder's epoch and seq ('' when not waiting).
 const LOCK_SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local owner, e, n = string.match(cur, '^([^|]*)|([^|]*)|(%d+)$')
   if owner == ARGV[1] then return {e, tonumber(n)} end
-  return false
+  return {'h', e, tonumber(n)}
+end
+local x = redis.call('HGET', KEYS[2], 'x')
+if x and ARGV[5] ~= '' then
+  local status, untl, e, n = string.match(x, '^(%d+)|(%d+)|([^|]*)|(%d+)$')
+  if untl and tonumber(untl) > tonumber(ARGV[4]) and e == ARGV[5]
+     and tonumber(n) >= tonumber(ARGV[6]) then
+    return {'!', tonumber(status), tonumber(untl), e, tonumber(n)}
+  end
 end
 local t = draw(KEYS[2], ARGV[3], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. t[1] .. '|' .. t[2], 'PX', ARGV[2])
@@ -67,6 +79,21 @@ return t
 /// A lease without the lock. KEYS: record. ARGV: TTL (ms), epoch for a new record.
 const TICKET_SCRIPT: &str = r#"
 return draw(KEYS[1], ARGV[2], ARGV[1])
+"#;
+
+/// Release our lock (if it still is) and leave the rebuild's failure on the
+/// record until `until`, for its waiters. KEYS: lock, record. ARGV: owner,
+/// status, until (ms), keep (ms: how long from now the record must last),
+/// the lease's epoch and seq.
+const UNLOCK_FAILED_SCRIPT: &str = r#"
+local released = 0
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
+  released = redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[2], 'x', ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+return released
 "#;
 
 /// Compare-and-delete: release only our own lock.
@@ -143,6 +170,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     lock_script: Arc<Script>,
     unlock_script: Arc<Script>,
+    unlock_failed_script: Arc<Script>,
     renew_script: Arc<Script>,
     ticket_script: Arc<Script>,
     put_script: Arc<Script>,
@@ -231,6 +259,7 @@ impl RedisStoreBuilder {
             prefix: self.prefix.into(),
             lock_script: script(LOCK_SCRIPT),
             unlock_script: Arc::new(Script::from_lua(UNLOCK_SCRIPT)),
+            unlock_failed_script: Arc::new(Script::from_lua(UNLOCK_FAILED_SCRIPT)),
             renew_script: script(RENEW_SCRIPT),
             ticket_script: script(TICKET_SCRIPT),
             put_script: script(PUT_SCRIPT),
@@ -366,14 +395,18 @@ impl CacheStore for RedisStore {
         Ok(existed > 0)
     }
 
-    async fn try_lock(
+    async fn try_lock_after(
         &self,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Result<Option<LockLease>, StoreError> {
+        holder: Option<FencingToken>,
+    ) -> Result<LockAttempt, StoreError> {
         let (_, lock, record) = self.keys(key);
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let reply: Option<Vec<Value>> = self
+        let (held_epoch, held_seq) = holder
+            .map(|h| (h.epoch.to_string(), h.seq.to_string()))
+            .unwrap_or_default();
+        let reply: Vec<Value> = self
             .lock_script
             .evalsha_with_reload(
                 self.pool.next(),
@@ -382,18 +415,64 @@ impl CacheStore for RedisStore {
                     owner.clone(),
                     (ttl.as_millis().max(1) as u64).to_string(),
                     new_epoch().to_string(),
+                    now_ms().to_string(),
+                    held_epoch,
+                    held_seq,
                 ],
             )
             .await
             .map_err(backend)?;
-        match reply {
-            None => Ok(None),
-            Some(reply) => Ok(Some(LockLease {
-                token: token(reply)?,
-                owner,
-                locked: true,
-            })),
+        match reply.first().and_then(Value::as_string).as_deref() {
+            Some("h") => {
+                let holder = reply.get(1..).unwrap_or_default().to_vec();
+                return Ok(LockAttempt::Held(token(holder)?));
+            }
+            Some("!") => {
+                let field = |i: usize| reply.get(i).and_then(Value::as_u64).unwrap_or(0);
+                return Ok(LockAttempt::RecentFailure(RebuildFailure {
+                    status: field(1) as u16,
+                    until_ms: field(2),
+                    lease: token(reply.get(3..).unwrap_or_default().to_vec())?,
+                }));
+            }
+            _ => {}
         }
+        Ok(LockAttempt::Acquired(LockLease {
+            token: token(reply)?,
+            owner,
+            locked: true,
+        }))
+    }
+
+    async fn unlock_failed(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        failure: &RebuildFailure,
+    ) -> Result<bool, StoreError> {
+        let (_, lock, record) = self.keys(key);
+        let keep = failure.until_ms.saturating_sub(now_ms()).max(1);
+        let n: i64 = self
+            .unlock_failed_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![lock, record],
+                vec![
+                    if lease.locked {
+                        lease.owner.clone()
+                    } else {
+                        String::new()
+                    },
+                    failure.status.to_string(),
+                    failure.until_ms.to_string(),
+                    keep.to_string(),
+                    lease.token.epoch.to_string(),
+                    lease.token.seq.to_string(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
     }
 
     async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {

@@ -3,7 +3,9 @@
 //! fails every operation while `down` is set, and counts (and may slow) its
 //! reads. Every other operation is the memory store's own.
 
-use super::{CacheStore, LockLease, MemoryStore, PutOutcome, StoreError};
+use super::{
+    CacheStore, LockAttempt, LockLease, MemoryStore, PutOutcome, RebuildFailure, StoreError,
+};
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -58,9 +60,23 @@ impl CacheStore for FakeRemote {
         self.check_up()?;
         self.inner.delete(k).await
     }
-    async fn try_lock(&self, k: &CacheKey, t: Duration) -> Result<Option<LockLease>, StoreError> {
+    async fn try_lock_after(
+        &self,
+        k: &CacheKey,
+        t: Duration,
+        h: Option<super::FencingToken>,
+    ) -> Result<LockAttempt, StoreError> {
         self.check_up()?;
-        self.inner.try_lock(k, t).await
+        self.inner.try_lock_after(k, t, h).await
+    }
+    async fn unlock_failed(
+        &self,
+        k: &CacheKey,
+        l: &LockLease,
+        f: &RebuildFailure,
+    ) -> Result<bool, StoreError> {
+        self.check_up()?;
+        self.inner.unlock_failed(k, l, f).await
     }
     async fn ticket(&self, k: &CacheKey, t: Duration) -> Result<LockLease, StoreError> {
         self.check_up()?;

@@ -16,7 +16,7 @@
 
 use crate::entry::{CachedResponse, VaryValues, now_ms};
 use crate::key::CacheKey;
-use crate::store::{CacheStore, LockLease, PutOutcome, Refusal};
+use crate::store::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, Refusal};
 use bytes::Bytes;
 use http::Method;
 use std::time::Duration;
@@ -78,6 +78,7 @@ pub async fn run(a: &dyn CacheStore, b: &dyn CacheStore) {
     one_lock_per_url_and_owner_release(a, b).await;
     renewal_keeps_a_lease_and_stops_when_it_is_void(a, b).await;
     a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(a, b).await;
+    a_failed_rebuild_answers_its_waiters_only(a, b).await;
     expires_after_the_stale_window(a).await;
 }
 
@@ -100,7 +101,12 @@ pub async fn round_trip_and_delete(a: &dyn CacheStore, b: &dyn CacheStore) {
 /// earlier one's is refused (superseded).
 pub async fn writes_land_in_lease_order(a: &dyn CacheStore, b: &dyn CacheStore) {
     let k = key("/contract/order");
-    let first = a.try_lock(&k, TTL).await.expect("lock").expect("free");
+    let first = a
+        .try_lock(&k, TTL)
+        .await
+        .expect("lock")
+        .acquired()
+        .expect("free");
     let second = b.ticket(&k, TTL).await.expect("ticket");
     assert!(second.token > first.token, "draws are ordered");
     assert_eq!(
@@ -134,7 +140,12 @@ pub async fn a_purge_refuses_every_earlier_lease(a: &dyn CacheStore, b: &dyn Cac
                 PutOutcome::Written
             );
         }
-        let lock = a.try_lock(&k, TTL).await.expect("lock").expect("free");
+        let lock = a
+            .try_lock(&k, TTL)
+            .await
+            .expect("lock")
+            .acquired()
+            .expect("free");
         let ticket = a.ticket(&k, TTL).await.expect("ticket");
         b.delete(&k).await.expect("delete");
         for lease in [&lock, &ticket] {
@@ -180,12 +191,17 @@ pub async fn variants_are_fenced_apart(a: &dyn CacheStore, b: &dyn CacheStore) {
 /// owner releases it.
 pub async fn one_lock_per_url_and_owner_release(a: &dyn CacheStore, b: &dyn CacheStore) {
     let k = key("/contract/lock");
-    let lease = a.try_lock(&k, TTL).await.expect("lock").expect("free");
+    let lease = a
+        .try_lock(&k, TTL)
+        .await
+        .expect("lock")
+        .acquired()
+        .expect("free");
     assert!(lease.locked);
-    assert!(b.try_lock(&k, TTL).await.expect("lock").is_none());
+    assert!(b.try_lock(&k, TTL).await.expect("lock").is_held());
     let scoped = k.clone().with_variant(Some("lang=de".into()));
     assert!(
-        b.try_lock(&scoped, TTL).await.expect("lock").is_none(),
+        b.try_lock(&scoped, TTL).await.expect("lock").is_held(),
         "{}: a variant-scoped request took a second lock on one URL",
         a.backend()
     );
@@ -195,7 +211,12 @@ pub async fn one_lock_per_url_and_owner_release(a: &dyn CacheStore, b: &dyn Cach
     };
     assert!(!b.unlock(&k, &stranger).await.expect("unlock"));
     assert!(a.unlock(&k, &lease).await.expect("unlock"));
-    let next = b.try_lock(&k, TTL).await.expect("lock").expect("released");
+    let next = b
+        .try_lock(&k, TTL)
+        .await
+        .expect("lock")
+        .acquired()
+        .expect("released");
     assert!(next.token > lease.token);
     assert!(
         !a.unlock(&k, &lease).await.expect("unlock"),
@@ -212,7 +233,12 @@ pub async fn renewal_keeps_a_lease_and_stops_when_it_is_void(
 ) {
     let k = key("/contract/renew");
     let ttl = Duration::from_millis(300);
-    let lock = a.try_lock(&k, ttl).await.expect("lock").expect("free");
+    let lock = a
+        .try_lock(&k, ttl)
+        .await
+        .expect("lock")
+        .acquired()
+        .expect("free");
     let ticket = a.ticket(&k, ttl).await.expect("ticket");
     for _ in 0..4 {
         tokio::time::sleep(ttl / 3).await;
@@ -220,7 +246,7 @@ pub async fn renewal_keeps_a_lease_and_stops_when_it_is_void(
         assert!(a.renew_lock(&k, &ticket, ttl).await.expect("renew"));
     }
     // Four thirds of the TTL later: both still valid.
-    assert!(b.try_lock(&k, ttl).await.expect("lock").is_none());
+    assert!(b.try_lock(&k, ttl).await.expect("lock").is_held());
     assert_eq!(
         put(a, &k, &entry("slow fill", 5_000, 0), &ticket).await,
         PutOutcome::Written
@@ -256,9 +282,19 @@ pub async fn a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(
             );
             tokio::time::sleep(ttl * 2).await;
         }
-        let paused = a.try_lock(&k, ttl).await.expect("lock").expect("free");
+        let paused = a
+            .try_lock(&k, ttl)
+            .await
+            .expect("lock")
+            .acquired()
+            .expect("free");
         tokio::time::sleep(ttl * 2).await;
-        let next = b.try_lock(&k, ttl).await.expect("lock").expect("lapsed");
+        let next = b
+            .try_lock(&k, ttl)
+            .await
+            .expect("lock")
+            .acquired()
+            .expect("lapsed");
         assert_eq!(
             put(b, &k, &entry("v2", 60_000, 0), &next).await,
             PutOutcome::Written
@@ -272,7 +308,12 @@ pub async fn a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(
         assert_eq!(body(a, &k).await.as_deref(), Some("v2"));
         // Even with nothing written since, a lapsed lease stays void.
         let k2 = key(&format!("/contract/lapsed-alone-{warm}"));
-        let alone = a.try_lock(&k2, ttl).await.expect("lock").expect("free");
+        let alone = a
+            .try_lock(&k2, ttl)
+            .await
+            .expect("lock")
+            .acquired()
+            .expect("free");
         tokio::time::sleep(ttl * 2).await;
         let _other = b.ticket(&k2, ttl).await.expect("ticket");
         assert_eq!(
@@ -280,6 +321,50 @@ pub async fn a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(
             PutOutcome::Fenced(Refusal::LeaseLost)
         );
     }
+}
+
+/// A rebuild that fails leaves its outcome on the lock: a request that waited
+/// on it (on any handle) gets the failure, until it lapses; a request that
+/// comes later takes the lock and rebuilds.
+pub async fn a_failed_rebuild_answers_its_waiters_only(a: &dyn CacheStore, b: &dyn CacheStore) {
+    let k = key("/contract/failure");
+    let lease = a
+        .try_lock(&k, TTL)
+        .await
+        .expect("lock")
+        .acquired()
+        .expect("free");
+    let holder = match b.try_lock(&k, TTL).await.expect("lock") {
+        LockAttempt::Held(holder) => holder,
+        other => panic!("{}: a held lock answered {other:?}", a.backend()),
+    };
+    assert_eq!(holder, lease.token, "the holder is named");
+    let failure = RebuildFailure {
+        status: 503,
+        until_ms: now_ms() + 300,
+        lease: lease.token,
+    };
+    assert!(a.unlock_failed(&k, &lease, &failure).await.expect("unlock"));
+    match b.try_lock_after(&k, TTL, Some(holder)).await.expect("lock") {
+        LockAttempt::RecentFailure(f) => {
+            assert_eq!((f.status, f.lease), (503, lease.token));
+            assert!(f.until_ms >= failure.until_ms - 1);
+        }
+        other => panic!("{}: the waiter got {other:?}", a.backend()),
+    }
+    let later = b.try_lock(&k, TTL).await.expect("lock").acquired();
+    let later = later.unwrap_or_else(|| panic!("{}: a later request must rebuild", a.backend()));
+    b.unlock(&k, &later).await.expect("unlock");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        b.try_lock_after(&k, TTL, Some(holder))
+            .await
+            .expect("lock")
+            .acquired()
+            .is_some(),
+        "{}: a failure must not stick",
+        a.backend()
+    );
 }
 
 /// An entry outlives its freshness by the stale window, and no longer.
