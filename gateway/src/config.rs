@@ -248,9 +248,17 @@ pub struct Config {
     /// Origin answer timeout (then 504).
     #[arg(long, env = "STAMPEDE_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub upstream_timeout: Duration,
-    /// Largest body cached or shared; larger ones stream through uncached.
-    #[arg(long, env = "STAMPEDE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest body stored (16 MiB by default). Every body streams to the
+    /// requests that wait on its rebuild as it arrives; a larger one is not
+    /// stored and its key goes to the origin uncoordinated for a while
+    /// (hit-for-miss). `--max-body-bytes` is the old name.
+    #[arg(
+        long,
+        alias = "max-body-bytes",
+        env = "STAMPEDE_MAX_OBJECT_SIZE",
+        default_value_t = stampede_layer::config::DEFAULT_MAX_OBJECT_SIZE
+    )]
+    pub max_object_size: usize,
     /// Overload gate: most requests at the origin at once (set it from what the
     /// origin can serve; the default sheds nothing a normal burst of distinct
     /// misses needs).

@@ -160,7 +160,7 @@ pub fn build_stack(
             ttl: operator(config.ttl),
             stale_ttl: operator(config.stale_ttl),
             stale_if_error: operator(config.stale_if_error.max(config.stale_ttl)),
-            max_body_bytes: config.max_body_bytes,
+            max_object_size: config.max_object_size,
             honor_origin_cache_control: true,
             cache_credentialed: config.cache_credentialed,
             hit_for_miss_ttl: config.hit_for_miss_ttl,

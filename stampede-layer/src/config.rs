@@ -5,6 +5,11 @@ use crate::policy::StorageRules;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The default [`CacheConfig::max_object_size`]: 16 MiB — a typical page,
+/// image or API answer is stored; a video or a large download streams
+/// through (its flight shared, not stored).
+pub const DEFAULT_MAX_OBJECT_SIZE: usize = 16 * 1024 * 1024;
+
 /// Cache settings.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
@@ -16,8 +21,11 @@ pub struct CacheConfig {
     pub stale_ttl: Duration,
     /// Stale-if-error window after the TTL (when the origin gives none).
     pub stale_if_error: Duration,
-    /// Largest body buffered (and so cached or shared); larger ones stream through.
-    pub max_body_bytes: usize,
+    /// Largest body stored (and so cached, and shared with requests that
+    /// join its flight late). A body streams to the requests of its flight as
+    /// it arrives whatever its size; past this size it is not stored, the key
+    /// is marked hit-for-miss, and the flight keeps only a window of it.
+    pub max_object_size: usize,
     /// Honour the origin's `Cache-Control` (`max-age`, `s-maxage`, `no-store`, …).
     pub honor_origin_cache_control: bool,
     /// Cache answers to requests carrying `Authorization` or `Cookie` (an
@@ -43,7 +51,7 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(5),
             stale_ttl: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(60),
-            max_body_bytes: 1024 * 1024,
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             honor_origin_cache_control: true,
             cache_credentialed: false,
             hit_for_miss_ttl: Duration::from_secs(120),

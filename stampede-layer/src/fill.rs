@@ -27,6 +27,7 @@ use crate::status::{CacheStatus, Detail};
 use crate::store::{
     LockLease, PutOutcome, RebuildFailure, SharedStore, record_error, reread_or_miss,
 };
+use crate::tee::{End, Tee};
 use futures_util::future::BoxFuture;
 use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -328,27 +329,58 @@ impl<S> CacheFill<S> {
                 lease: lease.as_ref().map(|l| l.token).unwrap_or_default(),
             }));
         }
-        let bytes = match buffer(body, self.config.max_body_bytes).await? {
+        // Small bodies are buffered whole; a larger one (or one that is still
+        // arriving past the threshold) streams to the flight as it arrives.
+        let bytes = match buffer(body, STREAM_THRESHOLD).await? {
             Buffered::Complete(bytes) => bytes,
             Buffered::TooLarge(body) => {
-                let marker = Marker {
-                    lease: lease.as_ref(),
-                    status: parts.status,
-                    vary: VaryValues::of(&parts.headers, &request_headers),
+                let vary = VaryValues::of(&parts.headers, &request_headers);
+                let plan = match decision {
+                    Ok(plan) => plan,
+                    Err(reason) => {
+                        // Not storable: the client's own stream, not shared.
+                        let marker = Marker {
+                            lease: lease.as_ref(),
+                            status: parts.status,
+                            vary,
+                        };
+                        uncacheable(&self.store, &self.config, &lookup, marker, reason).await;
+                        parts.extensions.insert(status);
+                        parts.extensions.insert(Sharing::NotShareable(reason));
+                        return Ok(Response::from_parts(parts, body));
+                    }
                 };
-                uncacheable(
-                    &self.store,
-                    &self.config,
-                    &lookup,
-                    marker,
-                    NotShareable::TooLarge,
-                )
-                .await;
+                let sharing = if plan.shareable() {
+                    Sharing::Stored(vary.clone())
+                } else {
+                    Sharing::NotShareable(NotShareable::NoLifetime)
+                };
+                let tee = Tee::new(self.config.max_object_size as u64, STREAM_WINDOW);
+                let reader = tee.reader().expect("a new tee holds its start");
+                let template = CachedResponse {
+                    status: parts.status.as_u16(),
+                    vary,
+                    ..CachedResponse::hit_for_miss(0, Duration::ZERO, 0)
+                };
+                let pump = Pump {
+                    store: self.store.clone(),
+                    config: self.config.clone(),
+                    lookup,
+                    lease,
+                    ticket,
+                    template,
+                    headers: parts.headers.clone(),
+                    plan,
+                    timing,
+                    rebuild,
+                    fence,
+                    deadline: started + self.tickets.lease.fill_deadline,
+                };
+                tokio::spawn(pump.run(body, tee.clone()));
                 parts.extensions.insert(status);
-                parts
-                    .extensions
-                    .insert(Sharing::NotShareable(NotShareable::TooLarge));
-                return Ok(Response::from_parts(parts, body));
+                parts.extensions.insert(sharing);
+                parts.extensions.insert(TeeBody(tee));
+                return Ok(Response::from_parts(parts, reader));
             }
         };
         let sharing = match decision {
@@ -398,6 +430,104 @@ impl<S> CacheFill<S> {
         parts.extensions.insert(status);
         parts.extensions.insert(sharing);
         Ok(Response::from_parts(parts, CacheBody::full(bytes)))
+    }
+}
+
+/// Bodies up to this size are buffered whole before the answer goes on;
+/// larger ones stream to the flight as they arrive.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+
+/// How much of a body over the stored size a flight keeps for its readers.
+const STREAM_WINDOW: u64 = 4 * 1024 * 1024;
+
+/// Response extension: the body of this answer is being pumped into a
+/// [`Tee`]; the requests of its flight read it from there, and the lock is
+/// released once the pump settled (the body stored, or not).
+#[derive(Clone, Debug)]
+pub(crate) struct TeeBody(pub(crate) Arc<Tee>);
+
+/// What a streamed fill does once the headers went on: read the body into
+/// the tee, then store it (fenced) if it arrived whole within the size.
+struct Pump {
+    store: SharedStore,
+    config: Arc<CacheConfig>,
+    lookup: Lookup,
+    lease: Option<LockLease>,
+    /// The fill's own ticket, renewed until the write (none under a lock).
+    ticket: Option<LeaseGuard>,
+    template: CachedResponse,
+    headers: HeaderMap,
+    plan: Lifetimes,
+    timing: Timing,
+    rebuild: Duration,
+    fence: u64,
+    deadline: Instant,
+}
+
+impl Pump {
+    async fn run<ResBody>(self, body: ResBody, tee: Arc<Tee>)
+    where
+        ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        let mut body = std::pin::pin!(body);
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let end = loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    metrics::counter!("stampede_fill_deadline_exceeded_total").increment(1);
+                    break End::Failed("the fill deadline passed".into());
+                }
+                Ok(None) => break End::Complete,
+                Ok(Some(Err(err))) => {
+                    let err: BoxError = err.into();
+                    break End::Failed(err.to_string().into());
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        tee.push(data);
+                    }
+                }
+            }
+        };
+        tee.finish(end.clone());
+        let mut status = CacheStatus::default();
+        if let Some(body) = tee.whole_body() {
+            let entry = build_entry(
+                &self.template,
+                &self.headers,
+                body,
+                &self.plan,
+                self.timing,
+                self.rebuild,
+                self.fence,
+            );
+            write(
+                &self.store,
+                &self.lookup,
+                &entry,
+                self.lease.as_ref(),
+                &mut status,
+            )
+            .await;
+            metrics::counter!("stampede_streamed_fills_total", "result" => "stored").increment(1);
+        } else if end == End::Complete {
+            // Over the stored size: the next requests go straight to the origin.
+            let marker = Marker {
+                lease: self.lease.as_ref(),
+                status: self.template.status_code(),
+                vary: self.template.vary.clone(),
+            };
+            let reason = NotShareable::TooLarge;
+            uncacheable(&self.store, &self.config, &self.lookup, marker, reason).await;
+            metrics::counter!("stampede_streamed_fills_total", "result" => "too-large")
+                .increment(1);
+        } else {
+            metrics::counter!("stampede_streamed_fills_total", "result" => "failed").increment(1);
+        }
+        drop(self.ticket);
+        tee.settle();
     }
 }
 

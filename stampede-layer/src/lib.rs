@@ -116,6 +116,7 @@ pub mod stack;
 pub mod status;
 pub mod store;
 pub mod swr;
+mod tee;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -33,6 +33,7 @@
 use crate::body::{BoxError, CacheBody};
 use crate::context::{HeldLease, Lookup, LookupState, RebuildFailed, RefreshSkipped, Reread};
 use crate::entry::now_ms;
+use crate::fill::TeeBody;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::serve::{collapsed_hit, gateway_timeout, rebuild_failed, stale};
 use crate::status::Detail;
@@ -375,7 +376,22 @@ where
         };
         match failure {
             Some(failure) => guard.release_failed(failure).await,
-            None => guard.release().await,
+            None => match result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.extensions().get::<TeeBody>())
+            {
+                // A streamed body is written once it arrived: hold the lock
+                // (renewed) until then, or a waiter would wake to nothing.
+                Some(tee) => {
+                    let tee = tee.0.clone();
+                    tokio::spawn(async move {
+                        tee.settled().await;
+                        guard.release().await;
+                    });
+                }
+                None => guard.release().await,
+            },
         }
         result
     });

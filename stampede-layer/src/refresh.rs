@@ -8,6 +8,7 @@
 
 use crate::body::BoxError;
 use crate::context::{HeldLease, RefreshSkipped};
+use crate::fill::TeeBody;
 use crate::key::CacheKey;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::store::SharedStore;
@@ -58,7 +59,7 @@ impl Refresher {
     /// Refresh `key` through `inner` with `req`, unless one is running.
     pub(crate) fn spawn<S, B>(&self, inner: S, mut req: Request<B>, key: &CacheKey)
     where
-        S: Service<Request<B>> + Send + 'static,
+        S: Service<Request<B>, Response = http::Response<crate::body::CacheBody>> + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send,
         B: Send + 'static,
@@ -95,11 +96,20 @@ impl Refresher {
             metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
                 .increment(1);
             let token = guard.as_ref().map(LeaseGuard::token);
-            if let Some(Err(err)) = lease.within_deadline(token, inner.oneshot(req)).await {
-                let err: BoxError = err.into();
-                if !RefreshSkipped::is(err.as_ref()) {
-                    tracing::debug!(error = %err, trigger, "background refresh failed");
+            // A streamed body is stored once it arrived: hold the claim until then.
+            let tee = match lease.within_deadline(token, inner.oneshot(req)).await {
+                Some(Err(err)) => {
+                    let err: BoxError = err.into();
+                    if !RefreshSkipped::is(err.as_ref()) {
+                        tracing::debug!(error = %err, trigger, "background refresh failed");
+                    }
+                    None
                 }
+                Some(Ok(resp)) => resp.extensions().get::<TeeBody>().map(|t| t.0.clone()),
+                None => None,
+            };
+            if let Some(tee) = tee {
+                tee.settled().await;
             }
             if let Some(g) = guard {
                 g.release().await;

@@ -26,8 +26,10 @@
 //! most `max_flights` of them.
 
 use crate::body::{BoxError, CacheBody};
-use crate::context::{Lookup, LookupState, RefreshSkipped, Share, Sharing};
+use crate::context::{Lookup, LookupState, RebuildFailed, RefreshSkipped, Share, Sharing};
+use crate::fill::TeeBody;
 use crate::status::{CacheStatus, Detail};
+use crate::tee::Tee;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -86,15 +88,23 @@ impl<S> Layer<S> for SingleFlightLayer {
     }
 }
 
-/// The leader's answer, buffered for its followers.
+/// The leader's answer, for its followers.
 #[derive(Clone, Debug)]
 struct SharedResponse {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    body: Bytes,
+    body: SharedBody,
     cache_status: Option<CacheStatus>,
     sharing: Sharing,
+}
+
+/// A body followers can be given: buffered whole, or being pumped from the
+/// origin (each follower reads it from the first byte as it arrives).
+#[derive(Clone, Debug)]
+enum SharedBody {
+    Full(Bytes),
+    Streaming(Arc<Tee>),
 }
 
 /// How a flight ended, as its followers see it.
@@ -214,7 +224,12 @@ impl<S> SingleFlight<S> {
                     Err(FlightError::NotBuffered) => return pass(inner, req, &lookup).await,
                 };
                 match shared.sharing.decide(&lookup.request_headers) {
-                    Share::Yes => Ok(to_response(&shared, true)),
+                    Share::Yes => match to_response(&shared) {
+                        Some(resp) => Ok(resp),
+                        // Joined too late: the start of a body past the
+                        // stored size is gone.
+                        None => pass(inner, req, &lookup).await,
+                    },
                     Share::OtherVariant(vary) if may_rescope => {
                         req.extensions_mut().insert(lookup.for_variant(&vary));
                         self.coalesce(req, false).await
@@ -228,22 +243,35 @@ impl<S> SingleFlight<S> {
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         }
 
-        // Leader: run the rebuild detached from this request's future.
-        let (stream_tx, stream_rx) = oneshot::channel::<Response<CacheBody>>();
+        // Leader: run the rebuild detached from this request's future. The
+        // leader answers with the response itself; followers with what it
+        // shares. A streamed body keeps the flight open until it settled
+        // (read whole and stored, or not): requests that come meanwhile join
+        // it instead of starting a second rebuild.
+        let (own_tx, own_rx) = oneshot::channel::<Response<CacheBody>>();
         let guard = RemoveOnDrop {
             flights: self.flights.clone(),
             key: id.clone(),
         };
         let task = tokio::spawn(async move {
-            let _guard = guard;
             match inner.oneshot(req).await.map_err(Into::into) {
-                Ok(resp) => match buffered(resp) {
-                    Ok(shared) => Ok(Arc::new(shared)),
-                    Err(streaming) => {
-                        let _ = stream_tx.send(*streaming);
-                        Err(FlightError::NotBuffered)
+                Ok(resp) => {
+                    let shared = shareable(&resp);
+                    let _ = own_tx.send(resp);
+                    match shared {
+                        Some(shared) => {
+                            if let SharedBody::Streaming(tee) = &shared.body {
+                                let tee = tee.clone();
+                                tokio::spawn(async move {
+                                    tee.settled().await;
+                                    drop(guard);
+                                });
+                            }
+                            Ok(Arc::new(shared))
+                        }
+                        None => Err(FlightError::NotBuffered),
                     }
-                },
+                }
                 Err(err) if RefreshSkipped::is(err.as_ref()) => Err(FlightError::Skipped),
                 Err(err) => Err(FlightError::Failed(err.to_string().into())),
             }
@@ -262,8 +290,7 @@ impl<S> SingleFlight<S> {
         drop(flights);
         Box::pin(async move {
             match flight.await {
-                Ok(shared) => Ok(to_response(&shared, false)),
-                Err(FlightError::NotBuffered) => stream_rx
+                Ok(_) | Err(FlightError::NotBuffered) => own_rx
                     .await
                     .map_err(|_| BoxError::from("rebuild ended without a response")),
                 Err(FlightError::Skipped) => Err(Box::new(RefreshSkipped::Elsewhere) as BoxError),
@@ -296,34 +323,48 @@ where
     Ok(resp)
 }
 
-fn buffered(resp: Response<CacheBody>) -> Result<SharedResponse, Box<Response<CacheBody>>> {
-    let Some(body) = resp.body().as_bytes() else {
-        return Err(Box::new(resp));
+/// What followers may be given of the leader's answer: its body buffered or
+/// streaming; for a failed rebuild whose body cannot be shared, a generated
+/// error. `None`: followers send their own requests.
+fn shareable(resp: &Response<CacheBody>) -> Option<SharedResponse> {
+    let body = match (resp.body().as_bytes(), resp.extensions().get::<TeeBody>()) {
+        (Some(bytes), _) => SharedBody::Full(bytes),
+        (None, Some(tee)) => SharedBody::Streaming(tee.0.clone()),
+        (None, None) => {
+            let failed = resp.extensions().get::<RebuildFailed>()?;
+            return shareable(&crate::serve::rebuild_failed(&failed.0));
+        }
     };
-    Ok(SharedResponse {
+    Some(SharedResponse {
         status: resp.status(),
         version: resp.version(),
         headers: resp.headers().clone(),
         body,
         cache_status: resp.extensions().get::<CacheStatus>().cloned(),
-        sharing: Sharing::of(&resp),
+        sharing: Sharing::of(resp),
     })
 }
 
-fn to_response(shared: &SharedResponse, follower: bool) -> Response<CacheBody> {
-    let mut resp = Response::new(CacheBody::full(shared.body.clone()));
+/// A follower's copy of the shared answer (`None`: the start of a streamed
+/// body is gone).
+fn to_response(shared: &SharedResponse) -> Option<Response<CacheBody>> {
+    let body = match &shared.body {
+        SharedBody::Full(bytes) => CacheBody::full(bytes.clone()),
+        SharedBody::Streaming(tee) => tee.reader()?,
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = shared.status;
     *resp.version_mut() = shared.version;
     *resp.headers_mut() = shared.headers.clone();
     let mut status = shared.cache_status.clone().unwrap_or_default();
-    if follower {
-        status.collapsed = true;
-        status.stored = false;
-        if shared.sharing == Sharing::Failure {
-            status.detail = Some(Detail::RebuildFailed);
-        }
+    status.collapsed = true;
+    status.stored = false;
+    if matches!(shared.sharing, Sharing::Failure | Sharing::Generated)
+        && shared.status.is_server_error()
+    {
+        status.detail = Some(Detail::RebuildFailed);
     }
     resp.extensions_mut().insert(status);
     resp.extensions_mut().insert(shared.sharing.clone());
-    resp
+    Some(resp)
 }

@@ -138,15 +138,51 @@ return 1
 
 /// Delete: the entry goes, and a live record's purge floor becomes a fresh
 /// draw, so every lease drawn before it is refused. Without a record no lease
-/// is valid: nothing is left behind. Returns whether an entry was held.
+/// is valid: nothing is left behind. Returns whether an entry was held, and a
+/// chunked entry's manifest (its chunks are deleted next).
 /// KEYS: entry, record.
 const DELETE_SCRIPT: &str = r#"
+local d = redis.call('HGET', KEYS[1], 'd')
 local existed = redis.call('DEL', KEYS[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
 end
-return existed
+if d and string.sub(d, 1, 5) == 'SLc1|' then return {existed, d} end
+return {existed, ''}
 "#;
+
+/// Entries larger than this are stored in chunks of this size.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+/// How long a chunk outlives its entry: a reader that got the manifest at the
+/// end of the entry's life still finds every chunk.
+const CHUNK_GRACE_MS: i64 = 10_000;
+
+/// What the entry key holds for a chunked entry: which object, how many chunks.
+#[derive(Debug, PartialEq, Eq)]
+struct Manifest {
+    object: String,
+    chunks: usize,
+}
+
+impl Manifest {
+    const MAGIC: &'static [u8] = b"SLc1|";
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Self::MAGIC.to_vec();
+        out.extend_from_slice(format!("{}|{}", self.object, self.chunks).as_bytes());
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let rest = std::str::from_utf8(bytes.strip_prefix(Self::MAGIC)?).ok()?;
+        let (object, chunks) = rest.split_once('|')?;
+        Some(Manifest {
+            object: object.to_owned(),
+            chunks: chunks.parse().ok()?,
+        })
+    }
+}
 
 fn script(body: &str) -> Arc<Script> {
     Arc::new(Script::from_lua(format!("{DRAW}\n{body}")))
@@ -294,6 +330,58 @@ impl RedisStore {
         (format!("{tag}:e"), format!("{tag}:l"), format!("{tag}:f"))
     }
 
+    fn chunk_keys(&self, key: &CacheKey, manifest: &Manifest) -> Vec<String> {
+        let tag = format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest());
+        (0..manifest.chunks)
+            .map(|i| format!("{tag}:b:{}:{i}", manifest.object))
+            .collect()
+    }
+
+    async fn write_chunks(
+        &self,
+        key: &CacheKey,
+        manifest: &Manifest,
+        encoded: &Bytes,
+        keep_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let keys = self.chunk_keys(key, manifest);
+        let writes = keys.iter().enumerate().map(|(i, k)| {
+            let end = ((i + 1) * CHUNK_BYTES).min(encoded.len());
+            let chunk = encoded.slice(i * CHUNK_BYTES..end);
+            self.pool.set::<(), _, _>(
+                k.clone(),
+                Value::Bytes(chunk),
+                Some(Expiration::PX(keep_ms + CHUNK_GRACE_MS)),
+                None,
+                false,
+            )
+        });
+        for result in futures_util::future::join_all(writes).await {
+            result.map_err(backend)?;
+        }
+        Ok(keys)
+    }
+
+    async fn read_chunks(
+        &self,
+        key: &CacheKey,
+        manifest: &Manifest,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let chunks: Vec<Option<Bytes>> = self
+            .pool
+            .mget(self.chunk_keys(key, manifest))
+            .await
+            .map_err(backend)?;
+        let mut whole = bytes::BytesMut::with_capacity(manifest.chunks * CHUNK_BYTES);
+        for chunk in chunks {
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            whole.extend_from_slice(&chunk);
+        }
+        Ok(Some(whole.freeze()))
+    }
+
     /// The Redis key an entry lives under (for tests and operators).
     pub fn entry_key(&self, key: &CacheKey) -> String {
         self.keys(key).0
@@ -337,14 +425,21 @@ impl CacheStore for RedisStore {
             .hmget(entry, vec!["t", "d"])
             .await
             .map_err(backend)?;
-        match data {
-            None => Ok(None),
-            Some(bytes) => {
-                let mut entry = CachedResponse::decode(&bytes)?;
-                entry.fence = token.unwrap_or(entry.fence);
-                Ok(Some(Arc::new(entry)))
-            }
-        }
+        let Some(bytes) = data else {
+            return Ok(None);
+        };
+        let bytes = match Manifest::parse(&bytes) {
+            Some(manifest) => match self.read_chunks(key, &manifest).await? {
+                Some(whole) => whole,
+                // Its chunks expired first (a read at the very end of its
+                // life), or were never all written: a miss.
+                None => return Ok(None),
+            },
+            None => bytes,
+        };
+        let mut entry = CachedResponse::decode(&bytes)?;
+        entry.fence = token.unwrap_or(entry.fence);
+        Ok(Some(Arc::new(entry)))
     }
 
     async fn put(
@@ -360,8 +455,20 @@ impl CacheStore for RedisStore {
             Some(v) => format!("w:{v}"),
             None => "w".to_owned(),
         };
-        let payload = Bytes::from(entry.encode());
+        let encoded = Bytes::from(entry.encode());
         let keep_ms = entry.keep_for(now_ms()).as_millis().max(1) as i64;
+        // A large entry goes in chunks first (no huge value or command), the
+        // fenced write then puts its manifest under the entry key.
+        let (payload, chunks) = if encoded.len() > CHUNK_BYTES {
+            let manifest = Manifest {
+                object: uuid::Uuid::new_v4().simple().to_string(),
+                chunks: encoded.len().div_ceil(CHUNK_BYTES),
+            };
+            let keys = self.write_chunks(key, &manifest, &encoded, keep_ms).await?;
+            (Bytes::from(manifest.encode()), keys)
+        } else {
+            (encoded, Vec::new())
+        };
         let result: i64 = self
             .put_script
             .evalsha_with_reload(
@@ -377,6 +484,10 @@ impl CacheStore for RedisStore {
             )
             .await
             .map_err(backend)?;
+        if result != 1 && !chunks.is_empty() {
+            // Refused: its chunks are nobody's (they would expire anyway).
+            let _: Result<i64, _> = self.pool.del(chunks).await;
+        }
         Ok(match result {
             1 => PutOutcome::Written,
             -1 => PutOutcome::Fenced(Refusal::Superseded),
@@ -387,11 +498,15 @@ impl CacheStore for RedisStore {
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let (entry, _, record) = self.keys(key);
-        let existed: i64 = self
+        let (existed, manifest): (i64, Bytes) = self
             .delete_script
             .evalsha_with_reload(self.pool.next(), vec![entry, record], ())
             .await
             .map_err(backend)?;
+        // A chunked entry's chunks go with it (unreachable already).
+        if let Some(manifest) = Manifest::parse(&manifest) {
+            let _: Result<i64, _> = self.pool.del(self.chunk_keys(key, &manifest)).await;
+        }
         Ok(existed > 0)
     }
 
