@@ -9,11 +9,11 @@ use std::time::Duration;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+use stampede_bench::campaign::{self, CampaignConfig};
 use stampede_bench::ladder::table::{TABLE_ROWS, rung_names};
 use stampede_bench::ladder::{LadderOptions, Profile, run_ladder};
 use stampede_bench::load::{DEFAULT_ORIGIN, LoadConfig, parse_duration, run_load};
 use stampede_bench::procs::display_path;
-use stampede_bench::campaign::{self, CampaignConfig};
 use stampede_bench::soak::{SoakConfig, run_soak};
 
 /// Load generator and experiment runner for stampede-layer.
@@ -159,10 +159,18 @@ struct CampaignArgs {
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// The recorded history (JSON lines).
-    #[arg(long, value_name = "FILE", default_value = "target/campaign/history.jsonl")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/campaign/history.jsonl"
+    )]
     history: PathBuf,
     /// origin-sim's /stats/queries at the end of the run.
-    #[arg(long, value_name = "FILE", default_value = "target/campaign/queries.json")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/campaign/queries.json"
+    )]
     queries: PathBuf,
     /// After the run, write the campaign section of this file (docs/RELIABILITY.md) from the summary
     /// (needs --output: the section names the JSON it was rendered from).
@@ -184,6 +192,9 @@ enum CampaignCmd {
         /// Also write the JSON summary here.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Violations listed per invariant (all are counted).
+        #[arg(long, default_value_t = 20)]
+        max_examples: usize,
     },
     /// Write the campaign section of a markdown file from a saved JSON summary.
     Render {
@@ -366,8 +377,13 @@ async fn campaign_cmd(args: CampaignArgs) -> Result<(), ExitCode> {
             history,
             queries,
             output,
+            max_examples,
         }) => {
-            let r = campaign::check_files(&history, &queries).map_err(|e| fail(1, e))?;
+            let cfg = campaign::checker::CheckConfig {
+                max_examples,
+                ..Default::default()
+            };
+            let r = campaign::check_files(&history, &queries, &cfg).map_err(|e| fail(1, e))?;
             emit(&r, output.as_deref())?;
             return verdict(&r);
         }

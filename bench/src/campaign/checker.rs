@@ -41,9 +41,14 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::history::{Entry, Fault, FaultKind, Line, Meta, Op, OpKind};
+use crate::cache_status::classify;
 use crate::stats::OriginQuery;
 
 const MS: u64 = 1_000_000;
+
+/// A violation is attributed to a fault in force when it happened, or
+/// lifted at most this long (ms) before.
+pub const CONTEXT_MS: u64 = 5000;
 
 /// The checker's tolerances (beyond the bounds the history's meta line gives).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +117,14 @@ pub struct Violation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<usize>,
     pub what: String,
+    /// The fault in force, or lifted at most [`CONTEXT_MS`] before, when the
+    /// violation's cause happened (kind and history line), if any: the first
+    /// completion of the newer version (a), the invalidation's completion
+    /// (b, d), the overlap (c), the failed operation (e).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_line: Option<usize>,
     /// History line numbers (1-based), the offending operation first.
     pub lines: Vec<usize>,
     /// Those lines (and, for (c), the origin queries) as JSON.
@@ -123,6 +136,11 @@ pub struct Violation {
 pub struct InvariantResult {
     pub description: String,
     pub violations: usize,
+    /// Violations by the fault in force (or just lifted) when they happened
+    /// (`none`: no fault within [`CONTEXT_MS`]).
+    pub by_fault: BTreeMap<String, usize>,
+    /// Distinct keys (item ids) with a violation.
+    pub keys: usize,
     /// The first `max_examples` violations.
     pub examples: Vec<Violation>,
 }
@@ -182,6 +200,7 @@ struct Ctx<'a> {
     ops: Vec<(&'a Line, &'a Op)>,
     faults: Vec<(&'a Line, &'a Fault)>,
     out: BTreeMap<String, InvariantResult>,
+    keys: BTreeMap<String, std::collections::BTreeSet<u64>>,
 }
 
 impl Ctx<'_> {
@@ -189,9 +208,27 @@ impl Ctx<'_> {
         (self.meta.near_cache_ttl_ms + self.cfg.slack_ms) * MS
     }
 
-    fn violate(&mut self, v: Violation) {
+    /// The fault in force at `ns` (or lifted at most [`CONTEXT_MS`] before);
+    /// the latest started one.
+    fn fault_at(&self, ns: u64) -> Option<(String, usize)> {
+        self.faults
+            .iter()
+            .filter(|(_, f)| f.start_ns <= ns && ns <= f.end_ns + CONTEXT_MS * MS)
+            .max_by_key(|(_, f)| f.start_ns)
+            .map(|(l, f)| (f.kind.name().to_string(), l.no))
+    }
+
+    fn violate(&mut self, mut v: Violation, at_ns: u64) {
+        if let Some((kind, line)) = self.fault_at(at_ns) {
+            (v.fault, v.fault_line) = (Some(kind), Some(line));
+        }
+        if let Some(k) = v.key {
+            self.keys.entry(v.invariant.clone()).or_default().insert(k);
+        }
         let r = self.out.entry(v.invariant.clone()).or_default();
         r.violations += 1;
+        let ctx = v.fault.clone().unwrap_or_else(|| "none".into());
+        *r.by_fault.entry(ctx).or_default() += 1;
         if r.examples.len() < self.cfg.max_examples {
             r.examples.push(v);
         }
@@ -210,11 +247,17 @@ impl Ctx<'_> {
     }
 }
 
+/// Line numbers and lines, each once, in the order given.
 fn evidence(lines: &[&Line]) -> (Vec<usize>, Vec<String>) {
-    (
-        lines.iter().map(|l| l.no).collect(),
-        lines.iter().map(|l| l.json()).collect(),
-    )
+    let mut seen = Vec::new();
+    let mut ev = Vec::new();
+    for l in lines {
+        if !seen.contains(&l.no) {
+            seen.push(l.no);
+            ev.push(l.json());
+        }
+    }
+    (seen, ev)
 }
 
 /// Check a history (and the origin's query log) against the invariants.
@@ -241,6 +284,7 @@ pub fn check(lines: &[Line], queries: &[OriginQuery], cfg: &CheckConfig) -> Chec
             })
             .collect(),
         out: BTreeMap::new(),
+        keys: BTreeMap::new(),
     };
     let mut operations: BTreeMap<String, OpCounts> = BTreeMap::new();
     for (_, op) in &ctx.ops {
@@ -269,10 +313,16 @@ pub fn check(lines: &[Line], queries: &[OriginQuery], cfg: &CheckConfig) -> Chec
     for (id, description) in INVARIANTS {
         let mut r = ctx.out.remove(id).unwrap_or_default();
         r.description = description.into();
+        r.keys = ctx.keys.remove(id).map_or(0, |k| k.len());
         invariants.insert(id.to_string(), r);
     }
     let first = ctx.ops.iter().map(|(_, o)| o.invoke_ns).min().unwrap_or(0);
-    let last = ctx.ops.iter().map(|(_, o)| o.complete_ns).max().unwrap_or(0);
+    let last = ctx
+        .ops
+        .iter()
+        .map(|(_, o)| o.complete_ns)
+        .max()
+        .unwrap_or(0);
     CheckResult {
         meta,
         duration_s: (last.saturating_sub(first)) as f64 / 1e9,
@@ -358,14 +408,12 @@ fn check_monotonic(ctx: &mut Ctx<'_>) {
                 continue;
             }
             // The first completion of any version newer than w.
-            let first = earliest
-                .above(w)
-                .map_or(top, |(_, i)| seen[i]);
+            let first = earliest.above(w).map_or(top, |(_, i)| seen[i]);
             if h.invoke_ns <= first.1 + bound || ctx.across_gateway_fault(h) {
                 continue;
             }
             let (lines, ev) = evidence(&[l, first.0, top.0]);
-            found.push(Violation {
+            found.push((Violation {
                 invariant: "a".into(),
                 key: Some(*key),
                 gateway: h.gateway,
@@ -379,12 +427,14 @@ fn check_monotonic(ctx: &mut Ctx<'_>) {
                 ),
                 lines,
                 evidence: ev,
-            });
+                fault: None,
+                fault_line: None,
+            }, first.1));
         }
     }
-    found.sort_by_key(|v| v.lines[0]);
-    for v in found {
-        ctx.violate(v);
+    found.sort_by_key(|(v, _)| v.lines[0]);
+    for (v, at) in found {
+        ctx.violate(v, at);
     }
 }
 
@@ -483,7 +533,10 @@ fn check_invalidations(ctx: &mut Ctx<'_>, queries: &[OriginQuery]) {
             };
             // The newest-floored invalidation that is past its bound.
             let n = invs.partition_point(|i| i.op.complete_ns + bound < h.invoke_ns);
-            let Some(inv) = n.checked_sub(1).map(|i| &invs[best[i]]).filter(|i| i.floor > w)
+            let Some(inv) = n
+                .checked_sub(1)
+                .map(|i| &invs[best[i]])
+                .filter(|i| i.floor > w)
             else {
                 continue;
             };
@@ -494,7 +547,7 @@ fn check_invalidations(ctx: &mut Ctx<'_>, queries: &[OriginQuery]) {
                 .map(|q| format!("; an older fill raced it ({q})"))
                 .unwrap_or_default();
             let (lines, ev) = evidence(&[l, inv.line]);
-            found.push(Violation {
+            found.push((Violation {
                 invariant: "b".into(),
                 key: Some(*key),
                 gateway: h.gateway,
@@ -507,12 +560,14 @@ fn check_invalidations(ctx: &mut Ctx<'_>, queries: &[OriginQuery]) {
                 ),
                 lines,
                 evidence: ev,
-            });
+                fault: None,
+                fault_line: None,
+            }, inv.op.complete_ns));
         }
     }
-    found.sort_by_key(|v| v.lines[0]);
-    for v in found {
-        ctx.violate(v);
+    found.sort_by_key(|(v, _)| v.lines[0]);
+    for (v, at) in found {
+        ctx.violate(v, at);
     }
 }
 
@@ -525,8 +580,8 @@ fn check_staleness(ctx: &mut Ctx<'_>) -> BTreeMap<String, f64> {
     let mut max: BTreeMap<String, f64> = (0..ctx.meta.gateways)
         .map(|g| (format!("g{g}"), 0.0))
         .collect();
-    // (gateway, invalidation line) → (staleness, offending line, invalidation)
-    let mut worst: BTreeMap<(usize, usize), (u64, &Line, &Line, i64, i64)> = BTreeMap::new();
+    // (gateway, invalidation line) → its worst stale serve.
+    let mut worst: BTreeMap<(usize, usize), Stale<'_>> = BTreeMap::new();
     for ops in keys.values() {
         let mut invs = invalidations(ops);
         invs.sort_by_key(|i| i.op.complete_ns);
@@ -559,11 +614,15 @@ fn check_staleness(ctx: &mut Ctx<'_>) -> BTreeMap<String, f64> {
             }
         }
     }
-    let mut found: Vec<Violation> = worst
+    let mut found: Vec<(Violation, u64)> = worst
         .into_iter()
         .map(|((g, _), (stale, l, inv, w, floor))| {
             let (lines, ev) = evidence(&[l, inv]);
-            Violation {
+            let at = match &inv.entry {
+                Entry::Op(o) => o.complete_ns,
+                _ => 0,
+            };
+            let v = Violation {
                 invariant: "d".into(),
                 key: match &l.entry {
                     Entry::Op(o) => Some(o.key),
@@ -578,18 +637,25 @@ fn check_staleness(ctx: &mut Ctx<'_>) -> BTreeMap<String, f64> {
                 ),
                 lines,
                 evidence: ev,
-            }
+                fault: None,
+                fault_line: None,
+            };
+            (v, at)
         })
         .collect();
-    found.sort_by_key(|v| v.lines[0]);
-    for v in found {
-        ctx.violate(v);
+    found.sort_by_key(|(v, _)| v.lines[0]);
+    for (v, at) in found {
+        ctx.violate(v, at);
     }
     for v in max.values_mut() {
         *v = (*v * 10.0).round() / 10.0;
     }
     max
 }
+
+/// The worst stale serve after one invalidation on one gateway:
+/// (staleness ns, offending line, invalidation line, version served, floor).
+type Stale<'a> = (u64, &'a Line, &'a Line, i64, i64);
 
 /// The window (wall ms) in which `f` documents a rebuild takeover, if it does.
 fn takeover_window(f: &Fault, meta: &Meta, cfg: &CheckConfig) -> Option<(u64, u64)> {
@@ -640,6 +706,12 @@ fn check_rebuilds(
     let mut takeovers: BTreeMap<String, usize> = BTreeMap::new();
     let mut examples = Vec::new();
     let mut found = Vec::new();
+    let mut fetches: HashMap<u64, Vec<(&Line, &Op)>> = HashMap::new();
+    for (l, o) in &ctx.ops {
+        if o.kind == OpKind::Read {
+            fetches.entry(o.key).or_default().push((l, o));
+        }
+    }
     let mut ids: Vec<_> = by_id.into_iter().collect();
     ids.sort_by_key(|(id, _)| *id);
     for (id, mut qs) in ids {
@@ -654,7 +726,7 @@ fn check_rebuilds(
                 if hi < lo + tol {
                     continue;
                 }
-                let ev = vec![query_json(a), query_json(b)];
+                let mut ev = vec![query_json(a), query_json(b)];
                 match windows.iter().find(|(_, _, (s, e))| lo <= *e && hi >= *s) {
                     Some((l, f, _)) => {
                         *takeovers.entry(f.kind.name().into()).or_default() += 1;
@@ -667,23 +739,48 @@ fn check_rebuilds(
                             });
                         }
                     }
-                    None => found.push(Violation {
-                        invariant: "c".into(),
-                        key: Some(id),
-                        gateway: None,
-                        what: format!(
-                            "two origin queries of id {id} overlapped {} ms outside any takeover window",
-                            hi - lo
-                        ),
-                        lines: Vec::new(),
-                        evidence: ev,
-                    }),
+                    None => {
+                        // The operations whose rebuilds they may be: went to
+                        // the origin, in flight around the query.
+                        let mut lines = Vec::new();
+                        for q in [a, b] {
+                            let end = q.t_ms + q.duration_ms;
+                            let fits = |o: &&(&Line, &Op)| {
+                                let fwd = classify(o.1.cache_status.as_deref());
+                                !fwd.hit
+                                    && fwd.fwd.is_some()
+                                    && o.1.invoke_wall_ms <= q.t_ms + 1
+                                    && o.1.complete_wall_ms + 1 >= end
+                            };
+                            let ops = fetches.get(&id).map_or(&[][..], Vec::as_slice);
+                            lines.extend(ops.iter().filter(fits).map(|o| o.0));
+                        }
+                        let (nos, mut ops_ev) = evidence(&lines);
+                        ops_ev.append(&mut ev);
+                        let at = lo.saturating_sub(start) * MS;
+                        found.push((
+                            Violation {
+                                invariant: "c".into(),
+                                key: Some(id),
+                                gateway: None,
+                                what: format!(
+                                    "two origin queries of id {id} overlapped {} ms outside any takeover window",
+                                    hi - lo
+                                ),
+                                lines: nos,
+                                evidence: ops_ev,
+                                fault: None,
+                                fault_line: None,
+                            },
+                            at,
+                        ));
+                    }
                 }
             }
         }
     }
-    for v in found {
-        ctx.violate(v);
+    for (v, at) in found {
+        ctx.violate(v, at);
     }
     (takeovers, examples, n)
 }
@@ -711,11 +808,20 @@ fn check_errors(ctx: &mut Ctx<'_>) {
             (Some(s), Some(e)) => Some(format!("HTTP {s} with a bad body: {e}")),
             (Some(502..=504), None) => None,
             (Some(500), None) => {
-                let injected = op.body.as_deref().is_some_and(|b| b.contains("injected error"));
-                let window = fault_on(&[FaultKind::OriginErrors], ctx.cfg.origin_error_grace_ms, false);
+                let injected = op
+                    .body
+                    .as_deref()
+                    .is_some_and(|b| b.contains("injected error"));
+                let window = fault_on(
+                    &[FaultKind::OriginErrors],
+                    ctx.cfg.origin_error_grace_ms,
+                    false,
+                );
                 match (injected, window) {
                     (true, Some(_)) => None,
-                    (true, None) => Some("the origin's injected 500 outside an error window".into()),
+                    (true, None) => {
+                        Some("the origin's injected 500 outside an error window".into())
+                    }
                     (false, _) => Some("a 500 that is not the origin's injected error".into()),
                 }
             }
@@ -731,17 +837,382 @@ fn check_errors(ctx: &mut Ctx<'_>) {
         };
         if let Some(why) = why {
             let (lines, ev) = evidence(&[l]);
-            found.push(Violation {
-                invariant: "e".into(),
-                key: Some(op.key),
-                gateway: op.gateway,
-                what: format!("{} of /items/{}: {why}", op.kind.name(), op.key),
-                lines,
-                evidence: ev,
-            });
+            found.push((
+                Violation {
+                    invariant: "e".into(),
+                    key: Some(op.key),
+                    gateway: op.gateway,
+                    what: format!("{} of /items/{}: {why}", op.kind.name(), op.key),
+                    lines,
+                    evidence: ev,
+                    fault: None,
+                    fault_line: None,
+                },
+                op.invoke_ns,
+            ));
         }
     }
-    for v in found {
-        ctx.violate(v);
+    for (v, at) in found {
+        ctx.violate(v, at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Small hand-made histories: each invariant firing, and not firing.
+    //! Times are in ms; the near-cache bound is 1000 ms (+100 ms slack).
+
+    use super::*;
+    use crate::campaign::history::parse;
+
+    const HIT: &str = "stampede; hit; ttl=1";
+    const MISS: &str = "stampede; fwd=uri-miss; fwd-status=200; ttl=2; stored";
+    const COLLAPSED: &str = "stampede; fwd=uri-miss; fwd-status=200; collapsed";
+
+    fn meta() -> Entry {
+        Entry::Meta(Meta {
+            gateways: 2,
+            started_wall_ms: 1_000_000,
+            ..default_meta()
+        })
+    }
+
+    fn op(kind: OpKind, g: Option<usize>, key: u64, t: (u64, u64)) -> Op {
+        Op {
+            process: "c0".into(),
+            kind,
+            gateway: g,
+            key,
+            invoke_ns: t.0 * MS,
+            complete_ns: t.1 * MS,
+            invoke_wall_ms: 1_000_000 + t.0,
+            complete_wall_ms: 1_000_000 + t.1,
+            status: Some(200),
+            version: None,
+            cache_status: None,
+            error: None,
+            body: None,
+        }
+    }
+
+    fn read(g: usize, key: u64, t: (u64, u64), version: i64, cs: &str) -> Entry {
+        Entry::Op(Op {
+            version: Some(version),
+            cache_status: Some(cs.into()),
+            ..op(OpKind::Read, Some(g), key, t)
+        })
+    }
+
+    fn update(g: usize, key: u64, t: (u64, u64), version: i64) -> Entry {
+        Entry::Op(Op {
+            version: Some(version),
+            ..op(OpKind::Update, Some(g), key, t)
+        })
+    }
+
+    fn update_direct(key: u64, t: (u64, u64), version: i64) -> Entry {
+        Entry::Op(Op {
+            version: Some(version),
+            ..op(OpKind::UpdateDirect, None, key, t)
+        })
+    }
+
+    fn purge(g: usize, key: u64, t: (u64, u64)) -> Entry {
+        Entry::Op(op(OpKind::Purge, Some(g), key, t))
+    }
+
+    fn failed(
+        g: usize,
+        key: u64,
+        t: (u64, u64),
+        status: Option<u16>,
+        err: Option<&str>,
+        body: Option<&str>,
+    ) -> Entry {
+        Entry::Op(Op {
+            status,
+            error: err.map(String::from),
+            body: body.map(String::from),
+            ..op(OpKind::Read, Some(g), key, t)
+        })
+    }
+
+    fn fault(kind: FaultKind, g: Option<usize>, t: (u64, u64), detail: &str) -> Entry {
+        Entry::Fault(Fault {
+            kind,
+            gateway: g,
+            start_ns: t.0 * MS,
+            end_ns: t.1 * MS,
+            start_wall_ms: 1_000_000 + t.0,
+            end_wall_ms: 1_000_000 + t.1,
+            detail: detail.into(),
+        })
+    }
+
+    fn run(entries: Vec<Entry>, queries: &[(u64, u64, u64)]) -> CheckResult {
+        let mut all = vec![meta()];
+        all.extend(entries);
+        // Through the file format, as `campaign check` reads it.
+        let text: String = all
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        let lines = parse(&text).unwrap();
+        let qs: Vec<OriginQuery> = queries
+            .iter()
+            .map(|&(id, t, d)| OriginQuery {
+                t_ms: 1_000_000 + t,
+                id,
+                status: 200,
+                duration_ms: d,
+                bytes: 0,
+            })
+            .collect();
+        check(&lines, &qs, &CheckConfig::default())
+    }
+
+    fn count(r: &CheckResult, inv: &str) -> usize {
+        r.invariants[inv].violations
+    }
+
+    #[test]
+    fn a_fires_on_a_hit_older_than_a_completed_version_past_the_bound() {
+        let r = run(
+            vec![
+                read(0, 7, (0, 100), 2, MISS),
+                read(1, 7, (1300, 1301), 1, HIT),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "a"), 1, "{:#?}", r.invariants["a"]);
+        let v = &r.invariants["a"].examples[0];
+        assert_eq!(v.lines, vec![3, 2], "the hit first, then the newer version");
+        assert_eq!(v.key, Some(7));
+        assert_eq!(v.evidence.len(), 2);
+    }
+
+    #[test]
+    fn a_allows_a_near_cache_copy_within_the_bound_and_newer_hits() {
+        let r = run(
+            vec![
+                read(0, 7, (0, 100), 2, MISS),
+                read(1, 7, (900, 901), 1, HIT),
+                read(1, 7, (1300, 1301), 2, HIT),
+                // Not a hit: a read that went to the origin is (b)/(c)'s business.
+                read(1, 7, (1400, 1420), 1, MISS),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "a"), 0, "{:#?}", r.invariants["a"]);
+    }
+
+    #[test]
+    fn a_allows_a_request_in_flight_across_a_pause_of_its_gateway() {
+        let r = run(
+            vec![
+                read(0, 7, (0, 100), 2, MISS),
+                fault(FaultKind::PauseGateway, Some(1), (1500, 3000), ""),
+                read(1, 7, (1490, 3001), 1, HIT),
+                // The same on the gateway that was not paused is a violation.
+                read(0, 7, (1490, 3001), 1, HIT),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "a"), 1, "{:#?}", r.invariants["a"]);
+        assert_eq!(r.invariants["a"].examples[0].gateway, Some(0));
+        // Attributed to what was in force when version 2 completed: nothing.
+        assert_eq!(r.invariants["a"].by_fault["none"], 1);
+    }
+
+    #[test]
+    fn b_fires_on_a_hit_below_an_update_past_the_bound() {
+        let r = run(
+            vec![
+                read(0, 3, (0, 10), 4, MISS),
+                update(0, 3, (50, 100), 5),
+                read(1, 3, (900, 901), 4, HIT),   // within the bound
+                read(1, 3, (1300, 1301), 4, HIT), // past it
+            ],
+            &[(3, 20, 90)],
+        );
+        assert_eq!(count(&r, "b"), 1, "{:#?}", r.invariants["b"]);
+        let v = &r.invariants["b"].examples[0];
+        assert_eq!(v.lines, vec![5, 3]);
+        assert!(v.what.contains("an older fill raced it"), "{}", v.what);
+    }
+
+    #[test]
+    fn b_fires_after_a_purge_of_a_write_made_straight_at_the_origin() {
+        let r = run(
+            vec![
+                read(0, 3, (0, 10), 4, MISS),
+                update_direct(3, (20, 30), 5),
+                // Before the purge the cache may serve 4 (nobody told it).
+                read(1, 3, (40, 41), 4, HIT),
+                purge(1, 3, (50, 60)),
+                read(0, 3, (1200, 1201), 5, MISS),
+                read(1, 3, (1300, 1301), 4, HIT),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "b"), 1, "{:#?}", r.invariants["b"]);
+        assert_eq!(r.invariants["b"].examples[0].lines, vec![7, 5]);
+        // No purge, no (b): the direct write alone guarantees nothing.
+        let r = run(
+            vec![
+                read(0, 3, (0, 10), 4, MISS),
+                update_direct(3, (20, 30), 5),
+                read(1, 3, (1300, 1301), 4, HIT),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "b"), 0, "{:#?}", r.invariants["b"]);
+        assert_eq!(
+            count(&r, "a"),
+            0,
+            "a direct write is not a version the cache served"
+        );
+    }
+
+    #[test]
+    fn c_fires_on_overlapping_rebuilds_and_counts_takeovers_in_fault_windows() {
+        let r = run(
+            vec![
+                read(0, 9, (995, 1110), 1, MISS),
+                read(1, 9, (1045, 1160), 1, MISS),
+            ],
+            &[(9, 1000, 100), (9, 1050, 100)],
+        );
+        assert_eq!(count(&r, "c"), 1, "{:#?}", r.invariants["c"]);
+        let v = &r.invariants["c"].examples[0];
+        assert_eq!(v.lines, vec![2, 3], "the reads whose rebuilds they were");
+        assert_eq!(v.evidence.len(), 4);
+        // The same overlap while the origin was slower than the lock: a takeover.
+        let r = run(
+            vec![fault(
+                FaultKind::SlowOrigin,
+                None,
+                (900, 2000),
+                "latency_ms=1500",
+            )],
+            &[(9, 1000, 100), (9, 1050, 100)],
+        );
+        assert_eq!(count(&r, "c"), 0);
+        assert_eq!(r.takeovers["slow-origin"], 1);
+        assert_eq!(r.takeover_examples[0].fault_line, 2);
+        // Back to back (ms rounding) is not an overlap; neither is another id.
+        let r = run(vec![], &[(9, 1000, 100), (9, 1099, 100), (8, 1050, 100)]);
+        assert_eq!(count(&r, "c"), 0);
+        assert!(r.takeovers.is_empty());
+        // An origin error window documents no takeover.
+        let r = run(
+            vec![fault(
+                FaultKind::OriginErrors,
+                None,
+                (900, 2000),
+                "error_rate=1",
+            )],
+            &[(9, 1000, 100), (9, 1050, 100)],
+        );
+        assert_eq!(count(&r, "c"), 1);
+        assert_eq!(r.invariants["c"].by_fault["origin-errors"], 1);
+    }
+
+    #[test]
+    fn d_measures_staleness_per_gateway_and_fires_past_the_bound() {
+        let r = run(
+            vec![
+                read(0, 5, (0, 10), 1, MISS),
+                update(0, 5, (50, 100), 2),
+                read(1, 5, (600, 601), 1, HIT),
+                read(0, 5, (700, 701), 1, COLLAPSED),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "d"), 0, "{:#?}", r.invariants["d"]);
+        assert_eq!(r.max_staleness_ms["g1"], 500.0);
+        assert_eq!(
+            r.max_staleness_ms["g0"], 600.0,
+            "a shared rebuild counts too"
+        );
+        let r = run(
+            vec![
+                read(0, 5, (0, 10), 1, MISS),
+                update(0, 5, (50, 100), 2),
+                read(1, 5, (1400, 1401), 1, HIT),
+                read(1, 5, (1500, 1501), 1, HIT),
+            ],
+            &[],
+        );
+        // One (gateway, invalidation) pair, its worst staleness.
+        assert_eq!(count(&r, "d"), 1, "{:#?}", r.invariants["d"]);
+        assert_eq!(r.max_staleness_ms["g1"], 1400.0);
+        assert_eq!(r.invariants["d"].examples[0].lines, vec![5, 3]);
+    }
+
+    #[test]
+    fn e_allows_documented_errors_only() {
+        let injected = Some(r#"{"error":"injected error","id":1}"#);
+        let r = run(
+            vec![
+                fault(FaultKind::OriginErrors, None, (0, 1000), "error_rate=1"),
+                fault(FaultKind::PauseGateway, Some(1), (2000, 3000), ""),
+                failed(0, 1, (100, 130), Some(500), None, injected),
+                failed(0, 1, (200, 230), Some(503), None, None),
+                failed(0, 1, (210, 230), Some(504), None, None),
+                failed(0, 1, (220, 230), Some(502), None, None),
+                failed(1, 1, (2500, 5500), None, Some("timeout"), None),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "e"), 0, "{:#?}", r.invariants["e"]);
+        let r = run(
+            vec![
+                fault(FaultKind::PauseGateway, Some(1), (2000, 3000), ""),
+                // An injected 500 with no error window; a 500 of the gateway's own.
+                failed(0, 1, (100, 130), Some(500), None, injected),
+                failed(0, 1, (100, 130), Some(500), None, Some("internal error")),
+                // A timeout on the gateway that was not paused.
+                failed(0, 1, (2500, 5500), None, Some("timeout"), None),
+                // A 404 for an item that exists; a body that is not the item.
+                failed(0, 1, (100, 130), Some(404), None, None),
+                failed(
+                    0,
+                    1,
+                    (100, 130),
+                    Some(200),
+                    Some("body: id 2 instead of 1"),
+                    None,
+                ),
+            ],
+            &[],
+        );
+        assert_eq!(count(&r, "e"), 5, "{:#?}", r.invariants["e"]);
+        assert_eq!(r.operations["read"].client_errors, 2);
+        assert_eq!(r.operations["read"].status_errors, 3);
+    }
+
+    #[test]
+    fn counts_operations_and_faults_by_kind() {
+        let r = run(
+            vec![
+                read(0, 1, (0, 10), 1, MISS),
+                read(0, 1, (20, 21), 1, HIT),
+                update(1, 1, (30, 40), 2),
+                purge(1, 1, (50, 60)),
+                fault(FaultKind::KillPubsub, None, (70, 71), ""),
+                fault(FaultKind::KillPubsub, None, (90, 91), ""),
+                fault(FaultKind::RestartRedis, None, (100, 300), ""),
+            ],
+            &[],
+        );
+        assert_eq!(r.operations["read"].total, 2);
+        assert_eq!(r.operations["read"].hits, 1);
+        assert_eq!(r.operations["update"].ok, 1);
+        assert_eq!(r.operations["purge"].total, 1);
+        assert_eq!(r.faults["kill-pubsub"], 2);
+        assert_eq!(r.faults["restart-redis"], 1);
+        assert_eq!(r.total_violations(), 0);
+        assert_eq!(r.invariants.len(), 5);
     }
 }

@@ -64,7 +64,7 @@ const NEMESIS: &str = "nemesis";
 impl Nemesis {
     pub fn new(seed: u64, keys: Keys, items: u64) -> Self {
         Self {
-            rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_73),
+            rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
             next_key: keys.nemesis_first,
             last_key: items,
             counts: BTreeMap::new(),
@@ -183,16 +183,26 @@ impl Nemesis {
                     target.run(NEMESIS, OpKind::Update, b, k).await;
                     target.run(NEMESIS, OpKind::Read, c, k).await;
                 }
-                let left = pause.saturating_sub(Duration::from_nanos(clock.now().0 - fault.start_ns));
+                let left =
+                    pause.saturating_sub(Duration::from_nanos(clock.now().0 - fault.start_ns));
                 tokio::time::sleep(left).await;
                 signal("-CONT", pid)?;
                 end(&mut fault);
                 fault.gateway = Some(a);
-                fault.detail = format!("g{a} {} ms, keys {}-{}", pause.as_millis(), keys[0], keys[2]);
-                self.followups.spawn(async move {
-                    while inflight.join_next().await.is_some() {}
-                });
-                self.follow_up(target, &keys, Duration::from_millis(2500), Duration::from_millis(150));
+                fault.detail = format!(
+                    "g{a} {} ms, keys {}-{}",
+                    pause.as_millis(),
+                    keys[0],
+                    keys[2]
+                );
+                self.followups
+                    .spawn(async move { while inflight.join_next().await.is_some() {} });
+                self.follow_up(
+                    target,
+                    &keys,
+                    Duration::from_millis(2500),
+                    Duration::from_millis(150),
+                );
             }
             FaultKind::KillGateway => {
                 let a = self.rng.random_range(0..n);
@@ -227,7 +237,12 @@ impl Nemesis {
                 let a = self.rng.random_range(0..n);
                 target.run(NEMESIS, OpKind::Update, a, key).await;
                 fault.detail = format!("{killed} subscribers, key {key}");
-                self.follow_up(target, &[key], Duration::from_millis(1500), Duration::from_millis(100));
+                self.follow_up(
+                    target,
+                    &[key],
+                    Duration::from_millis(1500),
+                    Duration::from_millis(100),
+                );
             }
             FaultKind::SlowOrigin => {
                 let (a, b, c) = self.three(n);
@@ -248,15 +263,20 @@ impl Nemesis {
                 // then rebuilds on its own; both rebuilds are in flight now.
                 tokio::time::sleep(s.lock_ttl + Duration::from_millis(300)).await;
                 target.run(NEMESIS, OpKind::Update, c, key).await;
-                let left = hold.saturating_sub(Duration::from_nanos(clock.now().0 - fault.start_ns));
+                let left =
+                    hold.saturating_sub(Duration::from_nanos(clock.now().0 - fault.start_ns));
                 tokio::time::sleep(left).await;
                 origin_config(target, json!({ "latency_ms": s.origin_latency_ms })).await?;
                 end(&mut fault);
                 fault.detail = format!("latency_ms={latency}, key {key}");
-                self.followups.spawn(async move {
-                    while inflight.join_next().await.is_some() {}
-                });
-                self.follow_up(target, &[key], Duration::from_millis(2500), Duration::from_millis(150));
+                self.followups
+                    .spawn(async move { while inflight.join_next().await.is_some() {} });
+                self.follow_up(
+                    target,
+                    &[key],
+                    Duration::from_millis(2500),
+                    Duration::from_millis(150),
+                );
             }
             FaultKind::OriginErrors => {
                 let rate = if self.rng.random_bool(0.5) { 0.5 } else { 1.0 };

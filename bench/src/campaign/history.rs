@@ -110,8 +110,7 @@ pub struct Op {
 impl Op {
     /// Whether the body came from the cache (`hit` in `Cache-Status`).
     pub fn is_hit(&self) -> bool {
-        self.status == Some(200)
-            && crate::cache_status::classify(self.cache_status.as_deref()).hit
+        self.status == Some(200) && crate::cache_status::classify(self.cache_status.as_deref()).hit
     }
 
     /// Whether the cache layer served it without a rebuild of its own: a hit,
@@ -223,8 +222,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Line>> {
 
 /// Read and parse a history file.
 pub fn read(path: &Path) -> anyhow::Result<Vec<Line>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     parse(&text)
 }
 
@@ -246,7 +244,8 @@ impl Recorder {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
-        let f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let f =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
         let inner = RecorderInner {
             out: Some(std::io::BufWriter::new(f)),
             lines: Vec::new(),
@@ -281,7 +280,11 @@ impl Recorder {
     /// Operations and faults recorded so far (for progress lines).
     pub fn counts(&self) -> (usize, usize) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let ops = g.lines.iter().filter(|l| matches!(l.entry, Entry::Op(_))).count();
+        let ops = g
+            .lines
+            .iter()
+            .filter(|l| matches!(l.entry, Entry::Op(_)))
+            .count();
         (ops, g.lines.len() - ops)
     }
 }

@@ -205,9 +205,14 @@ impl Procs {
         ]
         .into();
         let log = cfg.work_dir.join("origin-sim.log");
-        let mut origin = ChildProc::spawn("origin-sim", &cfg.bin_dir.join("origin-sim"), &args, &log)?;
+        let mut origin =
+            ChildProc::spawn("origin-sim", &cfg.bin_dir.join("origin-sim"), &args, &log)?;
         origin
-            .wait_ready(&http, &format!("{origin_url}/metrics"), Duration::from_secs(30))
+            .wait_ready(
+                &http,
+                &format!("{origin_url}/metrics"),
+                Duration::from_secs(30),
+            )
             .await?;
         let mut procs = Self {
             redis: Some(redis),
@@ -271,7 +276,8 @@ impl Procs {
         let bin = self.bin_dir.join("gateway");
         let mut p = ChildProc::spawn(&name, &bin, &self.gateway_args[i], &log)?;
         let ready = format!("{}/readyz", self.admins[i]);
-        p.wait_ready(&self.http, &ready, Duration::from_secs(30)).await?;
+        p.wait_ready(&self.http, &ready, Duration::from_secs(30))
+            .await?;
         self.gateways[i] = Some(p);
         Ok(())
     }
@@ -283,7 +289,8 @@ impl Procs {
 
     pub fn gateway_pid(&self, i: usize) -> anyhow::Result<u32> {
         let g = self.gateways[i].as_ref();
-        g.map(ChildProc::pid).with_context(|| format!("gateway g{i} is not running"))
+        g.map(ChildProc::pid)
+            .with_context(|| format!("gateway g{i} is not running"))
     }
 
     /// Kill redis-server (SIGKILL, by PID).
@@ -309,7 +316,10 @@ impl Procs {
             .output()
             .context("run redis-cli (Debian: redis-tools)")?;
         if !out.status.success() {
-            bail!("redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "redis-cli {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -354,7 +364,15 @@ pub async fn run_campaign(cfg: &CampaignConfig) -> anyhow::Result<Outcome> {
     for id in 0..cfg.clients {
         let (t, stop) = (target.clone(), stop.clone());
         let (seed, keys, think) = (cfg.seed, cfg.keys, cfg.think);
-        clients.spawn(workload::client(id, seed, t, keys, Mix::default(), think, stop));
+        clients.spawn(workload::client(
+            id,
+            seed,
+            t,
+            keys,
+            Mix::default(),
+            think,
+            stop,
+        ));
     }
     let progress = cfg.progress.then(|| {
         let (rec, stop) = (recorder.clone(), stop.clone());
@@ -415,10 +433,14 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Re-check a saved run: the history and the origin's query log.
-pub fn check_files(history: &Path, queries: &Path) -> anyhow::Result<report::Report> {
+pub fn check_files(
+    history: &Path,
+    queries: &Path,
+    cfg: &CheckConfig,
+) -> anyhow::Result<report::Report> {
     let lines = history::read(history)?;
     let text = std::fs::read(queries).with_context(|| format!("read {}", queries.display()))?;
     let q: OriginQueries = serde_json::from_slice(&text).context("queries JSON")?;
-    let check = checker::check(&lines, &q.queries, &CheckConfig::default());
+    let check = checker::check(&lines, &q.queries, cfg);
     Ok(report::Report::new(&check, history, queries))
 }

@@ -40,7 +40,10 @@ pub struct Report {
 
 impl Report {
     pub fn new(check: &CheckResult, history: &Path, queries: &Path) -> Self {
-        let meta = check.meta.clone().unwrap_or_else(super::checker::default_meta);
+        let meta = check
+            .meta
+            .clone()
+            .unwrap_or_else(super::checker::default_meta);
         let started = UNIX_EPOCH + Duration::from_millis(meta.started_wall_ms);
         Self {
             seed: meta.seed,
@@ -140,12 +143,18 @@ pub fn render_section(r: &Report, source: &str) -> String {
             m.client_timeout_ms
         );
     }
-    let _ = writeln!(s, "| invariant | violations | what it checks |\n|---|--:|---|");
+    let _ = writeln!(
+        s,
+        "| invariant | violations | what it checks |\n|---|--:|---|"
+    );
     for (id, inv) in &c.invariants {
         let desc = INVARIANTS.iter().find(|(i, _)| i == id).map_or("", |d| d.1);
         let _ = writeln!(s, "| ({id}) | {} | {desc} |", inv.violations);
     }
-    let _ = writeln!(s, "\n| operation | count | ok | error status | client error | cache hits |\n|---|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        s,
+        "\n| operation | count | ok | error status | client error | cache hits |\n|---|--:|--:|--:|--:|--:|"
+    );
     for (k, o) in &c.operations {
         let _ = writeln!(
             s,
@@ -158,7 +167,10 @@ pub fn render_section(r: &Report, source: &str) -> String {
             o.hits
         );
     }
-    let _ = writeln!(s, "\n| fault | injected | overlapping rebuilds it explains (takeovers) |\n|---|--:|--:|");
+    let _ = writeln!(
+        s,
+        "\n| fault | injected | overlapping rebuilds it explains (takeovers) |\n|---|--:|--:|"
+    );
     for (k, n) in &c.faults {
         let t = c.takeovers.get(k).copied().unwrap_or(0);
         let _ = writeln!(s, "| {} | {n} | {t} |", fault_label(k));
@@ -172,7 +184,11 @@ pub fn render_section(r: &Report, source: &str) -> String {
         s,
         "\nOrigin queries: {}. Longest an older version was served from a gateway's cache after an update or purge returned (per gateway): {} (bound: the near-cache TTL). Takeovers are classified by fault window only (a pair of overlapping origin queries that falls in the window of a paused, killed or restarted gateway, a Redis restart plus the breaker's cool-down, or an origin slower than the lock TTL), not by proving the lease expired.\n",
         c.origin_queries,
-        if stale.is_empty() { "none".into() } else { stale.join(", ") }
+        if stale.is_empty() {
+            "none".into()
+        } else {
+            stale.join(", ")
+        }
     );
     let examples: Vec<_> = c
         .invariants
@@ -180,7 +196,10 @@ pub fn render_section(r: &Report, source: &str) -> String {
         .flat_map(|i| i.examples.iter().take(2))
         .collect();
     if !examples.is_empty() {
-        let _ = writeln!(s, "Violations found (at most two per invariant; the history lines follow each):\n");
+        let _ = writeln!(
+            s,
+            "Violations found (at most two per invariant; the history lines follow each):\n"
+        );
         for v in examples {
             let lines: Vec<String> = v.lines.iter().map(|l| l.to_string()).collect();
             let at = if lines.is_empty() {
@@ -225,4 +244,27 @@ pub fn render_into(doc: &Path, report: &Report, source: &str) -> anyhow::Result<
     let text = std::fs::read_to_string(doc).unwrap_or_default();
     let out = splice(&text, &render_section(report, source));
     std::fs::write(doc, out).with_context(|| format!("write {}", doc.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_replaces_the_section_between_the_markers_only() {
+        let doc = format!("# Reliability\n\nbefore\n\n{START}\nold\n{END}\n\n## After\n");
+        let out = splice(&doc, &format!("{START}\nnew\n{END}\n"));
+        assert_eq!(
+            out,
+            format!("# Reliability\n\nbefore\n\n{START}\nnew\n{END}\n\n## After\n")
+        );
+        // Idempotent.
+        assert_eq!(splice(&out, &format!("{START}\nnew\n{END}\n")), out);
+    }
+
+    #[test]
+    fn splice_appends_a_section_when_there_is_none() {
+        let out = splice("# Reliability\n", &format!("{START}\nnew\n{END}\n"));
+        assert_eq!(out, format!("# Reliability\n\n{START}\nnew\n{END}\n"));
+    }
 }

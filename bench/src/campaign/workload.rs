@@ -27,7 +27,9 @@ pub struct Clock {
 
 impl Clock {
     pub fn start() -> Self {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Self {
             t0: Instant::now(),
             wall0_ms: wall.as_millis() as u64,
@@ -96,8 +98,18 @@ impl Target {
         let a = &self.addrs;
         let path = format!("/items/{key}");
         let (method, url, body, auth) = match kind {
-            OpKind::Read => (Method::GET, format!("{}{path}", a.gateways[gateway]), None, false),
-            OpKind::Update => (Method::PUT, format!("{}{path}", a.gateways[gateway]), None, false),
+            OpKind::Read => (
+                Method::GET,
+                format!("{}{path}", a.gateways[gateway]),
+                None,
+                false,
+            ),
+            OpKind::Update => (
+                Method::PUT,
+                format!("{}{path}", a.gateways[gateway]),
+                None,
+                false,
+            ),
             OpKind::UpdateDirect => (Method::PUT, format!("{}{path}", a.origin), None, false),
             OpKind::Purge => {
                 let body = serde_json::json!({ "paths": [path] }).to_string();
@@ -170,7 +182,9 @@ fn item_version(body: &[u8], key: u64) -> Result<i64, String> {
     if v["id"].as_u64() != Some(key) {
         return Err(format!("id {} instead of {key}", v["id"]));
     }
-    v["version"].as_i64().ok_or_else(|| "no version".to_string())
+    v["version"]
+        .as_i64()
+        .ok_or_else(|| "no version".to_string())
 }
 
 /// Operation mix of a workload client (weights out of 1000).
@@ -206,7 +220,8 @@ pub async fn client(
     think: Duration,
     stop: Arc<AtomicBool>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(id as u64 + 1)));
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(id as u64 + 1)));
     let name = format!("c{id}");
     let n = target.addrs.gateways.len();
     let total = mix.read_hot + mix.read_cold + mix.update + mix.update_direct + mix.purge;
@@ -226,9 +241,15 @@ pub async fn client(
             (OpKind::Read, cold)
         } else if next(mix.update) {
             // Writes go to hot keys mostly: that is where a lost invalidation shows.
-            (OpKind::Update, if rng.random_bool(0.7) { hot } else { cold })
+            (
+                OpKind::Update,
+                if rng.random_bool(0.7) { hot } else { cold },
+            )
         } else if next(mix.update_direct) {
-            (OpKind::UpdateDirect, if rng.random_bool(0.7) { hot } else { cold })
+            (
+                OpKind::UpdateDirect,
+                if rng.random_bool(0.7) { hot } else { cold },
+            )
         } else {
             (OpKind::Purge, if rng.random_bool(0.7) { hot } else { cold })
         };
