@@ -141,7 +141,7 @@ pub struct InvariantResult {
     pub by_fault: BTreeMap<String, usize>,
     /// Distinct keys (item ids) with a violation.
     pub keys: usize,
-    /// The first `max_examples` violations.
+    /// The first `max_examples` violations, and the first under each fault context.
     pub examples: Vec<Violation>,
 }
 
@@ -229,7 +229,9 @@ impl Ctx<'_> {
         r.violations += 1;
         let ctx = v.fault.clone().unwrap_or_else(|| "none".into());
         *r.by_fault.entry(ctx).or_default() += 1;
-        if r.examples.len() < self.cfg.max_examples {
+        // The first ones, and the first under each fault context.
+        let new_context = !r.examples.iter().any(|e| e.fault == v.fault);
+        if r.examples.len() < self.cfg.max_examples || new_context {
             r.examples.push(v);
         }
     }
@@ -325,7 +327,7 @@ pub fn check(lines: &[Line], queries: &[OriginQuery], cfg: &CheckConfig) -> Chec
         .unwrap_or(0);
     CheckResult {
         meta,
-        duration_s: (last.saturating_sub(first)) as f64 / 1e9,
+        duration_s: ((last.saturating_sub(first)) as f64 / 1e8).round() / 10.0,
         operations,
         faults,
         invariants,

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::checker::{CheckResult, INVARIANTS};
+use super::checker::{CheckResult, INVARIANTS, Violation};
 use super::history::{FaultKind, OpKind};
 use crate::procs::{display_path, proc_field};
 
@@ -21,8 +21,6 @@ pub const END: &str = "<!-- campaign:end -->";
 pub struct Report {
     pub seed: u64,
     pub profile: String,
-    /// Seconds from the first operation to the last.
-    pub duration_s: f64,
     pub gateways: usize,
     /// When the campaign started (UTC, RFC 3339).
     pub started: String,
@@ -48,7 +46,6 @@ impl Report {
         Self {
             seed: meta.seed,
             profile: meta.profile.clone(),
-            duration_s: (check.duration_s * 10.0).round() / 10.0,
             gateways: meta.gateways,
             started: humantime::format_rfc3339_seconds(started).to_string(),
             machine: meta.machine.clone(),
@@ -128,7 +125,7 @@ pub fn render_section(r: &Report, source: &str) -> String {
     let _ = writeln!(
         s,
         "Generated from `{source}` (written by `{}`), started {} on `{}`; rendered by `stampede-bench campaign render`, nothing typed by hand. Seed **{}**, profile `{}`, {:.0} s of operations, {} gateways.\n",
-        r.command, r.started, r.machine, r.seed, r.profile, r.duration_s, r.gateways
+        r.command, r.started, r.machine, r.seed, r.profile, r.check.duration_s, r.gateways
     );
     if let Some(m) = &c.meta {
         let _ = writeln!(
@@ -145,11 +142,25 @@ pub fn render_section(r: &Report, source: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "| invariant | violations | what it checks |\n|---|--:|---|"
+        "| invariant | violations | keys | by the fault in force at the cause (or lifted ≤ 5 s before) | what it checks |\n|---|--:|--:|---|---|"
     );
     for (id, inv) in &c.invariants {
         let desc = INVARIANTS.iter().find(|(i, _)| i == id).map_or("", |d| d.1);
-        let _ = writeln!(s, "| ({id}) | {} | {desc} |", inv.violations);
+        let by: Vec<String> = inv
+            .by_fault
+            .iter()
+            .map(|(f, n)| format!("{f} {n}"))
+            .collect();
+        let by = if by.is_empty() {
+            "—".to_string()
+        } else {
+            by.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "| ({id}) | {} | {} | {by} | {desc} |",
+            inv.violations, inv.keys
+        );
     }
     let _ = writeln!(
         s,
@@ -190,15 +201,15 @@ pub fn render_section(r: &Report, source: &str) -> String {
             stale.join(", ")
         }
     );
-    let examples: Vec<_> = c
+    let examples: Vec<&Violation> = c
         .invariants
         .values()
-        .flat_map(|i| i.examples.iter().take(2))
+        .flat_map(|i| pick(&i.examples, 3))
         .collect();
     if !examples.is_empty() {
         let _ = writeln!(
             s,
-            "Violations found (at most two per invariant; the history lines follow each):\n"
+            "Violations found (per invariant at most three, one per fault where they differ; the history lines follow each):\n"
         );
         for v in examples {
             let lines: Vec<String> = v.lines.iter().map(|l| l.to_string()).collect();
@@ -207,7 +218,11 @@ pub fn render_section(r: &Report, source: &str) -> String {
             } else {
                 format!(" (history lines {})", lines.join(", "))
             };
-            let _ = writeln!(s, "* ({}) {}{at}\n\n  ```json", v.invariant, v.what);
+            let during = match (&v.fault, v.fault_line) {
+                (Some(f), Some(l)) => format!(" — during or just after {f} (line {l})"),
+                _ => " — no fault in force".to_string(),
+            };
+            let _ = writeln!(s, "* ({}) {}{at}{during}\n\n  ```json", v.invariant, v.what);
             for e in &v.evidence {
                 let _ = writeln!(s, "  {e}");
             }
@@ -216,6 +231,23 @@ pub fn render_section(r: &Report, source: &str) -> String {
     }
     let _ = writeln!(s, "{END}");
     s
+}
+
+/// At most `n` examples: the first of each fault context, then the first of
+/// each key, in the order found.
+fn pick(examples: &[Violation], n: usize) -> Vec<&Violation> {
+    let mut out: Vec<&Violation> = Vec::new();
+    for v in examples {
+        if out.len() < n && !out.iter().any(|o| o.fault == v.fault) {
+            out.push(v);
+        }
+    }
+    for v in examples {
+        if out.len() < n && !out.iter().any(|o| o.key == v.key) {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// Replace the campaign section of `doc` (or append one) with `section`.
@@ -260,6 +292,18 @@ mod tests {
         );
         // Idempotent.
         assert_eq!(splice(&out, &format!("{START}\nnew\n{END}\n")), out);
+    }
+
+    #[test]
+    fn a_report_reads_back_what_it_wrote() {
+        let check = crate::campaign::checker::check(&[], &[], &Default::default());
+        let r = Report::new(&check, Path::new("h.jsonl"), Path::new("q.json"));
+        let json = serde_json::to_string_pretty(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let section = render_section(&back, "campaign.json");
+        assert!(section.starts_with(START) && section.trim_end().ends_with(END));
+        assert!(section.contains("| (e) | 0 | 0 | — |"), "{section}");
     }
 
     #[test]
