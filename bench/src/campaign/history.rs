@@ -280,11 +280,10 @@ impl Recorder {
     /// Operations and faults recorded so far (for progress lines).
     pub fn counts(&self) -> (usize, usize) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let ops = g
-            .lines
-            .iter()
-            .filter(|l| matches!(l.entry, Entry::Op(_)))
-            .count();
-        (ops, g.lines.len() - ops)
+        let count = |f: fn(&Entry) -> bool| g.lines.iter().filter(|l| f(&l.entry)).count();
+        (
+            count(|e| matches!(e, Entry::Op(_))),
+            count(|e| matches!(e, Entry::Fault(_))),
+        )
     }
 }
