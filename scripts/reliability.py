@@ -7,6 +7,11 @@ mode, collects those lines and the pass/fail of every test, and renders the
 page with the date, the machine and the command. Optionally it adds the soak
 figures from `stampede-bench soak --output FILE` (see --soak).
 
+The fault campaign's section (between `<!-- campaign:start -->` and
+`<!-- campaign:end -->`) is written by `stampede-bench campaign render` from
+docs/results/campaign.json; this script keeps it as it is and adds the
+campaign's row to the table from that JSON.
+
 Usage: python3 scripts/reliability.py [--soak docs/results/soak.json]
 """
 import argparse
@@ -17,6 +22,9 @@ import platform
 import re
 import subprocess
 import sys
+
+CAMPAIGN_JSON = "docs/results/campaign.json"
+CAMPAIGN_START, CAMPAIGN_END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
 TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "connections", "forwarding", "admin_auth", "cli", "memory_bound"]
 
@@ -152,6 +160,18 @@ def main():
     ]
     for name, test, how in PROTECTIONS:
         lines.append(f"| {name} | `{test}` | {results.get(test, 'not run')} | {how} |")
+    if os.path.exists(CAMPAIGN_JSON):
+        with open(CAMPAIGN_JSON) as f:
+            camp = json.load(f)
+        per = ", ".join(f"{k}: {v}" for k, v in sorted(camp["violations"].items()))
+        faults = sum(camp["faults"].values())
+        lines.append(
+            f"| Fault campaign: gateway paused / killed, Redis restarted, pub/sub killed, origin slow / 5xx | "
+            f"`stampede-bench campaign --profile {camp['profile']} --seed {camp['seed']}` | "
+            f"{camp['total_violations']} violations ({per}) in {faults} faults | "
+            "Workload + seeded fault schedule + recorded history + checker (monotonic cache reads, no invalidation "
+            "undone, one rebuild per key, bounded staleness, documented errors only); "
+            "see [Fault campaign](#fault-campaign). |")
     lines += ["", "## Figures", ""]
     for fig in figures:
         lines.append(f"### {fig['test']}")
@@ -178,8 +198,20 @@ def main():
         "are not stored, `HEAD` is served from a cached `GET` (`gateway/tests/proxy.rs`).",
         "",
     ]
+    text = "\n".join(lines)
+    # Keep the campaign section (written by `stampede-bench campaign render`).
+    try:
+        with open(args.out) as f:
+            old = f.read()
+    except OSError:
+        old = ""
+    a, b = old.find(CAMPAIGN_START), old.find(CAMPAIGN_END)
+    if a >= 0 and b > a:
+        section = old[a : b + len(CAMPAIGN_END)] + "\n\n"
+        anchor = text.find("## Also covered by the test suite")
+        text = text[:anchor] + section + text[anchor:] if anchor >= 0 else text + "\n" + section
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

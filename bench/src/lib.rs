@@ -1,10 +1,12 @@
 //! `stampede-bench`: the load generator (`load`), the experiment runner
-//! (`ladder`) and the soak (`soak`) for stampede-layer.
+//! (`ladder`), the soak (`soak`) and the fault campaign (`campaign`) for
+//! stampede-layer.
 //!
 //! The `load` runner is a library function, [`load::run_load`], so the ladder
 //! can drive it directly; the binary is a thin clap front-end over it.
 
 pub mod cache_status;
+pub mod campaign;
 pub mod charts;
 pub mod ladder;
 pub mod load;

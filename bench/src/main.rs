@@ -1,13 +1,15 @@
 //! `stampede-bench` command line: `load` (drive load, print a JSON summary),
-//! `ladder` (run every rung, write docs/results) and `soak` (bounded soak).
+//! `ladder` (run every rung, write docs/results), `soak` (bounded soak) and
+//! `campaign` (seeded fault campaign: workload, nemesis, history, checker).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::PossibleValuesParser;
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+use stampede_bench::campaign::{self, CampaignConfig};
 use stampede_bench::ladder::table::{TABLE_ROWS, rung_names};
 use stampede_bench::ladder::{LadderOptions, Profile, run_ladder};
 use stampede_bench::load::{DEFAULT_ORIGIN, LoadConfig, parse_duration, run_load};
@@ -26,7 +28,25 @@ enum Cli {
     Ladder(LadderArgs),
     /// Soak one gateway under hot-key load over a wide key space; check memory stays bounded and nothing leaks.
     Soak(SoakArgs),
+    /// Seeded fault campaign: workload + fault schedule + recorded history + checker (see `campaign --help`).
+    #[command(after_help = CAMPAIGN_AFTER_HELP, args_conflicts_with_subcommands = true)]
+    Campaign(CampaignArgs),
 }
+
+const CAMPAIGN_AFTER_HELP: &str = "\
+Starts one redis-server, one origin-sim and --gateways gateways (--redis, --mitigations all, --ttl 2s,
+--stale-ttl 1s, --lock-ttl 500ms, near cache 1s) on free 127.0.0.1 ports, killed by PID at the end. Clients
+read hot and cold keys, update items and purge keys through random gateways while the nemesis injects one
+fault at a time in a seeded order: gateway paused (SIGSTOP) mid-rebuild, gateway killed and restarted, Redis
+restarted, pub/sub connections killed, origin slowed past the lock TTL, origin answering 5xx. Every operation
+and fault goes to --history (JSON lines); origin-sim's /stats/queries to --queries. The checker then reports
+invariants (a) monotonic cache reads, (b) no invalidation undone by an older fill, (c) one origin rebuild per
+key fleet-wide (documented takeovers apart), (d) staleness after an invalidation within the near-cache TTL,
+(e) no client error outside the documented paths. Profiles: short (~45 s of faults, every kind once, CI)
+and long (10 min, every kind at least 20 times). Progress on stderr (a line per fault, one every 10 s), the
+JSON summary on stdout. `campaign check` re-checks saved files; `campaign render` writes the section of
+docs/RELIABILITY.md from a saved summary. Exit status: 0 no violation, 3 violations found, 1 the run
+failed, 2 bad flags.";
 
 const LOAD_AFTER_HELP: &str = "\
 Each request goes to {path-prefix}{hot-key} with probability --hot-fraction, else to a key uniform in 1..=--keys.
@@ -113,6 +133,78 @@ struct SoakArgs {
     /// Also write the JSON report here (docs/results/soak.json feeds scripts/reliability.py).
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+/// Flags of `stampede-bench campaign`.
+#[derive(Debug, Args)]
+struct CampaignArgs {
+    #[command(subcommand)]
+    cmd: Option<CampaignCmd>,
+    /// Seed of the workload and the fault schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// short (~45 s, CI) or long (10 min, every fault kind at least 20 times).
+    #[arg(long, value_enum, default_value = "short")]
+    profile: campaign::Profile,
+    /// How long faults are injected [default: the profile's; long: 10m, short: 45s].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Gateways sharing the Redis.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=8))]
+    gateways: u16,
+    /// Directory holding the origin-sim and gateway binaries (default: this executable's directory).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Also write the JSON summary here.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The recorded history (JSON lines).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/campaign/history.jsonl"
+    )]
+    history: PathBuf,
+    /// origin-sim's /stats/queries at the end of the run.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/campaign/queries.json"
+    )]
+    queries: PathBuf,
+    /// After the run, write the campaign section of this file (docs/RELIABILITY.md) from the summary
+    /// (needs --output: the section names the JSON it was rendered from).
+    #[arg(long, value_name = "FILE", requires = "output")]
+    render_reliability: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignCmd {
+    /// Re-check a saved run: the history and origin-sim's query log.
+    Check {
+        #[arg(long, value_name = "FILE.jsonl")]
+        history: PathBuf,
+        #[arg(long, value_name = "FILE.json")]
+        queries: PathBuf,
+        /// Also write the JSON summary here.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Violations listed per invariant (all are counted).
+        #[arg(long, default_value_t = 20)]
+        max_examples: usize,
+    },
+    /// Write the campaign section of a markdown file from a saved JSON summary.
+    Render {
+        /// The JSON summary (`campaign --output`).
+        #[arg(long, value_name = "FILE.json")]
+        report: PathBuf,
+        /// The file whose section between the campaign markers is replaced (appended if missing).
+        #[arg(long, value_name = "FILE", default_value = "docs/RELIABILITY.md")]
+        reliability: PathBuf,
+    },
 }
 
 fn with_all(names: Vec<&'static str>) -> Vec<&'static str> {
@@ -243,6 +335,93 @@ async fn soak(args: SoakArgs) -> Result<(), ExitCode> {
     Err(ExitCode::FAILURE)
 }
 
+/// The command line as typed, absolute paths shown relative to the repository.
+fn command_line() -> String {
+    let shown = std::env::args().map(|a| {
+        if a.starts_with('/') {
+            display_path(Path::new(&a))
+        } else {
+            a
+        }
+    });
+    let shown: Vec<String> = shown.collect();
+    let mut line = shlex::try_join(shown.iter().map(String::as_str)).unwrap_or_default();
+    // As run from a build: the binary's path is shown by its name.
+    if let Some(rest) = line.split_once(' ').map(|x| x.1.to_string()) {
+        line = format!("stampede-bench {rest}");
+    }
+    line
+}
+
+/// 0 with no violation, 3 with violations.
+fn verdict(r: &campaign::report::Report) -> Result<(), ExitCode> {
+    eprintln!(
+        "campaign: {} violations ({})",
+        r.total_violations,
+        r.violations
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if r.total_violations == 0 {
+        Ok(())
+    } else {
+        Err(ExitCode::from(3))
+    }
+}
+
+async fn campaign_cmd(args: CampaignArgs) -> Result<(), ExitCode> {
+    match args.cmd {
+        Some(CampaignCmd::Check {
+            history,
+            queries,
+            output,
+            max_examples,
+        }) => {
+            let cfg = campaign::checker::CheckConfig {
+                max_examples,
+                ..Default::default()
+            };
+            let r = campaign::check_files(&history, &queries, &cfg).map_err(|e| fail(1, e))?;
+            emit(&r, output.as_deref())?;
+            return verdict(&r);
+        }
+        Some(CampaignCmd::Render {
+            report,
+            reliability,
+        }) => {
+            let r = campaign::report::Report::read(&report).map_err(|e| fail(1, e))?;
+            campaign::report::render_into(&reliability, &r, &display_path(&report))
+                .map_err(|e| fail(1, e))?;
+            eprintln!("wrote the campaign section of {}", reliability.display());
+            return Ok(());
+        }
+        None => {}
+    }
+    let work_dir = args
+        .history
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut cfg = CampaignConfig::new(args.profile, args.seed, bin_dir(args.bin_dir)?, work_dir);
+    cfg.duration = args.duration.unwrap_or(args.profile.duration());
+    cfg.gateways = usize::from(args.gateways);
+    cfg.history = args.history;
+    cfg.queries = args.queries;
+    cfg.progress = !args.quiet;
+    cfg.command = command_line();
+    let out = until_signal("campaign", campaign::run_campaign(&cfg))
+        .await?
+        .map_err(|e| fail(1, e))?;
+    emit(&out.report, args.output.as_deref())?;
+    if let (Some(doc), Some(json)) = (&args.render_reliability, &args.output) {
+        campaign::report::render_into(doc, &out.report, &display_path(json))
+            .map_err(|e| fail(1, e))?;
+        eprintln!("wrote the campaign section of {}", doc.display());
+    }
+    verdict(&out.report)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env();
@@ -255,6 +434,7 @@ async fn main() -> ExitCode {
         Cli::Load(args) => load(*args).await,
         Cli::Ladder(args) => ladder(args).await,
         Cli::Soak(args) => soak(args).await,
+        Cli::Campaign(args) => campaign_cmd(args).await,
     };
     done.err().unwrap_or(ExitCode::SUCCESS)
 }
