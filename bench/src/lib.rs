@@ -11,5 +11,6 @@ pub mod load;
 pub mod procs;
 pub mod soak;
 pub mod stats;
+pub mod traffic;
 
 pub use load::{LoadConfig, LoadSummary, run_load};
