@@ -231,20 +231,28 @@ fn bad_request(message: impl Into<String>) -> Response {
 }
 
 /// A delay parameter, checked against the origin's bound.
-fn delay(name: &str, ms: Option<u64>) -> Result<Duration, Response> {
+fn delay(name: &str, ms: Option<u64>) -> Result<Duration, String> {
     match ms.unwrap_or(0) {
-        ms if ms > MAX_LATENCY_MS => Err(bad_request(format!(
-            "{name} must be at most {MAX_LATENCY_MS}"
-        ))),
+        ms if ms > MAX_LATENCY_MS => Err(format!("{name} must be at most {MAX_LATENCY_MS}")),
         ms => Ok(Duration::from_millis(ms)),
     }
 }
 
-fn sized(name: &str, n: u64, max: u64) -> Result<u64, Response> {
+/// A size parameter, checked against `max`.
+fn sized(name: &str, n: u64, max: u64) -> Result<u64, String> {
     if n > max {
-        return Err(bad_request(format!("{name} must be at most {max}")));
+        return Err(format!("{name} must be at most {max}"));
     }
     Ok(n)
+}
+
+/// The delay and body size of `/slow` and `/negotiated`.
+fn delay_and_size(q: &DelayQuery, default: u64) -> Result<(Duration, u64), String> {
+    let wait = delay("delay_ms", q.delay_ms)?;
+    Ok((
+        wait,
+        sized("bytes", q.bytes.unwrap_or(default), MAX_BUFFERED_BYTES)?,
+    ))
 }
 
 fn insert_max_age(headers: &mut HeaderMap, max_age: Option<u64>) {
@@ -291,17 +299,16 @@ async fn get_blob(
         let first = delay("first_byte_ms", q.first_byte_ms)?;
         let total = delay("total_ms", q.total_ms.or(q.first_byte_ms))?;
         if total < first {
-            return Err(bad_request("total_ms must be at least first_byte_ms"));
+            return Err("total_ms must be at least first_byte_ms".to_string());
         }
-        let chunk = q.chunk.unwrap_or(DEFAULT_CHUNK);
-        if chunk == 0 {
-            return Err(bad_request("chunk must be at least 1"));
+        match q.chunk.unwrap_or(DEFAULT_CHUNK) {
+            0 => Err("chunk must be at least 1".to_string()),
+            chunk => Ok((len, first, total, chunk)),
         }
-        Ok((len, first, total, chunk))
     })();
     let (len, first, total, chunk) = match checked {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(message) => return bad_request(message),
     };
     let mut tracked = Tracked::new(&log, "blob", &uri, &headers);
     tracked.answer(StatusCode::OK, len);
@@ -346,7 +353,7 @@ async fn get_fail(
     };
     let wait = match delay("delay_ms", q.delay_ms) {
         Ok(d) => d,
-        Err(resp) => return resp,
+        Err(message) => return bad_request(message),
     };
     let mut tracked = Tracked::new(&log, "fail", &uri, &headers);
     let body = b"origin failure (origin-sim /fail)\n".to_vec();
@@ -371,13 +378,9 @@ async fn get_slow(
         Ok(Query(q)) => q,
         Err(e) => return bad_request(e.body_text()),
     };
-    let checked = delay("delay_ms", q.delay_ms).and_then(|d| {
-        let len = q.bytes.unwrap_or(DEFAULT_SLOW_BYTES);
-        Ok((d, sized("bytes", len, MAX_BUFFERED_BYTES)?))
-    });
-    let (wait, len) = match checked {
+    let (wait, len) = match delay_and_size(&q, DEFAULT_SLOW_BYTES) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(message) => return bad_request(message),
     };
     let mut tracked = Tracked::new(&log, "slow", &uri, &headers);
     tracked.answer(StatusCode::OK, len);
@@ -404,13 +407,9 @@ async fn get_negotiated(
         Ok(Query(q)) => q,
         Err(e) => return bad_request(e.body_text()),
     };
-    let checked = delay("delay_ms", q.delay_ms).and_then(|d| {
-        let len = q.bytes.unwrap_or(DEFAULT_NEGOTIATED_BYTES);
-        Ok((d, sized("bytes", len, MAX_BUFFERED_BYTES)?))
-    });
-    let (wait, len) = match checked {
+    let (wait, len) = match delay_and_size(&q, DEFAULT_NEGOTIATED_BYTES) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(message) => return bad_request(message),
     };
     let mut tracked = Tracked::new(&log, "negotiated", &uri, &headers);
     let accept = headers

@@ -94,12 +94,10 @@ impl Origin {
     }
 }
 
-fn bounded<F: std::future::Future<Output = ()>>(f: F) -> impl std::future::Future<Output = ()> {
-    async {
-        tokio::time::timeout(Duration::from_secs(20), f)
-            .await
-            .expect("test timed out")
-    }
+async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test timed out")
 }
 
 #[tokio::test]
