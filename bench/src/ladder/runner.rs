@@ -425,9 +425,8 @@ impl Runner {
         out
     }
 
-    /// One real-traffic trial: the case's path read once first if asked,
-    /// then its clients; what they saw, and the origin's requests for the
-    /// case's route while they ran (see [`super::real_traffic`]).
+    /// One real-traffic trial: the case's clients, what they saw, and the
+    /// origin's requests for the case's route while they ran (see [`super::real_traffic`]).
     async fn traffic(
         &self,
         rung: &str,
@@ -438,19 +437,6 @@ impl Runner {
     ) -> anyhow::Result<()> {
         let (http, origin, targets) = (&self.launcher.http, &stack.origin_url, stack.targets());
         let path = &t.clients.path;
-        if t.prewarm {
-            let url = format!("{}{path}", targets[0]);
-            self.line(
-                rung,
-                &format!("{label}: GET {path} once before the clients"),
-            );
-            let (status, _, _) = http
-                .request(Method::GET, &url, None, t.clients.timeout)
-                .await?;
-            if !status.is_success() {
-                bail!("prewarm GET {url}: HTTP {status}");
-            }
-        }
         let cfg = TrafficConfig {
             targets,
             ..t.clients.clone()
