@@ -13,5 +13,6 @@ pub mod load;
 pub mod procs;
 pub mod soak;
 pub mod stats;
+pub mod traffic;
 
 pub use load::{LoadConfig, LoadSummary, run_load};

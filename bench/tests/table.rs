@@ -4,7 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use stampede_bench::cache_status::classify;
-use stampede_bench::ladder::peers::{NGINX_HIT, VARIANTS, VARNISH, Variant, conf_duration};
+use stampede_bench::ladder::peers::{
+    NGINX_HIT, NGINX_REAL, VARIANTS, VARNISH, VARNISH_REAL, Variant, conf_duration,
+};
 use stampede_bench::ladder::table::{
     Col, Part, RunSpec, Section, TABLE_ROWS, counters, rung_names, sections,
 };
@@ -51,6 +53,7 @@ fn every_rung_has_a_report_section() {
         "revalidation",
         "slow-origin",
         "hit-path",
+        "real-traffic",
     ];
     assert_eq!(rung_names(), names);
     for s in sections(&opts(Profile::Full))
@@ -234,10 +237,41 @@ fn configs_have_the_row_settings() {
             "{stale}",
             "{grace}",
             "{workers}",
+            "{use_stale}",
         ] {
             assert!(!text.contains(k), "{k} left");
         }
     }
+}
+
+/// The real-traffic rung's peers: nginx also serves stale over an origin
+/// 503; Varnish keeps its default VCL's TTLs (the origin's) with 10 s grace.
+#[test]
+fn real_traffic_configs_have_the_issue_settings() {
+    let (nginx, varnish) = (config(&NGINX_REAL, "/d"), config(&VARNISH_REAL, "/d"));
+    for want in [
+        "proxy_cache_lock on;",
+        "\n            proxy_cache_use_stale updating error http_503;",
+        "\n            proxy_cache_background_update on;",
+    ] {
+        assert!(nginx.contains(want), "{want}");
+    }
+    assert!(varnish.contains("set beresp.grace = 10s;") && !varnish.contains("beresp.ttl"));
+    for text in [&nginx, &varnish] {
+        for k in [
+            "{dir}",
+            "{port}",
+            "{origin_port}",
+            "{ttl}",
+            "{grace}",
+            "{use_stale}",
+        ] {
+            assert!(!text.contains(k), "{k} left");
+        }
+    }
+    assert_eq!(VARNISH_REAL.file_name(), "varnish-real.vcl");
+    assert_eq!(NGINX_REAL.file_name(), "nginx-real.conf");
+    assert_eq!(VARNISH_REAL.label(), "Varnish (default VCL, grace 10s)");
 }
 
 /// What the report shows names no directory of the machine that ran it.

@@ -21,13 +21,36 @@ pub const DEFAULT_STATS_CAPACITY: usize = 1_000_000;
 /// Upper bound accepted for `latency_ms` (one hour), on the CLI and at run time.
 pub const MAX_LATENCY_MS: u64 = 3_600_000;
 
+/// The routes, for `--help`.
+const ROUTES_HELP: &str = "\
+Routes:
+  GET /items/{id}            item JSON after a real SQL query holding a pool connection for --latency-ms (404 past --items)
+  PUT /items/{id}            bump the item's version
+  GET /stats/queries         every /items query (?since_ms=, ?id=); DELETE resets
+  PUT /admin/config          {\"latency_ms\":..,\"error_rate\":..} at run time
+  GET /metrics, /healthz
+Scenario routes (real traffic for a cache; delays in ms, max_age in s sets Cache-Control: max-age; other
+query parameters are ignored, to make distinct cache keys):
+  GET /blob/{bytes}?first_byte_ms=&total_ms=&max_age=&chunk=65536
+                             200, deterministic content (byte i from i alone), headers + first chunk at
+                             first_byte_ms, chunks paced evenly until the last byte at total_ms
+  GET /fail?delay_ms=        503 Cache-Control: no-store after the delay
+  GET /slow?delay_ms=&max_age=&bytes=1024
+                             200 after the delay, deterministic content
+  GET /negotiated?delay_ms=&max_age=&bytes=65536
+                             200 with Vary: Accept-Encoding: numbered text lines, gzip-encoded when the
+                             request accepts gzip, identity otherwise
+  GET /stats/requests        every scenario request (t_ms, route, path, status, duration_ms, bytes,
+                             completed, accept_encoding, content_encoding; ?since_ms=, ?route=) and
+                             in_flight; DELETE resets";
+
 /// Configuration of the slow origin. Parsed from the command line by the
 /// binary; library users (tests, the bench) build it with [`Config::default`]
 /// and struct update syntax. Every flag can also be set by an environment
 /// variable: `ORIGIN_SIM_` and the flag's name in capitals with `_` for `-`
 /// (`--latency-ms` → `ORIGIN_SIM_LATENCY_MS`); a flag on the command line wins.
 #[derive(Debug, Clone, PartialEq, Parser)]
-#[command(name = "origin-sim", version, about)]
+#[command(name = "origin-sim", version, about, after_help = ROUTES_HELP)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "ORIGIN_SIM_LISTEN", default_value = DEFAULT_LISTEN)]

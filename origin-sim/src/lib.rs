@@ -18,6 +18,7 @@
 pub mod config;
 mod db;
 mod routes;
+pub mod scenario;
 mod stats;
 pub mod telemetry;
 
@@ -31,6 +32,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 pub use metrics_exporter_prometheus::PrometheusHandle;
+pub use scenario::RequestRecord;
 pub use stats::QueryRecord;
 pub use telemetry::install_prometheus;
 
@@ -43,7 +45,8 @@ pub async fn build_app(config: &Config, metrics: PrometheusHandle) -> anyhow::Re
     config.validate()?;
     let db = db::Database::open(&config.database, config.db_connections, config.items).await?;
     let state = routes::AppState::new(config, db, metrics)?;
-    Ok(routes::router(Arc::new(state)))
+    let scenario = scenario::router(config.stats_capacity);
+    Ok(routes::router(Arc::new(state)).merge(scenario))
 }
 
 /// Builds the app and serves it on `listener` until `shutdown` completes,

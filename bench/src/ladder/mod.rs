@@ -9,6 +9,9 @@
 //! - [`report`] renders `RESULTS.md` (or `QUICK.md`) and draws the charts.
 //! - [`record`] holds what comes out (`results.json`); [`peers`] the nginx
 //!   and Varnish configurations.
+//! - [`real_traffic`] is the real-traffic rung (issue #20): large streamed
+//!   bodies, a failing origin, a slow origin, negotiated variants, each
+//!   under the same clients for nginx, Varnish and the gateway.
 //!
 //! Two profiles: `full` runs every rung and writes `docs/results/RESULTS.md`;
 //! `quick` runs the headline rows of the before/after table with shorter runs
@@ -16,6 +19,7 @@
 //! print the headline table to stdout.
 
 pub mod peers;
+pub mod real_traffic;
 pub mod record;
 pub mod report;
 pub mod runner;

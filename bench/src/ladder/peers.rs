@@ -2,7 +2,10 @@
 //! measurement protocol — nginx `proxy_cache` with `proxy_cache_lock` alone
 //! and with `proxy_cache_use_stale updating` + `proxy_cache_background_update`,
 //! Varnish without grace (its waiting list coalesces misses) and with grace —
-//! and nginx with two workers for the hit-path comparison.
+//! nginx with two workers for the hit-path comparison, and for the
+//! real-traffic rung nginx with `proxy_cache_use_stale updating error
+//! http_503` and Varnish's default VCL (the origin's `Cache-Control` sets the
+//! TTL) with 10 s of grace.
 //!
 //! Their configs are the templates in `bench/peers/`, filled per instance
 //! (free loopback ports, the run's own directory) and started as child
@@ -22,6 +25,13 @@ use crate::procs::{ChildProc, which};
 
 /// Varnish's grace in the "grace" rows (the gateway's `--stale-ttl` default).
 pub const VARNISH_GRACE: Duration = Duration::from_secs(5);
+/// Varnish's grace in the real-traffic rung (its own `default_grace`).
+pub const VARNISH_REAL_GRACE: Duration = Duration::from_secs(10);
+/// nginx `proxy_cache_use_stale` of the stale rows.
+pub const NGINX_USE_STALE: &str = "updating error timeout";
+/// nginx `proxy_cache_use_stale` of the real-traffic rung: also a stale
+/// entry instead of an origin 503.
+pub const NGINX_REAL_USE_STALE: &str = "updating error http_503";
 /// nginx `proxy_cache_lock_timeout` and `proxy_cache_lock_age`: the same bound
 /// as the gateway's default `--lock-ttl`. A waiter gives up after it and goes
 /// to the origin itself (uncached); a lock older than it lets one more
@@ -57,8 +67,15 @@ pub const VARNISH: Kind = Kind {
     args: "-F -j none -a 127.0.0.1:{port} -T none -f {dir}/default.vcl -n {dir}/varnish -s malloc,64m",
 };
 
+/// Varnish with the default VCL's caching (the origin's `Cache-Control`
+/// sets the TTL), grace set, for the real-traffic rung.
+pub const VARNISH_DEFAULT_VCL: Kind = Kind {
+    template: include_str!("../../peers/varnish-real.vcl"),
+    ..VARNISH
+};
+
 /// One peer configuration: `stale` is nginx's `proxy_cache_use_stale
-/// updating` + background update, Varnish's grace; `workers` nginx's
+/// {use_stale}` + background update, Varnish's `grace`; `workers` nginx's
 /// `worker_processes`; `key` the run id part and config file stem.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Variant {
@@ -66,6 +83,8 @@ pub struct Variant {
     pub key: &'static str,
     pub stale: bool,
     pub workers: &'static str,
+    pub use_stale: &'static str,
+    pub grace: Duration,
 }
 
 const fn variant(kind: &'static Kind, key: &'static str, stale: bool) -> Variant {
@@ -74,6 +93,8 @@ const fn variant(kind: &'static Kind, key: &'static str, stale: bool) -> Variant
         key,
         stale,
         workers: "auto",
+        use_stale: NGINX_USE_STALE,
+        grace: VARNISH_GRACE,
     }
 }
 
@@ -91,20 +112,48 @@ pub const NGINX_HIT: Variant = Variant {
     ..variant(&NGINX, "nginx-hit", false)
 };
 
+/// nginx for the real-traffic rung: `proxy_cache_lock`, `proxy_cache_use_stale
+/// updating error http_503`, `proxy_cache_background_update on`.
+pub const NGINX_REAL: Variant = Variant {
+    use_stale: NGINX_REAL_USE_STALE,
+    ..variant(&NGINX, "nginx-real", true)
+};
+
+/// Varnish for the real-traffic rung: the default VCL's caching, 10 s grace.
+pub const VARNISH_REAL: Variant = Variant {
+    grace: VARNISH_REAL_GRACE,
+    ..variant(&VARNISH_DEFAULT_VCL, "varnish-real", true)
+};
+
 impl Variant {
     /// Row label.
     pub fn label(&self) -> String {
-        match (self.kind == &NGINX, self.stale) {
+        let grace = conf_duration(self.grace);
+        match (self.is_nginx(), self.stale) {
             (true, false) => "nginx (lock only)".into(),
-            (true, true) => "nginx (lock + stale updating + background update)".into(),
+            (true, true) if self.use_stale == NGINX_USE_STALE => {
+                "nginx (lock + stale updating + background update)".into()
+            }
+            (true, true) => format!(
+                "nginx (lock + use_stale {} + background update)",
+                self.use_stale
+            ),
             (false, false) => "Varnish (no grace)".into(),
-            (false, true) => format!("Varnish (grace {})", conf_duration(VARNISH_GRACE)),
+            (false, true) if self.kind == &VARNISH_DEFAULT_VCL => {
+                format!("Varnish (default VCL, grace {grace})")
+            }
+            (false, true) => format!("Varnish (grace {grace})"),
         }
+    }
+
+    /// nginx (else Varnish).
+    pub fn is_nginx(&self) -> bool {
+        self.kind.binary == NGINX.binary
     }
 
     fn grace(&self) -> Duration {
         if self.stale {
-            VARNISH_GRACE
+            self.grace
         } else {
             Duration::ZERO
         }
@@ -112,7 +161,7 @@ impl Variant {
 
     /// Its config file's name under the output directory.
     pub fn file_name(&self) -> String {
-        let ext = if self.kind == &NGINX { "conf" } else { "vcl" };
+        let ext = if self.is_nginx() { "conf" } else { "vcl" };
         format!("{}.{ext}", self.key)
     }
 
@@ -133,6 +182,7 @@ impl Variant {
             ("lock", conf_duration(NGINX_LOCK_BOUND)),
             ("grace", conf_duration(self.grace())),
             ("stale", if self.stale { "" } else { "# " }.into()),
+            ("use_stale", self.use_stale.into()),
             ("workers", self.workers.into()),
         ];
         let fill = |t: String, (k, v): &(&str, String)| t.replace(&format!("{{{k}}}"), v);

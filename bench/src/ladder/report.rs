@@ -240,7 +240,7 @@ pub fn chart(out: &Path, spec: &RunSpec, run: &Run) -> Option<String> {
             );
             draw(out, file, &title, &panels)
         }
-        Measure::Fencing(_) | Measure::Throughput(_) => None,
+        Measure::Fencing(_) | Measure::Throughput(_) | Measure::Traffic(_) => None,
     }
 }
 

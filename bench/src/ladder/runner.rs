@@ -16,10 +16,12 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::peers::find_peer_binary;
+use super::real_traffic::TrafficCase;
 use super::record::{LadderOptions, Measured, MetaSecond, PeerConfig, Run};
 use super::report;
 use super::table::{Fencing, Front, HOT_KEY, LAST_SECONDS, Measure, RunSpec, counters, human};
 use crate::load::{LoadConfig, LoadSummary, now_ms, run_load};
+use crate::traffic::{ScenarioRequest, TrafficConfig, origin_requests, run_traffic};
 use stampede_layer::testing::RedisServer;
 
 use crate::procs::{ChildProc, Http, command_calls, cpu_time, display_path, free_port, metric_sum};
@@ -304,6 +306,9 @@ impl Runner {
         if let Measure::Fencing(f) = &spec.measure {
             self.fencing(rung, &stack, f, &mut m).await?;
         }
+        if let Measure::Traffic(t) = &spec.measure {
+            self.traffic(rung, &spec.label, &stack, t, &mut m).await?;
+        }
         stack.check_alive()?;
         let gateways = self.counters(&stack).await;
         let (t0, origin) = (phases.first().map_or(0, |s| s.start_ms), &stack.origin_url);
@@ -320,7 +325,7 @@ impl Runner {
                 let hot = log.iter().filter(|q| q.id == HOT_KEY && q.t_ms <= end);
                 m.set("hot_max_in_flight", max_in_flight(hot));
             }
-            Measure::Load | Measure::Fencing(_) | Measure::Throughput(_) => {}
+            Measure::Load | Measure::Fencing(_) | Measure::Throughput(_) | Measure::Traffic(_) => {}
         }
         m.peer = stack.peer_config.take();
         drop(stack);
@@ -418,6 +423,66 @@ impl Runner {
             out.push(counters().iter().map(sum).collect());
         }
         out
+    }
+
+    /// One real-traffic trial: the case's clients, what they saw, and the
+    /// origin's requests for the case's route while they ran (see [`super::real_traffic`]).
+    async fn traffic(
+        &self,
+        rung: &str,
+        label: &str,
+        stack: &Stack,
+        t: &TrafficCase,
+        m: &mut Measured,
+    ) -> anyhow::Result<()> {
+        let (http, origin, targets) = (&self.launcher.http, &stack.origin_url, stack.targets());
+        let path = &t.clients.path;
+        let cfg = TrafficConfig {
+            targets,
+            ..t.clients.clone()
+        };
+        let how = cfg
+            .duration
+            .map_or("at once".into(), |d| format!("looping {}", human(d)));
+        let c = cfg.clients;
+        self.line(rung, &format!("{label}: {c} clients {how} on GET {path}"));
+        let s = run_traffic(&cfg).await?;
+        // Every request the clients caused has finished at the origin (or 10 s passed).
+        let bound = Duration::from_secs(10);
+        let log = origin_requests(http, origin, t.route, s.start_ms, bound).await?;
+        let during: Vec<&ScenarioRequest> =
+            log.requests.iter().filter(|r| r.t_ms <= s.end_ms).collect();
+        let mut by_encoding = BTreeMap::<String, u64>::new();
+        for r in &during {
+            let e = r.content_encoding.as_deref().unwrap_or("identity");
+            *by_encoding.entry(e.into()).or_default() += 1;
+        }
+        m.set("origin_requests", during.len());
+        let by_encoding = by_encoding.iter().map(|(e, n)| format!("{e} {n}"));
+        m.set(
+            "origin_by_encoding",
+            by_encoding.collect::<Vec<_>>().join(", "),
+        );
+        if t.in_flight {
+            let as_query = |r: &&ScenarioRequest| OriginQuery {
+                t_ms: r.t_ms,
+                duration_ms: r.duration_ms,
+                ..OriginQuery::default()
+            };
+            let intervals: Vec<OriginQuery> = during.iter().map(as_query).collect();
+            m.set("max_in_flight", max_in_flight(&intervals));
+        }
+        m.set("requests", s.requests);
+        m.set("served", s.served);
+        m.set("errors", s.errors);
+        m.set("first_byte_max_ms", s.first_byte.max_ms);
+        m.set("total_max_ms", s.total.max_ms);
+        m.set("bodies", super::real_traffic::bodies(&s));
+        m.set("traffic", serde_json::to_value(&s)?);
+        let (o, served, n, e) = (during.len(), s.served, s.requests, s.errors);
+        let (fb, total) = (s.first_byte.max_ms, s.total.max_ms);
+        self.line(rung, &format!("{label}: done — origin requests {o}, served {served} of {n}, errors {e}, slowest first byte {fb:.0} ms, slowest client {total:.0} ms"));
+        Ok(())
     }
 
     /// One fencing trial (see the fencing section of the table).

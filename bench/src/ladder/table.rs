@@ -154,7 +154,7 @@ pub enum Part {
 }
 
 impl Section {
-    fn new(rung: &'static str, heading: impl Into<String>, parts: Vec<Part>) -> Self {
+    pub fn new(rung: &'static str, heading: impl Into<String>, parts: Vec<Part>) -> Self {
         Self {
             rung,
             heading: heading.into(),
@@ -241,6 +241,10 @@ pub enum Measure {
     /// commands the measured load cost, and the CPU time per request of the
     /// fronts (`cpu_us`) and of the load generator (`loader_cpu_us`).
     Throughput(Duration),
+    /// No protocol load: real-traffic clients ([`crate::traffic`]) on one
+    /// scenario route, and what the origin's request log says about it (the
+    /// real-traffic rung, [`super::real_traffic`]).
+    Traffic(Box<super::real_traffic::TrafficCase>),
 }
 
 /// A fencing trial: item `key` is rebuilt through g1 at `slow` origin
@@ -316,12 +320,12 @@ impl RunSpec {
         self
     }
 
-    fn labelled(mut self, label: impl Into<String>, setup: &str) -> Self {
+    pub fn labelled(mut self, label: impl Into<String>, setup: &str) -> Self {
         (self.label, self.setup) = (label.into(), setup.into());
         self
     }
 
-    fn measure(mut self, m: Measure) -> Self {
+    pub fn measure(mut self, m: Measure) -> Self {
         self.measure = m;
         self
     }
@@ -345,14 +349,14 @@ impl RunSpec {
         }
     }
 
-    /// Gateway flags beyond addresses: `--ttl`, `--mitigations`, the rest.
+    /// Gateway flags beyond addresses: `--ttl` (none when the TTL is zero:
+    /// the gateway's default, the origin's headers decide), `--mitigations`,
+    /// the rest.
     pub fn gateway_flags(&self) -> Vec<String> {
-        let mut f = vec![
-            "--ttl".into(),
-            human(self.ttl),
-            "--mitigations".into(),
-            self.mitigations(),
-        ];
+        let ttl = ["--ttl".into(), human(self.ttl)];
+        let ttl = ttl.into_iter().filter(|_| !self.ttl.is_zero());
+        let mut f: Vec<String> = ttl.collect();
+        f.extend(["--mitigations".into(), self.mitigations()]);
         if let Front::Gateway { flags, .. } = &self.front {
             f.extend(flags.iter().cloned());
         }
@@ -569,7 +573,7 @@ fn per_request(x: f64) -> String {
     }
 }
 
-fn opt<T>(x: Option<T>, f: impl FnOnce(T) -> String) -> String {
+pub(crate) fn opt<T>(x: Option<T>, f: impl FnOnce(T) -> String) -> String {
     x.map_or_else(|| "–".into(), f)
 }
 
@@ -1152,11 +1156,12 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
                 Part::Note(|_, runs| installed(runs)),
             ],
         ),
+        super::real_traffic::section(o),
     ]
 }
 
 /// The peers' versions (`Installed: …`).
-fn installed(runs: &[&Run]) -> String {
+pub(crate) fn installed(runs: &[&Run]) -> String {
     let mut v: Vec<String> = runs
         .iter()
         .filter_map(|r| Some(format!("`{}`", r.measured.peer.as_ref()?.version)))
