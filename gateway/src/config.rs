@@ -273,6 +273,12 @@ pub struct Config {
     /// In-process store bound: bytes.
     #[arg(long, env = "STAMPEDE_MEMORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub memory_max_bytes: u64,
+    /// With --redis, while Redis fails (the in-process fallback serves): the
+    /// longest an entry written meanwhile is served fresh or stale. No purge
+    /// reaches it during the outage, so this bounds how long this gateway can
+    /// serve a version older than one the fleet already has.
+    #[arg(long, env = "STAMPEDE_DEGRADED_TTL", default_value = "1s", value_parser = duration)]
+    pub degraded_ttl: Duration,
     /// With --redis: near cache in process memory in front of Redis. A fresh
     /// entry read from Redis is served from memory for up to this long (never
     /// past its freshness), so hot-key hits skip the Redis round trip; purges

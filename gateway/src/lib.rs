@@ -98,7 +98,8 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
             let url = config::redact_url(url);
             tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
             let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
-            let breaker = FallbackStore::new(store.clone(), fallback);
+            let breaker =
+                FallbackStore::new(store.clone(), fallback).degraded_ttl(config.degraded_ttl);
             if config.near_cache_ttl.is_zero() {
                 tracing::info!("near cache: off (--near-cache-ttl 0s); every lookup asks Redis");
                 return Ok(Arc::new(breaker));

@@ -46,6 +46,9 @@ pub struct Lookup {
     /// The request's headers as forwarded (client preconditions removed): a
     /// stored or shared answer counts only if its `Vary` matches them.
     pub request_headers: Arc<HeaderMap>,
+    /// When the request arrived (ms since the epoch): an entry stored since
+    /// answers it even if it was stale on arrival.
+    pub arrived_ms: u64,
 }
 
 impl Lookup {
@@ -61,14 +64,19 @@ impl Lookup {
         let newer = self
             .seen_stored_at()
             .is_none_or(|seen| entry.stored_at_ms > seen);
-        if !newer || entry.is_expired(now_ms) {
+        // Stored since this request arrived: the answer to a request made at
+        // the same time as this one, fresh or not (an origin slower than the
+        // max-age it sends) — unless it must be revalidated before every use.
+        let concurrent =
+            entry.stored_at_ms >= self.arrived_ms && !entry.no_cache && !entry.is_hit_for_miss();
+        if !newer || (entry.is_expired(now_ms) && !concurrent) {
             return Reread::Nothing;
         }
         let matches = entry.vary.matches(&self.request_headers);
         if entry.is_hit_for_miss() && matches {
             return Reread::Uncacheable;
         }
-        if !entry.is_hit_for_miss() && !entry.usable_fresh(now_ms) {
+        if !entry.is_hit_for_miss() && !entry.usable_fresh(now_ms) && !concurrent {
             return Reread::Nothing;
         }
         if matches {

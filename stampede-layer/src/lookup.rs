@@ -268,6 +268,7 @@ impl<S> CacheLookup<S> {
                 entry: None,
                 fwd: Fwd::Bypass,
                 request_headers,
+                arrived_ms: now,
             });
             let mut resp = forward(&*self.inner, req, Fwd::Bypass).await?;
             if let Some(status) = resp.extensions_mut().get_mut::<CacheStatus>() {
@@ -332,6 +333,7 @@ impl<S> CacheLookup<S> {
             entry: in_hand,
             fwd,
             request_headers,
+            arrived_ms: now,
         });
         let resp = forward(&*self.inner, req, fwd).await?;
         Ok(answer(conditions, identity_only, resp))

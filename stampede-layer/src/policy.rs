@@ -45,11 +45,14 @@ impl Lifetimes {
         }
     }
 
-    /// Whether a request that waited on this answer may be given it: only
-    /// what storage could serve without contacting the origin — fresh on
-    /// arrival, and not to be revalidated before every use.
+    /// Whether a request that waited on this answer may be given it: one
+    /// the origin lets be reused at all — not `no-cache`, a freshness
+    /// lifetime above zero. An answer stale on arrival (an origin slower than
+    /// the `max-age` it sends) is shared all the same: it is exactly what each
+    /// waiter would have fetched for itself, and refusing it sends the whole
+    /// herd to the origin, one by one.
     pub fn shareable(&self) -> bool {
-        !self.remaining().is_zero() && !self.no_cache
+        !self.no_cache && !self.lifetime.is_zero()
     }
 }
 
@@ -328,6 +331,13 @@ mod tests {
             )
             .unwrap()
             .shareable()
+        );
+        // Stale on arrival because the origin took longer than its max-age:
+        // shared with the requests that waited on it.
+        assert!(
+            decide(&[], 200, &[("cache-control", "max-age=2"), ("age", "3")])
+                .unwrap()
+                .shareable()
         );
     }
 

@@ -20,7 +20,7 @@ use super::{
     CacheStore, FencingToken, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError,
     record_error,
 };
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,7 @@ pub struct FallbackStore<P, F> {
     failure_threshold: u32,
     base_cool_down: Duration,
     max_cool_down: Duration,
+    degraded_ttl: Duration,
 }
 
 impl<P: CacheStore, F: CacheStore> std::fmt::Debug for FallbackStore<P, F> {
@@ -71,7 +72,18 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
             failure_threshold: 3,
             base_cool_down: Duration::from_millis(500),
             max_cool_down: Duration::from_secs(5),
+            degraded_ttl: Duration::from_secs(1),
         }
+    }
+
+    /// Longest an entry written to the fallback is served as fresh or
+    /// stale-while-revalidate (default 1 s, as long as a near-cache copy):
+    /// during an outage no purge reaches it, so this bounds how long a
+    /// gateway serves a version older than one another gateway already wrote.
+    /// Its stale-if-error window is kept (served only when the origin fails).
+    pub fn degraded_ttl(mut self, ttl: Duration) -> Self {
+        self.degraded_ttl = ttl;
+        self
     }
 
     /// Consecutive failures that open the breaker.
@@ -270,7 +282,13 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         lease: &LockLease,
     ) -> Result<PutOutcome, StoreError> {
         match Self::local(lease) {
-            Some(local) => self.fallback.put(key, entry, &local).await,
+            Some(local) => {
+                let mut entry = entry.clone();
+                let cap = now_ms() + self.degraded_ttl.as_millis() as u64;
+                entry.fresh_until_ms = entry.fresh_until_ms.min(cap);
+                entry.stale_until_ms = entry.stale_until_ms.min(cap).max(entry.fresh_until_ms);
+                self.fallback.put(key, &entry, &local).await
+            }
             None => {
                 self.with_primary_lease("put", |p| p.put(key, entry, lease))
                     .await
@@ -504,6 +522,24 @@ mod tests {
             memory.put(&key(), &e, &primary_lease).await.unwrap(),
             PutOutcome::Fenced(Refusal::LeaseLost)
         );
+    }
+
+    /// No purge reaches the fallback during an outage: what it holds is
+    /// served fresh (or stale-while-revalidate) for the degraded TTL at most.
+    #[tokio::test]
+    async fn outage_entries_are_served_for_the_degraded_ttl_at_most() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down)
+            .failure_threshold(1)
+            .degraded_ttl(Duration::from_millis(200));
+        down.store(true, Ordering::SeqCst);
+        assert!(store.get(&key()).await.is_err());
+        write(&store, "during the outage").await.unwrap();
+        let held = store.get(&key()).await.unwrap().unwrap();
+        let now = now_ms();
+        assert!(held.fresh_until_ms <= now + 200, "fresh for at most the bound");
+        assert!(held.stale_until_ms <= now + 200);
+        assert!(held.error_until_ms > now + 200, "stale-if-error kept");
     }
 
     /// Finding 3 of #19: with the breaker open a purge reaches this process
