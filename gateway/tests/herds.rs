@@ -89,8 +89,13 @@ async fn a_cold_large_object_is_fetched_once_and_streamed_to_every_waiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_large_object_is_fetched_once_by_a_fleet() {
     let redis = RedisServer::start();
-    let (requests, _) = cold_large_object(Some(&redis), 3).await;
+    let (requests, first) = cold_large_object(Some(&redis), 3).await;
     assert_eq!(requests, 1, "one origin request for the fleet's herd");
+    // The other gateways read the body from Redis as the leader writes it.
+    assert!(
+        first < Duration::from_millis(1200),
+        "slowest first byte {first:?}: not streamed across the fleet"
+    );
 }
 
 /// Row 2: a hot 4 MiB object with `max-age=2`, 12 clients looping: stored

@@ -75,6 +75,10 @@ pub enum EntryKind {
     /// shared, so requests for it go straight to the origin, uncoordinated,
     /// until the marker expires or a cacheable answer replaces it.
     HitForMiss,
+    /// The key's answers vary: its `vary` names the request headers that
+    /// select a variant, each stored under its own slot (Varnish's secondary
+    /// hash). Never served; the variant a request selects is read next.
+    Variants,
 }
 
 /// The request header values a stored response varies on (RFC 9111 §4.1):
@@ -296,6 +300,29 @@ impl CachedResponse {
     /// Whether this is a hit-for-miss marker.
     pub fn is_hit_for_miss(&self) -> bool {
         self.kind == EntryKind::HitForMiss
+    }
+
+    /// The index of a key whose answers vary on `names` (see
+    /// [`EntryKind::Variants`]), kept `keep` from `now_ms`.
+    pub fn variant_index(names: &VaryValues, now_ms: u64, keep: Duration) -> Self {
+        let until = now_ms + keep.as_millis().min(u64::MAX as u128 / 4) as u64;
+        CachedResponse {
+            status: 0,
+            vary: VaryValues(names.0.iter().map(|(n, _)| (n.clone(), None)).collect()),
+            kind: EntryKind::Variants,
+            stored_at_ms: now_ms,
+            // "Fresh" while any variant may be: a near cache keeps it.
+            fresh_until_ms: until,
+            stale_until_ms: until,
+            error_until_ms: until,
+            retain_until_ms: until,
+            ..CachedResponse::default()
+        }
+    }
+
+    /// Whether it is a variant index (never served).
+    pub fn is_variant_index(&self) -> bool {
+        self.kind == EntryKind::Variants
     }
 
     /// Whether it is within its fresh TTL at `now_ms`.

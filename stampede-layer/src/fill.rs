@@ -25,7 +25,7 @@ use crate::policy::{Lifetimes, NotShareable};
 use crate::serve::collapsed_hit;
 use crate::status::{CacheStatus, Detail};
 use crate::store::{
-    LockLease, PutOutcome, RebuildFailure, SharedStore, record_error, reread_or_miss,
+    LockLease, PutOutcome, RebuildFailure, SharedStore, read_selected, record_error,
 };
 use crate::tee::{End, Tee};
 use futures_util::future::BoxFuture;
@@ -183,8 +183,15 @@ impl<S> CacheFill<S> {
         };
         // Re-check inside the flight / lock.
         if lookup.state != LookupState::Pass
-            && let Some(entry) = reread_or_miss(self.store.as_ref(), &lookup.key).await
+            && let (key, Some(entry)) = read_selected(
+                self.store.as_ref(),
+                lookup.key.clone(),
+                &lookup.request_headers,
+                true,
+            )
+            .await
         {
+            lookup.key = key;
             match lookup.classify_reread(&entry, now_ms()) {
                 Reread::Usable => return Ok(collapsed_hit(&entry, Detail::Recheck)),
                 Reread::Uncacheable => lookup.state = LookupState::Pass,
@@ -471,6 +478,25 @@ impl Pump {
         ResBody::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt;
+        // Under the lock of a shared store, the body is streamed into the
+        // store too, for the waiters on other instances (read-while-write
+        // across the fleet).
+        if let Some(lease) = self.lease.as_ref().filter(|l| l.locked)
+            && self.store.is_distributed()
+            && let Some(reader) = tee.reader()
+        {
+            let head = CachedResponse {
+                headers: stored_headers(&self.headers, &self.plan.withheld_fields),
+                ..self.template.clone()
+            };
+            tokio::spawn(stream_out(
+                self.store.clone(),
+                self.lookup.key.clone(),
+                lease.clone(),
+                head,
+                reader,
+            ));
+        }
         let mut body = std::pin::pin!(body);
         let deadline = tokio::time::Instant::from_std(self.deadline);
         let end = loop {
@@ -528,6 +554,69 @@ impl Pump {
         }
         drop(self.ticket);
         tee.settle();
+    }
+}
+
+/// How long a streamed chunk (and its stream) lives in the store past its
+/// last append: its readers are at most this far behind.
+const STREAM_TTL: Duration = Duration::from_secs(10);
+
+/// Write the body `reader` yields into the store's stream for `key`, in
+/// pieces of up to 256 KiB (what is there when the last write returns).
+async fn stream_out(
+    store: SharedStore,
+    key: crate::key::CacheKey,
+    lease: LockLease,
+    head: CachedResponse,
+    reader: CacheBody,
+) {
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    let id = match store
+        .stream_open(&key, &lease, head.encode().into(), STREAM_TTL)
+        .await
+    {
+        Ok(Some(id)) => id,
+        Ok(None) => return,
+        Err(err) => return record_error(store.as_ref(), "stream", &err),
+    };
+    let mut reader = std::pin::pin!(reader);
+    let mut index = 0u64;
+    let complete = loop {
+        let mut piece = bytes::BytesMut::new();
+        let mut end = None;
+        // The first frame waits; what follows at once joins it.
+        let mut next = Some(reader.frame().await);
+        while let Some(frame) = next.take() {
+            match frame {
+                None => end = Some(true),
+                Some(Err(_)) => end = Some(false),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        piece.extend_from_slice(&data);
+                    }
+                    if piece.len() < 256 * 1024 {
+                        next = reader.frame().now_or_never();
+                    }
+                }
+            }
+        }
+        if !piece.is_empty() {
+            if let Err(err) = store
+                .stream_append(&key, &id, index, piece.freeze(), STREAM_TTL)
+                .await
+            {
+                record_error(store.as_ref(), "stream", &err);
+                break false;
+            }
+            index += 1;
+        }
+        if let Some(complete) = end {
+            break complete;
+        }
+    };
+    if let Err(err) = store.stream_end(&key, &id, complete).await {
+        record_error(store.as_ref(), "stream", &err);
     }
 }
 
@@ -725,8 +814,10 @@ async fn uncacheable(
         return;
     }
     let now = now_ms();
-    if reread_or_miss(store.as_ref(), &lookup.key)
+    let request = &lookup.request_headers;
+    if read_selected(store.as_ref(), lookup.key.clone(), request, true)
         .await
+        .1
         .is_some_and(|e| !e.is_hit_for_miss() && !e.is_gone(now))
     {
         return;

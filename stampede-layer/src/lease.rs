@@ -164,6 +164,14 @@ impl LeaseGuard {
                             token = %lease.token,
                             "lease lost; renewal stops"
                         );
+                        // Void (a purge came after it): its write would be
+                        // refused, so hand the lock to a waiter at once
+                        // instead of at its expiry (compare-and-delete).
+                        if lease.locked
+                            && let Err(err) = store.unlock(&key, &lease).await
+                        {
+                            record_error(store.as_ref(), "lock", &err);
+                        }
                         return;
                     }
                     Err(err) => {

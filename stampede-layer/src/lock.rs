@@ -31,16 +31,21 @@
 //! stops ([`RefreshSkipped::Elsewhere`]): someone else is refreshing.
 
 use crate::body::{BoxError, CacheBody};
+use crate::context::Sharing;
 use crate::context::{HeldLease, Lookup, LookupState, RebuildFailed, RefreshSkipped, Reread};
+use crate::entry::CachedResponse;
 use crate::entry::now_ms;
 use crate::fill::TeeBody;
 use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
 use crate::serve::{collapsed_hit, gateway_timeout, rebuild_failed, stale};
+use crate::status::CacheStatus;
 use crate::status::Detail;
-use crate::store::{RebuildFailure, SharedStore, reread_or_miss};
+use crate::store::{FencingToken, RebuildFailure, SharedStore, read_selected, record_error};
+use crate::tee::{End, Tee};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use rand::Rng;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
@@ -251,7 +256,15 @@ where
             .min(next_stop - now);
         store.wait_for_fill(&lookup.key, sleep).await;
         backoff = (backoff * 2).min(config.max_backoff);
-        if let Some(entry) = reread_or_miss(store.as_ref(), &lookup.key).await {
+        let (key, found) = read_selected(
+            store.as_ref(),
+            lookup.key.clone(),
+            &lookup.request_headers,
+            true,
+        )
+        .await;
+        lookup.key = key;
+        if let Some(entry) = found {
             match lookup.classify_reread(&entry, now_ms()) {
                 Reread::Usable => {
                     metrics::histogram!("stampede_lock_wait_seconds", "result" => "filled")
@@ -274,6 +287,15 @@ where
                 Reread::Nothing => {}
             }
         }
+        // The holder (on another instance) may be streaming the body into
+        // the store: read it as it arrives instead of waiting for the whole.
+        if lookup.state != LookupState::Refresh
+            && let Some(resp) = stream_in(&store, &lookup, holder).await
+        {
+            metrics::histogram!("stampede_lock_wait_seconds", "result" => "streamed")
+                .record(started.elapsed().as_secs_f64());
+            return Ok(resp);
+        }
         match LeaseGuard::acquire_after(&store, &lookup.key, config.lock_ttl, Some(holder)).await {
             Acquire::Held(guard) => {
                 metrics::counter!("stampede_lock_acquisitions_total", "result" => "takeover")
@@ -294,6 +316,76 @@ where
             }
         }
     }
+}
+
+/// The answer the lock's `holder` is streaming into the store, if it is one
+/// this request may be given (its variant): a body read from the store as it
+/// arrives, shared by this instance's requests like a local flight.
+async fn stream_in(
+    store: &SharedStore,
+    lookup: &Lookup,
+    holder: FencingToken,
+) -> Option<Response<CacheBody>> {
+    let head = store
+        .stream_find(&lookup.key, holder)
+        .await
+        .inspect_err(|err| record_error(store.as_ref(), "stream", err))
+        .ok()??;
+    let entry = CachedResponse::decode(&head.head).ok()?;
+    if !entry.vary.matches(&lookup.request_headers) {
+        return None;
+    }
+    let tee = Tee::new(u64::MAX, 0);
+    let body = tee.reader()?;
+    tokio::spawn(read_stream(
+        store.clone(),
+        lookup.key.clone(),
+        head.id,
+        tee.clone(),
+    ));
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status_code();
+    *resp.headers_mut() = entry.header_map();
+    let mut status = CacheStatus::default().with_detail(Detail::LockWait);
+    status.collapsed = true;
+    resp.extensions_mut().insert(status);
+    resp.extensions_mut()
+        .insert(Sharing::Stored(entry.vary.clone()));
+    resp.extensions_mut().insert(TeeBody(tee));
+    metrics::counter!("stampede_streamed_fills_total", "result" => "read-from-store").increment(1);
+    Some(resp)
+}
+
+/// Pump the store's stream `id` of `key` into `tee`.
+async fn read_stream(store: SharedStore, key: crate::key::CacheKey, id: String, tee: Arc<Tee>) {
+    let mut next = 0u64;
+    let end = loop {
+        match store.stream_read(&key, &id, next).await {
+            Ok(read) => {
+                next += read.chunks.len() as u64;
+                let progressed = !read.chunks.is_empty();
+                for chunk in read.chunks {
+                    tee.push(chunk);
+                }
+                match read.end {
+                    Some(true) => break End::Complete,
+                    Some(false) => break End::Failed("the stream ended early".into()),
+                    // Woken by the next append (an event where the store has
+                    // one), else a short poll.
+                    None if !progressed => {
+                        store.wait_for_fill(&key, Duration::from_millis(50)).await
+                    }
+                    None => {}
+                }
+            }
+            Err(err) => {
+                record_error(store.as_ref(), "stream", &err);
+                break End::Failed(err.to_string().into());
+            }
+        }
+    };
+    tee.finish(end);
+    tee.settle();
 }
 
 /// What a request gets while its key's last rebuild failure lasts: the stale

@@ -27,7 +27,7 @@ use crate::key::{CacheKey, normalise_target};
 use crate::refresh::refresh_headers;
 use crate::serve::{bad_target, response_from_entry};
 use crate::status::{CacheStatus, Detail, Fwd};
-use crate::store::{SharedStore, get_or_miss, record_error};
+use crate::store::{SharedStore, read_selected, record_error};
 use crate::telemetry::RequestMetrics;
 use futures_util::future::BoxFuture;
 use http::header::{AUTHORIZATION, COOKIE};
@@ -245,14 +245,13 @@ impl<S> CacheLookup<S> {
         }
         let force_refresh = req.extensions().get::<ForceRefresh>().is_some();
         let head = method == Method::HEAD;
-        let mut key = CacheKey::new(&method, req.uri());
+        let key = CacheKey::new(&method, req.uri());
         if let Some(hot) = self.hot_keys.as_ref().filter(|_| !force_refresh) {
             hot.record(&key);
         }
         let now = now_ms();
-        let found = get_or_miss(self.store.as_ref(), &key)
-            .await
-            .filter(|e| !e.is_gone(now));
+        let (mut key, found) = read_selected(self.store.as_ref(), key, req.headers(), false).await;
+        let found = found.filter(|e| !e.is_gone(now));
 
         // A marker applies to the variant it was written for only.
         if found
@@ -277,7 +276,12 @@ impl<S> CacheLookup<S> {
             return Ok(resp);
         }
 
-        let mut fwd = Fwd::UriMiss;
+        // The key is cached, but not the variant this request selects.
+        let mut fwd = if found.is_none() && key.variant().is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
         let found = match found {
             Some(e) if !e.vary.matches(req.headers()) => {
                 fwd = Fwd::VaryMiss;

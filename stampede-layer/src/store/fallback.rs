@@ -284,7 +284,12 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         match Self::local(lease) {
             Some(local) => {
                 let mut entry = entry.clone();
-                let cap = now_ms() + self.degraded_ttl.as_millis() as u64;
+                // Counted from when its rebuild asked the origin: an update
+                // that raced the rebuild is stale for the bound at most.
+                let asked = entry
+                    .stored_at_ms
+                    .saturating_sub(u64::from(entry.rebuild_ms));
+                let cap = asked.min(now_ms()) + self.degraded_ttl.as_millis() as u64;
                 entry.fresh_until_ms = entry.fresh_until_ms.min(cap);
                 entry.stale_until_ms = entry.stale_until_ms.min(cap).max(entry.fresh_until_ms);
                 self.fallback.put(key, &entry, &local).await
@@ -395,6 +400,56 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
 
     fn entry_count(&self) -> Option<u64> {
         self.primary.entry_count()
+    }
+
+    async fn stream_open(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        head: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        if Self::local(lease).is_some() {
+            return Ok(None);
+        }
+        self.with_primary_lease("stream", |p| p.stream_open(key, lease, head, ttl))
+            .await
+    }
+
+    async fn stream_append(
+        &self,
+        key: &CacheKey,
+        id: &str,
+        index: u64,
+        chunk: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.with_primary_lease("stream", |p| p.stream_append(key, id, index, chunk, ttl))
+            .await
+    }
+
+    async fn stream_end(&self, key: &CacheKey, id: &str, complete: bool) -> Result<(), StoreError> {
+        self.with_primary_lease("stream", |p| p.stream_end(key, id, complete))
+            .await
+    }
+
+    async fn stream_find(
+        &self,
+        key: &CacheKey,
+        holder: FencingToken,
+    ) -> Result<Option<super::StreamHead>, StoreError> {
+        self.with_primary_lease("stream", |p| p.stream_find(key, holder))
+            .await
+    }
+
+    async fn stream_read(
+        &self,
+        key: &CacheKey,
+        id: &str,
+        from: u64,
+    ) -> Result<super::StreamChunks, StoreError> {
+        self.with_primary_lease("stream", |p| p.stream_read(key, id, from))
+            .await
     }
 
     fn clear(&self) {
@@ -537,7 +592,10 @@ mod tests {
         write(&store, "during the outage").await.unwrap();
         let held = store.get(&key()).await.unwrap().unwrap();
         let now = now_ms();
-        assert!(held.fresh_until_ms <= now + 200, "fresh for at most the bound");
+        assert!(
+            held.fresh_until_ms <= now + 200,
+            "fresh for at most the bound"
+        );
         assert!(held.stale_until_ms <= now + 200);
         assert!(held.error_until_ms > now + 200, "stale-if-error kept");
     }

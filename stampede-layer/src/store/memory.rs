@@ -97,6 +97,27 @@ impl KeyStates {
     }
 }
 
+/// Most variants stored per key; the least recently stored goes first.
+const MAX_VARIANTS: usize = 16;
+
+/// The slot of `digest`'s entry, or of one of its variants.
+fn slot(digest: &str, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{digest}|{v}"),
+        None => digest.to_owned(),
+    }
+}
+
+/// The variants a key's index lists (its body: ids separated by commas).
+fn variant_list(index: &CachedResponse) -> Vec<String> {
+    std::str::from_utf8(&index.body)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 struct EntryExpiry;
 
 impl Expiry<String, Arc<CachedResponse>> for EntryExpiry {
@@ -217,7 +238,7 @@ impl CacheStore for MemoryStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        Ok(self.entries.get(key.digest()).await)
+        Ok(self.entries.get(&slot(key.digest(), key.variant())).await)
     }
 
     async fn put(
@@ -229,32 +250,57 @@ impl CacheStore for MemoryStore {
         let mut entry = entry.clone();
         entry.fence = lease.token.seq;
         let variant = entry.variant_id();
+        let now = now_ms();
         let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
         let out = &mut outcome;
         let keys = &self.keys;
-        // moka runs one computation per key at a time: the check and the
-        // write are atomic against a delete of the same key.
+        let entries = &self.entries;
+        let digest = key.digest();
+        // Every write and delete of a key computes on its primary slot, one
+        // at a time (moka): the fence check, the write and the variant index
+        // are atomic against a purge of the same key.
         self.entries
-            .entry(key.digest().to_owned())
-            .and_compute_with(|_| {
-                let mut keys = keys.lock().expect("keys lock");
-                let checked = match keys.live(key.digest(), Instant::now()) {
+            .entry(digest.to_owned())
+            .and_compute_with(|current| {
+                let checked = match keys.lock().expect("keys lock").live(digest, Instant::now()) {
                     Some(state) => state.record.write(lease.token, variant.as_deref()),
                     None => Err(super::Refusal::LeaseLost),
                 };
-                drop(keys);
-                std::future::ready(match checked {
-                    Ok(()) => Op::Put(new.clone()),
-                    Err(refusal) => {
+                async move {
+                    if let Err(refusal) = checked {
                         *out = PutOutcome::Fenced(refusal);
-                        Op::Nop
+                        return Op::Nop;
                     }
-                })
+                    let Some(v) = &variant else {
+                        return Op::Put(new.clone());
+                    };
+                    // A variant: its own slot, and the key's index of variants
+                    // (the most recently stored last, at most MAX_VARIANTS).
+                    entries.insert(slot(digest, Some(v)), new.clone()).await;
+                    let mut list: Vec<String> = current
+                        .as_ref()
+                        .filter(|c| c.value().is_variant_index())
+                        .map(|c| variant_list(c.value()))
+                        .unwrap_or_default();
+                    list.retain(|x| x != v);
+                    list.push(v.clone());
+                    while list.len() > MAX_VARIANTS {
+                        let evicted = list.remove(0);
+                        entries.invalidate(&slot(digest, Some(&evicted))).await;
+                    }
+                    let keep = current
+                        .as_ref()
+                        .map_or(Duration::ZERO, |c| c.value().keep_for(now))
+                        .max(new.keep_for(now));
+                    let mut index = CachedResponse::variant_index(&new.vary, now, keep);
+                    index.body = list.join(",").into();
+                    Op::Put(Arc::new(index))
+                }
             })
             .await;
         if outcome == PutOutcome::Written {
-            let notify = self.fills.lock().expect("fills lock").remove(key.digest());
+            let notify = self.fills.lock().expect("fills lock").remove(digest);
             if let Some(n) = notify {
                 n.notify_waiters();
             }
@@ -264,20 +310,28 @@ impl CacheStore for MemoryStore {
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let keys = &self.keys;
+        let entries = &self.entries;
+        let digest = key.digest();
         let mut held = false;
         let was = &mut held;
         self.entries
-            .entry(key.digest().to_owned())
+            .entry(digest.to_owned())
             .and_compute_with(|current| {
                 *was = current.is_some();
-                if let Some(state) = keys
-                    .lock()
-                    .expect("keys lock")
-                    .live(key.digest(), Instant::now())
-                {
+                if let Some(state) = keys.lock().expect("keys lock").live(digest, Instant::now()) {
                     state.record.purge();
                 }
-                std::future::ready(Op::Remove)
+                let variants = current
+                    .as_ref()
+                    .filter(|c| c.value().is_variant_index())
+                    .map(|c| variant_list(c.value()))
+                    .unwrap_or_default();
+                async move {
+                    for v in variants {
+                        entries.invalidate(&slot(digest, Some(&v))).await;
+                    }
+                    Op::Remove
+                }
             })
             .await;
         Ok(held)

@@ -24,6 +24,7 @@ pub use redis::{RedisStore, RedisStoreBuilder};
 use crate::entry::{CachedResponse, DecodeError};
 use crate::key::CacheKey;
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +111,25 @@ impl RebuildFailure {
     pub fn answers(&self, holder: FencingToken, now_ms: u64) -> bool {
         self.until_ms > now_ms && self.lease.epoch == holder.epoch && self.lease.seq >= holder.seq
     }
+}
+
+/// A body a rebuild is streaming into the store ([`CacheStore::stream_open`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHead {
+    /// The stream's id.
+    pub id: String,
+    /// The answer's status and headers (an encoded entry without body).
+    pub head: Bytes,
+}
+
+/// What [`CacheStore::stream_read`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamChunks {
+    /// The chunks from the one asked for, in order.
+    pub chunks: Vec<Bytes>,
+    /// `Some(true)`: every chunk is written; `Some(false)`: the body failed
+    /// or the stream is gone; `None`: more to come.
+    pub end: Option<bool>,
 }
 
 /// A shared store handle.
@@ -213,6 +233,65 @@ pub trait CacheStore: Send + Sync + 'static {
     /// re-read the entry either way.
     async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration);
 
+    /// Open a stream of the body `lease`'s rebuild is fetching (read-while-write
+    /// across a fleet): `head` is the answer's status and headers; other
+    /// instances waiting on the lock read the body from it as it arrives.
+    /// `None`: the store streams nothing (the in-process store: single-flight
+    /// already shares the body in process).
+    async fn stream_open(
+        &self,
+        _key: &CacheKey,
+        _lease: &LockLease,
+        _head: Bytes,
+        _ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// Append chunk number `index` to the stream `id` (kept `ttl` more).
+    async fn stream_append(
+        &self,
+        _key: &CacheKey,
+        _id: &str,
+        _index: u64,
+        _chunk: Bytes,
+        _ttl: Duration,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The stream ended: every byte arrived (`complete`) or the body failed.
+    async fn stream_end(
+        &self,
+        _key: &CacheKey,
+        _id: &str,
+        _complete: bool,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The stream of `key` the rebuild holding `holder` opened, if any.
+    async fn stream_find(
+        &self,
+        _key: &CacheKey,
+        _holder: FencingToken,
+    ) -> Result<Option<StreamHead>, StoreError> {
+        Ok(None)
+    }
+
+    /// Chunks `from..` of the stream `id` so far, and whether it ended.
+    async fn stream_read(
+        &self,
+        _key: &CacheKey,
+        _id: &str,
+        _from: u64,
+    ) -> Result<StreamChunks, StoreError> {
+        Ok(StreamChunks {
+            chunks: Vec::new(),
+            end: Some(false),
+        })
+    }
+
     /// Whether the store runs degraded: a shared backend that cannot be
     /// reached, its in-process fallback serving meanwhile.
     fn is_degraded(&self) -> bool {
@@ -241,6 +320,39 @@ pub(crate) async fn get_or_miss(
             record_error(store, "get", &err);
             None
         }
+    }
+}
+
+/// Read `key` as a request with `request` headers selects it: a key whose
+/// answers vary holds a variant index ([`EntryKind::Variants`](crate::entry::EntryKind::Variants))
+/// and each variant in a slot of its own; the one the request selects is
+/// read next. Returns the key scoped to that variant, and what it holds.
+/// `authoritative`: past any near cache (the re-reads that coordinate a rebuild).
+pub(crate) async fn read_selected(
+    store: &dyn CacheStore,
+    key: CacheKey,
+    request: &http::HeaderMap,
+    authoritative: bool,
+) -> (CacheKey, Option<Arc<CachedResponse>>) {
+    let read = |key: CacheKey| async move {
+        let found = if authoritative {
+            reread_or_miss(store, &key).await
+        } else {
+            get_or_miss(store, &key).await
+        };
+        (key, found)
+    };
+    let primary = match key.variant() {
+        Some(_) => key.with_variant(None),
+        None => key,
+    };
+    let (primary, found) = read(primary).await;
+    match found {
+        Some(index) if index.is_variant_index() => {
+            let variant = index.vary.variant_of(request);
+            read(primary.with_variant(Some(variant))).await
+        }
+        other => (primary, other),
     }
 }
 

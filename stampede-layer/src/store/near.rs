@@ -45,6 +45,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The near-cache slot of a key's entry (`digest`) or of a variant.
+fn slot_of(digest: &str, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{digest}|{v}"),
+        None => digest.to_owned(),
+    }
+}
+
 /// Invalidation counters: a digest maps to one of these shards.
 const SHARDS: usize = 64;
 
@@ -124,7 +132,12 @@ impl Expiry<String, Arc<NearEntry>> for NearExpiry {
 
 /// The near copies, shared with the invalidation listener.
 struct Near {
+    /// Copies by slot: `digest`, or `digest|variant` for a variant.
     entries: Cache<String, Arc<NearEntry>>,
+    /// Digests with variant copies (dropped by prefix on invalidation).
+    varied: Cache<String, ()>,
+    /// Lock waiters of this process, per digest, woken by fill events.
+    fills: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     ttl_ms: u64,
     epochs: [AtomicU64; SHARDS],
 }
@@ -136,9 +149,15 @@ impl Near {
             .max_capacity(config.max_bytes)
             .weigher(move |_k: &String, v: &Arc<NearEntry>| v.entry.weight().max(floor))
             .expire_after(NearExpiry)
+            .support_invalidation_closures()
             .build();
         Self {
             entries,
+            varied: Cache::builder()
+                .max_capacity(config.max_entries.max(1))
+                .time_to_live(config.ttl.max(Duration::from_millis(1)) * 2)
+                .build(),
+            fills: Default::default(),
             ttl_ms: config.ttl.as_millis().min(u64::MAX as u128) as u64,
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -148,7 +167,10 @@ impl Near {
         self.ttl_ms > 0
     }
 
-    fn shard(digest: &str) -> usize {
+    /// The shard of a digest, or of a slot (`digest|variant`): every slot of
+    /// one key shares its digest's shard.
+    fn shard(slot: &str) -> usize {
+        let digest = slot.split('|').next().unwrap_or(slot);
         digest
             .bytes()
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
@@ -179,25 +201,63 @@ impl Near {
     /// Keep a copy of `entry` (just read from or written to the inner store,
     /// which began when the shard's counter read `epoch`) while it is fresh,
     /// at most for the bound.
-    async fn remember(&self, digest: &str, entry: &Arc<CachedResponse>, epoch: u64) {
+    async fn remember(&self, slot: &str, entry: &Arc<CachedResponse>, epoch: u64) {
         let Some(near) = self.copy_of(entry, now_ms()) else {
-            self.entries.invalidate(digest).await;
+            self.entries.invalidate(slot).await;
             return;
         };
-        self.entries.insert(digest.to_owned(), near).await;
+        if let Some((digest, _)) = slot.split_once('|') {
+            self.varied.insert(digest.to_owned(), ()).await;
+        }
+        self.entries.insert(slot.to_owned(), near).await;
         // An invalidation of this shard since the read began may have come
         // before our insert: drop what we just inserted (a miss at worst).
-        if self.epoch(digest) != epoch {
-            self.entries.invalidate(digest).await;
+        if self.epoch(slot) != epoch {
+            self.entries.invalidate(slot).await;
         }
     }
 
-    /// Drop the copy of `digest` (every variant: copies are held per digest).
+    /// Drop the copies of `digest`: its entry (or variant index) and every
+    /// variant copy of it.
     async fn invalidate(&self, digest: &str, source: &'static str) {
         self.epochs[Self::shard(digest)].fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate(digest).await;
+        if self.varied.remove(digest).await.is_some() {
+            let prefix = format!("{digest}|");
+            let _ = self
+                .entries
+                .invalidate_entries_if(move |k, _| k.starts_with(&prefix));
+        }
         metrics::counter!("stampede_near_cache_invalidations_total", "source" => source)
             .increment(1);
+    }
+
+    /// Wake this process's waiters on `digest` (its key was filled, or its
+    /// lock released).
+    fn wake(&self, digest: &str) {
+        let notify = self.fills.lock().expect("fills lock").remove(digest);
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    /// Wait for a wake-up on `digest`, at most `timeout`.
+    async fn wait(&self, digest: &str, timeout: Duration) {
+        let notify = self
+            .fills
+            .lock()
+            .expect("fills lock")
+            .entry(digest.to_owned())
+            .or_default()
+            .clone();
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+        let mut fills = self.fills.lock().expect("fills lock");
+        if fills
+            .get(digest)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) == 2)
+        {
+            fills.remove(digest);
+        }
     }
 
     /// Drop every copy.
@@ -235,6 +295,19 @@ impl<S: CacheStore> std::fmt::Debug for NearCacheStore<S> {
 }
 
 impl<S: CacheStore> NearCacheStore<S> {
+    /// Wake the waiters on `key` in this process, and — with Redis — in every
+    /// other over pub/sub (a lost message costs a waiter its poll interval).
+    async fn announce_fill(&self, key: &CacheKey) {
+        self.near.wake(key.digest());
+        #[cfg(feature = "redis")]
+        if let Some(bus) = &self.bus
+            && self.inner.is_distributed()
+            && let Err(err) = bus.publish_fill(key.digest()).await
+        {
+            super::record_error(self, "publish", &err);
+        }
+    }
+
     /// A near cache in front of `inner`, without fleet-wide invalidation:
     /// deletes drop this process's copy only, so another instance's purge
     /// reaches it when its copy's bound ends. For fleets use
@@ -283,7 +356,8 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         if !self.near.enabled() {
             return self.inner.get(key).await;
         }
-        let digest = key.digest();
+        let slot = slot_of(key.digest(), key.variant());
+        let digest = slot.as_str();
         if let Some(entry) = self.near.lookup(digest).await {
             metrics::counter!("stampede_near_cache_hits_total").increment(1);
             return Ok(Some(entry));
@@ -337,11 +411,11 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         if !self.near.enabled() {
             return self.inner.get_authoritative(key).await;
         }
-        let digest = key.digest();
-        let epoch = self.near.epoch(digest);
+        let slot = slot_of(key.digest(), key.variant());
+        let epoch = self.near.epoch(&slot);
         let found = self.inner.get_authoritative(key).await?;
         if let Some(entry) = &found {
-            self.near.remember(digest, entry, epoch).await;
+            self.near.remember(&slot, entry, epoch).await;
         }
         Ok(found)
     }
@@ -356,16 +430,23 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
             return self.inner.put(key, entry, lease).await;
         }
         let digest = key.digest();
+        let variant = entry.variant_id();
+        let slot = slot_of(digest, variant.as_deref());
         let epoch = self.near.epoch(digest);
         let outcome = self.inner.put(key, entry, lease).await;
+        if variant.is_some() {
+            // The key's variant index changed in the store: read it again.
+            self.near.entries.invalidate(digest).await;
+        }
         match &outcome {
             Ok(PutOutcome::Written) => {
                 let mut stored = entry.clone();
                 stored.fence = lease.token.seq;
-                self.near.remember(digest, &Arc::new(stored), epoch).await
+                self.near.remember(&slot, &Arc::new(stored), epoch).await;
+                self.announce_fill(key).await;
             }
             // A newer entry is in the store (or we do not know): no copy.
-            _ => self.near.entries.invalidate(digest).await,
+            _ => self.near.entries.invalidate(&slot).await,
         }
         outcome
     }
@@ -404,7 +485,9 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         lease: &LockLease,
         failure: &RebuildFailure,
     ) -> Result<bool, StoreError> {
-        self.inner.unlock_failed(key, lease, failure).await
+        let released = self.inner.unlock_failed(key, lease, failure).await;
+        self.announce_fill(key).await;
+        released
     }
 
     async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
@@ -412,7 +495,11 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
     }
 
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
-        self.inner.unlock(key, lease).await
+        let released = self.inner.unlock(key, lease).await;
+        if matches!(released, Ok(true)) {
+            self.announce_fill(key).await;
+        }
+        released
     }
 
     async fn renew_lock(
@@ -428,7 +515,60 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         self.inner.is_degraded()
     }
 
+    async fn stream_open(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        head: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.stream_open(key, lease, head, ttl).await
+    }
+
+    async fn stream_append(
+        &self,
+        key: &CacheKey,
+        id: &str,
+        index: u64,
+        chunk: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.stream_append(key, id, index, chunk, ttl).await?;
+        self.announce_fill(key).await;
+        Ok(())
+    }
+
+    async fn stream_end(&self, key: &CacheKey, id: &str, complete: bool) -> Result<(), StoreError> {
+        self.inner.stream_end(key, id, complete).await?;
+        self.announce_fill(key).await;
+        Ok(())
+    }
+
+    async fn stream_find(
+        &self,
+        key: &CacheKey,
+        holder: super::FencingToken,
+    ) -> Result<Option<super::StreamHead>, StoreError> {
+        self.inner.stream_find(key, holder).await
+    }
+
+    async fn stream_read(
+        &self,
+        key: &CacheKey,
+        id: &str,
+        from: u64,
+    ) -> Result<super::StreamChunks, StoreError> {
+        self.inner.stream_read(key, id, from).await
+    }
+
+    /// Woken by fill events where they reach this process (this process's
+    /// own fills and lock releases; with Redis, every gateway's, over pub/sub),
+    /// else the inner store's wait.
     async fn wait_for_fill(&self, key: &CacheKey, timeout: Duration) {
+        #[cfg(feature = "redis")]
+        if self.bus.is_some() && self.inner.is_distributed() {
+            return self.near.wait(key.digest(), timeout).await;
+        }
         self.inner.wait_for_fill(key, timeout).await
     }
 
@@ -471,6 +611,12 @@ mod bus {
     }
 
     impl Bus {
+        /// Announce that `digest` was filled or its lock released, for lock
+        /// waiters: `<node> +<digest>`.
+        pub(super) async fn publish_fill(&self, digest: &str) -> Result<(), StoreError> {
+            self.publish(&format!("+{digest}")).await
+        }
+
         /// Announce that `digest` was deleted: `<node> <digest>`.
         pub(super) async fn publish(&self, digest: &str) -> Result<(), StoreError> {
             let _receivers: i64 = self
@@ -521,6 +667,7 @@ mod bus {
                         let text = m.value.as_str();
                         match text.as_deref().and_then(|t| t.split_once(' ')) {
                             Some((from, _)) if from == node => {}
+                            Some((_, filled)) if filled.starts_with('+') => near.wake(&filled[1..]),
                             Some((_, digest)) => near.invalidate(digest, "remote").await,
                             None => tracing::warn!("near cache: malformed invalidation message"),
                         }

@@ -22,7 +22,10 @@
 //!   re-created record never matches an old lease.
 
 use super::fence::{FencingToken, Refusal, new_epoch};
-use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
+use super::{
+    CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError, StreamChunks,
+    StreamHead,
+};
 use crate::entry::{CachedResponse, FORMAT_VERSION, now_ms};
 use crate::key::CacheKey;
 use async_trait::async_trait;
@@ -124,6 +127,14 @@ return 1
 /// Fenced write ([`FenceRecord::write`](super::fence::FenceRecord::write) in
 /// Lua): 1 written; refused: -3 lease lost, -2 purged, -1 superseded.
 /// KEYS: entry, record. ARGV: payload, keep (ms), epoch, seq, written field.
+/// A variant (`ARGV[6]`, its index, not empty) goes in its own slot
+/// (`KEYS[3]`), the key's index of variants under the entry key, and the
+/// variant in the set of the key's variants (`KEYS[4]`, scored by time; past
+/// `ARGV[8]` variants the least recently stored are deleted — their slots
+/// share the hash tag, `ARGV[10]` .. id).
+/// KEYS: entry, record, slot, variants. ARGV: payload, keep (ms), epoch, seq,
+/// written field, index payload or '', now (ms), most variants, variant id,
+/// slot prefix.
 const PUT_SCRIPT: &str = r#"
 if redis.call('HGET', KEYS[2], 'e') ~= ARGV[3] then return -3 end
 local n = tonumber(ARGV[4])
@@ -131,25 +142,59 @@ if n > tonumber(redis.call('HGET', KEYS[2], 'i') or '0') then return -3 end
 if n < tonumber(redis.call('HGET', KEYS[2], 'p') or '0') then return -2 end
 if n < tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0') then return -1 end
 redis.call('HSET', KEYS[2], ARGV[5], n)
-redis.call('HSET', KEYS[1], 't', n, 'd', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[3], 't', n, 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if ARGV[6] == '' then return 1 end
+local keep = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 't', n, 'd', ARGV[6])
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[9])
+if redis.call('PTTL', KEYS[4]) < keep then redis.call('PEXPIRE', KEYS[4], keep) end
+local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[8])
+if extra > 0 then
+  for _, v in ipairs(redis.call('ZRANGE', KEYS[4], 0, extra - 1)) do
+    redis.call('DEL', ARGV[10] .. v)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1)
+end
 return 1
 "#;
 
 /// Delete: the entry goes, and a live record's purge floor becomes a fresh
 /// draw, so every lease drawn before it is refused. Without a record no lease
 /// is valid: nothing is left behind. Returns whether an entry was held, and a
-/// chunked entry's manifest (its chunks are deleted next).
+/// chunked entry's manifest (its chunks are deleted next). Every variant goes
+/// too, and a body being streamed (its readers fail: it predates the purge).
+/// KEYS: entry, record, variants, stream. ARGV: slot prefix.
 /// KEYS: entry, record.
 const DELETE_SCRIPT: &str = r#"
 local d = redis.call('HGET', KEYS[1], 'd')
 local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[4])
+for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  redis.call('DEL', ARGV[1] .. v)
+end
+redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
 end
 if d and string.sub(d, 1, 5) == 'SLc1|' then return {existed, d} end
 return {existed, ''}
 "#;
+
+/// Append a chunk to a stream, if it is still the key's stream.
+/// KEYS: stream, chunk. ARGV: id, index, chunk, TTL (ms).
+const STREAM_APPEND_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if tonumber(ARGV[2]) + 1 > n then redis.call('HSET', KEYS[1], 'n', tonumber(ARGV[2]) + 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+/// Most variants stored per key; the least recently stored goes first.
+const MAX_VARIANTS: usize = 16;
 
 /// Entries larger than this are stored in chunks of this size.
 const CHUNK_BYTES: usize = 512 * 1024;
@@ -209,6 +254,7 @@ pub struct RedisStore {
     unlock_failed_script: Arc<Script>,
     renew_script: Arc<Script>,
     ticket_script: Arc<Script>,
+    stream_append_script: Arc<Script>,
     put_script: Arc<Script>,
     delete_script: Arc<Script>,
 }
@@ -298,6 +344,7 @@ impl RedisStoreBuilder {
             unlock_failed_script: Arc::new(Script::from_lua(UNLOCK_FAILED_SCRIPT)),
             renew_script: script(RENEW_SCRIPT),
             ticket_script: script(TICKET_SCRIPT),
+            stream_append_script: Arc::new(Script::from_lua(STREAM_APPEND_SCRIPT)),
             put_script: script(PUT_SCRIPT),
             delete_script: script(DELETE_SCRIPT),
         })
@@ -326,12 +373,24 @@ impl RedisStore {
     }
 
     fn keys(&self, key: &CacheKey) -> (String, String, String) {
-        let tag = format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest());
+        let tag = self.tag(key);
         (format!("{tag}:e"), format!("{tag}:l"), format!("{tag}:f"))
     }
 
+    fn tag(&self, key: &CacheKey) -> String {
+        format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest())
+    }
+
+    /// The slot `key` is read from: its entry, or the variant it names.
+    fn slot(&self, key: &CacheKey, variant: Option<&str>) -> String {
+        match variant {
+            Some(v) => format!("{}:e:{v}", self.tag(key)),
+            None => format!("{}:e", self.tag(key)),
+        }
+    }
+
     fn chunk_keys(&self, key: &CacheKey, manifest: &Manifest) -> Vec<String> {
-        let tag = format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest());
+        let tag = self.tag(key);
         (0..manifest.chunks)
             .map(|i| format!("{tag}:b:{}:{i}", manifest.object))
             .collect()
@@ -419,7 +478,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        let (entry, _, _) = self.keys(key);
+        let entry = self.slot(key, key.variant());
         let (token, data): (Option<u64>, Option<Bytes>) = self
             .pool
             .hmget(entry, vec!["t", "d"])
@@ -451,12 +510,19 @@ impl CacheStore for RedisStore {
         let (entry_key, _, record) = self.keys(key);
         let mut entry = entry.clone();
         entry.fence = lease.token.seq;
-        let written = match entry.variant_id() {
+        let variant = entry.variant_id();
+        let written = match &variant {
             Some(v) => format!("w:{v}"),
             None => "w".to_owned(),
         };
+        let now = now_ms();
         let encoded = Bytes::from(entry.encode());
-        let keep_ms = entry.keep_for(now_ms()).as_millis().max(1) as i64;
+        let keep = entry.keep_for(now);
+        let keep_ms = keep.as_millis().max(1) as i64;
+        let index = match &variant {
+            Some(_) => Bytes::from(CachedResponse::variant_index(&entry.vary, now, keep).encode()),
+            None => Bytes::new(),
+        };
         // A large entry goes in chunks first (no huge value or command), the
         // fenced write then puts its manifest under the entry key.
         let (payload, chunks) = if encoded.len() > CHUNK_BYTES {
@@ -473,13 +539,23 @@ impl CacheStore for RedisStore {
             .put_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![entry_key, record],
+                vec![
+                    entry_key,
+                    record,
+                    self.slot(key, variant.as_deref()),
+                    format!("{}:vs", self.tag(key)),
+                ],
                 vec![
                     Value::Bytes(payload),
                     Value::from(keep_ms),
                     Value::from(lease.token.epoch.to_string()),
                     Value::from(lease.token.seq.to_string()),
                     Value::from(written),
+                    Value::Bytes(index),
+                    Value::from(now.to_string()),
+                    Value::from(MAX_VARIANTS.to_string()),
+                    Value::from(variant.unwrap_or_default()),
+                    Value::from(format!("{}:e:", self.tag(key))),
                 ],
             )
             .await
@@ -498,9 +574,15 @@ impl CacheStore for RedisStore {
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let (entry, _, record) = self.keys(key);
+        let variants = format!("{}:vs", self.tag(key));
+        let prefix = format!("{}:e:", self.tag(key));
         let (existed, manifest): (i64, Bytes) = self
             .delete_script
-            .evalsha_with_reload(self.pool.next(), vec![entry, record], ())
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry, record, variants, format!("{}:s", self.tag(key))],
+                vec![prefix],
+            )
             .await
             .map_err(backend)?;
         // A chunked entry's chunks go with it (unreachable already).
@@ -647,6 +729,145 @@ impl CacheStore for RedisStore {
             .await
             .map_err(backend)?;
         Ok(n == 1)
+    }
+
+    async fn stream_open(
+        &self,
+        key: &CacheKey,
+        lease: &LockLease,
+        head: Bytes,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let stream = format!("{}:s", self.tag(key));
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let holder = format!("{}|{}", lease.token.epoch, lease.token.seq);
+        let fields: Vec<(&str, Value)> = vec![
+            ("id", Value::from(id.as_str())),
+            ("t", Value::from(holder)),
+            ("h", Value::Bytes(head)),
+            ("n", Value::from(0)),
+            ("d", Value::from("")),
+        ];
+        let _: () = self.pool.hset(&stream, fields).await.map_err(backend)?;
+        let _: () = self
+            .pool
+            .pexpire(&stream, ttl.as_millis().max(1) as i64, None)
+            .await
+            .map_err(backend)?;
+        Ok(Some(id))
+    }
+
+    async fn stream_append(
+        &self,
+        key: &CacheKey,
+        id: &str,
+        index: u64,
+        chunk: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let tag = self.tag(key);
+        let _: i64 = self
+            .stream_append_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![format!("{tag}:s"), format!("{tag}:s:{id}:{index}")],
+                vec![
+                    Value::from(id),
+                    Value::from(index.to_string()),
+                    Value::Bytes(chunk),
+                    Value::from((ttl.as_millis().max(1) as u64).to_string()),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn stream_end(&self, key: &CacheKey, id: &str, complete: bool) -> Result<(), StoreError> {
+        let stream = format!("{}:s", self.tag(key));
+        let current: Option<String> = self.pool.hget(&stream, "id").await.map_err(backend)?;
+        if current.as_deref() == Some(id) {
+            let _: () = self
+                .pool
+                .hset(&stream, ("d", if complete { "1" } else { "0" }))
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn stream_find(
+        &self,
+        key: &CacheKey,
+        holder: FencingToken,
+    ) -> Result<Option<StreamHead>, StoreError> {
+        let stream = format!("{}:s", self.tag(key));
+        let (id, token, head, done): (
+            Option<String>,
+            Option<String>,
+            Option<Bytes>,
+            Option<String>,
+        ) = self
+            .pool
+            .hmget(&stream, vec!["id", "t", "h", "d"])
+            .await
+            .map_err(backend)?;
+        let ours = token.as_deref() == Some(&format!("{}|{}", holder.epoch, holder.seq));
+        Ok(match (id, head) {
+            (Some(id), Some(head)) if ours && done.as_deref() != Some("0") => {
+                Some(StreamHead { id, head })
+            }
+            _ => None,
+        })
+    }
+
+    async fn stream_read(
+        &self,
+        key: &CacheKey,
+        id: &str,
+        from: u64,
+    ) -> Result<StreamChunks, StoreError> {
+        let tag = self.tag(key);
+        let stream = format!("{tag}:s");
+        let (current, n, done): (Option<String>, Option<u64>, Option<String>) = self
+            .pool
+            .hmget(&stream, vec!["id", "n", "d"])
+            .await
+            .map_err(backend)?;
+        if current.as_deref() != Some(id) {
+            // Gone (expired, purged) or replaced: this body will not be whole.
+            return Ok(StreamChunks {
+                chunks: Vec::new(),
+                end: Some(false),
+            });
+        }
+        let n = n.unwrap_or(0);
+        let mut chunks = Vec::new();
+        if n > from {
+            let keys: Vec<String> = (from..n).map(|i| format!("{tag}:s:{id}:{i}")).collect();
+            let found: Vec<Option<Bytes>> = if keys.len() == 1 {
+                vec![self.pool.get(&keys[0]).await.map_err(backend)?]
+            } else {
+                self.pool.mget(keys).await.map_err(backend)?
+            };
+            for chunk in found {
+                match chunk {
+                    Some(c) => chunks.push(c),
+                    None => {
+                        return Ok(StreamChunks {
+                            chunks,
+                            end: Some(false),
+                        });
+                    }
+                }
+            }
+        }
+        let end = match done.as_deref() {
+            Some("1") if n == from + chunks.len() as u64 => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        };
+        Ok(StreamChunks { chunks, end })
     }
 
     fn is_degraded(&self) -> bool {

@@ -79,6 +79,7 @@ pub async fn run(a: &dyn CacheStore, b: &dyn CacheStore) {
     renewal_keeps_a_lease_and_stops_when_it_is_void(a, b).await;
     a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(a, b).await;
     a_failed_rebuild_answers_its_waiters_only(a, b).await;
+    every_variant_has_its_slot_and_a_purge_takes_them_all(a, b).await;
     expires_after_the_stale_window(a).await;
 }
 
@@ -363,6 +364,56 @@ pub async fn a_failed_rebuild_answers_its_waiters_only(a: &dyn CacheStore, b: &d
             .acquired()
             .is_some(),
         "{}: a failure must not stick",
+        a.backend()
+    );
+}
+
+/// Every variant of a key is stored (a slot each, an index under the key), a
+/// bounded number of them, and a purge of the key removes them all.
+pub async fn every_variant_has_its_slot_and_a_purge_takes_them_all(
+    a: &dyn CacheStore,
+    b: &dyn CacheStore,
+) {
+    let k = key("/contract/variants-stored");
+    for lang in ["fr", "de"] {
+        let t = a.ticket(&k, TTL).await.expect("ticket");
+        let e = variant(entry(lang, 60_000, 0), lang);
+        assert_eq!(put(a, &k, &e, &t).await, PutOutcome::Written);
+    }
+    let index = b.get(&k).await.expect("get").expect("an index");
+    assert!(
+        index.is_variant_index(),
+        "{}: the key holds its variant index",
+        a.backend()
+    );
+    for lang in ["fr", "de"] {
+        let slot = k
+            .clone()
+            .with_variant(variant(entry("", 0, 0), lang).variant_id());
+        let got = b.get(&slot).await.expect("get").expect("the variant");
+        assert_eq!(got.body, lang, "{}: variants evict each other", a.backend());
+    }
+    // Bounded: the least recently stored go first.
+    for i in 0..40 {
+        let t = a.ticket(&k, TTL).await.expect("ticket");
+        let e = variant(entry("many", 60_000, 0), &format!("x{i}"));
+        put(a, &k, &e, &t).await;
+    }
+    let first = k
+        .clone()
+        .with_variant(variant(entry("", 0, 0), "fr").variant_id());
+    // (Past any near copy: those live out their own bound.)
+    assert_eq!(body(b, &first).await, None, "{}: unbounded", a.backend());
+    let last = k
+        .clone()
+        .with_variant(variant(entry("", 0, 0), "x39").variant_id());
+    assert!(body(b, &last).await.is_some());
+    assert!(b.delete(&k).await.expect("delete"));
+    assert_eq!(body(b, &k).await, None);
+    assert_eq!(
+        body(a, &last).await,
+        None,
+        "{}: a purge leaves a variant behind",
         a.backend()
     );
 }
