@@ -26,7 +26,7 @@ import sys
 CAMPAIGN_JSON = "docs/results/campaign.json"
 CAMPAIGN_START, CAMPAIGN_END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
-TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "connections", "forwarding", "admin_auth", "cli", "memory_bound"]
+TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound"]
 
 PROTECTIONS = [
     ("Redis outage", "faults::redis_outage_is_survived_and_recovered_from",
@@ -61,6 +61,18 @@ PROTECTIONS = [
      "A 4xx never marks a key hit-for-miss; a marker applies to its own variant only and never replaces a stored answer."),
     ("Key flood", "fleet_faults::a_flood_of_distinct_keys_leaves_redis_as_it_found_it",
      "Every Redis key the gateway writes (entry, lock, fence record) expires with what it serves or the last lease drawn on it; a purge adds nothing. A lost or evicted record voids its leases (safe under `allkeys-lru`, which compose's Redis runs with `maxmemory`)."),
+    ("Cold large object, a herd", "herds::a_cold_large_object_is_fetched_once_and_streamed_to_every_waiter",
+     "Streaming fill: one origin request; the body streams to every waiter as it arrives (read-while-write), stored when whole within --max-object-size. Across a fleet (`herds::a_cold_large_object_is_fetched_once_by_a_fleet`) the lock holder streams it through Redis to the other gateways' waiters."),
+    ("Hot large object", "herds::a_hot_large_object_is_cached",
+     "Objects up to --max-object-size (16 MiB) are stored; in Redis in 512 KiB chunks (`herds::a_hot_large_object_is_cached_by_a_fleet_in_redis_chunks`)."),
+    ("Failing origin, a herd", "herds::a_failing_origin_gets_one_request_per_herd",
+     "A failed rebuild's outcome goes to every request that waited on it — single-flight followers, and lock waiters on any gateway (`herds::a_failing_origin_gets_one_request_per_herd_from_a_fleet`) — never to later requests (5xx are not cached)."),
+    ("Origin slower than the lock TTL, full stack", "herds::an_origin_slower_than_the_lock_gets_one_rebuild_in_flight",
+     "A waiter tries the lock on every wake-up and takes over only a free lock: never a second rebuild while the holder renews its lease."),
+    ("Vary: Accept-Encoding populations", "herds::vary_accept_encoding_is_one_stored_representation",
+     "Fills ask for gzip; one stored representation serves every client (decompressed for those that do not accept gzip); other Vary headers get a slot per variant."),
+    ("A 50 MiB flight to many clients", "flight_memory::a_flight_of_a_large_object_to_many_clients_stays_within_the_window",
+     "A body over --max-object-size keeps a 4 MiB window per flight, not the object per client; a client that falls further behind is cut off, never served a gap. 200 clients here; RSS growth bound: window + 512 KiB per client + 32 MiB."),
     ("Gateway started during a Redis outage", "fleet_faults::a_gateway_started_during_a_redis_outage_comes_up_and_joins_later",
      "Lazy connect: the gateway waits 2 s for Redis, then serves from its in-process fallback; /readyz says `ready (degraded …)` (503 with --readyz-requires-redis); it joins Redis when it answers."),
     ("Slow and idle clients", "connections::slow_and_idle_clients_are_closed_within_the_timeouts_while_traffic_is_served",
@@ -85,7 +97,7 @@ def run(cmd):
     # One stream, so cargo's "Running tests/x.rs" lines stay in order with
     # the test lines that follow them.
     # 1 M keys for the memory-bound test (100 k in CI's debug run).
-    env = dict(os.environ, STAMPEDE_MEMORY_KEYS="1000000")
+    env = dict(os.environ, STAMPEDE_MEMORY_KEYS="1000000", STAMPEDE_FLIGHT_CLIENTS="200")
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
