@@ -11,13 +11,9 @@ use std::path::PathBuf;
 use stampede_bench::campaign::history::FaultKind;
 use stampede_bench::campaign::{self, CampaignConfig, Profile};
 
-/// Whether the checker must find no violation at all. The gateway on this
-/// branch still has known fencing bugs — a paused leader on a never-cached
-/// key can make an old version win (its late fill reuses a fencing token a
-/// newer fill already wrote with), and fills without a lock token (a lock
-/// waiter that timed out) ignore purges — so the campaign finds (a), (b)
-/// and (d) violations today. Flip this to `true` once the fencing fix lands.
-const EXPECT_ZERO_VIOLATIONS: bool = false;
+/// The campaign must find no violation: fencing holds on cold and warm keys,
+/// every fill holds a lease drawn before it asks the origin (issue #19).
+const EXPECT_ZERO_VIOLATIONS: bool = true;
 
 /// The campaign's seed in CI.
 const SEED: u64 = 42;
