@@ -16,7 +16,7 @@ pub use config::Config;
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::response::IntoResponse;
-use http::{Request, StatusCode, Uri};
+use http::{Request, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
     CacheConfig, CacheStore, FallbackStore, HotKeys, LeaseOptions, MemoryStore, NearCacheConfig,
@@ -221,14 +221,9 @@ pub fn proxy_service(
                 .map(|c| c.0.ip());
             let version = req.version();
             forwarding.on_request(req.headers_mut(), version, peer);
-            let mut resp = match stack.oneshot(req).await {
-                Ok(resp) => resp.into_response(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "request failed in the stack");
-                    proxy::error_response(StatusCode::BAD_GATEWAY, "origin request failed")
-                        .into_response()
-                }
-            };
+            // The stack is infallible: origin failures are answers.
+            let Ok(resp) = stack.oneshot(req).await;
+            let mut resp = resp.into_response();
             forwarding.on_response(resp.headers_mut());
             Ok::<_, Infallible>(resp)
         }

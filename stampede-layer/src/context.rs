@@ -240,6 +240,17 @@ impl FillDirectives {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FillPending;
 
+/// Remove the layers' own extensions from an answer before it leaves the
+/// stack: they are the layers' protocol, not the application's.
+pub(crate) fn strip_internal(ext: &mut http::Extensions) {
+    ext.remove::<Sharing>();
+    ext.remove::<FreshHit>();
+    ext.remove::<RebuildFailed>();
+    ext.remove::<FillDirectives>();
+    ext.remove::<crate::status::CacheStatus>();
+    ext.remove::<crate::fill::TeeBody>();
+}
+
 /// Log once per process that `layer` sits where it cannot act.
 pub(crate) fn warn_misplaced(layer: &'static str, needs: &'static str) {
     use std::collections::HashSet;

@@ -98,6 +98,7 @@ pub mod conditional;
 pub mod config;
 pub mod context;
 pub mod entry;
+pub mod error;
 pub mod fill;
 pub mod freshness;
 pub mod hot_keys;

@@ -32,6 +32,9 @@ pub struct OverloadGateLayer {
     max_queue_wait: Duration,
     retry_after: Duration,
     enabled: bool,
+    /// One budget for every service this layer makes (axum calls `layer`
+    /// once per route and method).
+    slots: Arc<Semaphore>,
 }
 
 impl OverloadGateLayer {
@@ -42,6 +45,7 @@ impl OverloadGateLayer {
             max_queue_wait: Duration::ZERO,
             retry_after: Duration::from_secs(1),
             enabled: true,
+            slots: Arc::new(Semaphore::new(max_inflight.max(1))),
         }
     }
 
@@ -71,7 +75,7 @@ impl<S> Layer<S> for OverloadGateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         OverloadGate {
             inner,
-            slots: Arc::new(Semaphore::new(self.max_inflight)),
+            slots: self.slots.clone(),
             config: self.clone(),
         }
     }

@@ -27,6 +27,7 @@
 
 use crate::body::{BoxError, CacheBody};
 use crate::context::{Lookup, LookupState, RebuildFailed, RefreshSkipped, Share, Sharing};
+use crate::error::SharedError;
 use crate::fill::TeeBody;
 use crate::status::{CacheStatus, Detail};
 use crate::tee::Tee;
@@ -45,6 +46,9 @@ use tower::{Layer, Service, ServiceExt};
 pub struct SingleFlightLayer {
     max_flights: usize,
     enabled: bool,
+    /// One map of flights for every service this layer makes (axum calls
+    /// `layer` once per route and method).
+    flights: Flights,
 }
 
 impl Default for SingleFlightLayer {
@@ -59,6 +63,7 @@ impl SingleFlightLayer {
         Self {
             max_flights: 10_000,
             enabled: true,
+            flights: Arc::default(),
         }
     }
 
@@ -82,7 +87,7 @@ impl<S> Layer<S> for SingleFlightLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SingleFlight {
             inner,
-            flights: Arc::default(),
+            flights: self.flights.clone(),
             max_flights: if self.enabled { self.max_flights } else { 0 },
         }
     }
@@ -115,7 +120,7 @@ enum FlightError {
     /// A background refresh ended without an answer.
     Skipped,
     /// The rebuild failed (or panicked); the message is shared.
-    Failed(Arc<str>),
+    Failed(SharedError),
 }
 
 type FlightResult = Result<Arc<SharedResponse>, FlightError>;
@@ -214,7 +219,7 @@ impl<S> SingleFlight<S> {
             return Box::pin(async move {
                 let shared = match flight.await {
                     Ok(shared) => shared,
-                    Err(FlightError::Failed(msg)) => return Err(msg.to_string().into()),
+                    Err(FlightError::Failed(err)) => return Err(Box::new(err) as BoxError),
                     Err(FlightError::Skipped) if !background => {
                         return inner.oneshot(req).await.map_err(Into::into);
                     }
@@ -273,15 +278,15 @@ impl<S> SingleFlight<S> {
                     }
                 }
                 Err(err) if RefreshSkipped::is(err.as_ref()) => Err(FlightError::Skipped),
-                Err(err) => Err(FlightError::Failed(err.to_string().into())),
+                Err(err) => Err(FlightError::Failed(SharedError(Arc::new(err)))),
             }
         });
         let flight: Flight = async move {
             match task.await {
                 Ok(result) => result,
-                Err(join) => Err(FlightError::Failed(
+                Err(join) => Err(FlightError::Failed(SharedError(Arc::new(
                     format!("rebuild task failed: {join}").into(),
-                )),
+                )))),
             }
         }
         .boxed()
@@ -294,7 +299,7 @@ impl<S> SingleFlight<S> {
                     .await
                     .map_err(|_| BoxError::from("rebuild ended without a response")),
                 Err(FlightError::Skipped) => Err(Box::new(RefreshSkipped::Elsewhere) as BoxError),
-                Err(FlightError::Failed(msg)) => Err(msg.to_string().into()),
+                Err(FlightError::Failed(err)) => Err(Box::new(err) as BoxError),
             }
         })
     }

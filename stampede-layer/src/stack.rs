@@ -30,6 +30,7 @@
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
+use crate::error::{Error, OriginFailure, SharedError};
 use crate::fill::{CacheFill, CacheFillLayer};
 use crate::hot_keys::HotKeys;
 use crate::jitter::{TtlJitter, TtlJitterLayer};
@@ -39,17 +40,26 @@ use crate::lookup::{CacheLookup, CacheLookupLayer};
 use crate::negative::{NegativeCache, NegativeCacheLayer};
 use crate::overload::{OverloadGate, OverloadGateLayer};
 use crate::single_flight::{SingleFlight, SingleFlightLayer};
+use crate::status::{CacheStatus, Detail, Fwd};
 use crate::store::SharedStore;
 use crate::swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
 use crate::xfetch::{XFetch, XFetchLayer};
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
+use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
+
+/// The default origin budget of the overload gate, in the library and the
+/// gateway alike: origin requests in flight at once (per process) before
+/// more are answered 503 — high enough that a normal burst of distinct misses
+/// is never shed.
+pub const DEFAULT_ORIGIN_BUDGET: usize = 256;
 
 /// Which mitigations are on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,7 +148,10 @@ impl FromStr for Mitigations {
         let s = s.trim();
         match s {
             "all" => return Ok(Self::ALL),
-            "none" | "" => return Ok(Self::NONE),
+            "none" => return Ok(Self::NONE),
+            // An empty setting (an unset `STAMPEDE_MITIGATIONS=`) is a
+            // mistake, not "everything off".
+            "" => return Err(UnknownMitigation(String::new())),
             _ => {}
         }
         let mut m = Self::NONE;
@@ -161,11 +174,11 @@ impl fmt::Display for Mitigations {
     }
 }
 
-/// The whole stack over an origin `S` (what [`StampedeLayer`] makes). A
-/// mitigation that is off stays in the chain, switched off (it passes
-/// requests through): the type is the same for every rung of the ladder, and
-/// linear — toggling with `Either` would double it at every layer.
-pub type Stampede<S> = XFetch<
+/// The layers in order over an origin `S`. A mitigation that is off stays in
+/// the chain, switched off (it passes requests through): the type is the
+/// same for every rung of the ladder, and linear — toggling with `Either`
+/// would double it at every layer.
+type Chain<S> = XFetch<
     CacheLookup<
         StaleWhileRevalidate<
             SingleFlight<
@@ -175,8 +188,98 @@ pub type Stampede<S> = XFetch<
     >,
 >;
 
+/// How an origin failure becomes a status ([`StampedeLayer::error_status`]).
+type ErrorStatus = Arc<dyn Fn(&Error) -> StatusCode + Send + Sync>;
+
+/// The whole stack over an origin `S` — what [`StampedeLayer`] makes. It is
+/// infallible (`Error = Infallible`): an origin failure that no stale copy
+/// can stand in for is answered `502`/`504` (see [`crate::error`]).
+#[derive(Clone)]
+pub struct Stampede<S> {
+    inner: Chain<S>,
+    error_status: ErrorStatus,
+    name: Arc<str>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Stampede<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stampede")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<B>> for Stampede<S>
+where
+    Chain<S>: Service<Request<B>, Response = Response<CacheBody>, Error = BoxError>,
+    <Chain<S> as Service<Request<B>>>::Future: Send + 'static,
+{
+    type Response = Response<CacheBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<CacheBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Every layer is always ready (readiness is awaited per call, on a
+        // clone of the origin service).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let fut = self.inner.call(req);
+        let error_status = self.error_status.clone();
+        let name = self.name.clone();
+        Box::pin(async move {
+            Ok(match fut.await {
+                Ok(mut resp) => {
+                    crate::context::strip_internal(resp.extensions_mut());
+                    resp
+                }
+                Err(err) => origin_failed(err, &error_status, &name),
+            })
+        })
+    }
+}
+
+/// The answer for a failed origin: the mapped status, `Retry-After`,
+/// `Cache-Status`, and the error as an [`OriginFailure`] extension.
+fn origin_failed(err: BoxError, error_status: &ErrorStatus, name: &str) -> Response<CacheBody> {
+    let err = match err.downcast::<SharedError>() {
+        Ok(shared) => Error::Shared(*shared),
+        Err(err) => Error::Origin(err),
+    };
+    let status = error_status(&err);
+    tracing::warn!(error = %err, status = status.as_u16(), "origin failed; answered by the stack");
+    metrics::counter!("stampede_origin_failures_answered_total", "status" => status.as_str().to_owned())
+        .increment(1);
+    let mut resp = Response::new(CacheBody::full(format!(
+        "{}\n",
+        status.canonical_reason().unwrap_or("origin failure")
+    )));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+    let cache_status =
+        CacheStatus::forwarded(Fwd::UriMiss, status).with_detail(Detail::OriginError);
+    headers.insert(crate::CACHE_STATUS, cache_status.header_value(name));
+    resp.extensions_mut().insert(OriginFailure(Arc::new(err)));
+    resp
+}
+
+/// The default mapping: a timeout is `504`, any other failure `502`.
+fn default_error_status(err: &Error) -> StatusCode {
+    if crate::error::is_timeout(err) {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
 /// The stack, boxed: what [`StampedeLayer::service`] returns.
-pub type StampedeService<B> = BoxCloneSyncService<Request<B>, Response<CacheBody>, BoxError>;
+pub type StampedeService<B> = BoxCloneSyncService<Request<B>, Response<CacheBody>, Infallible>;
 
 /// The whole stack as one tower [`Layer`], with builder methods for every
 /// knob (see the module docs for the order). Goes into a `ServiceBuilder` or
@@ -196,6 +299,26 @@ pub struct StampedeLayer {
     gate_queue_wait: Duration,
     max_background_refreshes: usize,
     hot_keys: Option<HotKeys>,
+    error_status: ErrorStatus,
+    /// The layers, built once from the settings on the first `layer` call and
+    /// shared by every service made from this layer (and its clones): one
+    /// origin budget, one map of flights, one set of background refreshes,
+    /// however many routes axum wraps.
+    built: Arc<OnceLock<Layers>>,
+}
+
+/// The layers of the stack, built from a [`StampedeLayer`]'s settings.
+#[derive(Clone)]
+struct Layers {
+    xfetch: XFetchLayer,
+    lookup: CacheLookupLayer,
+    swr: StaleWhileRevalidateLayer,
+    single_flight: SingleFlightLayer,
+    lock: DistributedLockLayer,
+    fill: CacheFillLayer,
+    jitter: TtlJitterLayer,
+    negative: NegativeCacheLayer,
+    gate: OverloadGateLayer,
 }
 
 impl fmt::Debug for StampedeLayer {
@@ -222,91 +345,149 @@ impl StampedeLayer {
             xfetch_beta: 1.0,
             jitter: 0.2,
             negative_ttl: Duration::from_secs(5),
-            gate_max_inflight: 64,
+            gate_max_inflight: DEFAULT_ORIGIN_BUDGET,
             gate_queue_wait: Duration::ZERO,
             max_background_refreshes: 64,
             hot_keys: None,
+            error_status: Arc::new(default_error_status),
+            built: Arc::default(),
         }
+    }
+
+    /// The layers, built on first use (a builder method starts afresh).
+    fn layers(&self) -> &Layers {
+        self.built.get_or_init(|| {
+            let m = self.mitigations;
+            let store = &self.store;
+            let claim_ttl = self.lock_ttl;
+            let mut lookup = CacheLookupLayer::new(store.clone(), self.cache.clone());
+            if let Some(hot) = &self.hot_keys {
+                lookup = lookup.hot_keys(hot.clone());
+            }
+            Layers {
+                xfetch: XFetchLayer::new(self.xfetch_beta)
+                    .max_refreshes(self.max_background_refreshes)
+                    .claim_through(store.clone(), claim_ttl)
+                    .lease(self.lease)
+                    .enabled(m.xfetch),
+                lookup,
+                swr: StaleWhileRevalidateLayer::new()
+                    .max_refreshes(self.max_background_refreshes)
+                    .claim_through(store.clone(), claim_ttl)
+                    .lease(self.lease)
+                    .enabled(m.swr),
+                single_flight: SingleFlightLayer::new().enabled(m.single_flight),
+                lock: DistributedLockLayer::new(store.clone())
+                    .lock_ttl(self.lock_ttl)
+                    .max_wait(self.lock_wait.unwrap_or(self.lock_ttl))
+                    .lease(self.lease)
+                    .enabled(m.lock),
+                fill: CacheFillLayer::new(store.clone(), self.cache.clone())
+                    .tickets(self.lock_ttl, self.lease),
+                jitter: TtlJitterLayer::new(self.jitter).enabled(m.jitter),
+                negative: NegativeCacheLayer::new(self.negative_ttl).enabled(m.negative),
+                gate: OverloadGateLayer::new(self.gate_max_inflight)
+                    .max_queue_wait(self.gate_queue_wait)
+                    .enabled(m.overload_gate),
+            }
+        })
+    }
+
+    /// Settings changed: the layers are built anew on the next `layer` call.
+    fn changed(mut self) -> Self {
+        self.built = Arc::default();
+        self
     }
 
     /// Choose the mitigations.
     pub fn mitigations(mut self, m: Mitigations) -> Self {
         self.mitigations = m;
-        self
+        self.changed()
     }
 
     /// Cache settings (name, TTLs, body limit, HTTP semantics).
     pub fn cache_config(mut self, c: CacheConfig) -> Self {
         self.cache = c;
-        self
+        self.changed()
     }
 
     /// Fresh TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.cache.ttl = ttl;
-        self
+        self.changed()
     }
 
     /// Stale-while-revalidate window.
     pub fn stale_ttl(mut self, ttl: Duration) -> Self {
         self.cache.stale_ttl = ttl;
-        self
+        self.changed()
     }
 
     /// Lock TTL (the losers' wait bound defaults to it; background refreshes
     /// claim the key's lock for as long).
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
-        self
+        self.changed()
     }
 
     /// Lock renewal while a rebuild runs, and the whole-rebuild deadline
     /// (foreground and background).
     pub fn lease(mut self, lease: LeaseOptions) -> Self {
         self.lease = lease;
-        self
+        self.changed()
     }
 
     /// Losers' wait bound.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = Some(wait);
-        self
+        self.changed()
     }
 
     /// XFetch `beta`.
     pub fn xfetch_beta(mut self, beta: f64) -> Self {
         self.xfetch_beta = beta;
-        self
+        self.changed()
     }
 
     /// TTL jitter fraction.
     pub fn jitter(mut self, fraction: f64) -> Self {
         self.jitter = fraction;
-        self
+        self.changed()
     }
 
     /// Negative-cache TTL.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
-        self
+        self.changed()
     }
 
     /// Overload gate budget: requests at the origin at once, and queue wait.
     pub fn overload_budget(mut self, max_inflight: usize, queue_wait: Duration) -> Self {
         self.gate_max_inflight = max_inflight;
         self.gate_queue_wait = queue_wait;
-        self
+        self.changed()
     }
 
     /// Most background refreshes (SWR, XFetch, each) in flight per process.
     pub fn max_background_refreshes(mut self, n: usize) -> Self {
         self.max_background_refreshes = n;
-        self
+        self.changed()
     }
 
     /// Feed the hot-key report.
     pub fn hot_keys(mut self, hot: HotKeys) -> Self {
         self.hot_keys = Some(hot);
+        self.changed()
+    }
+
+    /// The status an origin failure is answered with when no stale copy can
+    /// stand in (default: `504` for a timeout, else `502`). The answer carries
+    /// the error as an [`OriginFailure`] extension.
+    pub fn error_status(
+        mut self,
+        map: impl Fn(&Error) -> StatusCode + Send + Sync + 'static,
+    ) -> Self {
+        self.error_status = Arc::new(map);
         self
     }
 
@@ -328,49 +509,23 @@ impl<S> Layer<S> for StampedeLayer {
     type Service = Stampede<S>;
 
     fn layer(&self, origin: S) -> Stampede<S> {
-        let m = self.mitigations;
-        let store = &self.store;
-        let claim_ttl = self.lock_ttl;
-        let mut lookup = CacheLookupLayer::new(store.clone(), self.cache.clone());
-        if let Some(hot) = &self.hot_keys {
-            lookup = lookup.hot_keys(hot.clone());
+        let l = self.layers().clone();
+        let inner = ServiceBuilder::new()
+            .layer(l.xfetch)
+            .layer(l.lookup)
+            .layer(l.swr)
+            .layer(l.single_flight)
+            .layer(l.lock)
+            .layer(l.fill)
+            .layer(l.jitter)
+            .layer(l.negative)
+            .layer(l.gate)
+            .service(Origin(origin));
+        Stampede {
+            inner,
+            error_status: self.error_status.clone(),
+            name: self.cache.name.clone(),
         }
-        ServiceBuilder::new()
-            .layer(
-                XFetchLayer::new(self.xfetch_beta)
-                    .max_refreshes(self.max_background_refreshes)
-                    .claim_through(store.clone(), claim_ttl)
-                    .lease(self.lease)
-                    .enabled(m.xfetch),
-            )
-            .layer(lookup)
-            .layer(
-                StaleWhileRevalidateLayer::new()
-                    .max_refreshes(self.max_background_refreshes)
-                    .claim_through(store.clone(), claim_ttl)
-                    .lease(self.lease)
-                    .enabled(m.swr),
-            )
-            .layer(SingleFlightLayer::new().enabled(m.single_flight))
-            .layer(
-                DistributedLockLayer::new(store.clone())
-                    .lock_ttl(self.lock_ttl)
-                    .max_wait(self.lock_wait.unwrap_or(self.lock_ttl))
-                    .lease(self.lease)
-                    .enabled(m.lock),
-            )
-            .layer(
-                CacheFillLayer::new(store.clone(), self.cache.clone())
-                    .tickets(self.lock_ttl, self.lease),
-            )
-            .layer(TtlJitterLayer::new(self.jitter).enabled(m.jitter))
-            .layer(NegativeCacheLayer::new(self.negative_ttl).enabled(m.negative))
-            .layer(
-                OverloadGateLayer::new(self.gate_max_inflight)
-                    .max_queue_wait(self.gate_queue_wait)
-                    .enabled(m.overload_gate),
-            )
-            .service(Origin(origin))
     }
 }
 
@@ -415,6 +570,8 @@ mod tests {
         assert!(m.single_flight && m.lock && !m.swr);
         assert_eq!(m.to_string(), "single-flight,lock");
         assert!("single-flight,bogus".parse::<Mitigations>().is_err());
+        assert!("".parse::<Mitigations>().is_err(), "empty is not none");
+        assert!("  ".parse::<Mitigations>().is_err());
         let all: Mitigations = Mitigations::NAMES.join(",").parse().unwrap();
         assert_eq!(all, Mitigations::ALL);
         assert_eq!(all.to_string(), "all");

@@ -58,6 +58,9 @@ pub enum Detail {
     /// error, shared with the requests that waited on it, or a generated one
     /// while the failure lasts), instead of asking the failing origin again.
     RebuildFailed,
+    /// The origin service failed and no stale copy could stand in: the
+    /// stack answered 502/504 itself.
+    OriginError,
 }
 
 impl Detail {
@@ -74,6 +77,7 @@ impl Detail {
             Detail::HitForMiss => "hit-for-miss",
             Detail::NotShareable => "not-shareable",
             Detail::RebuildFailed => "rebuild-failed",
+            Detail::OriginError => "origin-error",
         }
     }
 }

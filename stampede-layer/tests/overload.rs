@@ -42,7 +42,7 @@ fn saturate(
     svc: &StampedeService<Body>,
 ) -> Vec<
     tokio::task::JoinHandle<
-        Result<http::Response<stampede_layer::CacheBody>, stampede_layer::BoxError>,
+        Result<http::Response<stampede_layer::CacheBody>, std::convert::Infallible>,
     >,
 > {
     ["/slow/1", "/slow/2"]

@@ -137,18 +137,14 @@ async fn stale_if_error(
     let (status, _, _) = read(svc.clone().oneshot(get("/items/1")).await.unwrap()).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(150)).await; // past fresh and SWR windows
-    match svc.oneshot(get("/items/1")).await {
-        Ok(resp) => {
-            let (status, cs, body) = read(resp).await;
-            (status, cs, body, calls.total())
-        }
-        Err(err) => (
-            http::StatusCode::BAD_GATEWAY,
-            err.to_string(),
-            bytes::Bytes::new(),
-            calls.total(),
-        ),
-    }
+    let Ok(resp) = svc.oneshot(get("/items/1")).await;
+    // An origin failure is an answer, its error attached.
+    let failure = resp
+        .extensions()
+        .get::<stampede_layer::error::OriginFailure>()
+        .map(|f| f.0.to_string());
+    let (status, cs, body) = read(resp).await;
+    (status, failure.unwrap_or(cs), body, calls.total())
 }
 
 #[tokio::test]

@@ -50,7 +50,14 @@ pub struct FallbackStore<P, F> {
     base_cool_down: Duration,
     max_cool_down: Duration,
     degraded_ttl: Duration,
+    /// Deletes the primary did not take (an outage): replayed against it
+    /// before its next operation once it answers again, so a purge that
+    /// failed is not undone by a fill that lands after the outage.
+    pending: Arc<Mutex<Vec<CacheKey>>>,
 }
+
+/// Most failed deletes remembered for replay.
+const MAX_PENDING: usize = 100_000;
 
 impl<P: CacheStore, F: CacheStore> std::fmt::Debug for FallbackStore<P, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,7 +80,46 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
             base_cool_down: Duration::from_millis(500),
             max_cool_down: Duration::from_secs(5),
             degraded_ttl: Duration::from_secs(1),
+            pending: Arc::default(),
         }
+    }
+
+    /// Replay the deletes an outage kept from the primary (it answers again).
+    async fn replay_pending(&self) {
+        let keys = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        if keys.is_empty() {
+            return;
+        }
+        tracing::info!(
+            deletes = keys.len(),
+            "replaying the deletes the store missed"
+        );
+        let mut failed = Vec::new();
+        for key in keys {
+            if self.primary.delete(&key).await.is_err() {
+                failed.push(key);
+            }
+        }
+        if !failed.is_empty() {
+            self.remember_pending(failed);
+        }
+    }
+
+    fn remember_pending(&self, keys: Vec<CacheKey>) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        pending.extend(keys);
+        if pending.len() > MAX_PENDING {
+            let excess = pending.len() - MAX_PENDING;
+            pending.drain(..excess);
+            tracing::warn!(
+                dropped = excess,
+                "too many deletes pending replay; oldest dropped"
+            );
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.lock().expect("pending lock").is_empty()
     }
 
     /// Longest an entry written to the fallback is served as fresh or
@@ -197,6 +243,9 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
         if route == Route::Fallback {
             return op(&self.fallback).await;
         }
+        if self.has_pending() {
+            self.replay_pending().await;
+        }
         self.on_primary(route, name, op(&self.primary).await)
     }
 
@@ -249,7 +298,12 @@ impl<P: CacheStore, F: CacheStore> FallbackStore<P, F> {
                 "{} unavailable (circuit open)",
                 self.primary.backend()
             ))),
-            route => self.on_primary(route, name, op(&self.primary).await),
+            route => {
+                if self.has_pending() {
+                    self.replay_pending().await;
+                }
+                self.on_primary(route, name, op(&self.primary).await)
+            }
         }
     }
 }
@@ -305,8 +359,13 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
     /// the breaker open the purge reached this process only, and says so).
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let local = self.fallback.delete(key).await.unwrap_or(false);
-        let primary = self.with_primary_lease("delete", |p| p.delete(key)).await?;
-        Ok(primary || local)
+        match self.with_primary_lease("delete", |p| p.delete(key)).await {
+            Ok(primary) => Ok(primary || local),
+            Err(err) => {
+                self.remember_pending(vec![key.clone()]);
+                Err(err)
+            }
+        }
     }
 
     async fn try_lock_after(
@@ -323,6 +382,9 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
                 },
             ),
             route => {
+                if self.has_pending() {
+                    self.replay_pending().await;
+                }
                 let attempt = self.primary.try_lock_after(key, ttl, holder).await;
                 self.on_primary(route, "lock", attempt)
             }
@@ -347,7 +409,12 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
     async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError> {
         match self.route() {
             Route::Fallback => Ok(Self::mark_local(self.fallback.ticket(key, ttl).await?)),
-            route => self.on_primary(route, "lock", self.primary.ticket(key, ttl).await),
+            route => {
+                if self.has_pending() {
+                    self.replay_pending().await;
+                }
+                self.on_primary(route, "lock", self.primary.ticket(key, ttl).await)
+            }
         }
     }
 
@@ -598,6 +665,29 @@ mod tests {
         );
         assert!(held.stale_until_ms <= now + 200);
         assert!(held.error_until_ms > now + 200, "stale-if-error kept");
+    }
+
+    /// A purge the primary did not take is replayed against it before its
+    /// next operation: a fill that lands after the outage cannot undo it.
+    #[tokio::test]
+    async fn a_failed_purge_is_replayed_when_the_primary_answers_again() {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = breaker(&down).failure_threshold(10);
+        write(&store, "v1").await.unwrap();
+        let in_flight = store.ticket(&key(), TTL).await.unwrap();
+        down.store(true, Ordering::SeqCst);
+        assert!(store.delete(&key()).await.is_err(), "reported as failed");
+        down.store(false, Ordering::SeqCst);
+        // The fill that started before the purge lands after the outage.
+        assert_eq!(
+            store
+                .put(&key(), &sample("v1 again", 60_000, 0), &in_flight)
+                .await
+                .unwrap(),
+            PutOutcome::Fenced(Refusal::Purged),
+            "the replayed purge fenced it"
+        );
+        assert_eq!(store.get(&key()).await.unwrap(), None);
     }
 
     /// Finding 3 of #19: with the breaker open a purge reaches this process
