@@ -209,36 +209,15 @@ impl RefreshSkipped {
     }
 }
 
-/// Response extension set by the layers below [`CacheFill`](crate::CacheFill)
-/// to steer the write: [`TtlJitter`](crate::TtlJitter) scales the TTL,
-/// [`NegativeCache`](crate::NegativeCache) makes a 404/410 storable.
+/// How a fill steers its write beyond the HTTP rules: the settings of the
+/// TTL jitter and negative caching mitigations, applied by the fill itself.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct FillDirectives {
+pub(crate) struct FillDirectives {
     /// Multiply the TTL by this factor.
-    pub ttl_scale: Option<f64>,
+    pub(crate) ttl_scale: Option<f64>,
     /// Store this 404/410 for this long.
-    pub negative_ttl: Option<std::time::Duration>,
+    pub(crate) negative_ttl: Option<std::time::Duration>,
 }
-
-impl FillDirectives {
-    /// The directives of `resp`, inserted (empty) if it has none yet.
-    pub fn of<B>(resp: &mut http::Response<B>) -> &mut FillDirectives {
-        if resp.extensions().get::<FillDirectives>().is_none() {
-            resp.extensions_mut().insert(FillDirectives::default());
-        }
-        resp.extensions_mut()
-            .get_mut::<FillDirectives>()
-            .expect("just inserted")
-    }
-}
-
-/// Request extension set by [`CacheFill`](crate::CacheFill) on the request it
-/// sends towards the origin: the layers that steer the write
-/// ([`TtlJitter`](crate::TtlJitter), [`NegativeCache`](crate::NegativeCache))
-/// check for it, so a stack that places them where no fill reads their
-/// directives says so in its log instead of silently doing nothing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FillPending;
 
 /// Remove the layers' own extensions from an answer before it leaves the
 /// stack: they are the layers' protocol, not the application's.
@@ -246,28 +225,8 @@ pub(crate) fn strip_internal(ext: &mut http::Extensions) {
     ext.remove::<Sharing>();
     ext.remove::<FreshHit>();
     ext.remove::<RebuildFailed>();
-    ext.remove::<FillDirectives>();
     ext.remove::<crate::status::CacheStatus>();
     ext.remove::<crate::fill::TeeBody>();
-}
-
-/// Log once per process that `layer` sits where it cannot act.
-pub(crate) fn warn_misplaced(layer: &'static str, needs: &'static str) {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static WARNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let first = WARNED
-        .get_or_init(Mutex::default)
-        .lock()
-        .map(|mut w| w.insert(layer))
-        .unwrap_or(false);
-    if first {
-        tracing::warn!(
-            layer,
-            needs,
-            "layer misplaced in the stack: it does nothing here"
-        );
-    }
 }
 
 /// Why a response may not be stored (and so not shared).

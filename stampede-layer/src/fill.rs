@@ -16,11 +16,13 @@ use crate::body::{BoxError, Buffered, CacheBody, buffer};
 use crate::cache_control::SURROGATE_CAPABILITY;
 use crate::config::CacheConfig;
 use crate::context::{
-    FillDirectives, FillPending, HeldLease, Lookup, LookupState, RebuildFailed, Reread, Sharing,
+    FillDirectives, HeldLease, Lookup, LookupState, RebuildFailed, Reread, Sharing,
 };
 use crate::entry::{CachedResponse, EntryKind, VaryValues, now_ms};
 use crate::freshness::Timing;
+use crate::jitter::ttl_scale;
 use crate::lease::{LeaseGuard, LeaseOptions};
+use crate::negative::negative_ttl;
 use crate::policy::{Lifetimes, NotShareable};
 use crate::serve::collapsed_hit;
 use crate::status::{CacheStatus, Detail};
@@ -44,11 +46,14 @@ pub struct CacheFillLayer {
     tickets: Tickets,
 }
 
-/// How a fill without a lock draws and keeps its ticket.
+/// How a fill without a lock draws and keeps its ticket, and steers its
+/// writes beyond the HTTP rules (TTL jitter, negative caching).
 #[derive(Clone, Copy, Debug)]
 struct Tickets {
     ttl: Duration,
     lease: LeaseOptions,
+    jitter: f64,
+    negative_ttl: Duration,
 }
 
 impl std::fmt::Debug for CacheFillLayer {
@@ -68,6 +73,8 @@ impl CacheFillLayer {
             tickets: Tickets {
                 ttl: Duration::from_secs(2),
                 lease: LeaseOptions::default(),
+                jitter: 0.0,
+                negative_ttl: Duration::ZERO,
             },
         }
     }
@@ -75,7 +82,20 @@ impl CacheFillLayer {
     /// The TTL and renewal of the ticket a fill without a lock draws (the
     /// lock's TTL and lease options, in a full stack).
     pub fn tickets(mut self, ttl: Duration, lease: LeaseOptions) -> Self {
-        self.tickets = Tickets { ttl, lease };
+        self.tickets.ttl = ttl;
+        self.tickets.lease = lease;
+        self
+    }
+
+    /// Scale every TTL written by a random factor in `[1-f, 1+f]` (0: off).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.tickets.jitter = fraction;
+        self
+    }
+
+    /// Store 404/410 answers for `ttl` (zero: off).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.tickets.negative_ttl = ttl;
         self
     }
 }
@@ -248,7 +268,6 @@ impl<S> CacheFill<S> {
         let (capability, device) = SURROGATE_CAPABILITY;
         req.headers_mut()
             .insert(capability, HeaderValue::from_static(device));
-        req.extensions_mut().insert(FillPending);
         let request_ms = now_ms();
         let started = Instant::now();
         let guard = InflightGuard::new();
@@ -272,10 +291,10 @@ impl<S> CacheFill<S> {
         metrics::histogram!("stampede_rebuild_duration_seconds").record(rebuild.as_secs_f64());
 
         let (mut parts, body) = resp.into_parts();
-        let directives = parts
-            .extensions
-            .remove::<FillDirectives>()
-            .unwrap_or_default();
+        let directives = FillDirectives {
+            ttl_scale: (self.tickets.jitter > 0.0).then(|| ttl_scale(self.tickets.jitter)),
+            negative_ttl: negative_ttl(parts.status, self.tickets.negative_ttl),
+        };
         let generated = parts.extensions.remove::<Sharing>() == Some(Sharing::Generated);
         let mut status = parts
             .extensions

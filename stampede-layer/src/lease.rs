@@ -61,6 +61,68 @@ impl LeaseOptions {
     }
 }
 
+/// Run `rebuild` holding `guard` — renewed every third of `ttl` while it runs
+/// (with `options.renew`), cut at the fill deadline (then a `504`) — and let
+/// the lease go once the answer settled: at once, leaving the failure on the
+/// lock for its waiters when the rebuild failed; after the body was stored
+/// when it streams. The one way a rebuild runs under a lease (the lock
+/// layer's, and a claimed background refresh's).
+pub(crate) async fn run_held<F>(
+    mut guard: LeaseGuard,
+    options: LeaseOptions,
+    ttl: Duration,
+    rebuild: F,
+) -> Result<http::Response<crate::body::CacheBody>, crate::body::BoxError>
+where
+    F: std::future::Future<
+            Output = Result<http::Response<crate::body::CacheBody>, crate::body::BoxError>,
+        >,
+{
+    if options.renew {
+        guard.keep_alive(ttl);
+    }
+    let token = guard.token();
+    let result = match options.within_deadline(Some(token), rebuild).await {
+        Some(result) => result,
+        None => Ok(crate::serve::gateway_timeout()),
+    };
+    // A failed rebuild leaves its outcome on the lock for a moment: the
+    // waiters on every instance answer it at once instead of each asking
+    // the failing origin again.
+    let failed = |status| RebuildFailure {
+        status,
+        until_ms: crate::entry::now_ms() + 1000,
+        lease: token,
+    };
+    let failure = match &result {
+        Ok(resp) => match resp.extensions().get::<crate::context::RebuildFailed>() {
+            Some(f) => Some(f.0),
+            None if resp.status() == http::StatusCode::GATEWAY_TIMEOUT => Some(failed(504)),
+            None => None,
+        },
+        Err(err) if crate::context::RefreshSkipped::is(err.as_ref()) => None,
+        Err(_) => Some(failed(502)),
+    };
+    let tee = result
+        .as_ref()
+        .ok()
+        .and_then(|r| r.extensions().get::<crate::fill::TeeBody>())
+        .map(|t| t.0.clone());
+    match (failure, tee) {
+        (Some(failure), _) => guard.release_failed(failure).await,
+        // A streamed body is written once it arrived: hold the lease
+        // (renewed) until then, or a waiter would wake to nothing.
+        (None, Some(tee)) => {
+            tokio::spawn(async move {
+                tee.settled().await;
+                guard.release().await;
+            });
+        }
+        (None, None) => guard.release().await,
+    }
+    result
+}
+
 /// Why taking a rebuild lock did not give one.
 #[derive(Debug)]
 pub enum Acquire {

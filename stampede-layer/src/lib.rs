@@ -125,16 +125,14 @@ pub mod xfetch;
 
 pub use body::{BoxError, CacheBody};
 pub use config::CacheConfig;
-pub use context::{FillDirectives, HeldLease, Lookup, LookupState, Sharing};
+pub use context::{HeldLease, Lookup, LookupState, Sharing};
 pub use entry::CachedResponse;
 pub use fill::{CacheFill, CacheFillLayer};
 pub use hot_keys::{HotKey, HotKeys};
-pub use jitter::{TtlJitter, TtlJitterLayer};
 pub use key::CacheKey;
 pub use lease::LeaseOptions;
 pub use lock::{DistributedLock, DistributedLockLayer};
 pub use lookup::{CacheLookup, CacheLookupLayer};
-pub use negative::{NegativeCache, NegativeCacheLayer};
 pub use overload::{OverloadGate, OverloadGateLayer};
 pub use policy::NotShareable;
 pub use single_flight::{SingleFlight, SingleFlightLayer};

@@ -32,11 +32,11 @@
 
 use crate::body::{BoxError, CacheBody};
 use crate::context::Sharing;
-use crate::context::{HeldLease, Lookup, LookupState, RebuildFailed, RefreshSkipped, Reread};
+use crate::context::{HeldLease, Lookup, LookupState, RefreshSkipped, Reread};
 use crate::entry::CachedResponse;
 use crate::entry::now_ms;
 use crate::fill::TeeBody;
-use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
+use crate::lease::{Acquire, LeaseGuard, LeaseOptions, run_held};
 use crate::serve::{collapsed_hit, gateway_timeout, rebuild_failed, stale};
 use crate::status::CacheStatus;
 use crate::status::Detail;
@@ -424,7 +424,7 @@ fn wait_timed_out(lookup: &Lookup, started: Instant) {
 async fn lead<S, B>(
     inner: S,
     config: &DistributedLockLayer,
-    mut guard: LeaseGuard,
+    guard: LeaseGuard,
     mut req: Request<B>,
 ) -> Result<Response<CacheBody>, BoxError>
 where
@@ -435,58 +435,11 @@ where
 {
     req.extensions_mut()
         .insert(HeldLease(guard.lease().clone()));
-    if config.lease.renew {
-        guard.keep_alive(config.lock_ttl);
-    }
-    let lease = config.lease;
-    let task = tokio::spawn(async move {
-        let token = guard.token();
-        let rebuild = inner.oneshot(req);
-        let result = match lease.within_deadline(Some(token), rebuild).await {
-            Some(result) => result.map_err(Into::into),
-            None => Ok(gateway_timeout()),
-        };
-        // A failed rebuild leaves its outcome on the lock for a moment: the
-        // waiters on every instance answer it at once instead of each asking
-        // the failing origin again.
-        let failure = match &result {
-            Ok(resp) if resp.status() == http::StatusCode::GATEWAY_TIMEOUT => resp
-                .extensions()
-                .get::<RebuildFailed>()
-                .map(|f| f.0)
-                .or(Some(RebuildFailure {
-                    status: 504,
-                    until_ms: now_ms() + 1000,
-                    lease: token,
-                })),
-            Ok(resp) => resp.extensions().get::<RebuildFailed>().map(|f| f.0),
-            Err(_) => Some(RebuildFailure {
-                status: 502,
-                until_ms: now_ms() + 1000,
-                lease: token,
-            }),
-        };
-        match failure {
-            Some(failure) => guard.release_failed(failure).await,
-            None => match result
-                .as_ref()
-                .ok()
-                .and_then(|r| r.extensions().get::<TeeBody>())
-            {
-                // A streamed body is written once it arrived: hold the lock
-                // (renewed) until then, or a waiter would wake to nothing.
-                Some(tee) => {
-                    let tee = tee.0.clone();
-                    tokio::spawn(async move {
-                        tee.settled().await;
-                        guard.release().await;
-                    });
-                }
-                None => guard.release().await,
-            },
-        }
-        result
-    });
+    let (options, ttl) = (config.lease, config.lock_ttl);
+    let rebuild = async move { inner.oneshot(req).await.map_err(Into::into) };
+    // Detached from the caller: a client that goes away does not cancel the
+    // rebuild its waiters wait on, and the lease is let go however it ends.
+    let task = tokio::spawn(run_held(guard, options, ttl, rebuild));
     match task.await {
         Ok(result) => result,
         Err(join) => Err(format!("rebuild task failed: {join}").into()),

@@ -89,7 +89,7 @@ fn understood(status: StatusCode) -> bool {
 impl StorageRules {
     /// Decide whether a response to a `GET` with `request` headers may be
     /// stored by a shared cache, and for how long.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         request: &HeaderMap,
         status: StatusCode,

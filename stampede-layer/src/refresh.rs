@@ -8,9 +8,8 @@
 
 use crate::body::BoxError;
 use crate::context::{HeldLease, RefreshSkipped};
-use crate::fill::TeeBody;
 use crate::key::CacheKey;
-use crate::lease::{Acquire, LeaseGuard, LeaseOptions};
+use crate::lease::{Acquire, LeaseGuard, LeaseOptions, run_held};
 use crate::store::SharedStore;
 use http::{HeaderMap, Request};
 use std::collections::HashSet;
@@ -78,15 +77,12 @@ impl Refresher {
         let key = key.clone();
         tokio::spawn(async move {
             let _done = RemoveOnDrop(in_flight, id);
-            let mut guard = None;
+            let mut held = None;
             if let Some((store, ttl)) = claim.filter(|(s, _)| s.is_distributed()) {
                 match LeaseGuard::acquire(&store, &key, ttl).await {
-                    Acquire::Held(mut g) => {
+                    Acquire::Held(g) => {
                         req.extensions_mut().insert(HeldLease(g.lease().clone()));
-                        if lease.renew {
-                            g.keep_alive(ttl);
-                        }
-                        guard = Some(g);
+                        held = Some((g, ttl));
                     }
                     // Another instance refreshes it, or the last refresh just failed.
                     Acquire::Contended(_) | Acquire::RecentFailure(_) => return,
@@ -95,24 +91,19 @@ impl Refresher {
             }
             metrics::counter!("stampede_background_refreshes_total", "trigger" => trigger)
                 .increment(1);
-            let token = guard.as_ref().map(LeaseGuard::token);
-            // A streamed body is stored once it arrived: hold the claim until then.
-            let tee = match lease.within_deadline(token, inner.oneshot(req)).await {
-                Some(Err(err)) => {
-                    let err: BoxError = err.into();
-                    if !RefreshSkipped::is(err.as_ref()) {
-                        tracing::debug!(error = %err, trigger, "background refresh failed");
-                    }
-                    None
-                }
-                Some(Ok(resp)) => resp.extensions().get::<TeeBody>().map(|t| t.0.clone()),
-                None => None,
+            let rebuild = async move { inner.oneshot(req).await.map_err(Into::into) };
+            let result = match held {
+                Some((guard, ttl)) => run_held(guard, lease, ttl, rebuild).await,
+                // Unclaimed (an in-process store): the fill draws a ticket.
+                None => lease
+                    .within_deadline(None, rebuild)
+                    .await
+                    .unwrap_or_else(|| Ok(crate::serve::gateway_timeout())),
             };
-            if let Some(tee) = tee {
-                tee.settled().await;
-            }
-            if let Some(g) = guard {
-                g.release().await;
+            if let Err(err) = result
+                && !RefreshSkipped::is(err.as_ref())
+            {
+                tracing::debug!(error = %err, trigger, "background refresh failed");
             }
         });
     }
@@ -126,6 +117,25 @@ impl Drop for RemoveOnDrop {
             set.remove(&self.1);
         }
     }
+}
+
+/// The request a background refresh sends: a `GET` of the normalised
+/// `target`, carrying only `headers` (those the entry varies on, see
+/// [`refresh_headers`]), with `marker` (a [`Lookup`](crate::context::Lookup)
+/// in the `Refresh` state, or [`ForceRefresh`](crate::context::ForceRefresh)).
+pub(crate) fn refresh_request<B: Default, M: Clone + Send + Sync + 'static>(
+    target: &http::Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    marker: M,
+) -> Request<B> {
+    let mut refresh = Request::new(B::default());
+    *refresh.method_mut() = http::Method::GET;
+    *refresh.uri_mut() = target.clone();
+    *refresh.version_mut() = version;
+    *refresh.headers_mut() = headers;
+    refresh.extensions_mut().insert(marker);
+    refresh
 }
 
 /// The headers a refresh carries: only those the stored variant varies on,

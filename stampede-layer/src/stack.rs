@@ -11,10 +11,10 @@
 //!   → StaleWhileRevalidate  stale in the window: answer stale, refresh behind   (the wait)
 //!   → SingleFlight          one rebuild per key and variant per process         (per-process herd)
 //!   → DistributedLock       one rebuild per key and variant per fleet; fencing  (per-fleet herd)
-//!   → CacheFill(store)      re-check, call origin, buffer, fenced write;
-//!                           decides what waiters may share; hit-for-miss
-//!   → TtlJitter             spreads the TTL the fill writes                     (multi-key herd)
-//!   → NegativeCache         404/410 storable for the negative TTL               (absent-key storm)
+//!   → CacheFill(store)      re-check, call origin, stream, fenced write;
+//!                           decides what waiters may share; hit-for-miss;
+//!                           TTL jitter: spreads the TTLs it writes             (multi-key herd)
+//!                           negative caching: 404/410 for a short TTL         (absent-key storm)
 //!   → OverloadGate          503 + Retry-After past the origin budget            (metastable overload)
 //!   → origin
 //! ```
@@ -33,11 +33,9 @@ use crate::config::CacheConfig;
 use crate::error::{Error, OriginFailure, SharedError};
 use crate::fill::{CacheFill, CacheFillLayer};
 use crate::hot_keys::HotKeys;
-use crate::jitter::{TtlJitter, TtlJitterLayer};
 use crate::lease::LeaseOptions;
 use crate::lock::{DistributedLock, DistributedLockLayer};
 use crate::lookup::{CacheLookup, CacheLookupLayer};
-use crate::negative::{NegativeCache, NegativeCacheLayer};
 use crate::overload::{OverloadGate, OverloadGateLayer};
 use crate::single_flight::{SingleFlight, SingleFlightLayer};
 use crate::status::{CacheStatus, Detail, Fwd};
@@ -180,11 +178,7 @@ impl fmt::Display for Mitigations {
 /// would double it at every layer.
 type Chain<S> = XFetch<
     CacheLookup<
-        StaleWhileRevalidate<
-            SingleFlight<
-                DistributedLock<CacheFill<TtlJitter<NegativeCache<OverloadGate<Origin<S>>>>>>,
-            >,
-        >,
+        StaleWhileRevalidate<SingleFlight<DistributedLock<CacheFill<OverloadGate<Origin<S>>>>>>,
     >,
 >;
 
@@ -316,8 +310,6 @@ struct Layers {
     single_flight: SingleFlightLayer,
     lock: DistributedLockLayer,
     fill: CacheFillLayer,
-    jitter: TtlJitterLayer,
-    negative: NegativeCacheLayer,
     gate: OverloadGateLayer,
 }
 
@@ -383,9 +375,13 @@ impl StampedeLayer {
                     .lease(self.lease)
                     .enabled(m.lock),
                 fill: CacheFillLayer::new(store.clone(), self.cache.clone())
-                    .tickets(self.lock_ttl, self.lease),
-                jitter: TtlJitterLayer::new(self.jitter).enabled(m.jitter),
-                negative: NegativeCacheLayer::new(self.negative_ttl).enabled(m.negative),
+                    .tickets(self.lock_ttl, self.lease)
+                    .jitter(if m.jitter { self.jitter } else { 0.0 })
+                    .negative_ttl(if m.negative {
+                        self.negative_ttl
+                    } else {
+                        Duration::ZERO
+                    }),
                 gate: OverloadGateLayer::new(self.gate_max_inflight)
                     .max_queue_wait(self.gate_queue_wait)
                     .enabled(m.overload_gate),
@@ -517,8 +513,6 @@ impl<S> Layer<S> for StampedeLayer {
             .layer(l.single_flight)
             .layer(l.lock)
             .layer(l.fill)
-            .layer(l.jitter)
-            .layer(l.negative)
             .layer(l.gate)
             .service(Origin(origin));
         Stampede {

@@ -11,14 +11,14 @@
 //! [`Lookup`] the lookup attaches), above the coordination layers.
 
 use crate::body::{BoxError, CacheBody};
-use crate::context::{Lookup, LookupState, warn_misplaced};
+use crate::context::{Lookup, LookupState};
 use crate::entry::{Freshness, now_ms};
-use crate::refresh::{Refresher, refresh_headers};
+use crate::refresh::{Refresher, refresh_headers, refresh_request};
 use crate::serve::stale;
 use crate::status::Detail;
 use crate::store::SharedStore;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -122,8 +122,9 @@ where
         if !self.config.enabled {
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         }
+        // No lookup: not a cacheable request (an unsafe method, a HEAD miss,
+        // a credentialed request): nothing stale to serve.
         let Some(lookup) = req.extensions().get::<Lookup>().cloned() else {
-            warn_misplaced("StaleWhileRevalidate", "inside CacheLookup");
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         };
         let entry = match (&lookup.state, &lookup.entry) {
@@ -137,17 +138,13 @@ where
         }
         if entry.freshness(now) == Freshness::Stale {
             // Within the window: answer now, refresh behind the client's back.
-            let mut refresh = Request::new(B::default());
-            *refresh.method_mut() = Method::GET;
-            *refresh.uri_mut() = req.uri().clone();
-            *refresh.version_mut() = req.version();
-            *refresh.headers_mut() = refresh_headers(&entry.vary, req.headers());
-            let request_headers = Arc::new(refresh.headers().clone());
-            refresh.extensions_mut().insert(Lookup {
+            let headers = refresh_headers(&entry.vary, req.headers());
+            let marker = Lookup {
                 state: LookupState::Refresh,
-                request_headers,
+                request_headers: Arc::new(headers.clone()),
                 ..lookup.clone()
-            });
+            };
+            let refresh = refresh_request(req.uri(), req.version(), headers, marker);
             self.config.refresher.spawn(inner, refresh, &lookup.key);
             return Box::pin(async move { Ok(stale(&entry, false, Detail::Swr)) });
         }

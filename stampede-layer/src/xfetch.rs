@@ -39,13 +39,13 @@
 //! key's lock first).
 
 use crate::body::{BoxError, CacheBody};
-use crate::context::{ForceRefresh, FreshHit, Lookup, warn_misplaced};
+use crate::context::{ForceRefresh, FreshHit};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
-use crate::refresh::Refresher;
+use crate::refresh::{Refresher, refresh_request};
 use crate::store::SharedStore;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -228,9 +228,6 @@ where
             let inner = self.inner.clone();
             return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
         }
-        if req.extensions().get::<Lookup>().is_some() {
-            warn_misplaced("XFetch", "outside CacheLookup");
-        }
         // One clone of the stack below per request: it answers this request
         // and, when the entry is due, runs the refresh.
         let mut inner = self.inner.clone();
@@ -247,12 +244,8 @@ where
             if let Some(hit) = resp.extensions().get::<FreshHit>()
                 && config.policy.should_refresh(&hit.key, &hit.entry, now_ms())
             {
-                let mut refresh = Request::new(B::default());
-                *refresh.method_mut() = Method::GET;
-                *refresh.uri_mut() = hit.target.clone();
-                *refresh.version_mut() = version;
-                *refresh.headers_mut() = hit.refresh_headers.clone();
-                refresh.extensions_mut().insert(ForceRefresh);
+                let headers = hit.refresh_headers.clone();
+                let refresh = refresh_request(&hit.target, version, headers, ForceRefresh);
                 config.refresher.spawn(inner, refresh, &hit.key);
             }
             Ok(resp)
@@ -287,7 +280,7 @@ mod tests {
     }
 
     fn key(path: &str) -> CacheKey {
-        CacheKey::new(&Method::GET, &path.parse().unwrap())
+        CacheKey::new(&http::Method::GET, &path.parse().unwrap())
     }
 
     /// `n` draws spread evenly over (0, 1].
