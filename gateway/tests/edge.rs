@@ -411,3 +411,80 @@ async fn http2_gets_the_http1_limits_streams_headers_idle_and_rapid_reset() {
     let ok = common::get(&gw.url("/items/1")).await;
     assert_eq!(ok.status, 200);
 }
+
+/// `h2load ARGS URL` (a real process, bounded by its own request count and
+/// a 30 s timeout): its summary text.
+fn h2load(args: &[&str], url: &str) -> String {
+    let out = Command::new("timeout")
+        .args(["30", "h2load"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("h2load is needed (Debian: nghttp2-client; scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "h2load {args:?} {url}: {text}");
+    text
+}
+
+/// The `requests:` line of an h2load summary: (succeeded, failed, errored).
+fn h2load_requests(summary: &str) -> (u64, u64, u64) {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line: {summary}"));
+    let count = |what: &str| {
+        line.split(',')
+            .find_map(|p| p.trim().strip_suffix(what)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {what} in {line}"))
+    };
+    (count("succeeded"), count("failed"), count("errored"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_drives_http2_hits_over_h2c_and_tls() {
+    let origin = VersionedOrigin::start(Duration::ZERO).await;
+    let pki = Pki::new("h2load test CA");
+    let (cert, key, _) = pki.write_leaf("gateway", "gateway.test");
+    let tls = GatewayProcess::start(
+        "h2load-tls",
+        &[
+            "--origin",
+            &origin.url(),
+            "--ttl",
+            "1h",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let plain =
+        GatewayProcess::start("h2load-h2c", &["--origin", &origin.url(), "--ttl", "1h"]).await;
+    // 4 connections × 10 streams each, 4000 requests of one hot key: every
+    // answer a hit after the first, one origin request per gateway.
+    let load = ["-n", "4000", "-c", "4", "-m", "10"];
+    let h2c = h2load(&load, &plain.url("/items/1"));
+    assert!(h2c.contains("Application protocol: h2c"), "{h2c}");
+    assert_eq!(h2load_requests(&h2c), (4000, 0, 0), "{h2c}");
+    assert!(h2c.contains("status codes: 4000 2xx"), "{h2c}");
+    let h2 = h2load(&load, &format!("https://127.0.0.1:{}/items/1", tls.port));
+    assert!(h2.contains("Application protocol: h2"), "{h2}");
+    assert_eq!(h2load_requests(&h2), (4000, 0, 0), "{h2}");
+    assert!(h2.contains("status codes: 4000 2xx"), "{h2}");
+    assert_eq!(
+        origin.gets(),
+        2,
+        "one miss per gateway, every other request a hit"
+    );
+    // The first 40 streams arrive together: one rebuild, the rest collapsed
+    // on it or hits.
+    let count = |outcome: &'static str| plain.counter("stampede_requests_total", outcome);
+    let hits = count("outcome=\"hit\"").await;
+    let collapsed = count("outcome=\"collapsed\"").await;
+    assert_eq!(
+        hits + collapsed,
+        3999.0,
+        "hits {hits}, collapsed {collapsed}"
+    );
+}
