@@ -18,7 +18,10 @@
 //!   it the connection is closed without an answer (as nginx's
 //!   `client_header_timeout`): slowloris clients cannot hold it.
 //! * **Idle timeout.** A kept-alive connection (HTTP/2: one with no stream
-//!   open) waiting for its next request is closed after `idle_timeout`. The
+//!   open) waiting for its next request is closed after `idle_timeout`. On
+//!   HTTP/2, bytes while idle (a PING, a SETTINGS) do not start the header
+//!   clock as they do on HTTP/1: the idle timeout alone ends such a
+//!   connection. The
 //!   two clocks are kept here rather than by hyper's `header_read_timeout`,
 //!   which also runs while a kept-alive connection is idle and so would cap
 //!   the idle timeout at the header one. While a request is in flight (until
@@ -298,6 +301,7 @@ async fn connection(
             };
             let io = TokioIo::new(Prefixed { seen, at: 0, io });
             if h2 {
+                activity.multiplexed();
                 let conn = protocols.h2.serve_connection(io, svc);
                 drive(
                     conn,
@@ -345,6 +349,7 @@ async fn connection(
             };
             let io = TokioIo::new(Prefixed { seen, at: 0, io });
             if h2 {
+                activity.multiplexed();
                 let conn = protocols.h2.serve_connection(io, svc);
                 drive(
                     conn,
@@ -452,6 +457,10 @@ struct Activity {
     state: Mutex<State>,
     /// True while idle between requests: the next byte read starts a request.
     idle: AtomicBool,
+    /// HTTP/2: bytes on an idle connection are as likely control frames
+    /// (PING, SETTINGS, WINDOW_UPDATE) as a request, so they never start the
+    /// header clock; an idle HTTP/2 connection is closed at the idle timeout.
+    multiplexed: AtomicBool,
 }
 
 struct State {
@@ -472,7 +481,13 @@ impl Activity {
                 since: Instant::now(),
             }),
             idle: AtomicBool::new(false),
+            multiplexed: AtomicBool::new(false),
         }
+    }
+
+    /// The connection speaks HTTP/2 (see `multiplexed`).
+    fn multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Release);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -504,7 +519,8 @@ impl Activity {
         if s.in_flight == 0 {
             s.reading_head = false;
             s.since = Instant::now();
-            self.idle.store(true, Ordering::Release);
+            self.idle
+                .store(!self.multiplexed.load(Ordering::Acquire), Ordering::Release);
         }
     }
 

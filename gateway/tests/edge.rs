@@ -349,6 +349,59 @@ async fn http2_gets_the_http1_limits_streams_headers_idle_and_rapid_reset() {
         "closed too early"
     );
 
+    // PINGs are not requests: an HTTP/2 connection that only pings after its
+    // last answer is closed at the idle timeout (3 s here), not earlier at
+    // the header-read timeout (1 s) as bytes on an idle HTTP/1 connection are.
+    {
+        let pinged = GatewayProcess::start(
+            "h2-ping",
+            &[
+                "--origin",
+                &origin.url(),
+                "--idle-timeout",
+                "3s",
+                "--header-read-timeout",
+                "1s",
+            ],
+        )
+        .await;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pinged.port))
+            .await
+            .unwrap();
+        let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+        let mut pings = conn.ping_pong().expect("ping_pong");
+        let conn = tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(h2_get("/items/1", &[]), true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        let t0 = Instant::now();
+        let mut answered = 0;
+        while !conn.is_finished() && t0.elapsed() < Duration::from_secs(8) {
+            let ping =
+                tokio::time::timeout(Duration::from_millis(500), pings.ping(h2::Ping::opaque()));
+            if let Ok(Ok(_)) = ping.await {
+                answered += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let lived = t0.elapsed();
+        assert!(
+            conn.is_finished(),
+            "a pinging idle connection was never closed"
+        );
+        assert!(answered >= 3, "pings answered: {answered}");
+        assert!(
+            lived >= Duration::from_millis(2500) && lived < Duration::from_secs(7),
+            "closed after {lived:?}: want the 3 s idle timeout"
+        );
+        drop(send);
+    }
+
     // Header read: a connection that sends only the preface and no request
     // is closed at --header-read-timeout.
     {
