@@ -21,11 +21,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
       target/release/gateway target/release/origin-sim target/release/stampede-bench
 
 FROM debian:bookworm-slim
-# ca-certificates: https origins; libfontconfig1 (+ libfreetype6): linked by
+# No ca-certificates: https:// origins and rediss:// are verified against the
+# roots compiled into the gateway (webpki-roots, Mozilla's list), plus a
+# private CA given with --origin-ca / --redis-ca (mount its PEM); the system
+# store is never read. libfontconfig1 (+ libfreetype6): linked by
 # stampede-bench; fonts-dejavu-core: text in the charts `stampede-bench ladder`
 # draws. No curl: compose healthchecks use bash's /dev/tcp (see compose.yaml).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libfontconfig1 fonts-dejavu-core \
+ && apt-get install -y --no-install-recommends libfontconfig1 fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 stampede \
  && useradd --system --uid 10001 --gid stampede --home-dir /var/lib/stampede \

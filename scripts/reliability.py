@@ -26,7 +26,7 @@ import sys
 CAMPAIGN_JSON = "docs/results/campaign.json"
 CAMPAIGN_START, CAMPAIGN_END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
-TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound"]
+TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge"]
 
 PROTECTIONS = [
     ("Redis outage", "faults::redis_outage_is_survived_and_recovered_from",
@@ -87,8 +87,14 @@ PROTECTIONS = [
      "Constant-time token comparison before the body is read or parsed."),
     ("Memory bound under a key flood", "memory_bound::rss_stays_within_the_bound_under_a_flood_of_keys_with_large_vary_values",
      "The in-process store weighs each entry with its body, headers and stored Vary request values against --memory-max-bytes (moka); RSS grows by at most the bound plus a documented overhead (half the bound + 32 MiB: moka's per-entry bookkeeping, allocator slack). 1 000 000 keys here."),
-    ("Secrets in logs / plaintext TLS", "cli::rediss_is_refused_in_one_line_never_sent_in_plaintext",
-     "`rediss://` refused in one line (the Redis client is built without TLS); Redis passwords redacted in every log line and error."),
+    ("Secrets in logs / plaintext TLS", "cli::rediss_works_and_never_falls_back_to_plaintext",
+     "`rediss://` over TLS only (rustls, built-in roots + `--redis-ca`): a fake server at a rediss:// address receives a TLS record, never a command or the password; a plaintext redis-server at a rediss:// URL gets nothing written. Redis passwords redacted in every log line and error."),
+    ("Leader's client disconnects mid-fill", "cancellation::a_leader_that_disconnects_mid_fill_does_not_cancel_it_across_a_fleet",
+     "The rebuild runs detached (single-flight task, lock holder task): 20 waiters on two gateways get the whole answer, one origin request."),
+    ("Waiters disconnect (HTTP/1 close)", "cancellation::waiters_that_disconnect_leave_at_once_and_free_what_they_held",
+     "hyper drops a closed connection's request at once: tasks fall back while the fill runs; tasks and RSS return to idle; the fill is stored."),
+    ("HTTP/2 rapid reset", "edge::http2_gets_the_http1_limits_streams_headers_idle_and_rapid_reset",
+     "At most 20 streams reset before being accepted per connection (then GOAWAY), --max-concurrent-streams, header list size (431), idle and header-read timeouts on HTTP/2."),
 ]
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, on a fresh Debian machine with only the
 # Rust toolchain: installs what the tests need when it is missing
-# (redis-server; promtool from the `prometheus` package; PyYAML from
-# `python3-yaml` and pip from `python3-pip` for the ops checks; pip installs
+# (redis-server — Debian's is built with TLS, which the rediss:// tests use;
+# curl, whose HTTP/2 the TLS and h2c tests drive; h2load from
+# `nghttp2-client` for the HTTP/2 load; promtool from the `prometheus`
+# package; PyYAML from `python3-yaml` and pip from `python3-pip` for the ops checks; pip installs
 # the pinned Grafana SDK under target/, see scripts/dashboard.sh), then checks
 # formatting, lints, the ops files (Prometheus config, alert rules + their
 # unit tests, compose, dashboard) and runs `cargo test --workspace`.
@@ -14,6 +16,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Debian's python3-yaml and python3-pip serve /usr/bin/python3; the ops scripts
@@ -29,7 +33,7 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in redis-server promtool python3; do
+for tool in redis-server curl h2load promtool python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after the install step" >&2; exit 1; }
 done
 for module in yaml pip; do

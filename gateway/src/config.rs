@@ -73,20 +73,30 @@ fn via_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// Why a Redis URL is refused, if it is: not a `redis://` URL, or a TLS one
-/// (`rediss://`). The Redis client is built without TLS and would connect
-/// in plaintext; the gateway refuses instead. No message repeats the URL.
+/// Why a Redis URL is refused, if it is: not a `redis://` / `rediss://` URL
+/// (or their `-cluster` forms). `rediss://` is TLS (rustls; the built-in
+/// roots plus `--redis-ca`), never plaintext: a TLS failure is a connection
+/// failure, with no fallback. No message repeats the URL.
 pub fn check_redis_url(url: &str) -> Result<(), String> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    if scheme.starts_with("rediss") || scheme.starts_with("valkeys") {
-        Err(format!(
-            "{scheme}:// (TLS) is not supported: this gateway's Redis client is built without TLS \
-             and never falls back to plaintext; use redis:// on a trusted network or through a TLS tunnel"
-        ))
-    } else if ["redis", "redis-cluster"].contains(&scheme) {
+    if ["redis", "redis-cluster", "rediss", "rediss-cluster"].contains(&scheme) {
         Ok(())
     } else {
-        Err("not a redis:// URL (or redis-cluster://host:port?node=host:port for a cluster)".into())
+        Err("not a redis:// or rediss:// URL (or redis-cluster://host:port?node=host:port for a cluster)".into())
+    }
+}
+
+/// Whether a Redis URL asks for TLS (`rediss://`, `rediss-cluster://`).
+pub fn redis_url_uses_tls(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(s, _)| s.starts_with("rediss") || s.starts_with("valkeys"))
+}
+
+fn streams(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        Ok(_) => Err("must be between 1 and 10000".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -183,14 +193,35 @@ pub struct Config {
     /// Address for /metrics, /healthz, /readyz and the admin API.
     #[arg(long, env = "STAMPEDE_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: SocketAddr,
-    /// The origin to proxy to (http://host:port).
+    /// The origin to proxy to (http://host:port or https://host:port).
     #[arg(long, env = "STAMPEDE_ORIGIN", default_value = "http://127.0.0.1:8081")]
     pub origin: Origin,
+    /// https:// origins: also trust the CA certificates in this PEM file
+    /// (a private CA), besides the roots built into the binary.
+    #[arg(long, env = "STAMPEDE_ORIGIN_CA")]
+    pub origin_ca: Option<PathBuf>,
     /// Redis URL: store and lock live in Redis (shared by a fleet). Without it the
     /// store is in-process and the lock reaches this process only. A cluster:
-    /// redis-cluster://host:port?node=host:port&node=host:port.
+    /// redis-cluster://host:port?node=host:port&node=host:port. rediss:// (and
+    /// rediss-cluster://) connect over TLS, never in plaintext.
     #[arg(long, env = "STAMPEDE_REDIS", hide_env_values = true, value_parser = RedisUrl)]
     pub redis: Option<String>,
+    /// rediss://: also trust the CA certificates in this PEM file (a private
+    /// CA), besides the roots built into the binary.
+    #[arg(long, env = "STAMPEDE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// Proxy listener: serve TLS with this certificate chain (PEM, leaf
+    /// first; needs --tls-key). HTTP/2 or HTTP/1.1 by ALPN. Reloaded on
+    /// SIGHUP and when the file changes; a bad new one is logged and the
+    /// current one kept.
+    #[arg(long, env = "STAMPEDE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STAMPEDE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How often --tls-cert and --tls-key are checked for changes.
+    #[arg(long, env = "STAMPEDE_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub tls_reload_interval: Duration,
     /// Fresh TTL when the origin sends no max-age.
     #[arg(long, env = "STAMPEDE_TTL", default_value = "5s", value_parser = duration)]
     pub ttl: Duration,
@@ -337,9 +368,14 @@ pub struct Config {
     #[arg(long, env = "STAMPEDE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = connections)]
     pub admin_max_connections: usize,
     /// Both listeners: largest request line plus headers, in bytes; a larger
-    /// request is answered `431` and its connection closed.
+    /// request is answered `431` and its connection closed (HTTP/2: the
+    /// largest header list, `431` on its stream).
     #[arg(long, env = "STAMPEDE_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = header_bytes)]
     pub max_header_bytes: usize,
+    /// Both listeners, HTTP/2: most streams (requests) open at once on one
+    /// connection; more are refused (REFUSED_STREAM).
+    #[arg(long, env = "STAMPEDE_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = streams)]
+    pub max_concurrent_streams: u32,
     /// Client-supplied X-Forwarded-For / Forwarded: `replace` them with the
     /// connecting peer's address, or `append` the peer to them (behind a
     /// trusted load balancer).
@@ -387,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_urls_are_redacted_and_tls_refused() {
+    fn redis_urls_are_redacted_and_checked() {
         for (url, want) in [
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
             ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
@@ -402,15 +438,18 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), want);
         }
-        assert!(check_redis_url("redis://h").is_ok());
-        assert!(check_redis_url("redis-cluster://h:1?node=h:2").is_ok());
-        for bad in [
+        for good in [
+            "redis://h",
+            "redis-cluster://h:1?node=h:2",
             "rediss://h",
-            "rediss-cluster://h",
-            "valkeys://h",
-            "h:6379",
-            "http://h",
+            "rediss-cluster://h:1?node=h:2",
         ] {
+            assert!(check_redis_url(good).is_ok(), "{good}");
+        }
+        assert!(redis_url_uses_tls("rediss://:pw@h:6380"));
+        assert!(redis_url_uses_tls("rediss-cluster://h:1"));
+        assert!(!redis_url_uses_tls("redis://h"));
+        for bad in ["valkeys://h", "h:6379", "http://h", "redis-sentinel://h"] {
             assert!(check_redis_url(bad).is_err(), "{bad}");
         }
     }
@@ -424,5 +463,10 @@ mod tests {
         assert_eq!(d.near_cache_ttl, Duration::from_secs(1));
         let off = Config::try_parse_from(["gateway", "--near-cache-ttl", "0s"]).unwrap();
         assert!(off.near_cache_ttl.is_zero());
+        assert!(d.tls_cert.is_none() && d.tls_key.is_none());
+        assert_eq!(d.max_concurrent_streams, 128);
+        // A certificate without its key (or the reverse) is a flag error.
+        assert!(Config::try_parse_from(["gateway", "--tls-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["gateway", "--tls-key", "k.pem"]).is_err());
     }
 }

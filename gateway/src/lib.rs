@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 
@@ -67,14 +68,23 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
         .clone()
 }
 
-/// A Redis store for `url` (refusing TLS URLs, see
-/// [`config::check_redis_url`]). Waits up to 2 s for the connection; if Redis
-/// cannot be reached by then, the gateway comes up on its in-process fallback
+/// A Redis store for `url` (see [`config::check_redis_url`]); `rediss://`
+/// over TLS with the built-in roots plus `redis_ca`, never in plaintext.
+/// Waits up to 2 s for the connection; if Redis cannot be reached by then
+/// (a TLS failure included), the gateway comes up on its in-process fallback
 /// (degraded) and joins Redis in the background when it answers.
-async fn redis_store(url: &str) -> anyhow::Result<RedisStore> {
+async fn redis_store(url: &str, redis_ca: Option<&std::path::Path>) -> anyhow::Result<RedisStore> {
     config::check_redis_url(url).map_err(anyhow::Error::msg)?;
     let redacted = config::redact_url(url);
-    let store = RedisStore::builder(url)
+    let mut builder = RedisStore::builder(url);
+    if config::redis_url_uses_tls(url) {
+        builder = builder.tls(tls::client_config(redis_ca, "--redis-ca")?);
+    } else if redis_ca.is_some() {
+        tracing::warn!(
+            "--redis-ca is ignored: the --redis URL is redis:// (plaintext); use rediss:// for TLS"
+        );
+    }
+    let store = builder
         .connect_lazily()
         .with_context(|| format!("bad Redis URL {redacted}"))?;
     if !store.wait_for_connect(Duration::from_secs(2)).await {
@@ -94,9 +104,10 @@ async fn redis_store(url: &str) -> anyhow::Result<RedisStore> {
 pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
     Ok(match &config.redis {
         Some(url) => {
-            let store = redis_store(url).await?;
+            let store = redis_store(url, config.redis_ca.as_deref()).await?;
+            let tls = config::redis_url_uses_tls(url);
             let url = config::redact_url(url);
-            tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
+            tracing::info!(%url, tls, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
             let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
             let breaker =
                 FallbackStore::new(store.clone(), fallback).degraded_ttl(config.degraded_ttl);
@@ -139,13 +150,18 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
     })
 }
 
-/// Build the layer stack over the proxy.
+/// Build the layer stack over the proxy. Fails when `--origin-ca` cannot be
+/// read.
 pub fn build_stack(
     config: &Config,
     store: SharedStore,
     hot_keys: HotKeys,
-) -> StampedeService<Body> {
-    let proxy = proxy::Proxy::new(config.origin.clone(), config.upstream_timeout);
+) -> anyhow::Result<StampedeService<Body>> {
+    if config.origin_ca.is_some() && !config.origin.is_https() {
+        tracing::warn!("--origin-ca is ignored: the origin is http:// (plaintext)");
+    }
+    let origin_tls = tls::client_config(config.origin_ca.as_deref(), "--origin-ca")?;
+    let proxy = proxy::Proxy::with_tls(config.origin.clone(), config.upstream_timeout, origin_tls);
     // --http-strict: no operator override of the origin's freshness.
     let operator = |d: Duration| {
         if config.http_strict {
@@ -154,7 +170,7 @@ pub fn build_stack(
             d
         }
     };
-    StampedeLayer::new(store)
+    Ok(StampedeLayer::new(store)
         .mitigations(config.mitigations)
         .cache_config(CacheConfig {
             name: "stampede".into(),
@@ -183,7 +199,7 @@ pub fn build_stack(
         .negative_ttl(operator(config.negative_ttl))
         .overload_budget(config.gate_max_inflight, config.gate_queue_wait)
         .hot_keys(hot_keys)
-        .service(proxy)
+        .service(proxy))
 }
 
 /// The proxy service: every request goes through the stack; stack errors
@@ -287,6 +303,15 @@ pub async fn run(
         Some(p) => Some(read_warm_list(p)?),
         None => None,
     };
+    // TLS first: a bad certificate or key is one clear error at start-up.
+    let server_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::ServerTls::load(cert, key)?;
+            tls.watch(config.tls_reload_interval);
+            Some(tls)
+        }
+        _ => None,
+    };
     let store = build_store(&config).await?;
     stampede_layer::telemetry::register(store.backend());
     {
@@ -307,7 +332,7 @@ pub async fn run(
         });
     }
     let hot_keys = HotKeys::new(10, Duration::from_secs(10), 10_000);
-    let stack = build_stack(&config, store.clone(), hot_keys.clone());
+    let stack = build_stack(&config, store.clone(), hot_keys.clone())?;
     let ready = Arc::new(AtomicBool::new(warm_list.is_none()));
     let admin_state = admin::AdminState {
         metrics,
@@ -341,6 +366,7 @@ pub async fn run(
         listen = %listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
         origin = ?config.origin,
+        tls_listener = server_tls.is_some(),
         mitigations = %config.mitigations,
         instance = %config.instance,
         "gateway up"
@@ -355,6 +381,7 @@ pub async fn run(
         idle_timeout: config.idle_timeout,
         max_connections,
         max_header_bytes: config.max_header_bytes,
+        max_concurrent_streams: config.max_concurrent_streams,
     };
     let forwarding = proxy::Forwarding::new(config.forwarded_headers, &config.via);
     let admin = server::serve(
@@ -363,6 +390,7 @@ pub async fn run(
         limits(config.admin_max_connections),
         "admin",
         stop_rx.clone(),
+        None,
     );
     let main = server::serve(
         listener,
@@ -370,6 +398,7 @@ pub async fn run(
         limits(config.max_connections),
         "proxy",
         stop_rx,
+        server_tls.as_ref().map(|t| t.acceptor()),
     );
     let (a, b) = tokio::join!(admin, main);
     a.context("admin listener")?;

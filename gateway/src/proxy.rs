@@ -1,4 +1,13 @@
-//! The reverse proxy: a pooled hyper client to one origin.
+//! The reverse proxy: a pooled hyper client to one origin, `http://` or
+//! `https://` (rustls through hyper-rustls; the roots compiled in plus
+//! `--origin-ca`, the origin's host as the name checked and sent as SNI;
+//! HTTP/1.1 to the origin, connections pooled and reused alike).
+//!
+//! Interim (1xx) answers from the origin — `103 Early Hints`, `102
+//! Processing` — are consumed by the client: they are never stored, never
+//! change what is stored, and are not relayed (hyper's server cannot send a
+//! 1xx before the final answer); the final answer is handled as if they had
+//! not come. Each one is counted in a debug log line.
 //!
 //! Strips hop-by-hop headers both ways (RFC 9110 §7.6.1), sets the origin's
 //! `Host` and drops the unkeyed override headers origins are known to honour
@@ -16,6 +25,7 @@ use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -51,10 +61,10 @@ impl std::str::FromStr for Origin {
         };
         let uri: Uri = url
             .parse()
-            .map_err(|_| err("not a URL (expected http://host:port)"))?;
+            .map_err(|_| err("not a URL (expected http://host:port or https://host:port)"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| err("missing scheme"))?;
-        if scheme != Scheme::HTTP {
-            return Err(err("only http:// origins are supported"));
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(err("only http:// and https:// origins are supported"));
         }
         let authority = uri
             .authority()
@@ -71,21 +81,45 @@ impl std::str::FromStr for Origin {
     }
 }
 
+impl Origin {
+    /// Whether the origin is reached over TLS (`https://`).
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
+
 /// The proxy service (cheap to clone: the connection pool is shared).
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     origin: Origin,
     timeout: Duration,
     host: HeaderValue,
 }
 
 impl Proxy {
-    /// Proxy to `origin`, giving up on an answer after `timeout`.
+    /// Proxy to `origin`, giving up on an answer after `timeout`; an
+    /// `https://` origin is verified against the built-in roots.
     pub fn new(origin: Origin, timeout: Duration) -> Self {
+        let tls = crate::tls::client_config(None, "--origin-ca")
+            .expect("the built-in roots make a valid TLS configuration");
+        Self::with_tls(origin, timeout, tls)
+    }
+
+    /// [`Proxy::new`] with the TLS configuration `https://` origins are
+    /// verified with (e.g. with a private CA, see [`crate::tls::client_config`]).
+    pub fn with_tls(origin: Origin, timeout: Duration, tls: rustls::ClientConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        connector.enforce_http(false);
+        // HTTP/1.1 only (ALPN `http/1.1`): the origin side stays one
+        // request per connection at a time, pooled, as for http://.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
@@ -121,7 +155,15 @@ impl Proxy {
             parts.headers.remove(name);
         }
         parts.headers.insert(header::HOST, self.host.clone());
-        let req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, body);
+        // Interim answers are dropped here (see the module docs); a line
+        // says one came.
+        hyper::ext::on_informational(&mut req, |interim| {
+            tracing::debug!(
+                status = interim.status().as_u16(),
+                "origin sent an interim answer; not stored, not relayed"
+            );
+        });
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
                 tracing::warn!(
@@ -408,12 +450,19 @@ mod tests {
     fn parses_origins() {
         assert!("http://127.0.0.1:8081".parse::<Origin>().is_ok());
         assert!("http://origin-sim:8081/".parse::<Origin>().is_ok());
+        assert!(
+            "https://origin.example:8443"
+                .parse::<Origin>()
+                .unwrap()
+                .is_https()
+        );
+        assert!(!"http://x".parse::<Origin>().unwrap().is_https());
         for bad in [
             "",
             "http://user:pw@127.0.0.1:8081",
             "127.0.0.1:8081",
-            "https://x",
             "http://x/path",
+            "https://x/path",
             "ftp://x",
             "http://",
         ] {

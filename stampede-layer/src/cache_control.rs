@@ -255,7 +255,10 @@ fn is_token(s: &str) -> bool {
 }
 
 /// An RFC 9213 targeted field (a Structured Fields dictionary), if present,
-/// valid and non-empty.
+/// valid and non-empty. A known directive whose value has the wrong type
+/// (`max-age="10000"`, a String where delta-seconds are an Integer;
+/// `no-store=1`) makes the whole field invalid: it is ignored, as if absent,
+/// and the next field speaks (RFC 9213 §2.1).
 fn targeted_sf(headers: &HeaderMap, field: &str) -> Option<ResponseDirectives> {
     use sfv::{BareItem, ListEntry};
     let values: Vec<&str> = headers
@@ -276,9 +279,17 @@ fn targeted_sf(headers: &HeaderMap, field: &str) -> Option<ResponseDirectives> {
         ..Default::default()
     };
     for (key, entry) in &dict {
-        let ListEntry::Item(item) = entry else {
-            continue;
+        let item = match entry {
+            ListEntry::Item(item) => item,
+            // An inner list is no known directive's type.
+            ListEntry::InnerList(_) if expected_type(key.as_str()).is_some() => return None,
+            ListEntry::InnerList(_) => continue,
         };
+        if let Some(expected) = expected_type(key.as_str())
+            && !expected.accepts(&item.bare_item)
+        {
+            return None;
+        }
         let value = match &item.bare_item {
             BareItem::Boolean(true) => None,
             BareItem::Boolean(false) => continue,
@@ -290,6 +301,46 @@ fn targeted_sf(headers: &HeaderMap, field: &str) -> Option<ResponseDirectives> {
         d.apply(key.as_str(), value.as_deref());
     }
     Some(d)
+}
+
+/// The Structured Fields type a known directive takes in a targeted field
+/// (RFC 9213 §2.1): delta-seconds are Integers, field-name lists Strings,
+/// the rest Booleans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SfType {
+    Integer,
+    /// `no-cache`, `private`: bare (true), or a String listing fields.
+    BooleanOrString,
+    Boolean,
+}
+
+impl SfType {
+    fn accepts(self, item: &sfv::BareItem) -> bool {
+        use sfv::BareItem;
+        matches!(
+            (self, item),
+            (SfType::Integer, BareItem::Integer(_))
+                | (
+                    SfType::BooleanOrString,
+                    BareItem::Boolean(_) | BareItem::String(_)
+                )
+                | (SfType::Boolean, BareItem::Boolean(_))
+        )
+    }
+}
+
+/// The type of a directive this cache acts on; `None` for extensions (any type).
+fn expected_type(name: &str) -> Option<SfType> {
+    match name {
+        "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error" => {
+            Some(SfType::Integer)
+        }
+        "no-cache" | "private" => Some(SfType::BooleanOrString),
+        "no-store" | "public" | "must-revalidate" | "proxy-revalidate" | "must-understand" => {
+            Some(SfType::Boolean)
+        }
+        _ => None,
+    }
 }
 
 /// `Surrogate-Control`: directives without a target, or targeted at us.
@@ -415,5 +466,48 @@ mod tests {
         let d = parse(&[("surrogate-control", "max-age=3600;other-device")]);
         assert_eq!(d.max_age, None);
         assert!(parse(&[("surrogate-control", "no-store")]).no_store);
+    }
+
+    /// The suite's `cdn-cc-invalid-sh-type-*` cases: an invalid Structured
+    /// Field, by syntax or by a known directive's type, is ignored whole and
+    /// `Cache-Control: no-store` beside it applies.
+    #[test]
+    fn invalid_targeted_fields_are_ignored_whole() {
+        for bad in [
+            "max-age=\"10000\"",         // cdn-cc-invalid-sh-type-wrong
+            "max-age=10000, &&&&&",      // cdn-cc-invalid-sh-type-unknown
+            "max-age=10000, no-store=1", // a Boolean directive given an Integer
+            "max-age=?1",
+            "max-age=(1 2)",
+            "max-age=tok",
+            "max-age=1.5",
+            "private=7",
+        ] {
+            let d = parse(&[("cdn-cache-control", bad), ("cache-control", "no-store")]);
+            assert!(!d.targeted, "{bad}: the field must be ignored");
+            assert!(d.no_store, "{bad}: Cache-Control: no-store applies");
+            assert_eq!(d.max_age, None, "{bad}");
+        }
+        // Well-typed values and extensions of any type still parse.
+        for (good, max_age) in [
+            ("max-age=10000", Some(Delta::Secs(10000))),
+            (
+                "max-age=10000, foo=\"bar\", baz=(1 2), qux=1.5",
+                Some(Delta::Secs(10000)),
+            ),
+            ("private=\"x-user\", max-age=5", Some(Delta::Secs(5))),
+            ("no-store", None),
+            ("no-store=?0, max-age=3", Some(Delta::Secs(3))),
+        ] {
+            let d = parse(&[("cdn-cache-control", good), ("cache-control", "no-store")]);
+            assert!(d.targeted, "{good}");
+            assert_eq!(d.max_age, max_age, "{good}");
+        }
+        // The same rule for this gateway's own targeted field.
+        let d = parse(&[
+            ("stampede-cache-control", "s-maxage=\"5\""),
+            ("cdn-cache-control", "max-age=60"),
+        ]);
+        assert_eq!(d.max_age, Some(Delta::Secs(60)));
     }
 }

@@ -6,8 +6,12 @@
 //!   speaks), else — only when the operator enables it — 10 % of the time
 //!   since `Last-Modified`, at most a day (§4.2.2);
 //! * initial age: the larger of the apparent age (`now − Date`) and the
-//!   received `Age` plus the time the request took (§4.2.3). An `Age` that is
-//!   not exactly one non-negative integer makes the response stale.
+//!   received `Age` plus the time the request took (§4.2.3). Of several
+//!   `Age` values (a list, `Age: 0, 7200`, or repeated lines) the first
+//!   counts; a first value that is not a non-negative integer (`abc`,
+//!   `-7200`, `7200.0`) is ignored, as if no `Age` had been sent (RFC 9111
+//!   §5.1: a cache ignores an invalid `Age`). Parameters after the integer
+//!   (`7200;foo=bar`) are dropped, so its integer still counts.
 
 use crate::cache_control::{Delta, MAX_DELTA_SECS, ResponseDirectives};
 use http::HeaderMap;
@@ -89,30 +93,32 @@ pub fn heuristic_lifetime(headers: &HeaderMap, timing: Timing) -> Option<Duratio
     Some(Duration::from_millis((since as f64 * HEURISTIC_FRACTION) as u64).min(HEURISTIC_MAX))
 }
 
-/// The received `Age` in seconds (0 when absent): `None` when present but
-/// not exactly one non-negative integer (the response is then treated as stale).
-pub fn received_age(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(AGE).iter();
-    let Some(first) = values.next() else {
-        return Some(0);
-    };
-    if values.next().is_some() {
-        return None;
-    }
-    Delta::parse_age(first.to_str().ok()?.trim())
+/// The received `Age` in seconds: the first value of the first `Age` line
+/// (`Age: 0, 7200` is 0; of two lines `7200` and `0`, 7200), parameters
+/// dropped (`7200;foo=bar` is 7200), clamped to 2³¹. 0 when absent or when
+/// that value is not a non-negative integer (`abc`, `-7200`, `7200.0`): an
+/// invalid `Age` is ignored (RFC 9111 §5.1), never read as "stale".
+pub fn received_age(headers: &HeaderMap) -> u64 {
+    headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|member| member.split(';').next())
+        .and_then(|value| Delta::parse_age(value.trim()))
+        .unwrap_or(0)
 }
 
-/// The corrected initial age (§4.2.3); `None` when the received `Age` is
-/// invalid (then the response is stale on arrival).
-pub fn initial_age(headers: &HeaderMap, timing: Timing) -> Option<Duration> {
-    let age = received_age(headers)?;
+/// The corrected initial age (§4.2.3): the larger of the apparent age and
+/// the received `Age` plus the request's delay.
+pub fn initial_age(headers: &HeaderMap, timing: Timing) -> Duration {
+    let age = received_age(headers);
     let apparent = timing.response_ms.saturating_sub(date_ms(headers, timing));
     let delay = timing.response_ms.saturating_sub(timing.request_ms);
     let corrected = age
         .min(MAX_DELTA_SECS)
         .saturating_mul(1000)
         .saturating_add(delay);
-    Some(Duration::from_millis(apparent.max(corrected)))
+    Duration::from_millis(apparent.max(corrected))
 }
 
 #[cfg(test)]
@@ -190,28 +196,98 @@ mod tests {
     #[test]
     fn ages() {
         let age = |pairs: &[(&'static str, String)]| initial_age(&headers(pairs), timing());
-        assert_eq!(
-            age(&[("date", date(0))]),
-            Some(Duration::from_millis(100)),
-            "the request's delay"
-        );
-        assert_eq!(
-            age(&[("date", date(0)), ("age", "30".into())]),
-            Some(Duration::from_millis(30_100))
-        );
+        let ms = Duration::from_millis;
+        assert_eq!(age(&[("date", date(0))]), ms(100), "the request's delay");
+        assert_eq!(age(&[("date", date(0)), ("age", "30".into())]), ms(30_100));
         assert_eq!(
             age(&[("date", date(-60))]),
-            Some(Duration::from_secs(60)),
+            Duration::from_secs(60),
             "apparent age"
         );
-        for bad in ["abc", "-1", "1.0", "0, 0", "7200;foo=bar", "0,7200"] {
-            assert_eq!(age(&[("age", bad.into())]), None, "{bad}");
-        }
+    }
+
+    /// The public cache suite's `age-parse-*` cases (its current revision):
+    /// the received `Age` each one must be read as.
+    #[test]
+    fn age_parsing_cases() {
+        let received = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(AGE, HeaderValue::from_str(l).unwrap());
+            }
+            received_age(&h)
+        };
+        // Ignored (as if absent): non-numeric, negative, float.
+        assert_eq!(received(&["abc"]), 0, "age-parse-nonnumeric");
+        assert_eq!(received(&["-7200"]), 0, "age-parse-negative");
+        assert_eq!(received(&["7200.0"]), 0, "age-parse-float");
+        assert_eq!(received(&[""]), 0);
+        // Large values are clamped to 2^31 s: stale against any max-age.
         assert_eq!(
-            age(&[("age", "0".into()), ("age", "0".into())]),
-            None,
-            "two lines"
+            received(&["2147483647"]),
+            2_147_483_647,
+            "age-parse-large-minus-one"
         );
+        assert_eq!(received(&["2147483648"]), MAX_DELTA_SECS, "age-parse-large");
+        assert_eq!(
+            received(&["2147483649"]),
+            MAX_DELTA_SECS,
+            "age-parse-larger"
+        );
+        assert_eq!(received(&["99999999999999999999"]), MAX_DELTA_SECS);
+        // A list: the first value counts.
+        assert_eq!(received(&["7200, 0"]), 7200, "age-parse-suffix");
+        assert_eq!(received(&["7200,0"]), 7200);
+        assert_eq!(received(&["0, 7200"]), 0, "age-parse-prefix");
+        assert_eq!(received(&["0,7200"]), 0);
+        assert_eq!(received(&["0, 0"]), 0, "age-parse-dup-0");
+        // Repeated lines: the first line counts.
+        assert_eq!(received(&["7200", "0"]), 7200, "age-parse-suffix-twoline");
+        assert_eq!(received(&["0", "7200"]), 0, "age-parse-prefix-twoline");
+        assert_eq!(received(&["0", "0"]), 0, "age-parse-dup-0-twoline");
+        assert_eq!(received(&["3600", "3600"]), 3600, "age-parse-dup-old");
+        // Parameters are dropped; the integer before them counts.
+        assert_eq!(received(&["7200;foo=bar"]), 7200, "age-parse-parameter");
+        assert_eq!(
+            received(&["7200;foo=111"]),
+            7200,
+            "age-parse-numeric-parameter"
+        );
+        assert_eq!(received(&[" 30 "]), 30);
+    }
+
+    /// Fresh or stale on arrival, as the suite's tests check it: `Date: now`,
+    /// `max-age=3600` (10000 for `dup-old`), and the `Age` lines given.
+    #[test]
+    fn age_parsing_decides_freshness() {
+        let fresh = |max_age: u64, lines: &[&str]| {
+            let mut h = headers(&[
+                ("date", date(0)),
+                ("cache-control", format!("max-age={max_age}")),
+            ]);
+            for l in lines {
+                h.append(AGE, HeaderValue::from_str(l).unwrap());
+            }
+            let lifetime = explicit_lifetime(&ResponseDirectives::parse(&h), &h, timing()).unwrap();
+            initial_age(&h, timing()) < lifetime
+        };
+        for (lines, want) in [
+            (&["abc"][..], true),
+            (&["-7200"], true),
+            (&["7200.0"], true),
+            (&["2147483647"], false),
+            (&["2147483648"], false),
+            (&["7200, 0"], false),
+            (&["0, 7200"], true),
+            (&["7200", "0"], false),
+            (&["0", "7200"], true),
+            (&["0, 0"], true),
+            (&["0", "0"], true),
+            (&["7200;foo=bar"], false),
+        ] {
+            assert_eq!(fresh(3600, lines), want, "{lines:?}");
+        }
+        assert!(fresh(10_000, &["3600", "3600"]), "age-parse-dup-old");
     }
 
     #[test]

@@ -18,8 +18,9 @@ use std::time::Duration;
 pub struct Lifetimes {
     /// Freshness lifetime (RFC 9111 §4.2.1).
     pub lifetime: Duration,
-    /// How old it already was on arrival (§4.2.3; `None`: an invalid `Age`,
-    /// stale on arrival).
+    /// How old it already was on arrival (§4.2.3; `None`: stale on arrival
+    /// whatever its lifetime. The policy always gives an age: an invalid
+    /// received `Age` is ignored, see [`freshness::received_age`]).
     pub initial_age: Option<Duration>,
     /// Stale-while-revalidate window after freshness ends.
     pub stale: Duration,
@@ -165,7 +166,7 @@ impl StorageRules {
         // (§4.2.3); the operator's TTLs from when it arrived (as nginx's
         // `proxy_cache_valid`): the same `--ttl` for every rebuild, however slow.
         let initial_age = if honor && !from_operator {
-            freshness::initial_age(response, timing)
+            Some(freshness::initial_age(response, timing))
         } else {
             Some(Duration::ZERO)
         };

@@ -29,6 +29,7 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    tls: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -51,15 +52,56 @@ impl RedisServer {
         Self::start_on(port, extra)
     }
 
+    /// Start a server that speaks TLS only (`--tls-port`, `--port 0`: no
+    /// plaintext port at all) with the PEM certificate, key and CA given
+    /// (clients are not asked for certificates). Debian's `redis-server` is
+    /// built with TLS.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Self {
+        let port = free_port();
+        let (port_s, cert, key, ca) = (
+            port.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            ca.display().to_string(),
+        );
+        let mut server = Self::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_s,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
+        server.tls = true;
+        server.wait_ready(Duration::from_secs(10));
+        server
+    }
+
     /// Start on `port` (e.g. to restart a killed server on the same port).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let port_s = port.to_string();
+        let mut args = vec!["--port", &port_s];
+        args.extend_from_slice(extra);
+        let server = Self::spawn(port, &args);
+        server.wait_ready(Duration::from_secs(10));
+        server
+    }
+
+    /// `redis-server` with the common arguments and `extra` (which name the port).
+    fn spawn(port: u16, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("stampede-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
-        let port_s = port.to_string();
         let mut args = vec![
-            "--port",
-            &port_s,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -84,9 +126,12 @@ impl RedisServer {
                      or run the tests through scripts/test.sh, which does"
                 )
             });
-        let server = RedisServer { child, port, dir };
-        server.wait_ready(Duration::from_secs(10));
-        server
+        RedisServer {
+            child,
+            port,
+            dir,
+            tls: false,
+        }
     }
 
     fn wait_ready(&self, timeout: Duration) {
@@ -108,16 +153,22 @@ impl RedisServer {
         self.port
     }
 
-    /// Its `redis://` URL.
+    /// Its URL: `redis://127.0.0.1:PORT`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Run `redis-cli` against it with `args`; its output, trimmed. Panics
     /// (loudly) when `redis-cli` is missing or the command fails.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if self.tls {
+            // The test's own server: its certificate is not what is checked here.
+            cmd.args(["--tls", "--insecure"]);
+        }
+        let out = cmd
             .args(args)
             .output()
             .expect("redis-cli is needed (Debian: redis-tools, installed with redis-server)");

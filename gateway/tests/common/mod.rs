@@ -16,7 +16,18 @@ pub struct Answer {
     pub body: String,
 }
 
+/// Whether a `Cache-Status` value says the answer came from the cache: its
+/// `hit` parameter (not `detail=hit-for-miss`).
+pub fn is_hit(cache_status: &str) -> bool {
+    cache_status.split(';').any(|p| p.trim() == "hit")
+}
+
 impl Answer {
+    /// Whether it came from the cache ([`is_hit`]).
+    pub fn is_hit(&self) -> bool {
+        is_hit(&self.cache_status())
+    }
+
     pub fn cache_status(&self) -> String {
         self.headers
             .get("cache-status")
@@ -145,6 +156,11 @@ impl GatewayProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap_or(0)
             * 1024
+    }
+
+    /// Send it a signal by PID (`-HUP`, …).
+    pub fn send_signal(&self, sig: &str) {
+        self.signal(sig);
     }
 
     /// `path` on its proxy listener.
@@ -568,4 +584,127 @@ pub async fn get_streamed(
         done,
         body: all.freeze(),
     }
+}
+
+/// A private CA made for one test, and leaf certificates it signs (for
+/// `localhost` and 127.0.0.1), as PEM files in a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate (PEM): what `--origin-ca` / `--redis-ca` trust.
+    pub ca: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        Pki {
+            dir,
+            ca,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A new leaf certificate and key (PEM) for `localhost` and 127.0.0.1,
+    /// common name `cn`.
+    pub fn leaf(&self, cn: &str) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Write a new leaf as `<name>.crt` and `<name>.key` (each replaced
+    /// whole, by rename); returns their paths and the certificate's DER.
+    pub fn write_leaf(
+        &self,
+        name: &str,
+        cn: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+        let (cert, key) = self.leaf(cn);
+        let (cert_path, key_path) = (
+            self.dir.path().join(format!("{name}.crt")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        for (path, text) in [(&cert_path, &cert), (&key_path, &key)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        (cert_path, key_path, pem_der(&cert))
+    }
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls_pki::pem::PemObject;
+    rustls_pki::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
+/// `rustls`'s re-export of the PKI types.
+pub use rustls::pki_types as rustls_pki;
+
+/// A rustls client trusting only `ca` (PEM file).
+pub fn tls_client(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in gateway::tls::read_certificates(ca, "ca").unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// The leaf certificate (DER) a TLS server at `addr` answers with, as a
+/// client trusting `ca` sees it (`Err`: the handshake failed).
+pub async fn served_certificate(addr: SocketAddr, ca: &std::path::Path) -> Result<Vec<u8>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(Duration::from_secs(5), tls_client(ca).connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let certs = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or("no certificate")?;
+    Ok(certs[0].to_vec())
+}
+
+/// Resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

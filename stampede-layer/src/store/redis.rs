@@ -275,9 +275,21 @@ pub struct RedisStoreBuilder {
     pool_size: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
+    #[cfg(feature = "redis-tls")]
+    tls: Option<rustls::ClientConfig>,
 }
 
 impl RedisStoreBuilder {
+    /// TLS for a `rediss://` URL (feature `redis-tls`): verify the server with
+    /// `config` (its roots; the server name is the URL's host). Without it a
+    /// `rediss://` URL uses fred's default (the system's roots). Never used
+    /// for a `redis://` URL: that stays plaintext, as its scheme says.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Key prefix (default `stampede`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -317,7 +329,7 @@ impl RedisStoreBuilder {
     }
 
     fn build(self, fail_fast: bool) -> Result<RedisStore, StoreError> {
-        let mut config = Config::from_url(&self.url).map_err(backend)?;
+        let mut config = self.config()?;
         config.fail_fast = fail_fast;
         let command_timeout = self.command_timeout;
         let connect_timeout = self.connect_timeout;
@@ -351,6 +363,37 @@ impl RedisStoreBuilder {
     }
 }
 
+impl RedisStoreBuilder {
+    /// fred's configuration for the URL, with the TLS configuration given
+    /// (`rediss://`): a TLS URL never yields a plaintext configuration.
+    fn config(&self) -> Result<Config, StoreError> {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
+        let tls_url = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
+        #[cfg(feature = "redis-tls")]
+        if let Some(tls) = self.tls.clone().filter(|_| tls_url) {
+            // Parsed as its plaintext form so that fred does not build (and
+            // fail on) its default connector, then given ours.
+            let plain_scheme = scheme
+                .replacen("rediss", "redis", 1)
+                .replacen("valkeys", "valkey", 1);
+            let mut config =
+                Config::from_url(&format!("{plain_scheme}://{rest}")).map_err(backend)?;
+            config.tls = Some(tls.into());
+            debug_assert!(config.uses_tls());
+            return Ok(config);
+        }
+        #[cfg(not(feature = "redis-tls"))]
+        let _ = rest;
+        let config = Config::from_url(&self.url).map_err(backend)?;
+        if tls_url && !config.uses_tls() {
+            return Err(StoreError::Backend(
+                "a rediss:// URL needs TLS, and this build has none (feature redis-tls)".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -364,6 +407,8 @@ impl RedisStore {
             pool_size: 4,
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
+            #[cfg(feature = "redis-tls")]
+            tls: None,
         }
     }
 
