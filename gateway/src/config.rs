@@ -9,6 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A header name, as `--key-header` and `--credential-header` take it.
+fn header_name(s: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(s.trim().as_bytes())
+        .map_err(|_| format!("not a header name: {s:?}"))
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (use e.g. 500ms, 5s, 1m)"))
 }
@@ -330,6 +336,32 @@ pub struct Config {
     /// Cache answers to requests with Authorization or Cookie (off: they bypass).
     #[arg(long, env = "STAMPEDE_CACHE_CREDENTIALED")]
     pub cache_credentialed: bool,
+    /// A request header that carries a credential besides Authorization and
+    /// Cookie (`X-Api-Key`): requests carrying it bypass the cache as those
+    /// do. Repeat, or comma-separate, for several.
+    #[arg(
+        long = "credential-header",
+        env = "STAMPEDE_CREDENTIAL_HEADERS",
+        value_delimiter = ',',
+        value_parser = header_name
+    )]
+    pub credential_headers: Vec<http::HeaderName>,
+    /// A request header whose value scopes the cache key (a tenant header):
+    /// requests with different values never share an entry. Repeat, or
+    /// comma-separate, for several. Purges then act on the unscoped key only.
+    #[arg(
+        long = "key-header",
+        env = "STAMPEDE_KEY_HEADERS",
+        value_delimiter = ',',
+        value_parser = header_name
+    )]
+    pub key_headers: Vec<http::HeaderName>,
+    /// Forward the client's `Host` to the origin (instead of the origin's
+    /// own) and scope the cache key by it: one gateway in front of an origin
+    /// that serves several sites. Off by default: a client-chosen `Host`
+    /// could otherwise change what a key stands for.
+    #[arg(long, env = "STAMPEDE_PRESERVE_HOST")]
+    pub preserve_host: bool,
     /// How long a key whose answer could not be shared (private, Set-Cookie,
     /// no-store, Vary: *, …) goes straight to the origin, uncoordinated
     /// (hit-for-miss; Varnish's default is 120 s; 0s: never mark).

@@ -161,7 +161,8 @@ pub fn build_stack(
         tracing::warn!("--origin-ca is ignored: the origin is http:// (plaintext)");
     }
     let origin_tls = tls::client_config(config.origin_ca.as_deref(), "--origin-ca")?;
-    let proxy = proxy::Proxy::with_tls(config.origin.clone(), config.upstream_timeout, origin_tls);
+    let proxy = proxy::Proxy::with_tls(config.origin.clone(), config.upstream_timeout, origin_tls)
+        .preserve_host(config.preserve_host);
     // --http-strict: no operator override of the origin's freshness.
     let operator = |d: Duration| {
         if config.http_strict {
@@ -183,6 +184,7 @@ pub fn build_stack(
             hit_for_miss_ttl: config.hit_for_miss_ttl,
             retain_stale: config.retain_stale,
             heuristic_freshness: config.heuristic_freshness,
+            credential_headers: config.credential_headers.clone(),
         })
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))
@@ -198,6 +200,7 @@ pub fn build_stack(
         })
         .negative_ttl(operator(config.negative_ttl))
         .overload_budget(config.gate_max_inflight, config.gate_queue_wait)
+        .key_fn(key_scope(config))
         .hot_keys(hot_keys)
         .service(proxy))
 }
@@ -237,6 +240,16 @@ pub fn proxy_service(
                 .map(|c| c.0.ip());
             let version = req.version();
             forwarding.on_request(req.headers_mut(), version, peer);
+            // HTTP/2 names the host in the target (`:authority`): one place
+            // for it, where the key scope and the proxy look.
+            if !req.headers().contains_key(http::header::HOST)
+                && let Some(host) = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
             // The stack is infallible: origin failures are answers.
             let Ok(resp) = stack.oneshot(req).await;
             let mut resp = resp.into_response();
@@ -450,4 +463,31 @@ pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
         task,
         stop: Some(tx),
     })
+}
+
+/// The key scope `--key-header` and `--preserve-host` ask for: the values of
+/// those request headers (and the `Host`), named, in a fixed order.
+fn key_scope(
+    config: &Config,
+) -> impl Fn(&http::HeaderMap) -> Option<String> + Send + Sync + 'static {
+    let mut names = config.key_headers.clone();
+    if config.preserve_host {
+        names.push(http::header::HOST);
+    }
+    move |headers: &http::HeaderMap| {
+        if names.is_empty() {
+            return None;
+        }
+        let mut scope = String::new();
+        for name in &names {
+            scope.push_str(name.as_str());
+            scope.push('=');
+            for value in headers.get_all(name) {
+                scope.push_str(&String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase());
+                scope.push(',');
+            }
+            scope.push(';');
+        }
+        Some(scope)
+    }
 }

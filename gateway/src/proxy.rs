@@ -95,6 +95,8 @@ pub struct Proxy {
     origin: Origin,
     timeout: Duration,
     host: HeaderValue,
+    /// Forward the client's `Host` (`--preserve-host`).
+    preserve_host: bool,
 }
 
 impl Proxy {
@@ -131,7 +133,15 @@ impl Proxy {
             origin,
             timeout,
             host,
+            preserve_host: false,
         }
+    }
+
+    /// Forward the client's `Host` instead of the origin's (the key is then
+    /// scoped by it, see `--preserve-host`).
+    pub fn preserve_host(mut self, on: bool) -> Self {
+        self.preserve_host = on;
+        self
     }
 
     async fn forward(self, req: Request<Body>) -> Response<Body> {
@@ -154,7 +164,9 @@ impl Proxy {
         for name in UNKEYED_OVERRIDES {
             parts.headers.remove(name);
         }
-        parts.headers.insert(header::HOST, self.host.clone());
+        if !self.preserve_host || !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.host.clone());
+        }
         let mut req = Request::from_parts(parts, body);
         // Interim answers are dropped here (see the module docs); a line
         // says one came.

@@ -42,6 +42,10 @@ pub struct CacheConfig {
     /// Heuristic freshness (10 % of the time since `Last-Modified`, at most a
     /// day) for responses without explicit freshness (RFC 9111 §4.2.2).
     pub heuristic_freshness: bool,
+    /// Request headers that carry a credential besides `Authorization` and
+    /// `Cookie` (an `X-Api-Key`): a request carrying one bypasses the cache
+    /// as those do (unless [`cache_credentialed`](Self::cache_credentialed)).
+    pub credential_headers: Vec<http::HeaderName>,
 }
 
 impl Default for CacheConfig {
@@ -57,6 +61,7 @@ impl Default for CacheConfig {
             hit_for_miss_ttl: Duration::from_secs(120),
             retain_stale: Duration::from_secs(300),
             heuristic_freshness: false,
+            credential_headers: Vec::new(),
         }
     }
 }

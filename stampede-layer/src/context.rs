@@ -185,6 +185,12 @@ pub struct FreshHit {
     pub refresh_headers: HeaderMap,
 }
 
+/// Request extension on a background refresh: the key it refreshes (its
+/// scope and all), so the lookup does not derive it again from headers the
+/// refresh does not carry.
+#[derive(Clone, Debug)]
+pub(crate) struct RefreshKey(pub(crate) CacheKey);
+
 /// Request extension: rebuild this key in the background even though its
 /// entry is fresh (an [`XFetch`](crate::XFetch) early refresh).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -58,6 +58,22 @@ impl CacheKey {
         Self::from_normalised(normalise(method, uri))
     }
 
+    /// The key for `method` and `uri` within `scope` (a tenant, a host: what
+    /// a [`StampedeLayer::key_fn`](crate::StampedeLayer::key_fn) derives from
+    /// the request). Two scopes never share an entry.
+    pub fn scoped(method: &Method, uri: &Uri, scope: Option<&str>) -> Self {
+        match scope {
+            None => Self::new(method, uri),
+            Some(scope) => {
+                let mut text = normalise(method, uri);
+                // A newline never occurs in a request target.
+                text.push('\n');
+                text.push_str(scope);
+                Self::from_normalised(text)
+            }
+        }
+    }
+
     /// Build a key from an already normalised text (e.g. a warm-list entry).
     pub fn from_normalised(text: String) -> Self {
         let hash = blake3::hash(text.as_bytes());

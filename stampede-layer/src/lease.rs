@@ -254,10 +254,13 @@ impl LeaseGuard {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
-        if let Some(lease) = self.lease.take().filter(|l| l.locked)
-            && let Err(err) = self.store.unlock_failed(&self.key, &lease, &failure).await
-        {
-            record_error(self.store.as_ref(), "lock", &err);
+        if let Some(lease) = self.lease.take() {
+            if lease.locked
+                && let Err(err) = self.store.unlock_failed(&self.key, &lease, &failure).await
+            {
+                record_error(self.store.as_ref(), "lock", &err);
+            }
+            self.store.release_lease(&self.key, &lease);
         }
     }
 
@@ -266,10 +269,13 @@ impl LeaseGuard {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
-        if let Some(lease) = self.lease.take().filter(|l| l.locked)
-            && let Err(err) = self.store.unlock(&self.key, &lease).await
-        {
-            record_error(self.store.as_ref(), "lock", &err);
+        if let Some(lease) = self.lease.take() {
+            if lease.locked
+                && let Err(err) = self.store.unlock(&self.key, &lease).await
+            {
+                record_error(self.store.as_ref(), "lock", &err);
+            }
+            self.store.release_lease(&self.key, &lease);
         }
     }
 }
@@ -279,15 +285,20 @@ impl Drop for LeaseGuard {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
-        let Some(lease) = self.lease.take().filter(|l| l.locked) else {
+        let Some(lease) = self.lease.take() else {
             return;
         };
+        if !lease.locked {
+            self.store.release_lease(&self.key, &lease);
+            return;
+        }
         let (store, key) = (self.store.clone(), self.key.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Err(err) = store.unlock(&key, &lease).await {
                     record_error(store.as_ref(), "lock", &err);
                 }
+                store.release_lease(&key, &lease);
             });
         }
     }

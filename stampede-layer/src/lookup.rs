@@ -37,11 +37,16 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+/// What scopes a key beyond its method and target (see
+/// [`StampedeLayer::key_fn`](crate::StampedeLayer::key_fn)).
+pub type KeyFn = Arc<dyn Fn(&http::HeaderMap) -> Option<String> + Send + Sync>;
+
 /// Layer for [`CacheLookup`].
 #[derive(Clone)]
 pub struct CacheLookupLayer {
     store: SharedStore,
     config: Arc<CacheConfig>,
+    key_fn: Option<KeyFn>,
     hot_keys: Option<HotKeys>,
     metrics: Arc<OnceLock<RequestMetrics>>,
 }
@@ -61,9 +66,16 @@ impl CacheLookupLayer {
         Self {
             store,
             config: Arc::new(config),
+            key_fn: None,
             hot_keys: None,
             metrics: Arc::default(),
         }
+    }
+
+    /// Scope every key by what `key_fn` derives from the request headers.
+    pub fn key_fn(mut self, key_fn: Option<KeyFn>) -> Self {
+        self.key_fn = key_fn;
+        self
     }
 
     /// Count requests per key in `hot_keys` (the bounded hot-key report).
@@ -81,6 +93,7 @@ impl<S> Layer<S> for CacheLookupLayer {
             inner: Arc::new(inner),
             store: self.store.clone(),
             config: self.config.clone(),
+            key_fn: self.key_fn.clone(),
             hot_keys: self.hot_keys.clone(),
             metrics: self.metrics.clone(),
         }
@@ -96,6 +109,7 @@ pub struct CacheLookup<S> {
     inner: Arc<S>,
     store: SharedStore,
     config: Arc<CacheConfig>,
+    key_fn: Option<KeyFn>,
     hot_keys: Option<HotKeys>,
     /// Looked up on the first request recorded (the recorder is installed
     /// by then), then shared by every clone.
@@ -239,13 +253,25 @@ impl<S> CacheLookup<S> {
             return self.pass_unsafe(req).await;
         }
         if !self.config.cache_credentialed
-            && (req.headers().contains_key(AUTHORIZATION) || req.headers().contains_key(COOKIE))
+            && (req.headers().contains_key(AUTHORIZATION)
+                || req.headers().contains_key(COOKIE)
+                || self
+                    .config
+                    .credential_headers
+                    .iter()
+                    .any(|h| req.headers().contains_key(h)))
         {
             return forward(&*self.inner, req, Fwd::Bypass).await;
         }
         let force_refresh = req.extensions().get::<ForceRefresh>().is_some();
         let head = method == Method::HEAD;
-        let key = CacheKey::new(&method, req.uri());
+        let key = match req.extensions().get::<crate::context::RefreshKey>() {
+            Some(refresh) => refresh.0.clone(),
+            None => {
+                let scope = self.key_fn.as_ref().and_then(|f| f(req.headers()));
+                CacheKey::scoped(&method, req.uri(), scope.as_deref())
+            }
+        };
         if let Some(hot) = self.hot_keys.as_ref().filter(|_| !force_refresh) {
             hot.record(&key);
         }
@@ -355,7 +381,8 @@ impl<S> CacheLookup<S> {
     {
         let invalidates = !matches!(*req.method(), Method::OPTIONS | Method::TRACE);
         let host = req.headers().get(http::header::HOST).cloned();
-        let mut keys = vec![CacheKey::new(&Method::GET, req.uri())];
+        let scope = self.key_fn.as_ref().and_then(|f| f(req.headers()));
+        let mut keys = vec![CacheKey::scoped(&Method::GET, req.uri(), scope.as_deref())];
         let resp = forward(&*self.inner, req, Fwd::Method).await?;
         if !invalidates || !(resp.status().is_success() || resp.status().is_redirection()) {
             return Ok(resp);
@@ -375,7 +402,8 @@ impl<S> CacheLookup<S> {
             if let Some(uri) = same_origin
                 && let Ok(target) = normalise_target(&uri)
             {
-                keys.push(CacheKey::new(&Method::GET, &Uri::from(target)));
+                let uri = Uri::from(target);
+                keys.push(CacheKey::scoped(&Method::GET, &uri, scope.as_deref()));
             }
         }
         for key in keys {

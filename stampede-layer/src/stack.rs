@@ -35,7 +35,7 @@ use crate::fill::{CacheFill, CacheFillLayer};
 use crate::hot_keys::HotKeys;
 use crate::lease::LeaseOptions;
 use crate::lock::{DistributedLock, DistributedLockLayer};
-use crate::lookup::{CacheLookup, CacheLookupLayer};
+use crate::lookup::{CacheLookup, CacheLookupLayer, KeyFn};
 use crate::overload::{OverloadGate, OverloadGateLayer};
 use crate::single_flight::{SingleFlight, SingleFlightLayer};
 use crate::status::{CacheStatus, Detail, Fwd};
@@ -293,6 +293,7 @@ pub struct StampedeLayer {
     gate_queue_wait: Duration,
     max_background_refreshes: usize,
     hot_keys: Option<HotKeys>,
+    key_fn: Option<KeyFn>,
     error_status: ErrorStatus,
     /// The layers, built once from the settings on the first `layer` call and
     /// shared by every service made from this layer (and its clones): one
@@ -341,6 +342,7 @@ impl StampedeLayer {
             gate_queue_wait: Duration::ZERO,
             max_background_refreshes: 64,
             hot_keys: None,
+            key_fn: None,
             error_status: Arc::new(default_error_status),
             built: Arc::default(),
         }
@@ -352,7 +354,8 @@ impl StampedeLayer {
             let m = self.mitigations;
             let store = &self.store;
             let claim_ttl = self.lock_ttl;
-            let mut lookup = CacheLookupLayer::new(store.clone(), self.cache.clone());
+            let mut lookup = CacheLookupLayer::new(store.clone(), self.cache.clone())
+                .key_fn(self.key_fn.clone());
             if let Some(hot) = &self.hot_keys {
                 lookup = lookup.hot_keys(hot.clone());
             }
@@ -473,6 +476,28 @@ impl StampedeLayer {
     /// Feed the hot-key report.
     pub fn hot_keys(mut self, hot: HotKeys) -> Self {
         self.hot_keys = Some(hot);
+        self.changed()
+    }
+
+    /// Scope the cache key beyond method and target: `key_fn` derives a scope
+    /// from the request headers (a tenant header, the `Host` of a gateway
+    /// that serves several sites); requests of two scopes never share an
+    /// entry, a flight or a lock. Background refreshes keep the scope of the
+    /// request that triggered them. `None` from `key_fn`: no scope.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use stampede_layer::{MemoryStore, StampedeLayer};
+    /// let layer = StampedeLayer::new(Arc::new(MemoryStore::default())).key_fn(|headers| {
+    ///     headers.get("x-tenant").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn key_fn(
+        mut self,
+        key_fn: impl Fn(&http::HeaderMap) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key_fn = Some(Arc::new(key_fn));
         self.changed()
     }
 

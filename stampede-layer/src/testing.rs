@@ -20,7 +20,9 @@ pub async fn fill(
     entry: &crate::CachedResponse,
 ) -> Result<crate::PutOutcome, crate::StoreError> {
     let lease = store.ticket(key, Duration::from_secs(5)).await?;
-    store.put(key, entry, &lease).await
+    let outcome = store.put(key, entry, &lease).await;
+    store.release_lease(key, &lease);
+    outcome
 }
 
 /// A `redis-server` child process on 127.0.0.1.

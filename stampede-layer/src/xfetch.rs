@@ -245,7 +245,11 @@ where
                 && config.policy.should_refresh(&hit.key, &hit.entry, now_ms())
             {
                 let headers = hit.refresh_headers.clone();
-                let refresh = refresh_request(&hit.target, version, headers, ForceRefresh);
+                let mut refresh: Request<B> =
+                    refresh_request(&hit.target, version, headers, ForceRefresh);
+                refresh
+                    .extensions_mut()
+                    .insert(crate::context::RefreshKey(hit.key.clone()));
                 config.refresher.spawn(inner, refresh, &hit.key);
             }
             Ok(resp)

@@ -447,6 +447,13 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
         cooling || self.primary.is_degraded()
     }
 
+    fn release_lease(&self, key: &CacheKey, lease: &LockLease) {
+        match Self::local(lease) {
+            Some(local) => self.fallback.release_lease(key, &local),
+            None => self.primary.release_lease(key, lease),
+        }
+    }
+
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
         match Self::local(lease) {
             Some(local) => self.fallback.unlock(key, &local).await,

@@ -38,6 +38,9 @@ struct KeyState {
     lock: Option<HeldLock>,
     /// The last rebuild's failure, answered until its `until_ms`.
     failure: Option<RebuildFailure>,
+    /// Leases drawn and not released yet: at zero (and no lock, no failure
+    /// to answer) nothing can write with this record any more, and it goes.
+    outstanding: u32,
 }
 
 struct HeldLock {
@@ -71,6 +74,7 @@ impl KeyStates {
                     until: now,
                     lock: None,
                     failure: None,
+                    outstanding: 0,
                 },
             );
         }
@@ -211,6 +215,7 @@ impl MemoryStore {
         }
         let state = keys.draw_state(key.digest(), now, ttl);
         let token = state.record.draw();
+        state.outstanding += 1;
         let owner = uuid::Uuid::new_v4().simple().to_string();
         if lock {
             state.lock = Some(HeldLock {
@@ -398,6 +403,23 @@ impl CacheStore for MemoryStore {
         }
         state.until = state.until.max(now + ttl);
         Ok(true)
+    }
+
+    fn release_lease(&self, key: &CacheKey, lease: &LockLease) {
+        let mut keys = self.keys.lock().expect("keys lock");
+        let now = Instant::now();
+        let Some(state) = keys.live(key.digest(), now) else {
+            return;
+        };
+        if state.record.epoch() != lease.token.epoch {
+            return;
+        }
+        state.outstanding = state.outstanding.saturating_sub(1);
+        let locked = state.lock.as_ref().is_some_and(|l| l.expires > now);
+        let failing = state.failure.is_some_and(|f| f.until_ms > now_ms());
+        if state.outstanding == 0 && !locked && !failing {
+            keys.map.remove(key.digest());
+        }
     }
 
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
@@ -691,6 +713,27 @@ mod tests {
         if outcome != PutOutcome::Written {
             assert_eq!(outcome, PutOutcome::Fenced(Refusal::LeaseLost));
         }
+    }
+
+    /// A record goes once every lease drawn from it is released: a flood of
+    /// keys leaves no record behind, and one still out keeps it.
+    #[tokio::test]
+    async fn records_go_when_their_leases_are_released() {
+        let s = MemoryStore::default();
+        let (a, b) = (key("/a"), key("/b"));
+        let first = s.ticket(&a, TTL).await.unwrap();
+        let second = s.ticket(&a, TTL).await.unwrap();
+        let lock = s.try_lock(&b, TTL).await.unwrap().acquired().unwrap();
+        assert_eq!(s.fence_records(), 2);
+        s.release_lease(&a, &first);
+        assert_eq!(s.fence_records(), 2, "a lease of /a is still out");
+        s.release_lease(&a, &second);
+        assert_eq!(s.fence_records(), 1);
+        s.release_lease(&b, &lock);
+        assert_eq!(s.fence_records(), 1, "the lock is still held");
+        assert!(s.unlock(&b, &lock).await.unwrap());
+        s.release_lease(&b, &lock);
+        assert_eq!(s.fence_records(), 0);
     }
 
     #[tokio::test]

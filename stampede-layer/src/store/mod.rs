@@ -213,6 +213,12 @@ pub trait CacheStore: Send + Sync + 'static {
     /// renewed: what a fill that holds no lock writes with.
     async fn ticket(&self, key: &CacheKey, ttl: Duration) -> Result<LockLease, StoreError>;
 
+    /// The holder of `lease` is done with it (its write landed or never will):
+    /// a store may forget the key's fence record once no lease drawn from it
+    /// is out (the in-process store does; Redis lets it expire). Called for
+    /// every lease, besides [`unlock`](Self::unlock) for a lock's.
+    fn release_lease(&self, _key: &CacheKey, _lease: &LockLease) {}
+
     /// Release the lock if `lease` still owns it (compare-and-delete).
     /// Returns whether it was released (`false` for a ticket).
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError>;

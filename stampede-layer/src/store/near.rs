@@ -494,6 +494,10 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         self.inner.ticket(key, ttl).await
     }
 
+    fn release_lease(&self, key: &CacheKey, lease: &LockLease) {
+        self.inner.release_lease(key, lease)
+    }
+
     async fn unlock(&self, key: &CacheKey, lease: &LockLease) -> Result<bool, StoreError> {
         let released = self.inner.unlock(key, lease).await;
         if matches!(released, Ok(true)) {

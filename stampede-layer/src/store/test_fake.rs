@@ -82,6 +82,9 @@ impl CacheStore for FakeRemote {
         self.check_up()?;
         self.inner.ticket(k, t).await
     }
+    fn release_lease(&self, k: &CacheKey, l: &LockLease) {
+        self.inner.release_lease(k, l)
+    }
     async fn unlock(&self, k: &CacheKey, l: &LockLease) -> Result<bool, StoreError> {
         self.check_up()?;
         self.inner.unlock(k, l).await
