@@ -537,7 +537,10 @@ mod tests {
         write(&store, "during the outage").await.unwrap();
         let held = store.get(&key()).await.unwrap().unwrap();
         let now = now_ms();
-        assert!(held.fresh_until_ms <= now + 200, "fresh for at most the bound");
+        assert!(
+            held.fresh_until_ms <= now + 200,
+            "fresh for at most the bound"
+        );
         assert!(held.stale_until_ms <= now + 200);
         assert!(held.error_until_ms > now + 200, "stale-if-error kept");
     }
