@@ -244,6 +244,7 @@ impl<S> CacheFill<S> {
         req.extensions_mut().insert(FillPending);
         let request_ms = now_ms();
         let started = Instant::now();
+        crate::fingerprint::rebuild_started(&lookup);
         let guard = InflightGuard::new();
         let result = self.inner.clone().oneshot(req).await.map_err(Into::into);
         let rebuild = started.elapsed();

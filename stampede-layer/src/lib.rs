@@ -99,6 +99,7 @@ pub mod config;
 pub mod context;
 pub mod entry;
 pub mod fill;
+pub mod fingerprint;
 pub mod freshness;
 pub mod hot_keys;
 pub mod jitter;
