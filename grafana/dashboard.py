@@ -284,7 +284,7 @@ def overview() -> list:
             "Origin errors (2m)",
             "Share of the gateways' origin requests answered 5xx or not at all (status `error`) over 2 minutes. "
             "Above 5%: alert StampedeOriginErrorRatio.",
-            f'sum(rate({gw("stampede_origin_requests_total", status="~5..|error")}[2m])) / sum(rate({origin}[2m]))',
+            f'(sum(rate({gw("stampede_origin_requests_total", status="~5..|error")}[2m])) or vector(0)) / sum(rate({origin}[2m]))',
             "percentunit", (None, "green"), (0.01, "yellow"), (0.05, "red"),
         ),
         stat_panel(

@@ -326,7 +326,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The herd window of `stampede_rebuilds_per_key_window`: origin rebuilds
     /// of one key that start within this long of its first are counted as
-    /// one window (a herd: many; a coordinated key: one).
+    /// one window (a herd: many; a coordinated key: one). Keep it below half
+    /// the shortest TTL served: XFetch may refresh a key from half its
+    /// lifetime on, and that refresh should open a window of its own.
     #[arg(long, env = "STAMPEDE_HERD_WINDOW", default_value = "1s", value_parser = positive_duration)]
     pub herd_window: Duration,
     /// With --redis: /readyz answers 503 while Redis cannot be reached. By
