@@ -327,7 +327,8 @@ def headline() -> list:
             "rebuild per key per --herd-window (the histogram's count), *herd duplicates* are the rebuilds beyond the "
             "first of the same key in the same window (its sum less its count). Without mitigations every client that "
             "misses a hot key at its expiry rebuilds it: the duplicates line is the stampede, a burst at every TTL "
-            "boundary (the origin-rate sawtooth, at the resolution of the window). With single-flight it is 0; with "
+            "boundary (the origin-rate sawtooth, at the resolution of the window). With single-flight it stays near 0 "
+            "(an early XFetch refresh under a TTL shorter than two windows may share one: 2, never a herd); with "
             "single-flight + lock the fleet's needed rebuilds drop to one per key per TTL. Dashed: all origin requests "
             "(stampede_origin_requests_total, pass-through requests included).",
             "reqps",
