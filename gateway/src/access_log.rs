@@ -2,7 +2,7 @@
 //!
 //! Every proxied request carries an `X-Request-Id` to the origin: the
 //! client's own when it sent one usable value (1–128 visible ASCII
-//! characters), else a new UUID v4; the answer carries the same id back (an
+//! characters), else a new random (v4) UUID; the answer carries the same id back (an
 //! id the origin echoed into a stored answer never reaches another client).
 //!
 //! With `--access-log`, one event per request at info level, target
@@ -51,8 +51,11 @@ pub fn assign_request_id<B>(req: &mut Request<B>) -> HeaderValue {
     {
         return id.clone();
     }
+    // A v4 UUID from the thread's RNG: `Uuid::new_v4` would ask the kernel
+    // (a getrandom system call) on every request.
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let text = uuid.hyphenated().encode_lower(&mut buf);
     let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");
     headers.insert(X_REQUEST_ID, id.clone());
     id
@@ -272,7 +275,11 @@ mod tests {
         ] {
             let id = with(bad);
             assert_eq!(id.len(), 36, "{bad:?} -> {id}");
-            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+            assert_eq!(
+                uuid::Uuid::parse_str(&id).unwrap().get_version_num(),
+                4,
+                "{id}"
+            );
         }
         assert_ne!(with(&[]), with(&[]));
     }
