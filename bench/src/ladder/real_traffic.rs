@@ -5,7 +5,7 @@
 //! before (`--mitigations none`, plain cache-aside) and after
 //! (`--mitigations all`), on origin-sim's scenario routes.
 //!
-//! Every case is data ([`cases`]): its route and path, its clients, what
+//! Every case is data (`cases`): its route and path, its clients, what
 //! their answers must be, which fronts it runs, and how its cell of the
 //! summary table reads. The runner's [`Measure::Traffic`] records per run:
 //! origin requests (origin-sim's `/stats/requests` for the route, started
