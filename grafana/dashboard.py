@@ -13,7 +13,16 @@ the JSON model is valid by construction: field names, enums, datasource refs,
 panel ids and grid positions come from the SDK and the helpers below. What the
 SDK cannot know, the PromQL, is checked by scripts/check_dashboard.py (every
 metric exported and documented, labels and values as documented) and by
-`promtool check rules` (it parses).
+`promtool check rules` (it parses), and bench/tests/live_prometheus.rs evaluates
+every expr on a live Prometheus scraping a real gateway and origin-sim.
+
+Portable: every query goes to the datasource variable `$datasource` (type
+prometheus; no uid is written down), so the JSON imports into any Grafana, whatever
+the uid of its Prometheus. The headline panels read only what the gateway exports
+(stampede_*), at any scrape interval (written for the production 15 s): the herd's
+fingerprint, stampede_rebuilds_per_key_window, is counted per key inside the gateway.
+What only origin-sim exports (origin_*) sits in the collapsed row "Demo only:
+origin-sim", which shows no data in front of another origin.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
+    GridPos,
     DynamicConfigValue,
     FieldColorModeId,
     Threshold,
@@ -44,9 +54,11 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
-# The provisioned datasource (grafana/provisioning/datasources/prometheus.yml), by uid.
-DS = DataSourceRef(type_val="prometheus", uid="prometheus")
-VARIABLES = {"gateway", "ttl"}
+# Every query's datasource: the dashboard variable `datasource` (any Prometheus).
+DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
+VARIABLES = {"datasource", "gateway"}
+# A window above this many rebuilds of one key is a herd (alerts.yml: le="4").
+HERD = "4"
 # Outcomes that looked a cacheable entry up: the miss-ratio denominator (as in alerts.yml).
 LOOKUPS = "hit|stale|miss|collapsed|lock_wait_hit"
 DASHED = [
@@ -62,6 +74,15 @@ def gw(metric: str, **labels: str) -> str:
         f'{k}=~"{v[1:]}"' if v.startswith("~") else f'{k}="{v}"' for k, v in labels.items()
     ]
     return f"{metric}{{{','.join(matchers)}}}"
+
+
+def herd_windows(window: str, by: str = "") -> str:
+    """Windows in which one key was rebuilt more than HERD times, over `window`."""
+    group = f" by ({by})" if by else ""
+    return (
+        f'sum{group} (increase({gw("stampede_rebuilds_per_key_window_count")}[{window}])) - '
+        f'sum{group} (increase({gw("stampede_rebuilds_per_key_window_bucket", le=HERD)}[{window}]))'
+    )
 
 
 def query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
@@ -90,9 +111,9 @@ def _panel(builder, title: str, description: str, unit: str, width: int, height:
     )
 
 
-def stat_panel(title: str, description: str, expr: str, unit: str, *steps, decimals: int | None = None) -> stat.Panel:
+def stat_panel(title: str, description: str, expr: str, unit: str, *steps, decimals: int | None = None, width: int = 3) -> stat.Panel:
     p = (
-        _panel(stat.Panel(), title, description, unit, 4, 4)
+        _panel(stat.Panel(), title, description, unit, width, 4)
         .color_scheme(db.FieldColor().mode(FieldColorModeId.THRESHOLDS))
         .thresholds(thresholds(*steps))
         .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
@@ -154,15 +175,34 @@ def row(title: str) -> db.Row:
     return db.Row(title).id(next(_ids))
 
 
+def collapsed_row(title: str, panels: list) -> db.Row:
+    """A collapsed row holding `panels`, laid out left to right in rows of 24
+    columns below the row (Grafana keeps the panels of a collapsed row in the row).
+    Their y is relative to the row (from 1) until render() adds the row's y."""
+    r = row(title).collapsed(True)
+    x, y, line = 0, 1, 0
+    for p in panels:
+        built = p.build()
+        w, h = built.grid_pos.w, built.grid_pos.h
+        if x + w > 24:
+            x, y, line = 0, y + line, 0
+        p = p.grid_pos(GridPos(x=x, y=y, w=w, h=h))
+        x, line = x + w, max(line, h)
+        r = r.with_panel(p)
+    return r
+
+
 def dashboard() -> db.Dashboard:
     d = (
         db.Dashboard("stampede-layer")
         .uid("stampede-layer")
         .description(
             "Cache stampedes and their mitigations across the gateway fleet. Triage: docs/RUNBOOK.md. "
-            "Gateways and origin are scraped every 1 s so the TTL sawtooth is visible; the dashboard "
-            "refreshes every 5 s (each refresh redraws the range at 1 s step; a 1 s refresh would only "
-            "add query load, and Grafana's default min_refresh_interval is 5 s)."
+            "Headline panels read only the gateways' own metrics and work at the production scrape "
+            "interval (15 s): a stampede shows as herd windows (one key rebuilt many times within one "
+            "--herd-window, counted in the gateway), not as a 1 s sawtooth of the origin rate. "
+            "Pick the Prometheus in the datasource variable; origin-sim's panels are in the collapsed "
+            "demo row at the bottom."
         )
         .tags(["stampede-layer", "cache"])
         .editable()
@@ -170,9 +210,9 @@ def dashboard() -> db.Dashboard:
         .live_now(False)
         .fiscal_year_start_month(0)
         .timezone("browser")
-        .refresh("5s")
-        .time("now-10m", "now")
-        .timepicker(db.TimePicker().refresh_intervals(["5s", "10s", "30s", "1m", "5m"]))
+        .refresh("30s")
+        .time("now-30m", "now")
+        .timepicker(db.TimePicker().refresh_intervals(["15s", "30s", "1m", "5m", "15m"]))
         .version(1)
         .annotation(
             db.AnnotationQuery()
@@ -194,6 +234,12 @@ def dashboard() -> db.Dashboard:
             .expr('ALERTS{alertstate="firing"}')
         )
         .with_variable(
+            db.DatasourceVariable("datasource")
+            .label("Prometheus")
+            .description("The Prometheus that scrapes the gateways (any uid: nothing in this dashboard names one).")
+            .type("prometheus")
+        )
+        .with_variable(
             db.QueryVariable("gateway")
             .label("gateway")
             .datasource(DS)
@@ -205,22 +251,15 @@ def dashboard() -> db.Dashboard:
             .all_value(".*")
             .current(VariableOption(selected=True, text=["All"], value=["$__all"]))
         )
-        .with_variable(
-            db.CustomVariable("ttl")
-            .label("TTL (gateway --ttl)")
-            .description("The gateways' --ttl (compose: TTL env, default 5s). Sets the window of the rebuilds-per-TTL panel.")
-            .values("2s,5s,10s,30s,1m")
-            .current(VariableOption(selected=True, text="5s", value="5s"))
-            .options([VariableOption(selected=v == "5s", text=v, value=v) for v in ("2s", "5s", "10s", "30s", "1m")])
-        )
     )
-    for panel in overview() + cache() + lock_and_store() + origin_and_overload():
+    for panel in overview() + headline() + cache() + lock_and_store() + origin_and_overload() + demo():
         d = d.with_row(panel) if isinstance(panel, db.Row) else d.with_panel(panel)
     return d
 
 
 def overview() -> list:
     miss = f'sum(rate({gw("stampede_requests_total", outcome="miss")}[1m])) / sum(rate({gw("stampede_requests_total", outcome="~" + LOOKUPS)}[1m]))'
+    origin = gw("stampede_origin_requests_total")
     return [
         stat_panel(
             "Fleet miss rate (1m)",
@@ -229,20 +268,37 @@ def overview() -> list:
             miss, "percentunit", (None, "green"), (0.1, "yellow"), (0.3, "red"),
         ),
         stat_panel(
-            "Origin queries/s",
-            "Queries origin-sim served per second (10 s window): what the database behind the caches actually sees.",
-            "sum(rate(origin_queries_total[10s]))", "reqps", (None, "green"),
+            "Herd windows (5m)",
+            f"Windows in the last 5 minutes in which one gateway rebuilt one key more than {HERD} times within one "
+            "--herd-window (stampede_rebuilds_per_key_window, counted in the gateway): a herd. 0 with single-flight on. "
+            "Alerts StampedeHerd (any) and StampedeSawtoothOriginRate (3 or more in 5m: recurring, a stampede).",
+            herd_windows("5m"), "short", (None, "green"), (1, "yellow"), (3, "red"), decimals=0,
+        ),
+        stat_panel(
+            "Origin requests/s",
+            "Requests the selected gateways sent to the origin per second (stampede_origin_requests_total): what the "
+            "origin behind the caches sees from them.",
+            f"sum(rate({origin}[$__rate_interval]))", "reqps", (None, "green"),
+        ),
+        stat_panel(
+            "Origin errors (2m)",
+            "Share of the gateways' origin requests answered 5xx or not at all (status `error`) over 2 minutes. "
+            "Above 5%: alert StampedeOriginErrorRatio.",
+            f'(sum(rate({gw("stampede_origin_requests_total", status="~5..|error")}[2m])) or vector(0)) / sum(rate({origin}[2m]))',
+            "percentunit", (None, "green"), (0.01, "yellow"), (0.05, "red"),
+        ),
+        stat_panel(
+            "Stale age p99 (5m)",
+            "p99 of how long past its freshness a stale answer was (stampede_stale_served_age_seconds). "
+            "Stale-while-revalidate keeps it within --stale-ttl (5 s); above 30 s the answers are stale-if-error: "
+            "grace hiding an origin outage (alert StampedeStaleServedTooOld). No data: no stale answer in 5m.",
+            f'histogram_quantile(0.99, sum by (le) (rate({gw("stampede_stale_served_age_seconds_bucket")}[5m])))',
+            "s", (None, "green"), (10, "yellow"), (30, "red"),
         ),
         stat_panel(
             "Shed /s",
             "503s the overload gates answered per second (1m). Anything above 0: see the runbook, StampedeOverloadShedding.",
             f'sum(rate({gw("stampede_shed_total")}[1m])) or vector(0)', "reqps", (None, "green"), (0.001, "red"),
-        ),
-        stat_panel(
-            "Origin pool wait p99",
-            "p99 time a query waited for a database connection in origin-sim (1m). Above 100 ms: the pool is full (alert OriginSaturated).",
-            "histogram_quantile(0.99, sum by (le) (rate(origin_pool_wait_seconds_bucket[1m])))", "s",
-            (None, "green"), (0.05, "yellow"), (0.1, "red"),
         ),
         stat_panel(
             "Rebuilds in flight",
@@ -251,75 +307,147 @@ def overview() -> list:
             f'sum({gw("stampede_inflight_rebuilds")})', "short", (None, "green"), (10, "yellow"),
         ),
         stat_panel(
-            "Targets up",
-            "Scrape targets up: 3 gateways + origin-sim = 4. Below 4, some panels are missing an instance (alert ScrapeTargetDown).",
-            'sum(up{job=~"gateway|origin-sim"})', "short", (None, "red"), (4, "green"), decimals=0,
-        ),
-        graph(
-            "Origin queries/s (1 s resolution): the stampede sawtooth",
-            "Per-second rate of origin work: what origin-sim served (origin_queries_total, all gateways together) and what each "
-            "gateway sent (stampede_origin_requests_total). A stampede is a sawtooth at the TTL period: a burst of queries at "
-            "every expiry of the hot key, quiet in between (alert StampedeSawtoothOriginRate). With single-flight + lock the "
-            "bursts shrink to one query per hot key per TTL; with swr/xfetch they also stop blocking clients.\n\n"
-            "Resolution vs refresh: the query step is 1 s (panel min interval 1s, irate over the last two 1 s scrapes; "
-            "Prometheus scrapes gateways and origin every 1 s), so a 2-5 s sawtooth is visible. A 5 s scrape or a rate over "
-            ">= 10 s would fold each TTL period into one flat value. The dashboard refreshes every 5 s: each refresh redraws "
-            "the whole range at 1 s step, so nothing is lost; 1 s refresh would only multiply query load (and Grafana refuses "
-            "refreshes below its min_refresh_interval, 5 s by default). Zoomed out past ~15 min the step grows and irate "
-            "samples the sawtooth: zoom in to read it.",
-            "reqps",
-            ("sum(irate(origin_queries_total[$__rate_interval]))", "origin-sim: queries served"),
-            (f'sum by (gateway) (irate({gw("stampede_origin_requests_total")}[$__rate_interval]))', "{{gateway}} -> origin"),
-            interval="1s",
-            width=24,
-            height=9,
-        ).override_by_name(
-            "origin-sim: queries served",
-            [
-                DynamicConfigValue("custom.lineWidth", 2),
-                DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
-            ],
+            "Gateways reporting",
+            "Selected gateways whose metrics Prometheus has now (a gateway that stops answering scrapes drops out at "
+            "the next scrape). Fewer than you run: alert ScrapeTargetDown, and every panel misses it.",
+            f'count(sum by (gateway) ({gw("stampede_requests_total")}))', "short", (None, "green"), decimals=0,
         ),
     ]
 
 
-def cache() -> list:
-    def miss_ratio(window: str) -> str:
-        return (
-            f'sum by (gateway) (rate({gw("stampede_requests_total", outcome="miss")}[{window}])) / '
-            f'sum by (gateway) (rate({gw("stampede_requests_total", outcome="~" + LOOKUPS)}[{window}]))'
-        )
-
+def headline() -> list:
+    """The stampede at a glance, from the gateways' own metrics only."""
+    rebuilds = gw("stampede_rebuilds_per_key_window_sum")
+    windows = gw("stampede_rebuilds_per_key_window_count")
     return [
-        row("Cache"),
+        graph(
+            "Origin rebuilds/s: one per key per window, and the herd's duplicates",
+            "What the gateways ask the origin, split by the herd's fingerprint (stampede_rebuilds_per_key_window, "
+            "counted per key inside each gateway, so it reads the same at a 15 s or a 1 s scrape): *needed* is one "
+            "rebuild per key per --herd-window (the histogram's count), *herd duplicates* are the rebuilds beyond the "
+            "first of the same key in the same window (its sum less its count). Without mitigations every client that "
+            "misses a hot key at its expiry rebuilds it: the duplicates line is the stampede, a burst at every TTL "
+            "boundary (the origin-rate sawtooth, at the resolution of the window). With single-flight it stays near 0 "
+            "(an early XFetch refresh under a TTL shorter than two windows may share one: 2, never a herd); with "
+            "single-flight + lock the fleet's needed rebuilds drop to one per key per TTL. Dashed: all origin requests "
+            "(stampede_origin_requests_total, pass-through requests included).",
+            "reqps",
+            (f"sum by (gateway) (rate({windows}[$__rate_interval]))", "{{gateway}} needed"),
+            (f"sum by (gateway) (rate({rebuilds}[$__rate_interval])) - sum by (gateway) (rate({windows}[$__rate_interval]))",
+             "{{gateway}} herd duplicates"),
+            (f'sum by (gateway) (rate({gw("stampede_origin_requests_total")}[$__rate_interval]))', "{{gateway}} all origin requests"),
+            dashed=".*all origin requests",
+            width=12,
+        ).override_by_regexp(
+            ".*herd duplicates",
+            [DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}), DynamicConfigValue("custom.lineWidth", 2)],
+        ),
+        rebuilds_heatmap(),
         graph(
             "Cache miss rate",
             "miss / (hit + stale + miss + collapsed + lock_wait_hit) per gateway (negative hits, shed and bypass are not "
             "lookups of a cacheable entry). Dashed: the 30 minute baseline StampedeMissRateSpike compares against (alert: "
-            "> 3x baseline and > 10%). A sawtooth here at the TTL period is a stampede; a flat high plateau is a cold cache "
-            "or a key-space change (see the runbook).",
+            "> 3x baseline and > 10%). Spikes with herd windows are a stampede; a flat high plateau without herds is a "
+            "cold cache or a key-space change (see the runbook).",
             "percentunit",
             (miss_ratio("$__rate_interval"), "{{gateway}}"),
             (miss_ratio("30m"), "{{gateway}} 30m baseline"),
-            interval="5s",
             dashed=".*baseline",
+            width=8,
         ),
         graph(
-            "Hot-key origin rebuilds per TTL boundary (approx.)",
-            "Origin requests in each TTL-sized window (increase over [$ttl]; set the TTL variable to the gateways' --ttl). "
-            "A TTL window holds one expiry of the hot key on average, so with 95% of the load on one key this reads as: "
-            "rebuilds of the hot key per boundary + misses of the cold keys in one TTL. It is an approximation: the cold-key "
-            "part is a floor that does not change between rungs of the same load, TTL jitter puts 0 or 2 boundaries in some "
-            "windows, and increase() extrapolates. Read the change between mitigation settings: without mitigations the hot "
-            "key costs about one rebuild per waiting client (~concurrency), with single-flight one per gateway, with "
-            "single-flight + lock one for the whole fleet (compare the gateway lines with the origin-sim line). Exact "
-            "per-boundary counts come from origin-sim GET /stats/queries (what stampede-bench ladder reports).",
-            "short",
-            (f'sum by (gateway) (increase({gw("stampede_origin_requests_total")}[$ttl]))', "{{gateway}} -> origin per TTL"),
-            ("sum(increase(origin_queries_total[$ttl]))", "origin-sim per TTL (fleet)"),
-            interval="1s",
-            dashed="origin-sim.*",
+            "Lock wait p99 vs rebuild p99",
+            "p99 time a lock loser waited for the winner's fill (solid) against p99 time one origin rebuild takes (dashed), "
+            "per gateway. A waiter's wait should stay at or below one rebuild: above it (alert "
+            "StampedeLockWaitAboveRebuildP99, > 1.2x for 5m) waiters outlive the rebuild because the wake-up is late "
+            "(backoff too coarse) or the holder died and they sit out --lock-ttl. No lock waits (one gateway, or "
+            "single-flight in front of the lock): no solid line.",
+            "s",
+            (
+                f'histogram_quantile(0.99, sum by (gateway, le) (rate({gw("stampede_lock_wait_seconds_bucket")}[$__rate_interval])))',
+                "{{gateway}} lock wait p99",
+            ),
+            (
+                f'histogram_quantile(0.99, sum by (gateway, le) (rate({gw("stampede_rebuild_duration_seconds_bucket")}[$__rate_interval])))',
+                "{{gateway}} rebuild p99",
+            ),
+            dashed=".*rebuild p99",
+            width=8,
         ),
+        graph(
+            "Stale answers: age past freshness",
+            "How long past its freshness a stale answer was (stampede_stale_served_age_seconds, whole seconds rounded up): "
+            "p50 and p99 per gateway, and the stale answers per second (right axis, dashed). Stale-while-revalidate keeps "
+            "the age within --stale-ttl (a refresh starts with the first stale answer); an age climbing past 30 s is "
+            "stale-if-error serving an origin that keeps failing: grace hiding an outage (alert StampedeStaleServedTooOld).",
+            "s",
+            (
+                f'histogram_quantile(0.5, sum by (gateway, le) (rate({gw("stampede_stale_served_age_seconds_bucket")}[$__rate_interval])))',
+                "{{gateway}} p50",
+            ),
+            (
+                f'histogram_quantile(0.99, sum by (gateway, le) (rate({gw("stampede_stale_served_age_seconds_bucket")}[$__rate_interval])))',
+                "{{gateway}} p99",
+            ),
+            (f'sum by (gateway) (rate({gw("stampede_stale_served_age_seconds_count")}[$__rate_interval]))', "{{gateway}} stale answers/s"),
+            width=8,
+        ).override_by_regexp(
+            ".*stale answers/s",
+            [DynamicConfigValue("unit", "reqps"), DynamicConfigValue("custom.axisPlacement", "right"), DASHED[0]],
+        ),
+    ]
+
+
+def rebuilds_heatmap() -> heatmap.Panel:
+    return (
+        _panel(
+            heatmap.Panel(),
+            "Rebuilds of one key per herd window (heatmap)",
+            "How many times one key was rebuilt within one --herd-window, all selected gateways: windows per histogram "
+            "bucket (stampede_rebuilds_per_key_window_bucket) and interval, darker = more. A coordinated fleet fills "
+            "only the bottom bucket (1: one rebuild per key per window); a herd is a band higher up, at about the "
+            "number of clients that missed the key at once. The threshold of the herd alerts is the bucket 4.",
+            "short",
+            12,
+            8,
+        )
+        .calculate(False)
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+        .y_axis(heatmap.YAxisConfig().unit("short").axis_placement(common.AxisPlacement.LEFT))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_model.HeatmapColorMode.SCHEME)
+            .scheme("Reds")
+            .scale(heatmap_model.HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)
+            .steps(64)
+            .fill("dark-red")
+            .reverse(False)
+        )
+        .filter_values(heatmap.FilterValueRange().le(1e-9))
+        .cell_gap(1)
+        .show_value(common.VisibilityMode.NEVER)
+        .mode(common.TooltipDisplayMode.SINGLE)
+        .show_y_histogram()
+        .show_legend()
+        .exemplars_color("rgba(255,0,255,0.7)")
+        .with_target(
+            query(f'sum by (le) (increase({gw("stampede_rebuilds_per_key_window_bucket")}[$__rate_interval]))', "{{le}}")
+            .format(PromQueryFormat.HEATMAP)
+        )
+    )
+
+
+def miss_ratio(window: str) -> str:
+    return (
+        f'sum by (gateway) (rate({gw("stampede_requests_total", outcome="miss")}[{window}])) / '
+        f'sum by (gateway) (rate({gw("stampede_requests_total", outcome="~" + LOOKUPS)}[{window}]))'
+    )
+
+
+def cache() -> list:
+    return [
+        row("Cache"),
         graph(
             "Stale / collapsed share of answers",
             "Share of all answers that did not wait for a rebuild of their own: stale (stale-while-revalidate served the old "
@@ -332,7 +460,6 @@ def cache() -> list:
                 f'/ on (gateway) group_left sum by (gateway) (rate({gw("stampede_requests_total")}[$__rate_interval]))',
                 "{{gateway}} {{outcome}}",
             ),
-            interval="5s",
         ),
         graph(
             "Answers by outcome",
@@ -340,7 +467,6 @@ def cache() -> list:
             "lock_wait_hit, negative_hit, shed, bypass).",
             "reqps",
             (f'sum by (outcome) (rate({gw("stampede_requests_total")}[$__rate_interval]))', "{{outcome}}"),
-            interval="5s",
         )
         .fill_opacity(40)
         .stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL).group("A")),
@@ -351,7 +477,6 @@ def cache() -> list:
             "never stale.",
             "ops",
             (f'sum by (gateway, trigger) (rate({gw("stampede_background_refreshes_total")}[$__rate_interval]))', "{{gateway}} {{trigger}}"),
-            interval="5s",
         ),
         graph(
             "Hot-key request rates (top 10 by rank)",
@@ -373,24 +498,6 @@ def cache() -> list:
 def lock_and_store() -> list:
     return [
         row("Lock and store"),
-        graph(
-            "Lock wait p99 vs rebuild p99",
-            "p99 time a lock loser waited for the winner's fill (solid) against p99 time one origin rebuild takes (dashed), "
-            "per gateway. A waiter's wait should stay at or below one rebuild: above it (alert "
-            "StampedeLockWaitAboveRebuildP99, > 1.2x for 5m) waiters outlive the rebuild because the wake-up is late "
-            "(backoff too coarse) or the holder died and they sit out --lock-ttl.",
-            "s",
-            (
-                f'histogram_quantile(0.99, sum by (gateway, le) (rate({gw("stampede_lock_wait_seconds_bucket")}[$__rate_interval])))',
-                "{{gateway}} lock wait p99",
-            ),
-            (
-                f'histogram_quantile(0.99, sum by (gateway, le) (rate({gw("stampede_rebuild_duration_seconds_bucket")}[$__rate_interval])))',
-                "{{gateway}} rebuild p99",
-            ),
-            interval="15s",
-            dashed=".*rebuild p99",
-        ),
         lock_wait_heatmap(),
         graph(
             "Lock acquisitions and fencing rejections",
@@ -400,7 +507,6 @@ def lock_and_store() -> list:
             "ops",
             (f'sum by (gateway, result) (rate({gw("stampede_lock_acquisitions_total")}[$__rate_interval]))', "{{gateway}} {{result}}"),
             (f'sum by (gateway) (rate({gw("stampede_fencing_rejections_total")}[$__rate_interval]))', "{{gateway}} fencing rejections"),
-            interval="5s",
             dashed=".*fencing rejections",
         ),
         graph(
@@ -409,7 +515,20 @@ def lock_and_store() -> list:
             "errors: failed reads become misses and failed locks lose fleet-wide coalescing (runbook: StampedeStoreErrors).",
             "ops",
             (f'sum by (gateway, backend, op) (rate({gw("stampede_store_errors_total")}[$__rate_interval]))', "{{gateway}} {{backend}} {{op}}"),
-            interval="5s",
+        ),
+        graph(
+            "Near cache hit ratio (gateways with --redis)",
+            "Share of store reads the near cache in front of Redis answered from memory, per gateway: "
+            "hits / (hits + misses). A hot key costs about one Redis read per gateway per --near-cache-ttl, so under "
+            "a hot-key load this sits near 1; it drops while invalidations or resets clear it, and reads 0 with "
+            "--near-cache-ttl 0s. No data: the gateway runs without --redis.",
+            "percentunit",
+            (
+                f'sum by (gateway) (rate({gw("stampede_near_cache_hits_total")}[$__rate_interval])) / '
+                f'(sum by (gateway) (rate({gw("stampede_near_cache_hits_total")}[$__rate_interval])) + '
+                f'sum by (gateway) (rate({gw("stampede_near_cache_misses_total")}[$__rate_interval])))',
+                "{{gateway}}",
+            ),
         ),
         _panel(
             statetimeline.Panel(),
@@ -434,23 +553,7 @@ def lock_and_store() -> list:
         .fill_opacity(70)
         .legend(cb.VizLegendOptions().show_legend(False).display_mode(common.LegendDisplayMode.LIST).placement(common.LegendPlacement.BOTTOM))
         .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE).sort(common.SortOrder.NONE))
-        .interval("5s")
         .with_target(query(f'max by (gateway, backend) ({gw("stampede_store_circuit_open")})', "{{gateway}} {{backend}}")),
-        graph(
-            "Near cache hit ratio (gateways with --redis)",
-            "Share of store reads the near cache in front of Redis answered from memory, per gateway: "
-            "hits / (hits + misses). A hot key costs about one Redis read per gateway per --near-cache-ttl, so under "
-            "a hot-key load this sits near 1; it drops while invalidations or resets clear it, and reads 0 with "
-            "--near-cache-ttl 0s. No data: the gateway runs without --redis.",
-            "percentunit",
-            (
-                f'sum by (gateway) (rate({gw("stampede_near_cache_hits_total")}[$__rate_interval])) / '
-                f'(sum by (gateway) (rate({gw("stampede_near_cache_hits_total")}[$__rate_interval])) + '
-                f'sum by (gateway) (rate({gw("stampede_near_cache_misses_total")}[$__rate_interval])))',
-                "{{gateway}}",
-            ),
-            interval="5s",
-        ),
         graph(
             "Near cache invalidations",
             "Near-cache invalidations per second by gateway and source: local (a purge or unsafe method on this gateway), "
@@ -466,8 +569,8 @@ def lock_and_store() -> list:
                 f'sum by (gateway) (rate({gw("stampede_near_cache_invalidations_total", source="reset")}[$__rate_interval]))',
                 "{{gateway}} reset",
             ),
-            interval="5s",
             dashed=".*reset",
+            width=24,
         ),
     ]
 
@@ -480,7 +583,7 @@ def lock_wait_heatmap() -> heatmap.Panel:
             "How long lock losers waited for the winner's fill, all selected gateways: lock waits per histogram bucket "
             "(stampede_lock_wait_seconds_bucket) and interval, darker = more. A band at the rebuild time is healthy (waiters "
             "woken by the fill); a band at --lock-ttl means holders died and waiters sat out the lock TTL; a smear between "
-            "them means a coarse backoff. The p99 line is on the panel to the left.",
+            "them means a coarse backoff. The p99 line is on *Lock wait p99 vs rebuild p99* at the top.",
             "s",
             12,
             8,
@@ -505,7 +608,6 @@ def lock_wait_heatmap() -> heatmap.Panel:
         .show_y_histogram()
         .show_legend()
         .exemplars_color("rgba(255,0,255,0.7)")
-        .interval("15s")
         .with_target(
             query(f'sum by (le) (increase({gw("stampede_lock_wait_seconds_bucket")}[$__rate_interval]))', "{{le}}")
             .format(PromQueryFormat.HEATMAP)
@@ -515,44 +617,22 @@ def lock_wait_heatmap() -> heatmap.Panel:
 
 def origin_and_overload() -> list:
     return [
-        row("Origin and overload"),
-        graph(
-            "Origin: in-flight queries and query p99",
-            "origin-sim side: queries holding or waiting for a pool connection (left) and p99 query duration including pool "
-            "wait (right, dashed). In-flight above --db-connections (16) means a queue: every miss pays the queue on top of "
-            "--latency-ms.",
-            "short",
-            ("sum(origin_inflight_queries)", "in-flight queries"),
-            ("histogram_quantile(0.99, sum by (le) (rate(origin_query_duration_seconds_bucket[$__rate_interval])))", "query p99"),
-            interval="5s",
-        ).override_by_name(
-            "query p99",
-            [
-                DynamicConfigValue("unit", "s"),
-                DynamicConfigValue("custom.axisPlacement", "right"),
-                DASHED[0],
-            ],
-        ),
+        row("Origin (as the gateways see it) and overload"),
         graph(
             "Origin answers by status code",
-            "Origin answers per second by HTTP status: as origin-sim served them (origin_queries_total, solid) and as each "
-            "gateway received them (stampede_origin_requests_total, dashed; `error` = no answer: connect failure or "
-            "timeout). 5xx and errors are red. 404s are a negative-key storm (turn on `negative`); 5xx/errors feed "
-            "stale-if-error and the alert StampedeOriginErrorRatio.",
+            "Origin answers per second by HTTP status, as each gateway received them (stampede_origin_requests_total; "
+            "`error` = no answer: connect failure or timeout). 5xx and errors are red. 404s are a negative-key storm "
+            "(turn on `negative`); 5xx/errors feed stale-if-error and the alert StampedeOriginErrorRatio.",
             "reqps",
-            ("sum by (status) (rate(origin_queries_total[$__rate_interval]))", "origin-sim {{status}}"),
             (f'sum by (gateway, status) (rate({gw("stampede_origin_requests_total")}[$__rate_interval]))', "{{gateway}} -> origin {{status}}"),
-            interval="5s",
-            dashed=".* -> origin .*",
         ).override_by_regexp(".* (5\\d\\d|error)", [DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"})]),
         graph(
             "Shed rate (overload gate 503s)",
             "Requests the overload gate answered 503 + Retry-After, per gateway and reason (inflight: origin-bound work above "
-            "budget; queue: queue full). Shedding means the origin is saturated: check the origin pool wait and the runbook "
-            "(StampedeOverloadShedding).",
+            "budget; queue: queue full). Shedding means the origin is saturated: check the origin's own saturation signal "
+            "(the demo's: origin-sim pool wait, in the demo row) and the runbook (StampedeOverloadShedding).",
             "reqps",
             (f'sum by (gateway, reason) (rate({gw("stampede_shed_total")}[$__rate_interval]))', "{{gateway}} {{reason}}"),
-            interval="5s",
         ),
         graph(
             "Gateway p99 latency",
@@ -568,9 +648,67 @@ def origin_and_overload() -> list:
                 f'histogram_quantile(0.99, sum by (outcome, le) (rate({gw("stampede_request_duration_seconds_bucket")}[$__rate_interval])))',
                 "p99 outcome={{outcome}}",
             ),
-            interval="15s",
             dashed="p99 outcome=.*",
+            width=24,
         ),
+    ]
+
+
+def demo() -> list:
+    """origin-sim's own metrics: in a collapsed row, clearly marked, since no other origin exports them."""
+    return [
+        collapsed_row(
+            "Demo only: origin-sim (origin_* metrics; no data in front of another origin)",
+            [
+                stat_panel(
+                    "origin-sim queries/s",
+                    "DEMO ONLY. Queries origin-sim served per second: the ground truth of what the database behind the "
+                    "caches saw (all gateways together).",
+                    "sum(rate(origin_queries_total[$__rate_interval]))", "reqps", (None, "green"), width=6,
+                ),
+                stat_panel(
+                    "origin-sim pool wait p99",
+                    "DEMO ONLY. p99 time a query waited for a database connection in origin-sim (1m). Above 100 ms: the "
+                    "pool is full (alert OriginSaturated, in the demo-only rule group).",
+                    "histogram_quantile(0.99, sum by (le) (rate(origin_pool_wait_seconds_bucket[1m])))", "s",
+                    (None, "green"), (0.05, "yellow"), (0.1, "red"), width=6,
+                ),
+                stat_panel(
+                    "Demo targets up",
+                    "DEMO ONLY. Scrape targets up in the demo's prometheus.yml jobs (gateway, origin-sim): 3 gateways + "
+                    "origin-sim = 4 in compose (alert ScrapeTargetDown).",
+                    'sum(up{job=~"gateway|origin-sim"})', "short", (None, "red"), (4, "green"), decimals=0, width=6,
+                ),
+                stat_panel(
+                    "origin-sim in-flight queries",
+                    "DEMO ONLY. Queries holding or waiting for a pool connection in origin-sim.",
+                    "sum(origin_inflight_queries)", "short", (None, "green"), (16, "yellow"), width=6,
+                ),
+                graph(
+                    "origin-sim: queries served/s, by status",
+                    "DEMO ONLY. Queries origin-sim served per second by status (origin_queries_total): compare with the "
+                    "gateways' origin requests in the headline. Without mitigations a burst at every TTL boundary.",
+                    "reqps",
+                    ("sum by (status) (rate(origin_queries_total[$__rate_interval]))", "origin-sim {{status}}"),
+                ).override_by_regexp("origin-sim 5\\d\\d", [DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"})]),
+                graph(
+                    "origin-sim: in-flight queries and query p99",
+                    "DEMO ONLY. Queries holding or waiting for a pool connection (left) and p99 query duration including "
+                    "pool wait (right, dashed). In-flight above --db-connections (16) means a queue: every miss pays the "
+                    "queue on top of --latency-ms.",
+                    "short",
+                    ("sum(origin_inflight_queries)", "in-flight queries"),
+                    ("histogram_quantile(0.99, sum by (le) (rate(origin_query_duration_seconds_bucket[$__rate_interval])))", "query p99"),
+                ).override_by_name(
+                    "query p99",
+                    [
+                        DynamicConfigValue("unit", "s"),
+                        DynamicConfigValue("custom.axisPlacement", "right"),
+                        DASHED[0],
+                    ],
+                ),
+            ],
+        )
     ]
 
 
@@ -581,8 +719,13 @@ def render() -> str:
         if ann["name"] == "Firing alerts":
             ann.update(step="15s", titleFormat="{{alertname}}", textFormat="{{gateway}}{{instance}} severity={{severity}}",
                        tagKeys="severity", useValueForTime=False)
+    # A collapsed row's panels sit below it, at absolute positions (Grafana
+    # moves them by the row's offset when it is expanded).
+    for r in model["panels"]:
+        for p in r.get("panels") or []:
+            p["gridPos"]["y"] += r["gridPos"]["y"]
     cells = set()
-    for p in model["panels"]:
+    for p in model["panels"] + [p for r in model["panels"] for p in r.get("panels") or []]:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24, f"panel {p['title']!r} overflows the 24-column grid: {g}"
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}

@@ -10,14 +10,17 @@ says about another is checked; the compose schema itself is left to
 
   * the stack's services exist; local paths exist (build context, Dockerfile,
     bind-mount sources); host ports are published once;
-  * services built from the Dockerfile run a binary it installs;
+  * services built from the Dockerfile run a binary the image of their build
+    target (default: the last stage) holds;
   * every gateway-N passes `--instance gateway-N` (the `gateway` label of its
     series): no two replicas share one;
   * every prometheus.yml target is a compose service listening on that port,
     and the prometheus service mounts its config and each rule file;
-  * Grafana provisioning: a datasource with uid `prometheus` (the dashboard's)
-    pointing at a compose service, and dashboard providers reading a mounted
-    directory that holds dashboard JSON.
+  * Grafana provisioning: a Prometheus datasource (any uid: the dashboard
+    queries its `datasource` variable) pointing at a compose service, and
+    dashboard providers reading a mounted directory that holds dashboard JSON;
+  * host ports: compose's `${VAR:-default}` is resolved (from the environment,
+    else the default) before the ports are compared.
 """
 
 from __future__ import annotations
@@ -34,6 +37,43 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ops_yaml import load, yaml  # noqa: E402
 
 EXPECTED_SERVICES = ["redis", "origin-sim", "gateway-1", "gateway-2", "gateway-3", "prometheus", "grafana", "load"]
+
+
+def interpolate(text: str) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}`: the
+    variable's value from the environment, else the default."""
+    def value(m: re.Match) -> str:
+        name, op, default = m.group(1), m.group(2) or "", m.group(3) or ""
+        env = os.environ.get(name)
+        if env is None or (op == ":-" and env == ""):
+            return default
+        return env
+    return re.sub(r"\$\{(\w+)(?:(:?-)([^}]*))?\}", value, text)
+
+
+def stage_binaries(dockerfile: str, target: str | None) -> set[str]:
+    """The binaries the image built for `target` (None: the last stage) holds:
+    `install ... -t DIR target/release/NAME...` puts them in DIR, and a stage has
+    what it (or the stage it is FROM) copies `--from=` a DIR holding them. A
+    Dockerfile that installs them some other way: every target/release name."""
+    every = set(re.findall(r"target/release/([\w-]+)", dockerfile))
+    dirs: dict[str, set[str]] = {}
+    for m in re.finditer(r"install\b[^\n]*?-t\s+(\S+)((?:\s+target/release/[\w-]+)+)", dockerfile):
+        dirs[m.group(1).rstrip("/")] = set(re.findall(r"target/release/([\w-]+)", m.group(2)))
+    stages: dict[str, set[str]] = {}
+    last = None
+    for block in re.split(r"(?m)^(?=FROM\s)", dockerfile):
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", block, re.I)
+        if not m:
+            continue
+        have = set(stages.get(m.group(1), set()))
+        for src in re.findall(r"COPY\s+--from=\S+\s+(\S+)", block):
+            have |= dirs.get(src.rstrip("/"), set())
+        last = m.group(2) or f"#{len(stages)}"
+        stages[last] = have
+    if not dirs or last is None:
+        return every
+    return stages.get(target or last, set())
 
 
 def _words(svc: dict) -> list[str]:
@@ -72,15 +112,17 @@ def check_compose(path: str, prom_path: str) -> list[str]:
                 errors.append(f"{where}: {dockerfile} not found")
             else:
                 with open(dockerfile, encoding="utf-8") as f:
-                    binaries = set(re.findall(r"target/release/([\w-]+)", f.read()))
+                    target = None if isinstance(build, str) else build.get("target")
+                    binaries = stage_binaries(f.read(), target)
                 words = _words(svc)
                 if not words or words[0] not in binaries:
-                    errors.append(f"{where}: runs {words[:1]}, not one of the Dockerfile's binaries {sorted(binaries)}")
+                    stage = f"stage {target!r} of the Dockerfile" if target else "the Dockerfile's default stage"
+                    errors.append(f"{where}: runs {words[:1]}, not one of the binaries of {stage} {sorted(binaries)}")
         for host in _mounts(svc).values():
             if host.startswith((".", "/")) and not os.path.exists(local(host)):
                 errors.append(f"{where}: bind-mount source {host!r} does not exist")
         for p in svc.get("ports") or []:
-            parts = str(p).split("/")[0].split(":")
+            parts = interpolate(str(p)).split("/")[0].split(":")
             hp = parts[-2] if len(parts) > 1 else None
             if hp in host_ports:
                 errors.append(f"{where}: host port {hp} already published by {host_ports[hp]}")
@@ -113,7 +155,7 @@ def _check_prometheus(prom_path: str, services: dict, compose_path: str) -> list
                     errors.append(f"{prom_path}: job {job.get('job_name')}: target {target} is not a service of {compose_path}")
                     continue
                 svc = services[host]
-                text = " ".join(_words(svc) + [str(p) for p in svc.get("ports") or []])
+                text = " ".join(_words(svc) + [interpolate(str(p)) for p in svc.get("ports") or []])
                 if not re.search(rf"(^|[\s:]){re.escape(port)}(\s|$|/)", text):
                     errors.append(f"{prom_path}: target {target}: service {host} does not listen on port {port}")
     mounts = _mounts(services.get("prometheus") or {})
@@ -142,9 +184,9 @@ def _check_grafana(services: dict, compose_path: str, local) -> list[str]:
     if prov is None:
         return [f"{compose_path}: grafana does not mount a provisioning directory at /etc/grafana/provisioning"]
     ds_dir = os.path.join(local(prov), "datasources")
-    ds = next((d for d in _provisioned(ds_dir, "datasources") if d.get("uid") == "prometheus"), None)
+    ds = next((d for d in _provisioned(ds_dir, "datasources") if d.get("type") == "prometheus"), None)
     if ds is None:
-        errors.append(f"{ds_dir}: no datasource with uid `prometheus` (the dashboard refers to it)")
+        errors.append(f"{ds_dir}: no prometheus datasource (the dashboard's `datasource` variable needs one)")
     else:
         m = re.match(r"https?://([^:/]+)", str(ds.get("url", "")))
         if not m or m.group(1) not in services:

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, on a fresh Debian machine with only the
-# Rust toolchain: installs what the tests need when it is missing
-# (redis-server — Debian's is built with TLS, which the rediss:// tests use;
-# curl, whose HTTP/2 the TLS and h2c tests drive; h2load from
-# `nghttp2-client` for the HTTP/2 load; promtool from the `prometheus`
-# package; PyYAML from `python3-yaml` and pip from `python3-pip` for the ops checks; pip installs
-# the pinned Grafana SDK under target/, see scripts/dashboard.sh), then checks
-# formatting, lints, the ops files (Prometheus config, alert rules + their
-# unit tests, compose, dashboard) and runs `cargo test --workspace`.
-# Tests that need Redis start their own redis-server on a free port.
+# Rust toolchain: installs what the tests need when it is missing, from
+# Debian's packages (needs apt-get, and root or sudo):
+#   redis-server          tests that need Redis start their own on a free port
+#                         (Debian's is built with TLS, which the rediss:// tests use)
+#   curl, nghttp2-client  curl's HTTP/2 and h2load drive the TLS and h2c tests
+#   prometheus            promtool for the ops checks, and the Prometheus server
+#                         bench/tests/live_prometheus.rs runs on a free port
+#   python3, python3-yaml, python3-pip
+#                         the ops checks; pip installs the pinned Grafana SDK
+#                         under target/ (scripts/dashboard.sh)
+#   nodejs, npm           the HTTP caching conformance suite (npm installs it
+#                         into a temp dir: needs the npm registry)
+# then checks formatting, lints, docs, the ops files (Prometheus config, alert
+# rules + their unit tests, compose, dashboard) and runs `cargo test --workspace`.
+# Every process a test starts listens on 127.0.0.1 on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,13 +24,16 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Debian's python3-yaml and python3-pip serve /usr/bin/python3; the ops scripts
 # fall back to that interpreter when the python3 on PATH (pyenv, a venv) lacks them.
 has_py_module() { python3 -c "import $1" 2>/dev/null || /usr/bin/python3 -c "import $1" 2>/dev/null; }
 has_py_module yaml || missing+=(python3-yaml)
 has_py_module pip || missing+=(python3-pip)
+# Node.js from elsewhere (NodeSource's nodejs ships npm too) is used as it is.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   step "installing ${missing[*]} (Debian packages)"
   sudo=""
@@ -33,7 +42,7 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in redis-server curl h2load promtool python3; do
+for tool in redis-server curl h2load promtool prometheus python3 node npm; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after the install step" >&2; exit 1; }
 done
 for module in yaml pip; do

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` (the pre-warm
-//! gate), and the admin API behind a bearer token: purge, warm, hot keys.
+//! gate), and the admin API behind a bearer token: purge, warm, hot keys
+//! (shown without their query strings unless `?with_query=1`).
 //!
 //! The token is checked by a route layer, before any handler's extractor
 //! reads the body: without the token a caller gets 401 (403 with the API
@@ -194,8 +195,46 @@ async fn warm(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response 
     Json(report).into_response()
 }
 
-async fn hot_keys(State(s): State<AdminState>) -> Response {
-    Json(serde_json::json!({ "hot_keys": s.hot_keys.top() })).into_response()
+/// `GET /admin/hot-keys[?with_query=1]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct HotKeysParams {
+    /// `1` or `true`: show each key's query string too (off by default:
+    /// queries carry tokens, and this list ends up in tickets and chats).
+    pub with_query: Option<String>,
+}
+
+async fn hot_keys(
+    State(s): State<AdminState>,
+    axum::extract::Query(params): axum::extract::Query<HotKeysParams>,
+) -> Response {
+    let with_query = matches!(params.with_query.as_deref(), Some("1" | "true"));
+    Json(serde_json::json!({ "hot_keys": hot_key_report(s.hot_keys.top(), with_query) }))
+        .into_response()
+}
+
+/// The hot keys as the admin API shows them: `key` (`GET /path`) without
+/// its query string unless `with_query`, and `query_redacted: true` on the
+/// keys that had one.
+pub fn hot_key_report(
+    top: Vec<stampede_layer::HotKey>,
+    with_query: bool,
+) -> Vec<serde_json::Value> {
+    top.into_iter()
+        .map(|k| {
+            let cut = if with_query { None } else { k.key.find('?') };
+            match cut {
+                None => serde_json::json!({
+                    "key": k.key,
+                    "requests_per_second": k.requests_per_second,
+                }),
+                Some(at) => serde_json::json!({
+                    "key": &k.key[..at],
+                    "requests_per_second": k.requests_per_second,
+                    "query_redacted": true,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// What a warm run did.
@@ -242,6 +281,35 @@ pub async fn warm_paths(stack: &StampedeService<Body>, uris: Vec<Uri>) -> WarmRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hot_keys_hide_their_query_unless_asked() {
+        use stampede_layer::HotKey;
+        let top = || {
+            vec![
+                HotKey {
+                    key: "GET /items/1?token=s3cret&x=1".into(),
+                    requests_per_second: 9.5,
+                },
+                HotKey {
+                    key: "GET /items/2".into(),
+                    requests_per_second: 1.0,
+                },
+            ]
+        };
+        let shown = serde_json::to_string(&hot_key_report(top(), false)).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(
+            hot_key_report(top(), false),
+            [
+                serde_json::json!({"key": "GET /items/1", "requests_per_second": 9.5, "query_redacted": true}),
+                serde_json::json!({"key": "GET /items/2", "requests_per_second": 1.0}),
+            ]
+        );
+        let all = serde_json::to_string(&hot_key_report(top(), true)).unwrap();
+        assert!(all.contains("token=s3cret"), "{all}");
+        assert!(!all.contains("query_redacted"), "{all}");
+    }
 
     #[test]
     fn bearer_tokens() {

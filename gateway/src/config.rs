@@ -174,6 +174,16 @@ impl clap::builder::TypedValueParser for RedisUrl {
     }
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (tracing-subscriber's default format).
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
 /// The host name, or `gateway` when it cannot be read.
 pub fn default_instance() -> String {
     whoami::fallible::hostname()
@@ -367,10 +377,23 @@ pub struct Config {
     /// (hit-for-miss; Varnish's default is 120 s; 0s: never mark).
     #[arg(long, env = "STAMPEDE_HIT_FOR_MISS_TTL", default_value = "120s", value_parser = duration)]
     pub hit_for_miss_ttl: Duration,
-    /// Log one line per proxied request at info level (method, path without
-    /// the query string, status, Cache-Status, latency).
+    /// Log one event per proxied request at info level (target
+    /// `gateway::access`): request id, client address, method, path without
+    /// the query string, status, body bytes, duration, cache outcome,
+    /// Cache-Status.
     #[arg(long, env = "STAMPEDE_ACCESS_LOG")]
     pub access_log: bool,
+    /// Log format on stderr: `text` (one human-readable line per event) or
+    /// `json` (one JSON object per line, the event's fields at the top level).
+    #[arg(long, env = "STAMPEDE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The herd window of `stampede_rebuilds_per_key_window`: origin rebuilds
+    /// of one key that start within this long of its first are counted as
+    /// one window (a herd: many; a coordinated key: one). Keep it below half
+    /// the shortest TTL served: XFetch may refresh a key from half its
+    /// lifetime on, and that refresh should open a window of its own.
+    #[arg(long, env = "STAMPEDE_HERD_WINDOW", default_value = "1s", value_parser = positive_duration)]
+    pub herd_window: Duration,
     /// With --redis: /readyz answers 503 while Redis cannot be reached. By
     /// default the gateway stays ready on its in-process fallback store and
     /// /readyz says `ready (degraded …)`, so a Redis outage does not take the

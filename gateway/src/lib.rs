@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod proxy;
@@ -45,9 +46,23 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            use stampede_layer::fingerprint as fp;
+            // A full name wins over a suffix (the exporter tries full names first).
             let builder = PrometheusBuilder::new()
                 .add_global_label("gateway", instance)
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(fp::REBUILDS_PER_KEY_WINDOW.into()),
+                        fp::REBUILDS_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(fp::STALE_SERVED_AGE.into()),
+                        fp::STALE_AGE_BUCKETS,
+                    )
+                })
                 .expect("buckets are non-empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -206,11 +221,12 @@ pub fn build_stack(
 }
 
 /// The proxy service: every request goes through the stack; stack errors
-/// become 502. `forwarding` sets the forwarding headers on the way in (from
-/// the peer address in the request's `ConnectInfo`) and `Via` on the way out.
-/// With `access_log`, one line per request at info level: method, path (never
-/// the query string: it may carry secrets), status, `Cache-Status`, latency
-/// (tower-http's `TraceLayer`).
+/// become 502. Every request is given its request id first
+/// ([`access_log::assign_request_id`]: the client's `X-Request-Id`, or a new
+/// one), which goes on to the origin and comes back on the answer.
+/// `forwarding` sets the forwarding headers on the way in (from the peer
+/// address in the request's `ConnectInfo`) and `Via` on the way out. With
+/// `access_log`, one event per request at info level (see [`access_log`]).
 ///
 /// Served straight by the listener, not through an axum `Router`: the proxy
 /// has no routes, and a router's per-request fallback dispatch cost a hit
@@ -239,6 +255,7 @@ pub fn proxy_service(
                 .get::<axum::extract::ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip());
             let version = req.version();
+            let request_id = req.headers().get(access_log::X_REQUEST_ID).cloned();
             forwarding.on_request(req.headers_mut(), version, peer);
             // HTTP/2 names the host in the target (`:authority`): one place
             // for it, where the key scope and the proxy look.
@@ -254,37 +271,18 @@ pub fn proxy_service(
             let Ok(resp) = stack.oneshot(req).await;
             let mut resp = resp.into_response();
             forwarding.on_response(resp.headers_mut());
+            if let Some(id) = request_id {
+                resp.headers_mut().insert(access_log::X_REQUEST_ID, id);
+            }
             Ok::<_, Infallible>(resp)
         }
     });
-    let access_log = access_log.then(|| {
-        let trace = tower_http::trace::TraceLayer::new_for_http()
-            .make_span_with(|req: &Request<Body>| {
-                tracing::info_span!("access", method = %req.method(), path = req.uri().path())
-            })
-            .on_request(())
-            .on_response(
-                |resp: &http::Response<Body>, latency: Duration, _span: &tracing::Span| {
-                    let cache = resp
-                        .headers()
-                        .get(stampede_layer::CACHE_STATUS)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info!(
-                        status = resp.status().as_u16(),
-                        cache_status = cache,
-                        latency_ms = latency.as_secs_f64() * 1000.0,
-                        "served"
-                    );
-                },
-            );
-        tower::ServiceBuilder::new()
-            .map_response(|resp: http::Response<_>| resp.map(Body::new))
-            .layer(trace)
-            .into_inner()
-    });
     tower::ServiceBuilder::new()
-        .option_layer(access_log)
+        .map_request(|mut req: Request<Body>| {
+            access_log::assign_request_id(&mut req);
+            req
+        })
+        .option_layer(access_log.then_some(access_log::AccessLogLayer))
         .service(proxy)
 }
 
@@ -326,6 +324,7 @@ pub async fn run(
         _ => None,
     };
     let store = build_store(&config).await?;
+    stampede_layer::fingerprint::set_herd_window(config.herd_window);
     stampede_layer::telemetry::register(store.backend());
     {
         let store = store.clone();

@@ -2,17 +2,28 @@
 
 use clap::Parser;
 use gateway::Config;
+use gateway::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        // One object per line: the event's fields at the top level, with the
+        // span it happened in (no list of every enclosing span).
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     if let Err(err) = serve(config).await {
         eprintln!("gateway: error: {err:#}");
         std::process::exit(1);

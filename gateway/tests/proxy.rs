@@ -244,6 +244,15 @@ async fn admin_listener_health_metrics_and_token() {
     let ok = send(Method::GET, &hot, &[("authorization", "Bearer s3cret")], "").await;
     assert_eq!(ok.status, 200);
     assert!(ok.body.contains("hot_keys"));
+    let with_query = format!("{hot}?with_query=1");
+    let ok = send(
+        Method::GET,
+        &with_query,
+        &[("authorization", "Bearer s3cret")],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
 
     let purge = send(
         Method::POST,

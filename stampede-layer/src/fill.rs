@@ -270,6 +270,7 @@ impl<S> CacheFill<S> {
             .insert(capability, HeaderValue::from_static(device));
         let request_ms = now_ms();
         let started = Instant::now();
+        crate::fingerprint::rebuild_started(&lookup);
         let guard = InflightGuard::new();
         let result = self.inner.clone().oneshot(req).await.map_err(Into::into);
         let rebuild = started.elapsed();

@@ -100,6 +100,7 @@ pub mod context;
 pub mod entry;
 pub mod error;
 pub mod fill;
+pub mod fingerprint;
 pub mod freshness;
 pub mod hot_keys;
 pub mod jitter;

@@ -12,7 +12,8 @@
 //!    one client's partial or 304 answer), attaches a [`Lookup`] for the
 //!    layers below (stale-while-revalidate, single-flight, lock, fill), and
 //!    answers the client from what comes back by its own headers;
-//! 5. writes the RFC 9211 `Cache-Status` and the request metrics.
+//! 5. writes the RFC 9211 `Cache-Status` and the request metrics, and leaves
+//!    the [`Outcome`](crate::Outcome) in the response's extensions (for access logs).
 //!
 //! A key marked hit-for-miss (its last answer could not be shared) goes
 //! straight to the origin with the client's own headers, uncoordinated.
@@ -201,7 +202,9 @@ where
                 metrics
                     .get_or_init(RequestMetrics::new)
                     .record(outcome, started.elapsed());
+                crate::fingerprint::answered(&status, outcome);
             }
+            resp.extensions_mut().insert(outcome);
             Ok(resp)
         };
         Box::pin(fut.instrument(span))

@@ -107,6 +107,7 @@ pub fn register(backend: &'static str) {
         "Request rate of the hottest keys, by rank"
     );
 
+    crate::fingerprint::register();
     for outcome in OUTCOMES {
         metrics::counter!("stampede_requests_total", "outcome" => outcome).increment(0);
         let _ = metrics::histogram!("stampede_request_duration_seconds", "outcome" => outcome);
