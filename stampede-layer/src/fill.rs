@@ -4,7 +4,7 @@
 //! [`fence`](crate::store::fence)) — and says whether the requests that
 //! waited on this rebuild may share it ([`Sharing`]).
 //!
-//! The storage decision is [`StorageRules::decide`](crate::policy::StorageRules::decide),
+//! The storage decision is `policy::StorageRules::decide`,
 //! the one RFC 9111 §3 check: what it refuses is neither stored nor shared.
 //! When the reason belongs to the resource (`private`, `Set-Cookie`,
 //! `no-store`, `Vary: *`, a status this cache does not store, a body over the

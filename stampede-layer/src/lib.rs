@@ -12,8 +12,8 @@
 //! | [`SingleFlight`] | per-process: N concurrent misses in one instance |
 //! | [`DistributedLock`] (+ fencing tokens) | per-fleet: one rebuild per instance |
 //! | [`CacheFill`] (the fenced write; what waiters may share) | — |
-//! | [`TtlJitter`] | multi-key: keys written together expire together |
-//! | [`NegativeCache`] | negative: miss storm on absent keys |
+//! | TTL jitter ([`CacheFillLayer::jitter`], applied by the fill) | multi-key: keys written together expire together |
+//! | negative caching ([`CacheFillLayer::negative_ttl`], applied by the fill) | negative: miss storm on absent keys |
 //! | [`OverloadGate`] | metastable overload: retries pin a saturated origin |
 //!
 //! The store is a [`CacheStore`]: [`MemoryStore`] (moka, in-process) or
