@@ -1,8 +1,9 @@
 //! The in-process store: moka with per-entry expiry, bounded by entries and
 //! bytes, plus one [`FenceRecord`] (and the rebuild lock) per key with a
-//! lease in flight.
+//! lease in flight, and the tag index ([`tags`](super::tags)).
 
 use super::fence::{FenceRecord, FencingToken, new_epoch};
+use super::tags::{self, PurgeMode, TagIndex, TagPurge};
 use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
@@ -23,11 +24,17 @@ use tokio::sync::Notify;
 /// Fence records live while a lease keeps them (the lease TTL, renewed);
 /// at most `max_entries` of them are held — one dropped early voids its
 /// leases (their writes are refused), it never lets an old write in.
+///
+/// The tag index ([`tags`](super::tags)) holds at most
+/// `min(4 × max_entries, max_bytes / 512)` (tag, key) pairs (at least 1024):
+/// past it the members kept the shortest are dropped and their entries
+/// evicted, so a purge never misses an entry the index lost.
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Cache<String, Arc<CachedResponse>>,
     keys: Arc<Mutex<KeyStates>>,
     fills: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    tags: Arc<Mutex<TagIndex>>,
 }
 
 /// Per key with a lease in flight: the fence record and the lock.
@@ -164,6 +171,10 @@ impl MemoryStore {
             .weigher(move |_k: &String, v: &Arc<CachedResponse>| v.weight().max(floor))
             .expire_after(EntryExpiry)
             .build();
+        let pairs = max_entries
+            .saturating_mul(4)
+            .min(max_bytes / 512)
+            .clamp(1024, 1 << 24) as usize;
         Self {
             entries,
             keys: Arc::new(Mutex::new(KeyStates {
@@ -171,7 +182,22 @@ impl MemoryStore {
                 max: max_entries.clamp(1024, 1 << 20) as usize,
             })),
             fills: Arc::default(),
+            tags: Arc::new(Mutex::new(TagIndex::new(pairs, 65_536))),
         }
+    }
+
+    /// How long a tag purge is remembered, for the fills that started
+    /// before it (default [`tags::DEFAULT_PURGE_WINDOW`]): at least the
+    /// longest a fill may take (the fill deadline) and a margin. A tagged
+    /// fill older than this is refused.
+    pub fn purge_window(self, window: Duration) -> Self {
+        self.tags.lock().expect("tags lock").window = window;
+        self
+    }
+
+    /// (tag, key) pairs the tag index holds.
+    pub fn tag_index_pairs(&self) -> usize {
+        self.tags.lock().expect("tags lock").pairs()
     }
 
     /// Run pending evictions now (moka evicts lazily); for tests and reports.
@@ -251,12 +277,24 @@ impl CacheStore for MemoryStore {
         entry.fence = lease.token.seq;
         let variant = entry.variant_id();
         let now = now_ms();
+        let digest = key.digest();
+        // A tagged entry is indexed first, then its tags' purge times are
+        // read (see `tags`): a purge either lists it or is seen here.
+        let tagged = tags::entry_tags(key, &entry);
+        let (purged_ms, evicted) = if tagged.is_empty() {
+            (0, Vec::new())
+        } else {
+            let until = now + entry.keep_for(now).as_millis() as u64;
+            let mut index = self.tags.lock().expect("tags lock");
+            index.add(&tagged, digest, until, now)
+        };
+        let window = self.tags.lock().expect("tags lock").window;
+        let request_ms = tags::request_ms(&entry);
         let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
         let out = &mut outcome;
         let keys = &self.keys;
         let entries = &self.entries;
-        let digest = key.digest();
         // Every write and delete of a key computes on its primary slot, one
         // at a time (moka): the fence check, the write and the variant index
         // are atomic against a purge of the same key.
@@ -264,7 +302,22 @@ impl CacheStore for MemoryStore {
             .entry(digest.to_owned())
             .and_compute_with(|current| {
                 let checked = match keys.lock().expect("keys lock").live(digest, Instant::now()) {
-                    Some(state) => state.record.write(lease.token, variant.as_deref()),
+                    Some(state) => state
+                        .record
+                        .check_write(lease.token, variant.as_deref())
+                        .and_then(|()| {
+                            let refused = !tagged.is_empty()
+                                && tags::refused_by_tag_purge(
+                                    purged_ms,
+                                    request_ms,
+                                    now_ms(),
+                                    window,
+                                );
+                            match refused {
+                                true => Err(super::Refusal::Purged),
+                                false => state.record.write(lease.token, variant.as_deref()),
+                            }
+                        }),
                     None => Err(super::Refusal::LeaseLost),
                 };
                 async move {
@@ -305,7 +358,68 @@ impl CacheStore for MemoryStore {
                 n.notify_waiters();
             }
         }
+        // Members the bounded index dropped: their entries go too.
+        for dropped in evicted {
+            self.delete(&CacheKey::from_digest(&dropped)).await?;
+        }
         Ok(outcome)
+    }
+
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        let keys = &self.keys;
+        let entries = &self.entries;
+        let digest = key.digest();
+        let now = now_ms();
+        let stale_until = now + grace.as_millis() as u64;
+        let soft = |entry: &Arc<CachedResponse>| {
+            let mut e = (**entry).clone();
+            tags::soften(&mut e, now, stale_until);
+            Arc::new(e)
+        };
+        let mut held = false;
+        let was = &mut held;
+        self.entries
+            .entry(digest.to_owned())
+            .and_compute_with(|current| {
+                *was = current.is_some();
+                if let Some(state) = keys.lock().expect("keys lock").live(digest, Instant::now()) {
+                    state.record.purge();
+                }
+                let current = current.map(|c| c.into_value());
+                async move {
+                    let Some(current) = current else {
+                        return Op::Nop;
+                    };
+                    if !current.is_variant_index() {
+                        return Op::Put(soft(&current));
+                    }
+                    // Every variant (the index itself stays as it is).
+                    for v in variant_list(&current) {
+                        let slot = slot(digest, Some(&v));
+                        if let Some(variant) = entries.get(&slot).await {
+                            entries.insert(slot, soft(&variant)).await;
+                        }
+                    }
+                    Op::Nop
+                }
+            })
+            .await;
+        Ok(held)
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        let members = self
+            .tags
+            .lock()
+            .expect("tags lock")
+            .begin_purge(tag, now_ms());
+        let mut purge = TagPurge::default();
+        for digest in members {
+            let key = CacheKey::from_digest(&digest);
+            purge.hit += u64::from(self.purge(&key, mode).await?);
+            purge.keys.push(key);
+        }
+        Ok(purge)
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
