@@ -20,8 +20,31 @@
 //!   eviction, restart, `FLUSHALL`) voids its leases instead of re-issuing
 //!   their tokens. Epochs are drawn by the client (64 random bits), so a
 //!   re-created record never matches an old lease.
+//! * soft purge — fields `s` (soft-purged at, ms) and `g` (stale until, ms)
+//!   on the entry's hash and on every variant slot's: the encoded entry
+//!   (`d`) is opaque to Lua, so [`get`](CacheStore::get) applies them to the
+//!   decoded entry; a write clears them.
+//!
+//! And per purge tag ([`tags`](super::tags)), under a hash tag of its own
+//! (`{prefix}:v{FORMAT_VERSION}:{t:<tag digest>}:i|p`: another slot than the
+//! entries, so nothing crosses slots on Redis Cluster):
+//!
+//! * index `…:i` — a sorted set of the digests of the keys whose entries
+//!   carry the tag, each scored with the instant its entry is kept until;
+//!   members past it are dropped on every add, `PEXPIRE` = the longest
+//!   member's keep (extended on every add), at most `max_tag_members` (the members kept the shortest go
+//!   first, and their entries are deleted: the index never loses a live
+//!   entry);
+//! * purge record `…:p` — when the tag was last purged (ms), `PX` = the
+//!   purge window (see [`RedisStoreBuilder::purge_window`]).
+//!
+//! A fill of a tagged entry runs one script per tag (add to the index, read
+//! the purge record), then the fenced write on the entry's slot; a tag purge
+//! runs one script on the tag's slot (record the purge, list the members),
+//! then the per-key delete script once per member.
 
 use super::fence::{FencingToken, Refusal, new_epoch};
+use super::tags::{self, PurgeMode, TagPurge};
 use super::{
     CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError, StreamChunks,
     StreamHead,
@@ -127,6 +150,11 @@ return 1
 /// Fenced write ([`FenceRecord::write`](super::fence::FenceRecord::write) in
 /// Lua): 1 written; refused: -3 lease lost, -2 purged, -1 superseded.
 /// KEYS: entry, record. ARGV: payload, keep (ms), epoch, seq, written field.
+/// A tagged entry (`ARGV[11]` not empty: the latest purge time of its tags,
+/// ms, 0 for none) is refused (-2) when that purge is not before its origin
+/// request (`ARGV[12]`, ms) by the clock skew (`ARGV[13]`, ms), or when the
+/// request is older than the purge window (`ARGV[14]`, ms) by Redis' clock.
+/// A write clears a soft purge's fields (`s`, `g`) from the slot it writes.
 /// A variant (`ARGV[6]`, its index, not empty) goes in its own slot
 /// (`KEYS[3]`), the key's index of variants under the entry key, and the
 /// variant in the set of the key's variants (`KEYS[4]`, scored by time; past
@@ -141,11 +169,20 @@ local n = tonumber(ARGV[4])
 if n > tonumber(redis.call('HGET', KEYS[2], 'i') or '0') then return -3 end
 if n < tonumber(redis.call('HGET', KEYS[2], 'p') or '0') then return -2 end
 if n < tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0') then return -1 end
+if ARGV[11] ~= '' then
+  local req, skew = tonumber(ARGV[12]), tonumber(ARGV[13])
+  if tonumber(ARGV[11]) + skew >= req then return -2 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now + skew > req + tonumber(ARGV[14]) then return -2 end
+end
 redis.call('HSET', KEYS[2], ARGV[5], n)
+redis.call('HDEL', KEYS[3], 's', 'g')
 redis.call('HSET', KEYS[3], 't', n, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if ARGV[6] == '' then return 1 end
 local keep = tonumber(ARGV[2])
+redis.call('HDEL', KEYS[1], 's', 'g')
 redis.call('HSET', KEYS[1], 't', n, 'd', ARGV[6])
 if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[9])
@@ -180,6 +217,68 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 if d and string.sub(d, 1, 5) == 'SLc1|' then return {existed, d} end
 return {existed, ''}
+"#;
+
+/// Soft purge: mark the entry and every variant slot stale (fields `s`:
+/// soft-purged at, `g`: stale until — [`get`](CacheStore::get) applies them),
+/// keep them (and the variant set) at least the grace, drop a body being
+/// streamed, and raise a live record's purge floor as [`DELETE_SCRIPT`]
+/// does. Returns whether an entry was held.
+/// KEYS: entry, record, variants, stream. ARGV: slot prefix, now (ms), stale
+/// until (ms), grace (ms).
+const SOFT_DELETE_SCRIPT: &str = r#"
+local keep = tonumber(ARGV[4])
+local function soften(k)
+  if redis.call('EXISTS', k) == 0 then return 0 end
+  redis.call('HSET', k, 's', ARGV[2])
+  if tonumber(redis.call('HGET', k, 'g') or '0') < tonumber(ARGV[3]) then
+    redis.call('HSET', k, 'g', ARGV[3])
+  end
+  if redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
+  return 1
+end
+local held = soften(KEYS[1])
+for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do soften(ARGV[1] .. v) end
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('PTTL', KEYS[3]) < keep then
+  redis.call('PEXPIRE', KEYS[3], keep)
+end
+redis.call('DEL', KEYS[4])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
+end
+return held
+"#;
+
+/// A fill indexes its key under a tag, then reads the tag's purge record:
+/// `{purged at or '', digests dropped to keep the index bounded...}`.
+/// KEYS: index, purge record. ARGV: digest, kept until (ms), drop members
+/// kept until before this (ms), most members, keep (ms: the index lives at
+/// least as long as the entry, by Redis' own clock).
+const TAG_ADD_SCRIPT: &str = r#"
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not cur or tonumber(cur) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local out = {redis.call('GET', KEYS[2]) or ''}
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if extra > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], extra)
+  for i = 1, #popped, 2 do out[#out + 1] = popped[i] end
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+return out
+"#;
+
+/// A tag purge begins: record it (the latest time wins, kept the purge
+/// window), then list the members still kept.
+/// KEYS: index, purge record. ARGV: now (ms), window (ms), members kept
+/// until after this (ms).
+const TAG_PURGE_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[2])
+if not cur or tonumber(cur) < tonumber(ARGV[1]) then cur = ARGV[1] end
+redis.call('SET', KEYS[2], cur, 'PX', ARGV[2])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf')
 "#;
 
 /// Append a chunk to a stream, if it is still the key's stream.
@@ -257,6 +356,11 @@ pub struct RedisStore {
     stream_append_script: Arc<Script>,
     put_script: Arc<Script>,
     delete_script: Arc<Script>,
+    soft_delete_script: Arc<Script>,
+    tag_add_script: Arc<Script>,
+    tag_purge_script: Arc<Script>,
+    purge_window: Duration,
+    max_tag_members: usize,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -275,9 +379,27 @@ pub struct RedisStoreBuilder {
     pool_size: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
+    purge_window: Duration,
+    max_tag_members: usize,
 }
 
 impl RedisStoreBuilder {
+    /// How long a tag purge is remembered, for the fills that started
+    /// before it (default [`tags::DEFAULT_PURGE_WINDOW`]): at least the
+    /// longest a fill may take (the fill deadline) and a margin. A tagged
+    /// fill older than this is refused.
+    pub fn purge_window(mut self, window: Duration) -> Self {
+        self.purge_window = window;
+        self
+    }
+
+    /// Most keys one tag's index holds (default 100,000): past it the
+    /// entries kept the shortest are deleted with their members.
+    pub fn max_tag_members(mut self, n: usize) -> Self {
+        self.max_tag_members = n.max(1);
+        self
+    }
+
     /// Key prefix (default `stampede`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -347,6 +469,11 @@ impl RedisStoreBuilder {
             stream_append_script: Arc::new(Script::from_lua(STREAM_APPEND_SCRIPT)),
             put_script: script(PUT_SCRIPT),
             delete_script: script(DELETE_SCRIPT),
+            soft_delete_script: Arc::new(Script::from_lua(SOFT_DELETE_SCRIPT)),
+            tag_add_script: Arc::new(Script::from_lua(TAG_ADD_SCRIPT)),
+            tag_purge_script: Arc::new(Script::from_lua(TAG_PURGE_SCRIPT)),
+            purge_window: self.purge_window,
+            max_tag_members: self.max_tag_members,
         })
     }
 }
@@ -364,6 +491,8 @@ impl RedisStore {
             pool_size: 4,
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
+            purge_window: tags::DEFAULT_PURGE_WINDOW,
+            max_tag_members: 100_000,
         }
     }
 
@@ -379,6 +508,52 @@ impl RedisStore {
 
     fn tag(&self, key: &CacheKey) -> String {
         format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest())
+    }
+
+    /// The index and purge record of a purge tag (a hash tag of their own:
+    /// the tag's digest, never a client's or an origin's raw text).
+    fn purge_tag_keys(&self, tag: &str) -> (String, String) {
+        let digest = blake3::hash(tag.as_bytes()).to_hex();
+        let base = format!("{}:v{FORMAT_VERSION}:{{t:{}}}", self.prefix, &digest[..32]);
+        (format!("{base}:i"), format!("{base}:p"))
+    }
+
+    /// Index `digest` under every tag, kept `keep_ms` from `now`: the latest
+    /// purge time of those tags (0: none) and the digests dropped from an
+    /// index to keep it bounded (their entries must go).
+    async fn index_tags(
+        &self,
+        tagged: &[String],
+        digest: &str,
+        now: u64,
+        keep_ms: u64,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let skew = tags::CLOCK_SKEW.as_millis() as u64;
+        let adds = tagged.iter().map(|tag| {
+            let (index, record) = self.purge_tag_keys(tag);
+            self.tag_add_script.evalsha_with_reload::<Vec<Value>, _, _>(
+                self.pool.next(),
+                vec![index, record],
+                vec![
+                    digest.to_owned(),
+                    (now + keep_ms).to_string(),
+                    now.saturating_sub(skew).to_string(),
+                    self.max_tag_members.to_string(),
+                    keep_ms.to_string(),
+                ],
+            )
+        });
+        let (mut purged, mut dropped) = (0u64, Vec::new());
+        for reply in futures_util::future::join_all(adds).await {
+            let mut reply = reply.map_err(backend)?.into_iter();
+            let at = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
+            purged = purged.max(at.parse().unwrap_or(0));
+            dropped.extend(reply.filter_map(|v| v.as_string()));
+        }
+        if !dropped.is_empty() {
+            metrics::counter!("stampede_tag_index_evictions_total").increment(dropped.len() as u64);
+        }
+        Ok((purged, dropped))
     }
 
     /// The slot `key` is read from: its entry, or the variant it names.
@@ -479,9 +654,14 @@ impl CacheStore for RedisStore {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         let entry = self.slot(key, key.variant());
-        let (token, data): (Option<u64>, Option<Bytes>) = self
+        let (token, data, soft_at, soft_until): (
+            Option<u64>,
+            Option<Bytes>,
+            Option<u64>,
+            Option<u64>,
+        ) = self
             .pool
-            .hmget(entry, vec!["t", "d"])
+            .hmget(entry, vec!["t", "d", "s", "g"])
             .await
             .map_err(backend)?;
         let Some(bytes) = data else {
@@ -498,6 +678,9 @@ impl CacheStore for RedisStore {
         };
         let mut entry = CachedResponse::decode(&bytes)?;
         entry.fence = token.unwrap_or(entry.fence);
+        if let Some(at) = soft_at {
+            tags::soften(&mut entry, at, soft_until.unwrap_or(at));
+        }
         Ok(Some(Arc::new(entry)))
     }
 
@@ -519,6 +702,17 @@ impl CacheStore for RedisStore {
         let encoded = Bytes::from(entry.encode());
         let keep = entry.keep_for(now);
         let keep_ms = keep.as_millis().max(1) as i64;
+        // A tagged entry is indexed first, then its tags' purge times are
+        // read (see `tags`): a purge either lists it or is seen here.
+        let tagged = tags::entry_tags(key, &entry);
+        let (purged, dropped) = if tagged.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (at, dropped) = self
+                .index_tags(&tagged, key.digest(), now, keep_ms as u64)
+                .await?;
+            (Some(at), dropped)
+        };
         let index = match &variant {
             Some(_) => Bytes::from(CachedResponse::variant_index(&entry.vary, now, keep).encode()),
             None => Bytes::new(),
@@ -556,6 +750,10 @@ impl CacheStore for RedisStore {
                     Value::from(MAX_VARIANTS.to_string()),
                     Value::from(variant.unwrap_or_default()),
                     Value::from(format!("{}:e:", self.tag(key))),
+                    Value::from(purged.map(|p| p.to_string()).unwrap_or_default()),
+                    Value::from(tags::request_ms(&entry).to_string()),
+                    Value::from(tags::CLOCK_SKEW.as_millis().to_string()),
+                    Value::from(self.purge_window.as_millis().to_string()),
                 ],
             )
             .await
@@ -563,6 +761,12 @@ impl CacheStore for RedisStore {
         if result != 1 && !chunks.is_empty() {
             // Refused: its chunks are nobody's (they would expire anyway).
             let _: Result<i64, _> = self.pool.del(chunks).await;
+        }
+        // Members an index dropped to stay bounded: their entries go too.
+        for digest in dropped {
+            if let Err(err) = self.delete(&CacheKey::from_digest(&digest)).await {
+                super::record_error(self, "delete", &err);
+            }
         }
         Ok(match result {
             1 => PutOutcome::Written,
@@ -590,6 +794,75 @@ impl CacheStore for RedisStore {
             let _: Result<i64, _> = self.pool.del(self.chunk_keys(key, &manifest)).await;
         }
         Ok(existed > 0)
+    }
+
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        let (entry, _, record) = self.keys(key);
+        let tag = self.tag(key);
+        let now = now_ms();
+        let grace_ms = grace.as_millis().max(1) as u64;
+        let held: i64 = self
+            .soft_delete_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry, record, format!("{tag}:vs"), format!("{tag}:s")],
+                vec![
+                    format!("{tag}:e:"),
+                    now.to_string(),
+                    (now + grace_ms).to_string(),
+                    grace_ms.to_string(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(held > 0)
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        use futures_util::StreamExt;
+        let (index, record) = self.purge_tag_keys(tag);
+        let now = now_ms();
+        let skew = tags::CLOCK_SKEW.as_millis() as u64;
+        let members: Vec<String> = self
+            .tag_purge_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![index, record],
+                vec![
+                    now.to_string(),
+                    self.purge_window.as_millis().max(1).to_string(),
+                    now.saturating_sub(skew).to_string(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        // One per-key script per member (each on its own slot), a few at once.
+        let results: Vec<(CacheKey, Result<bool, StoreError>)> =
+            futures_util::stream::iter(members)
+                .map(|digest| async move {
+                    let key = CacheKey::from_digest(&digest);
+                    let purged = self.purge(&key, mode).await;
+                    (key, purged)
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+        let mut purge = TagPurge::default();
+        let mut failed = 0;
+        for (key, result) in results {
+            match result {
+                Ok(held) => purge.hit += u64::from(held),
+                Err(_) => failed += 1,
+            }
+            purge.keys.push(key);
+        }
+        if failed > 0 {
+            return Err(StoreError::Backend(format!(
+                "purge of tag {tag:?}: {failed} of {} keys failed",
+                purge.keys.len()
+            )));
+        }
+        Ok(purge)
     }
 
     async fn try_lock_after(
