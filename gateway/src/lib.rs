@@ -71,10 +71,11 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
 /// [`config::check_redis_url`]). Waits up to 2 s for the connection; if Redis
 /// cannot be reached by then, the gateway comes up on its in-process fallback
 /// (degraded) and joins Redis in the background when it answers.
-async fn redis_store(url: &str) -> anyhow::Result<RedisStore> {
+async fn redis_store(url: &str, purge_window: Duration) -> anyhow::Result<RedisStore> {
     config::check_redis_url(url).map_err(anyhow::Error::msg)?;
     let redacted = config::redact_url(url);
     let store = RedisStore::builder(url)
+        .purge_window(purge_window)
         .connect_lazily()
         .with_context(|| format!("bad Redis URL {redacted}"))?;
     if !store.wait_for_connect(Duration::from_secs(2)).await {
@@ -92,12 +93,16 @@ async fn redis_store(url: &str) -> anyhow::Result<RedisStore> {
 
 /// Connect the store the configuration asks for.
 pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
+    // Tag purges are remembered for as long as a fill that started before
+    // one may still land (the fill deadline), and a margin.
+    let purge_window = config.fill_deadline + Duration::from_secs(30);
     Ok(match &config.redis {
         Some(url) => {
-            let store = redis_store(url).await?;
+            let store = redis_store(url, purge_window).await?;
             let url = config::redact_url(url);
             tracing::info!(%url, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
-            let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
+            let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes)
+                .purge_window(purge_window);
             let breaker =
                 FallbackStore::new(store.clone(), fallback).degraded_ttl(config.degraded_ttl);
             if config.near_cache_ttl.is_zero() {
@@ -131,10 +136,10 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
             } else {
                 tracing::info!("store: in-process");
             }
-            Arc::new(MemoryStore::new(
-                config.memory_max_entries,
-                config.memory_max_bytes,
-            ))
+            Arc::new(
+                MemoryStore::new(config.memory_max_entries, config.memory_max_bytes)
+                    .purge_window(purge_window),
+            )
         }
     })
 }
@@ -327,6 +332,7 @@ pub async fn run(
             .map(Into::into),
         ready: ready.clone(),
         readyz_requires_store: config.readyz_requires_redis,
+        soft_purge_grace: config.stale_ttl.max(Duration::from_secs(1)),
     };
     if let Some(list) = warm_list {
         let stack = stack.clone();
