@@ -3,7 +3,7 @@
 //! lease in flight, and the tag index ([`tags`](super::tags)).
 
 use super::fence::{FenceRecord, FencingToken, new_epoch};
-use super::tags::{self, PurgeMode, TagIndex, TagPurge};
+use super::tags::{self, PurgeMode, TagFence, TagIndex, TagPurge};
 use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
@@ -45,7 +45,13 @@ struct KeyState {
     lock: Option<HeldLock>,
     /// The last rebuild's failure, answered until its `until_ms`.
     failure: Option<RebuildFailure>,
+    /// The tag purges that fenced the key (the latest per tag).
+    tag_fences: Vec<TagFence>,
 }
+
+/// Most tag purges a key's state remembers (the oldest is forgotten first:
+/// a fill then waits out the clock skew instead).
+const MAX_TAG_FENCES: usize = 64;
 
 struct HeldLock {
     owner: String,
@@ -78,6 +84,7 @@ impl KeyStates {
                     until: now,
                     lock: None,
                     failure: None,
+                    tag_fences: Vec::new(),
                 },
             );
         }
@@ -215,6 +222,86 @@ impl MemoryStore {
         self.keys.lock().expect("keys lock").map.len()
     }
 
+    /// Fence `digest` against every lease drawn so far; for a purge of a
+    /// tag (`tag`: the tag and the purge's id), note it in the key's state,
+    /// made for the purge window if the key has none.
+    fn fence(&self, digest: &str, tag: Option<(&str, u64)>) {
+        let window = self.tags.lock().expect("tags lock").window;
+        let mut keys = self.keys.lock().expect("keys lock");
+        let now = Instant::now();
+        let Some((tag, id)) = tag else {
+            if let Some(state) = keys.live(digest, now) {
+                state.record.purge();
+            }
+            return;
+        };
+        let state = keys.draw_state(digest, now, window);
+        let floor = state.record.purge();
+        state.tag_fences.retain(|f| f.tag != tag);
+        if state.tag_fences.len() >= MAX_TAG_FENCES {
+            state.tag_fences.remove(0);
+        }
+        state.tag_fences.push(TagFence {
+            tag: tag.to_owned(),
+            id,
+            floor,
+        });
+    }
+
+    /// Purge `key` (every variant), fenced: removed, or marked stale for a
+    /// soft purge's grace. Whether an entry was held.
+    async fn purge_key(&self, key: &CacheKey, mode: PurgeMode, tag: Option<(&str, u64)>) -> bool {
+        let entries = &self.entries;
+        let digest = key.digest();
+        let now = now_ms();
+        let soft = |entry: &Arc<CachedResponse>, grace: Duration| {
+            let mut e = (**entry).clone();
+            tags::soften(&mut e, now, now + grace.as_millis() as u64);
+            Arc::new(e)
+        };
+        let mut held = false;
+        let was = &mut held;
+        // One at a time with the key's writes (moka computes on the primary
+        // slot): the fence and the purge are atomic against a fenced write.
+        self.entries
+            .entry(digest.to_owned())
+            .and_compute_with(|current| {
+                *was = current.is_some();
+                self.fence(digest, tag);
+                let current = current.map(|c| c.into_value());
+                async move {
+                    let Some(current) = current else {
+                        return Op::Nop;
+                    };
+                    let variants = match current.is_variant_index() {
+                        true => variant_list(&current),
+                        false => Vec::new(),
+                    };
+                    match mode {
+                        PurgeMode::Hard => {
+                            for v in variants {
+                                entries.invalidate(&slot(digest, Some(&v))).await;
+                            }
+                            Op::Remove
+                        }
+                        PurgeMode::Soft { grace } if current.is_variant_index() => {
+                            // Every variant (the index itself stays as it is).
+                            for v in variants {
+                                let slot = slot(digest, Some(&v));
+                                if let Some(variant) = entries.get(&slot).await {
+                                    entries.insert(slot, soft(&variant, grace)).await;
+                                }
+                            }
+                            Op::Nop
+                        }
+                        PurgeMode::Soft { grace } => Op::Put(soft(&current, grace)),
+                    }
+                }
+            })
+            .await;
+        held
+    }
+
     fn lease(
         &self,
         key: &CacheKey,
@@ -281,14 +368,16 @@ impl CacheStore for MemoryStore {
         // A tagged entry is indexed first, then its tags' purge times are
         // read (see `tags`): a purge either lists it or is seen here.
         let tagged = tags::entry_tags(key, &entry);
-        let (purged_ms, evicted) = if tagged.is_empty() {
-            (0, Vec::new())
-        } else {
-            let until = now + entry.keep_for(now).as_millis() as u64;
+        let (seen, evicted, floor, window) = {
             let mut index = self.tags.lock().expect("tags lock");
-            index.add(&tagged, digest, until, now)
+            let (seen, evicted) = if tagged.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let until = now + entry.keep_for(now).as_millis() as u64;
+                index.add(&tagged, digest, until, now)
+            };
+            (seen, evicted, index.purge_floor(), index.window)
         };
-        let window = self.tags.lock().expect("tags lock").window;
         let request_ms = tags::request_ms(&entry);
         let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
@@ -307,12 +396,14 @@ impl CacheStore for MemoryStore {
                         .check_write(lease.token, variant.as_deref())
                         .and_then(|()| {
                             let refused = !tagged.is_empty()
-                                && tags::refused_by_tag_purge(
-                                    purged_ms,
-                                    request_ms,
-                                    now_ms(),
-                                    window,
-                                );
+                                && (tags::older_than(request_ms, now_ms(), window)
+                                    || tags::refused_by_purges(
+                                        &seen,
+                                        floor,
+                                        &state.tag_fences,
+                                        lease.token.seq,
+                                        request_ms,
+                                    ));
                             match refused {
                                 true => Err(super::Refusal::Purged),
                                 false => state.record.write(lease.token, variant.as_deref()),
@@ -366,49 +457,11 @@ impl CacheStore for MemoryStore {
     }
 
     async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
-        let keys = &self.keys;
-        let entries = &self.entries;
-        let digest = key.digest();
-        let now = now_ms();
-        let stale_until = now + grace.as_millis() as u64;
-        let soft = |entry: &Arc<CachedResponse>| {
-            let mut e = (**entry).clone();
-            tags::soften(&mut e, now, stale_until);
-            Arc::new(e)
-        };
-        let mut held = false;
-        let was = &mut held;
-        self.entries
-            .entry(digest.to_owned())
-            .and_compute_with(|current| {
-                *was = current.is_some();
-                if let Some(state) = keys.lock().expect("keys lock").live(digest, Instant::now()) {
-                    state.record.purge();
-                }
-                let current = current.map(|c| c.into_value());
-                async move {
-                    let Some(current) = current else {
-                        return Op::Nop;
-                    };
-                    if !current.is_variant_index() {
-                        return Op::Put(soft(&current));
-                    }
-                    // Every variant (the index itself stays as it is).
-                    for v in variant_list(&current) {
-                        let slot = slot(digest, Some(&v));
-                        if let Some(variant) = entries.get(&slot).await {
-                            entries.insert(slot, soft(&variant)).await;
-                        }
-                    }
-                    Op::Nop
-                }
-            })
-            .await;
-        Ok(held)
+        Ok(self.purge_key(key, PurgeMode::Soft { grace }, None).await)
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
-        let members = self
+        let (id, members) = self
             .tags
             .lock()
             .expect("tags lock")
@@ -416,39 +469,14 @@ impl CacheStore for MemoryStore {
         let mut purge = TagPurge::default();
         for digest in members {
             let key = CacheKey::from_digest(&digest);
-            purge.hit += u64::from(self.purge(&key, mode).await?);
+            purge.hit += u64::from(self.purge_key(&key, mode, Some((tag, id))).await);
             purge.keys.push(key);
         }
         Ok(purge)
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let keys = &self.keys;
-        let entries = &self.entries;
-        let digest = key.digest();
-        let mut held = false;
-        let was = &mut held;
-        self.entries
-            .entry(digest.to_owned())
-            .and_compute_with(|current| {
-                *was = current.is_some();
-                if let Some(state) = keys.lock().expect("keys lock").live(digest, Instant::now()) {
-                    state.record.purge();
-                }
-                let variants = current
-                    .as_ref()
-                    .filter(|c| c.value().is_variant_index())
-                    .map(|c| variant_list(c.value()))
-                    .unwrap_or_default();
-                async move {
-                    for v in variants {
-                        entries.invalidate(&slot(digest, Some(&v))).await;
-                    }
-                    Op::Remove
-                }
-            })
-            .await;
-        Ok(held)
+        Ok(self.purge_key(key, PurgeMode::Hard, None).await)
     }
 
     async fn try_lock_after(

@@ -44,7 +44,7 @@
 //! then the per-key delete script once per member.
 
 use super::fence::{FencingToken, Refusal, new_epoch};
-use super::tags::{self, PurgeMode, TagPurge};
+use super::tags::{self, PurgeMode, SeenPurge, TagPurge};
 use super::{
     CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError, StreamChunks,
     StreamHead,
@@ -71,6 +71,25 @@ local function draw(rec, epoch, ttl)
   local n = redis.call('HINCRBY', rec, 'i', 1)
   if redis.call('PTTL', rec) < tonumber(ttl) then redis.call('PEXPIRE', rec, ttl) end
   return {e, n}
+end
+"#;
+
+/// Fence a key's record against every lease drawn so far (a Lua snippet of
+/// the delete scripts): raise a live record's purge floor to a fresh draw.
+/// For a purge of a tag (`field`: `t:<tag digest>`, not empty), note
+/// `<purge id>|<floor>` under `field`, making the record (epoch `epoch`) if
+/// the key has none, and keep it at least `window` ms: a fill whose lease
+/// is drawn after it is then known to come after that purge.
+const FENCE: &str = r#"
+local function fence(rec, field, id, epoch, window)
+  if field and field ~= '' then
+    if redis.call('EXISTS', rec) == 0 then redis.call('HSET', rec, 'e', epoch) end
+    local p = redis.call('HINCRBY', rec, 'i', 1)
+    redis.call('HSET', rec, 'p', p, field, id .. '|' .. p)
+    if redis.call('PTTL', rec) < tonumber(window) then redis.call('PEXPIRE', rec, window) end
+  elseif redis.call('EXISTS', rec) == 1 then
+    redis.call('HSET', rec, 'p', redis.call('HINCRBY', rec, 'i', 1))
+  end
 end
 "#;
 
@@ -150,10 +169,13 @@ return 1
 /// Fenced write ([`FenceRecord::write`](super::fence::FenceRecord::write) in
 /// Lua): 1 written; refused: -3 lease lost, -2 purged, -1 superseded.
 /// KEYS: entry, record. ARGV: payload, keep (ms), epoch, seq, written field.
-/// A tagged entry (`ARGV[11]` not empty: the latest purge time of its tags,
-/// ms, 0 for none) is refused (-2) when that purge is not before its origin
-/// request (`ARGV[12]`, ms) by the clock skew (`ARGV[13]`, ms), or when the
-/// request is older than the purge window (`ARGV[14]`, ms) by Redis' clock.
+/// A tagged entry (`ARGV[11]` not empty) is refused (-2) when its origin
+/// request (`ARGV[12]`, ms) is older than the purge window (`ARGV[14]`, ms)
+/// by Redis' clock, or for a purge of one of its tags it saw (from
+/// `ARGV[15]`, three each: the record field the purge notes, its time, its
+/// id) unless the record notes that very purge at a floor the lease is not
+/// below — then only if the purge is not before the request by the clock
+/// skew (`ARGV[13]`, ms).
 /// A write clears a soft purge's fields (`s`, `g`) from the slot it writes.
 /// A variant (`ARGV[6]`, its index, not empty) goes in its own slot
 /// (`KEYS[3]`), the key's index of variants under the entry key, and the
@@ -171,7 +193,15 @@ if n < tonumber(redis.call('HGET', KEYS[2], 'p') or '0') then return -2 end
 if n < tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0') then return -1 end
 if ARGV[11] ~= '' then
   local req, skew = tonumber(ARGV[12]), tonumber(ARGV[13])
-  if tonumber(ARGV[11]) + skew >= req then return -2 end
+  for j = 15, #ARGV, 3 do
+    local noted = redis.call('HGET', KEYS[2], ARGV[j])
+    local after = false
+    if noted then
+      local id, floor = string.match(noted, '^([^|]*)|(%d+)$')
+      after = id == ARGV[j + 2] and floor ~= nil and n >= tonumber(floor)
+    end
+    if not after and tonumber(ARGV[j + 1]) + skew >= req then return -2 end
+  end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if now + skew > req + tonumber(ARGV[14]) then return -2 end
@@ -202,8 +232,8 @@ return 1
 /// is valid: nothing is left behind. Returns whether an entry was held, and a
 /// chunked entry's manifest (its chunks are deleted next). Every variant goes
 /// too, and a body being streamed (its readers fail: it predates the purge).
-/// KEYS: entry, record, variants, stream. ARGV: slot prefix.
-/// KEYS: entry, record.
+/// KEYS: entry, record, variants, stream. ARGV: slot prefix; for a tag
+/// purge, [`FENCE`]'s field, purge id, epoch, window.
 const DELETE_SCRIPT: &str = r#"
 local d = redis.call('HGET', KEYS[1], 'd')
 local existed = redis.call('DEL', KEYS[1])
@@ -212,9 +242,7 @@ for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   redis.call('DEL', ARGV[1] .. v)
 end
 redis.call('DEL', KEYS[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
-end
+fence(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 if d and string.sub(d, 1, 5) == 'SLc1|' then return {existed, d} end
 return {existed, ''}
 "#;
@@ -225,7 +253,8 @@ return {existed, ''}
 /// streamed, and raise a live record's purge floor as [`DELETE_SCRIPT`]
 /// does. Returns whether an entry was held.
 /// KEYS: entry, record, variants, stream. ARGV: slot prefix, now (ms), stale
-/// until (ms), grace (ms).
+/// until (ms), grace (ms); for a tag purge, [`FENCE`]'s field, purge id,
+/// epoch, window.
 const SOFT_DELETE_SCRIPT: &str = r#"
 local keep = tonumber(ARGV[4])
 local function soften(k)
@@ -243,14 +272,13 @@ if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('PTTL', KEYS[3]) < keep the
   redis.call('PEXPIRE', KEYS[3], keep)
 end
 redis.call('DEL', KEYS[4])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
-end
+fence(KEYS[2], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 return held
 "#;
 
 /// A fill indexes its key under a tag, then reads the tag's purge record:
-/// `{purged at or '', digests dropped to keep the index bounded...}`.
+/// `{'<purged at>|<purge id>' or '', digests dropped to keep the index
+/// bounded...}`.
 /// KEYS: index, purge record. ARGV: digest, kept until (ms), drop members
 /// kept until before this (ms), most members, keep (ms: the index lives at
 /// least as long as the entry, by Redis' own clock).
@@ -270,14 +298,16 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KE
 return out
 "#;
 
-/// A tag purge begins: record it (the latest time wins, kept the purge
-/// window), then list the members still kept.
+/// A tag purge begins: record it (`<time>|<purge id>`: the latest time
+/// and this purge's id, kept the purge window), then list the members still
+/// kept.
 /// KEYS: index, purge record. ARGV: now (ms), window (ms), members kept
-/// until after this (ms).
+/// until after this (ms), purge id.
 const TAG_PURGE_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[2])
-if not cur or tonumber(cur) < tonumber(ARGV[1]) then cur = ARGV[1] end
-redis.call('SET', KEYS[2], cur, 'PX', ARGV[2])
+local at = ARGV[1]
+local cur = string.match(redis.call('GET', KEYS[2]) or '', '^(%d+)|')
+if cur and tonumber(cur) > tonumber(at) then at = cur end
+redis.call('SET', KEYS[2], at .. '|' .. ARGV[4], 'PX', ARGV[2])
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf')
 "#;
 
@@ -329,7 +359,7 @@ impl Manifest {
 }
 
 fn script(body: &str) -> Arc<Script> {
-    Arc::new(Script::from_lua(format!("{DRAW}\n{body}")))
+    Arc::new(Script::from_lua(format!("{DRAW}\n{FENCE}\n{body}")))
 }
 
 /// A token from a script's `{epoch, seq}` reply.
@@ -469,7 +499,7 @@ impl RedisStoreBuilder {
             stream_append_script: Arc::new(Script::from_lua(STREAM_APPEND_SCRIPT)),
             put_script: script(PUT_SCRIPT),
             delete_script: script(DELETE_SCRIPT),
-            soft_delete_script: Arc::new(Script::from_lua(SOFT_DELETE_SCRIPT)),
+            soft_delete_script: script(SOFT_DELETE_SCRIPT),
             tag_add_script: Arc::new(Script::from_lua(TAG_ADD_SCRIPT)),
             tag_purge_script: Arc::new(Script::from_lua(TAG_PURGE_SCRIPT)),
             purge_window: self.purge_window,
@@ -518,16 +548,93 @@ impl RedisStore {
         (format!("{base}:i"), format!("{base}:p"))
     }
 
+    /// The field of a key's fence record a purge of `tag` notes itself in.
+    fn tag_fence_field(tag: &str) -> String {
+        format!("t:{}", &blake3::hash(tag.as_bytes()).to_hex()[..32])
+    }
+
+    /// [`FENCE`]'s arguments for a purge of `tag` with `id` (none: a purge
+    /// of the key itself).
+    fn fence_args(&self, tag: Option<(&str, u64)>) -> Vec<String> {
+        match tag {
+            Some((tag, id)) => vec![
+                Self::tag_fence_field(tag),
+                id.to_string(),
+                new_epoch().to_string(),
+                self.purge_window.as_millis().max(1).to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Delete `key` (every variant), fenced; for a purge of a tag, noted in
+    /// its record. Whether an entry was held.
+    async fn delete_fenced(
+        &self,
+        key: &CacheKey,
+        tag: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
+        let (entry, _, record) = self.keys(key);
+        let variants = format!("{}:vs", self.tag(key));
+        let mut args = vec![format!("{}:e:", self.tag(key))];
+        args.extend(self.fence_args(tag));
+        let (existed, manifest): (i64, Bytes) = self
+            .delete_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry, record, variants, format!("{}:s", self.tag(key))],
+                args,
+            )
+            .await
+            .map_err(backend)?;
+        // A chunked entry's chunks go with it (unreachable already).
+        if let Some(manifest) = Manifest::parse(&manifest) {
+            let _: Result<i64, _> = self.pool.del(self.chunk_keys(key, &manifest)).await;
+        }
+        Ok(existed > 0)
+    }
+
+    /// Mark `key` stale (every variant) for `grace`, fenced; for a purge of
+    /// a tag, noted in its record. Whether an entry was held.
+    async fn soft_delete_fenced(
+        &self,
+        key: &CacheKey,
+        grace: Duration,
+        tag: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
+        let (entry, _, record) = self.keys(key);
+        let prefix = self.tag(key);
+        let now = now_ms();
+        let grace_ms = grace.as_millis().max(1) as u64;
+        let mut args = vec![
+            format!("{prefix}:e:"),
+            now.to_string(),
+            (now + grace_ms).to_string(),
+            grace_ms.to_string(),
+        ];
+        args.extend(self.fence_args(tag));
+        let held: i64 = self
+            .soft_delete_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry, record, format!("{prefix}:vs"), format!("{prefix}:s")],
+                args,
+            )
+            .await
+            .map_err(backend)?;
+        Ok(held > 0)
+    }
+
     /// Index `digest` under every tag, kept `keep_ms` from `now`: the latest
-    /// purge time of those tags (0: none) and the digests dropped from an
-    /// index to keep it bounded (their entries must go).
+    /// purge of each of those tags still recorded, and the digests dropped
+    /// from an index to keep it bounded (their entries must go).
     async fn index_tags(
         &self,
         tagged: &[String],
         digest: &str,
         now: u64,
         keep_ms: u64,
-    ) -> Result<(u64, Vec<String>), StoreError> {
+    ) -> Result<(Vec<SeenPurge>, Vec<String>), StoreError> {
         let skew = tags::CLOCK_SKEW.as_millis() as u64;
         let adds = tagged.iter().map(|tag| {
             let (index, record) = self.purge_tag_keys(tag);
@@ -543,17 +650,26 @@ impl RedisStore {
                 ],
             )
         });
-        let (mut purged, mut dropped) = (0u64, Vec::new());
-        for reply in futures_util::future::join_all(adds).await {
+        let (mut seen, mut dropped) = (Vec::new(), Vec::new());
+        for (tag, reply) in tagged
+            .iter()
+            .zip(futures_util::future::join_all(adds).await)
+        {
             let mut reply = reply.map_err(backend)?.into_iter();
-            let at = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
-            purged = purged.max(at.parse().unwrap_or(0));
+            let record = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
+            if let Some((at, id)) = record.split_once('|') {
+                seen.push(SeenPurge {
+                    tag: tag.clone(),
+                    at_ms: at.parse().unwrap_or(u64::MAX / 2),
+                    id: id.parse().unwrap_or(0),
+                });
+            }
             dropped.extend(reply.filter_map(|v| v.as_string()));
         }
         if !dropped.is_empty() {
             metrics::counter!("stampede_tag_index_evictions_total").increment(dropped.len() as u64);
         }
-        Ok((purged, dropped))
+        Ok((seen, dropped))
     }
 
     /// The slot `key` is read from: its entry, or the variant it names.
@@ -705,13 +821,11 @@ impl CacheStore for RedisStore {
         // A tagged entry is indexed first, then its tags' purge times are
         // read (see `tags`): a purge either lists it or is seen here.
         let tagged = tags::entry_tags(key, &entry);
-        let (purged, dropped) = if tagged.is_empty() {
-            (None, Vec::new())
+        let (seen, dropped) = if tagged.is_empty() {
+            (Vec::new(), Vec::new())
         } else {
-            let (at, dropped) = self
-                .index_tags(&tagged, key.digest(), now, keep_ms as u64)
-                .await?;
-            (Some(at), dropped)
+            self.index_tags(&tagged, key.digest(), now, keep_ms as u64)
+                .await?
         };
         let index = match &variant {
             Some(_) => Bytes::from(CachedResponse::variant_index(&entry.vary, now, keep).encode()),
@@ -729,6 +843,27 @@ impl CacheStore for RedisStore {
         } else {
             (encoded, Vec::new())
         };
+        let mut args = vec![
+            Value::Bytes(payload),
+            Value::from(keep_ms),
+            Value::from(lease.token.epoch.to_string()),
+            Value::from(lease.token.seq.to_string()),
+            Value::from(written),
+            Value::Bytes(index),
+            Value::from(now.to_string()),
+            Value::from(MAX_VARIANTS.to_string()),
+            Value::from(variant.clone().unwrap_or_default()),
+            Value::from(format!("{}:e:", self.tag(key))),
+            Value::from(if tagged.is_empty() { "" } else { "1" }),
+            Value::from(tags::request_ms(&entry).to_string()),
+            Value::from(tags::CLOCK_SKEW.as_millis().to_string()),
+            Value::from(self.purge_window.as_millis().to_string()),
+        ];
+        for purge in &seen {
+            args.push(Value::from(Self::tag_fence_field(&purge.tag)));
+            args.push(Value::from(purge.at_ms.to_string()));
+            args.push(Value::from(purge.id.to_string()));
+        }
         let result: i64 = self
             .put_script
             .evalsha_with_reload(
@@ -739,22 +874,7 @@ impl CacheStore for RedisStore {
                     self.slot(key, variant.as_deref()),
                     format!("{}:vs", self.tag(key)),
                 ],
-                vec![
-                    Value::Bytes(payload),
-                    Value::from(keep_ms),
-                    Value::from(lease.token.epoch.to_string()),
-                    Value::from(lease.token.seq.to_string()),
-                    Value::from(written),
-                    Value::Bytes(index),
-                    Value::from(now.to_string()),
-                    Value::from(MAX_VARIANTS.to_string()),
-                    Value::from(variant.unwrap_or_default()),
-                    Value::from(format!("{}:e:", self.tag(key))),
-                    Value::from(purged.map(|p| p.to_string()).unwrap_or_default()),
-                    Value::from(tags::request_ms(&entry).to_string()),
-                    Value::from(tags::CLOCK_SKEW.as_millis().to_string()),
-                    Value::from(self.purge_window.as_millis().to_string()),
-                ],
+                args,
             )
             .await
             .map_err(backend)?;
@@ -777,51 +897,18 @@ impl CacheStore for RedisStore {
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let (entry, _, record) = self.keys(key);
-        let variants = format!("{}:vs", self.tag(key));
-        let prefix = format!("{}:e:", self.tag(key));
-        let (existed, manifest): (i64, Bytes) = self
-            .delete_script
-            .evalsha_with_reload(
-                self.pool.next(),
-                vec![entry, record, variants, format!("{}:s", self.tag(key))],
-                vec![prefix],
-            )
-            .await
-            .map_err(backend)?;
-        // A chunked entry's chunks go with it (unreachable already).
-        if let Some(manifest) = Manifest::parse(&manifest) {
-            let _: Result<i64, _> = self.pool.del(self.chunk_keys(key, &manifest)).await;
-        }
-        Ok(existed > 0)
+        self.delete_fenced(key, None).await
     }
 
     async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
-        let (entry, _, record) = self.keys(key);
-        let tag = self.tag(key);
-        let now = now_ms();
-        let grace_ms = grace.as_millis().max(1) as u64;
-        let held: i64 = self
-            .soft_delete_script
-            .evalsha_with_reload(
-                self.pool.next(),
-                vec![entry, record, format!("{tag}:vs"), format!("{tag}:s")],
-                vec![
-                    format!("{tag}:e:"),
-                    now.to_string(),
-                    (now + grace_ms).to_string(),
-                    grace_ms.to_string(),
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        Ok(held > 0)
+        self.soft_delete_fenced(key, grace, None).await
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
         use futures_util::StreamExt;
         let (index, record) = self.purge_tag_keys(tag);
         let now = now_ms();
+        let id = new_epoch();
         let skew = tags::CLOCK_SKEW.as_millis() as u64;
         let members: Vec<String> = self
             .tag_purge_script
@@ -832,6 +919,7 @@ impl CacheStore for RedisStore {
                     now.to_string(),
                     self.purge_window.as_millis().max(1).to_string(),
                     now.saturating_sub(skew).to_string(),
+                    id.to_string(),
                 ],
             )
             .await
@@ -841,7 +929,12 @@ impl CacheStore for RedisStore {
             futures_util::stream::iter(members)
                 .map(|digest| async move {
                     let key = CacheKey::from_digest(&digest);
-                    let purged = self.purge(&key, mode).await;
+                    let purged = match mode {
+                        PurgeMode::Hard => self.delete_fenced(&key, Some((tag, id))).await,
+                        PurgeMode::Soft { grace } => {
+                            self.soft_delete_fenced(&key, grace, Some((tag, id))).await
+                        }
+                    };
                     (key, purged)
                 })
                 .buffer_unordered(32)

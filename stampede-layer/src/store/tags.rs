@@ -20,17 +20,23 @@
 //!   and never holds more than the live ones. It is bounded; a member it has
 //!   to drop takes its entry with it (evicted), so a purge never misses an
 //!   entry the index lost.
-//! * **Fenced**: a purge records "tag T purged at P" first (kept
+//! * **Fenced**: a purge records "tag T purged at P, purge id I" first (kept
 //!   [`DEFAULT_PURGE_WINDOW`], or the store's purge window: the fill deadline
-//!   and a margin), then fences and purges every member (the per-key delete
-//!   raises the key's purge floor, see [`fence`](super::fence)). A fill of a
+//!   and a margin), then fences and purges every member: the per-key delete
+//!   raises the key's purge floor (see [`fence`](super::fence)) and notes in
+//!   the key's fence record "fenced by purge I of T at floor F". A fill of a
 //!   tagged entry first adds its key to its tags' indexes, then reads their
-//!   purge times, then writes — refused when a purge time is not before the
-//!   fill's origin request by [`CLOCK_SKEW`], or when the fill is older than
-//!   the purge window (a purge record may have lapsed meanwhile). Either the
-//!   purge lists the member (and its fence refuses the fill's older lease), or
-//!   the fill reads the purge record: no fill that asked the origin before a
-//!   purge lands after it.
+//!   purge records, then writes. For each tag purged, the write lands if its
+//!   lease was drawn after that very purge fenced the key (the record says
+//!   purge I at floor F, and the lease's `seq` ≥ F: ordered by the record,
+//!   no clock involved); otherwise — the purge did not list the key, or has
+//!   not reached it yet — only if the purge time is before the fill's origin
+//!   request by [`CLOCK_SKEW`]. And a tagged fill older than the purge window
+//!   is refused (a purge record may have lapsed meanwhile). Either the purge
+//!   lists the member (and its fence refuses the fill's older lease), or the
+//!   fill reads the purge record: no fill that asked the origin before a
+//!   purge lands after it, and a fill that started after the purge fenced
+//!   its key lands at once.
 //! * **Soft**: the entry is marked stale instead of removed — fresh until
 //!   now, stale for at least the grace — so stale-while-revalidate answers it
 //!   while one refresh runs; fenced like a hard purge.
@@ -222,19 +228,54 @@ pub(crate) fn request_ms(entry: &CachedResponse) -> u64 {
         .saturating_sub(u64::from(entry.rebuild_ms))
 }
 
-/// Whether a tagged fill that asked the origin at `request_ms` must be
-/// refused at `now_ms`: its tags were purged at `purged_ms` (0: never),
-/// not before its request by [`CLOCK_SKEW`]; or it is older than the purge
-/// `window` (a purge record may have lapsed since).
-pub(crate) fn refused_by_tag_purge(
-    purged_ms: u64,
+/// Whether a purge at `purged_ms` (0: never) may have come after a fill's
+/// origin request at `request_ms`, clocks [`CLOCK_SKEW`] apart.
+pub(crate) fn purged_after(purged_ms: u64, request_ms: u64) -> bool {
+    purged_ms > 0 && purged_ms + CLOCK_SKEW.as_millis() as u64 >= request_ms
+}
+
+/// Whether a tagged fill that asked the origin at `request_ms` is, at
+/// `now_ms`, older than the purge `window`: a purge record may have lapsed
+/// since.
+pub(crate) fn older_than(request_ms: u64, now_ms: u64, window: Duration) -> bool {
+    now_ms + CLOCK_SKEW.as_millis() as u64 > request_ms.saturating_add(window.as_millis() as u64)
+}
+
+/// The latest purge of a tag a fill saw: its time (ms) and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SeenPurge {
+    pub(crate) tag: String,
+    pub(crate) at_ms: u64,
+    pub(crate) id: u64,
+}
+
+/// What a tag purge notes in each member's fence record: purge `id` of
+/// `tag` fenced it at purge floor `floor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TagFence {
+    pub(crate) tag: String,
+    pub(crate) id: u64,
+    pub(crate) floor: u64,
+}
+
+/// Whether a tagged write holding a lease of `seq`, of an entry whose
+/// origin request started at `request_ms`, must be refused for the purges
+/// it saw (`seen`; `floor_ms`: a time every tag counts as purged at) given
+/// what its key's fence record notes (`fences`).
+pub(crate) fn refused_by_purges(
+    seen: &[SeenPurge],
+    floor_ms: u64,
+    fences: &[TagFence],
+    seq: u64,
     request_ms: u64,
-    now_ms: u64,
-    window: Duration,
 ) -> bool {
-    let skew = CLOCK_SKEW.as_millis() as u64;
-    (purged_ms > 0 && purged_ms + skew >= request_ms)
-        || now_ms + skew > request_ms.saturating_add(window.as_millis() as u64)
+    purged_after(floor_ms, request_ms)
+        || seen.iter().any(|p| {
+            let fenced_before_lease = fences
+                .iter()
+                .any(|f| f.tag == p.tag && f.id == p.id && seq >= f.floor);
+            !fenced_before_lease && purged_after(p.at_ms, request_ms)
+        })
 }
 
 /// Mark `entry` soft-purged at `at_ms`: fresh no longer, stale (answerable
@@ -307,8 +348,9 @@ impl Members {
 #[derive(Debug)]
 pub(crate) struct TagIndex {
     tags: HashMap<String, Members>,
-    /// Tag → (purged at, record kept until), ms.
-    purges: HashMap<String, (u64, u64)>,
+    /// Tag → (purged at, record kept until (ms), purge id).
+    purges: HashMap<String, (u64, u64, u64)>,
+    last_id: u64,
     /// Raised to a dropped purge record's time when records had to be
     /// dropped for room: every tag counts as purged then.
     purge_floor: u64,
@@ -323,6 +365,7 @@ impl TagIndex {
         Self {
             tags: HashMap::new(),
             purges: HashMap::new(),
+            last_id: 0,
             purge_floor: 0,
             pairs: 0,
             max_pairs: max_pairs.max(1),
@@ -336,28 +379,37 @@ impl TagIndex {
         self.pairs
     }
 
-    /// The latest purge of `tag` still recorded at `now` (0: none).
-    fn purged(&self, tag: &str, now: u64) -> u64 {
-        let own = match self.purges.get(tag) {
-            Some(&(at, until)) if until > now => at,
-            _ => 0,
-        };
-        own.max(self.purge_floor)
+    /// The latest purge of `tag` still recorded at `now`.
+    fn purged(&self, tag: &str, now: u64) -> Option<SeenPurge> {
+        match self.purges.get(tag) {
+            Some(&(at_ms, until, id)) if until > now => Some(SeenPurge {
+                tag: tag.to_owned(),
+                at_ms,
+                id,
+            }),
+            _ => None,
+        }
     }
 
-    /// Index `digest` under `tags`, kept until `until`: the latest purge
-    /// time of those tags (0: none), and the digests dropped from the index
-    /// to keep it bounded (their entries must be evicted).
+    /// A time every tag counts as purged at (0: none): the latest of the
+    /// records dropped for room.
+    pub(crate) fn purge_floor(&self) -> u64 {
+        self.purge_floor
+    }
+
+    /// Index `digest` under `tags`, kept until `until`: the latest purge of
+    /// each of those tags still recorded, and the digests dropped from the
+    /// index to keep it bounded (their entries must be evicted).
     pub(crate) fn add(
         &mut self,
         tags: &[String],
         digest: &str,
         until: u64,
         now: u64,
-    ) -> (u64, Vec<String>) {
-        let mut purged = 0;
+    ) -> (Vec<SeenPurge>, Vec<String>) {
+        let mut seen = Vec::new();
         let Some(bits) = digest_bits(digest) else {
-            return (purged, Vec::new());
+            return (seen, Vec::new());
         };
         for tag in tags {
             let members = self.tags.entry(tag.clone()).or_default();
@@ -365,9 +417,9 @@ impl TagIndex {
             let before = members.len();
             members.insert(bits, until);
             self.pairs += members.len() - before;
-            purged = purged.max(self.purged(tag, now));
+            seen.extend(self.purged(tag, now));
         }
-        (purged, self.make_room(now))
+        (seen, self.make_room(now))
     }
 
     /// Keep at most `max_pairs` pairs: drop lapsed members; past the bound
@@ -400,28 +452,32 @@ impl TagIndex {
         evicted
     }
 
-    /// Record that `tag` is purged at `now`, and list its members.
-    pub(crate) fn begin_purge(&mut self, tag: &str, now: u64) -> Vec<String> {
+    /// Record that `tag` is purged at `now`: the purge's id, and the
+    /// tag's members.
+    pub(crate) fn begin_purge(&mut self, tag: &str, now: u64) -> (u64, Vec<String>) {
         let until = now + self.window.as_millis() as u64;
         if !self.purges.contains_key(tag) && self.purges.len() >= self.max_purges {
-            self.purges.retain(|_, &mut (_, u)| u > now);
+            self.purges.retain(|_, &mut (_, u, _)| u > now);
             if self.purges.len() >= self.max_purges {
                 // No room: every tag counts as purged at the latest time
                 // dropped (conservative: a few more fills refused).
-                let latest = self.purges.values().map(|&(at, _)| at).max();
+                let latest = self.purges.values().map(|&(at, _, _)| at).max();
                 self.purge_floor = self.purge_floor.max(latest.unwrap_or(0));
                 self.purges.clear();
             }
         }
-        let record = self.purges.entry(tag.to_owned()).or_insert((0, 0));
-        *record = (record.0.max(now), until);
-        match self.tags.get_mut(tag) {
+        self.last_id += 1;
+        let id = self.last_id;
+        let record = self.purges.entry(tag.to_owned()).or_insert((0, 0, 0));
+        *record = (record.0.max(now), until, id);
+        let members = match self.tags.get_mut(tag) {
             Some(members) => {
                 self.pairs -= members.prune(now);
                 members.until.keys().map(|d| format!("{d:032x}")).collect()
             }
             None => Vec::new(),
-        }
+        };
+        (id, members)
     }
 }
 
@@ -523,21 +579,53 @@ mod tests {
     fn the_fill_is_refused_after_a_purge_within_the_skew_and_when_too_old() {
         let w = DEFAULT_PURGE_WINDOW;
         let now = 1_000_000;
-        assert!(!refused_by_tag_purge(0, now - 100, now, w), "never purged");
+        assert!(!purged_after(0, now - 100), "never purged");
+        assert!(purged_after(now - 50, now - 100), "purged after it asked");
         assert!(
-            refused_by_tag_purge(now - 50, now - 100, now, w),
-            "purged after it asked"
-        );
-        assert!(
-            refused_by_tag_purge(now - 500, now - 100, now, w),
+            purged_after(now - 500, now - 100),
             "purged within the skew before it asked"
         );
-        assert!(!refused_by_tag_purge(now - 1200, now - 100, now, w));
-        let old = now - w.as_millis() as u64;
+        assert!(!purged_after(now - 1200, now - 100));
+        assert!(!older_than(now - 100, now, w));
+        assert!(older_than(now - w.as_millis() as u64, now, w));
+    }
+
+    #[test]
+    fn a_lease_drawn_after_the_purge_fenced_its_key_is_not_judged_by_the_clock() {
+        let seen = [SeenPurge {
+            tag: "t".into(),
+            at_ms: 1000,
+            id: 7,
+        }];
+        let fenced = [TagFence {
+            tag: "t".into(),
+            id: 7,
+            floor: 5,
+        }];
+        // Asked the origin right after the purge (within the skew).
+        let req = 1200;
         assert!(
-            refused_by_tag_purge(0, old, now, w),
-            "older than the window"
+            refused_by_purges(&seen, 0, &[], 9, req),
+            "not fenced: the clock"
         );
+        assert!(
+            !refused_by_purges(&seen, 0, &fenced, 5, req),
+            "leased after the fence"
+        );
+        assert!(
+            refused_by_purges(&seen, 0, &fenced, 4, req),
+            "leased before it"
+        );
+        let other = [TagFence {
+            id: 6,
+            ..fenced[0].clone()
+        }];
+        assert!(
+            refused_by_purges(&seen, 0, &other, 9, req),
+            "an earlier purge's fence"
+        );
+        assert!(refused_by_purges(&[], 1100, &fenced, 9, req), "the floor");
+        assert!(!refused_by_purges(&seen, 0, &[], 9, 2500), "past the skew");
     }
 
     #[test]
@@ -568,7 +656,7 @@ mod tests {
         }
         assert_eq!(index.pairs(), 20);
         // Kept until 100..110: at 105 half of them lapsed.
-        let mut members = index.begin_purge("a", 105);
+        let (_, mut members) = index.begin_purge("a", 105);
         members.sort();
         assert_eq!(members, (6..10).map(d).collect::<Vec<_>>());
         index.add(&tags[1..], &d(99), 200, 105);
@@ -591,23 +679,27 @@ mod tests {
             "every dropped member evicted"
         );
         assert!(evicted.contains(&d(0)), "the shortest kept go first");
-        assert!(index.begin_purge("hot", 0).contains(&d(499)));
+        assert!(index.begin_purge("hot", 0).1.contains(&d(499)));
     }
 
     #[test]
     fn purge_records_are_bounded_and_conservative() {
         let mut index = TagIndex::new(100, 4);
+        let at = |index: &TagIndex, tag: &str, now: u64| index.purged(tag, now).map(|p| p.at_ms);
         for (i, t) in ["a", "b", "c", "d"].iter().enumerate() {
-            index.begin_purge(t, 1000 + i as u64);
+            let (id, _) = index.begin_purge(t, 1000 + i as u64);
+            assert_eq!(id, i as u64 + 1, "ids are distinct");
         }
-        assert_eq!(index.purged("b", 2000), 1001);
-        assert_eq!(index.purged("z", 2000), 0);
+        assert_eq!(at(&index, "b", 2000), Some(1001));
+        assert_eq!(at(&index, "z", 2000), None);
+        assert_eq!(index.purge_floor(), 0);
         // A fifth record: no room, the dropped ones become a floor.
         index.begin_purge("e", 3000);
-        assert_eq!(index.purged("z", 3000), 1003);
-        assert_eq!(index.purged("e", 3000), 3000);
+        assert_eq!(at(&index, "b", 3000), None);
+        assert_eq!(index.purge_floor(), 1003);
+        assert_eq!(at(&index, "e", 3000), Some(3000));
         // Records lapse after the window.
         let later = 3000 + DEFAULT_PURGE_WINDOW.as_millis() as u64;
-        assert_eq!(index.purged("e", later), 1003);
+        assert_eq!(at(&index, "e", later), None);
     }
 }

@@ -148,6 +148,17 @@ pub async fn a_tag_or_prefix_purge_takes_its_entries_only(a: &dyn CacheStore, b:
         "{}: a fill that started before a tag purge landed",
         a.backend()
     );
+    // A fill whose lease was drawn after the purge fenced its key lands at
+    // once (its record orders them: no clock, no skew to wait out).
+    let after = a.ticket(&key(&path(0)), TTL).await.expect("ticket");
+    let refill = tagged(entry("refilled", 60_000, 0), &even, "");
+    assert_eq!(
+        put(a, &key(&path(0)), &refill, &after).await,
+        PutOutcome::Written,
+        "{}: a fill that started after a tag purge fenced its key was refused",
+        a.backend()
+    );
+    assert!(b.delete(&key(&path(0))).await.expect("delete"));
     // The Cache-Tag header's tag, then a prefix (at a '/' boundary only).
     let purge = a.purge_tag(&shared, PurgeMode::Hard).await.expect("purge");
     assert_eq!(purge.hit, 3, "{}: the odd ones, by Cache-Tag", a.backend());
@@ -311,6 +322,15 @@ pub async fn a_soft_purge_marks_every_variant_stale_and_fences(
             a.backend()
         );
     }
+    // The refresh that follows (its lease drawn after the purge) lands at once.
+    let t = a.ticket(&kv, TTL).await.expect("ticket");
+    let e = tagged(variant(entry("fr, refreshed", 60_000, 0), "fr"), &tag, "");
+    assert_eq!(
+        put(a, &kv, &e, &t).await,
+        PutOutcome::Written,
+        "{}: the refresh after a soft tag purge was refused",
+        a.backend()
+    );
 }
 
 /// Entries round-trip between handles; a delete says whether it held one.
