@@ -32,11 +32,13 @@
 //! * index `…:i` — a sorted set of the digests of the keys whose entries
 //!   carry the tag, each scored with the instant its entry is kept until;
 //!   members past it are dropped on every add, `PEXPIRE` = the longest
-//!   member's keep (extended on every add), at most `max_tag_members` (the members kept the shortest go
-//!   first, and their entries are deleted: the index never loses a live
-//!   entry);
-//! * purge record `…:p` — when the tag was last purged (ms), `PX` = the
-//!   purge window (see [`RedisStoreBuilder::purge_window`]).
+//!   member's keep (extended on every add), at most `max_tag_members` (the
+//!   members kept the shortest go first, and their entries are deleted: the
+//!   index never loses a live entry);
+//! * purge record `…:p` — `<time>|<purge id>` of the tag's last purge, `PX` =
+//!   the purge window (see [`RedisStoreBuilder::purge_window`]); each key the
+//!   purge fenced notes `<purge id>|<floor>` in its fence record, under
+//!   `t:<tag digest>`.
 //!
 //! A fill of a tagged entry runs one script per tag (add to the index, read
 //! the purge record), then the fenced write on the entry's slot; a tag purge
