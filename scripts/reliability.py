@@ -26,7 +26,7 @@ import sys
 CAMPAIGN_JSON = "docs/results/campaign.json"
 CAMPAIGN_START, CAMPAIGN_END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
-TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge"]
+TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge", "purge"]
 
 PROTECTIONS = [
     ("Redis outage", "faults::redis_outage_is_survived_and_recovered_from",
@@ -85,6 +85,12 @@ PROTECTIONS = [
      "X-Forwarded-For / Forwarded replaced with the peer (or appended: --forwarded-headers append); Via added both ways."),
     ("Admin token guessing", "admin_auth::a_bad_token_is_401_whatever_the_body",
      "Constant-time token comparison before the body is read or parsed."),
+    ("Purge by tag, fleet-wide", "purge::a_tag_purge_reaches_every_gateway_within_100ms",
+     "Origin tags (`Surrogate-Key`, `Cache-Tag`) and path prefixes index each entry (Redis: a sorted set per tag on its own slot; bounded, expiring with its entries); a tag purge lists the tag's keys and runs the fenced per-key delete on each, and every gateway's near copies are dropped over pub/sub. 3 gateways, 10,000 entries over 100 tags: no old answer once the purge answered; the other entries stay hits. Also on the 3-node cluster (`cluster::store_lock_and_fencing_work_on_a_cluster`) and by prefix (`purge::a_prefix_purge_takes_the_paths_under_it_only`)."),
+    ("Hard purge of a hot key (a herd of waiters)", "purge::a_soft_purge_of_a_hot_key_costs_one_origin_request_and_no_wait",
+     "Soft purge (`\"soft\": true`): entries marked stale (fenced like a hard purge) and answered stale while one refresh runs fleet-wide: one origin request, no client waits — beside a hard purge of the same hot key, where the clients asking during the rebuild wait for it."),
+    ("Tag purge racing a fill the index does not list yet", "purge::a_slow_fill_started_before_a_tag_purge_is_refused",
+     "A purge records the tag's purge time first; a tagged fill adds itself to the index, then reads that record, then writes — refused unless its lease came after the purge fenced its key, or its origin request came more than the allowed clock skew (1 s) after the purge (docs/LAYERS.md, Fencing). Redis and the in-process store."),
     ("Memory bound under a key flood", "memory_bound::rss_stays_within_the_bound_under_a_flood_of_keys_with_large_vary_values",
      "The in-process store weighs each entry with its body, headers and stored Vary request values against --memory-max-bytes (moka); RSS grows by at most the bound plus a documented overhead (half the bound + 32 MiB: moka's per-entry bookkeeping, allocator slack). 1 000 000 keys here."),
     ("Secrets in logs / plaintext TLS", "cli::rediss_works_and_never_falls_back_to_plaintext",

@@ -17,9 +17,12 @@ use axum::routing::{get, post};
 use http::{Method, Request, Uri};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use stampede_layer::{CacheKey, HotKeys, SharedStore, StampedeService};
+use stampede_layer::store::tags;
+use stampede_layer::{CacheKey, HotKeys, PurgeMode, SharedStore, StampedeService};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tower::ServiceExt;
 
 /// Shared state of the admin listener.
@@ -39,6 +42,9 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Whether a degraded store (Redis unreachable) makes `/readyz` 503.
     pub readyz_requires_store: bool,
+    /// How long a soft purge keeps entries answerable stale (the gateway's
+    /// `--stale-ttl`, at least 1 s).
+    pub soft_purge_grace: Duration,
 }
 
 /// The admin router.
@@ -156,21 +162,68 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Uri>, Refusal> {
         .collect()
 }
 
-/// Purge `paths`: answers how many entries were held (`purged`), how many
-/// paths were fenced (`fenced`: every one, held or not, so a fill in flight
-/// cannot undo the purge), and — 503 — the paths the shared store did not
+/// Body of a purge: exact paths (with query), origin tags (`Surrogate-Key`,
+/// `Cache-Tag`), path prefixes (ending at a `/`), hard (default) or soft.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// e.g. `["/items/1", "/items/2?x=1"]`.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// e.g. `["product-42"]`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// e.g. `["/items/"]`: every entry whose path starts with it.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Mark the entries stale (served stale while one refresh runs) instead
+    /// of removing them.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+fn bad_request(text: String) -> Refusal {
+    Box::new((StatusCode::BAD_REQUEST, text + "\n").into_response())
+}
+
+/// Purge `paths`, `tags` and `prefixes`, hard or `soft`: answers how many
+/// entries it hit (`purged`: held, and removed or marked stale; per tag and
+/// prefix under `tags` and `prefixes`), how many keys were fenced (`fenced`:
+/// every path, held or not, and every key a tag's index listed, so a fill in
+/// flight cannot undo the purge), and — 503 — what the shared store did not
 /// take (`failed`: Redis unreachable; the purge reached this gateway only).
-async fn purge(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response {
+/// 400 names the path, tag or prefix it cannot purge, and why.
+async fn purge(State(s): State<AdminState>, Json(body): Json<PurgeRequest>) -> Response {
     let uris = match parse_paths(&body.paths) {
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let (mut purged, mut fenced, mut failed) = (0, 0, Vec::new());
+    if let Some(bad) = body.tags.iter().find(|t| !tags::is_valid_tag(t)) {
+        return *bad_request(format!(
+            "not a tag: {bad:?} (1 to {} bytes of visible ASCII, no space or comma)",
+            tags::MAX_TAG_BYTES
+        ));
+    }
+    let mut prefixes = Vec::new();
+    for p in &body.prefixes {
+        match tags::normalise_prefix(p) {
+            Ok(normal) => prefixes.push((p, normal)),
+            Err(why) => return *bad_request(format!("not a prefix: {p:?}: {why}")),
+        }
+    }
+    let mode = if body.soft {
+        PurgeMode::Soft {
+            grace: s.soft_purge_grace,
+        }
+    } else {
+        PurgeMode::Hard
+    };
+    let (mut purged, mut fenced, mut failed) = (0u64, 0usize, Vec::new());
     for (uri, path) in uris.iter().zip(&body.paths) {
-        match s.store.delete(&CacheKey::new(&Method::GET, uri)).await {
+        match s.store.purge(&CacheKey::new(&Method::GET, uri), mode).await {
             Ok(held) => {
                 fenced += 1;
-                purged += usize::from(held);
+                purged += u64::from(held);
             }
             Err(err) => {
                 tracing::warn!(path, error = %err, "purge failed");
@@ -178,7 +231,45 @@ async fn purge(State(s): State<AdminState>, Json(body): Json<Paths>) -> Response
             }
         }
     }
-    let body = serde_json::json!({ "purged": purged, "fenced": fenced, "failed": failed });
+    let by_tag = body.tags.iter().map(|t| (t, t.clone()));
+    let by_prefix = prefixes.iter().map(|(p, n)| (*p, tags::prefix_tag(n)));
+    let (mut tag_hits, mut prefix_hits) = (BTreeMap::new(), BTreeMap::new());
+    for (is_tag, (name, tag)) in by_tag
+        .map(|t| (true, t))
+        .chain(by_prefix.map(|p| (false, p)))
+    {
+        match s.store.purge_tag(&tag, mode).await {
+            Ok(done) => {
+                fenced += done.keys.len();
+                purged += done.hit;
+                let hits = if is_tag {
+                    &mut tag_hits
+                } else {
+                    &mut prefix_hits
+                };
+                hits.insert(name.clone(), done.hit);
+            }
+            Err(err) => {
+                tracing::warn!(tag = name, error = %err, "purge failed");
+                failed.push(name.clone());
+            }
+        }
+    }
+    tracing::info!(
+        purged,
+        fenced,
+        soft = body.soft,
+        failed = failed.len(),
+        "purge"
+    );
+    let body = serde_json::json!({
+        "purged": purged,
+        "fenced": fenced,
+        "failed": failed,
+        "soft": body.soft,
+        "tags": tag_hits,
+        "prefixes": prefix_hits,
+    });
     if failed.is_empty() {
         Json(body).into_response()
     } else {
@@ -309,6 +400,16 @@ mod tests {
         let all = serde_json::to_string(&hot_key_report(top(), true)).unwrap();
         assert!(all.contains("token=s3cret"), "{all}");
         assert!(!all.contains("query_redacted"), "{all}");
+    }
+
+    #[test]
+    fn purge_bodies() {
+        let parse = |s: &str| serde_json::from_str::<PurgeRequest>(s);
+        let p = parse(r#"{"paths":["/a"]}"#).unwrap();
+        assert_eq!((p.paths.len(), p.tags.len(), p.soft), (1, 0, false));
+        let p = parse(r#"{"tags":["t"],"prefixes":["/x/"],"soft":true}"#).unwrap();
+        assert!(p.paths.is_empty() && p.soft);
+        assert!(parse(r#"{"tag":["t"]}"#).is_err(), "a typo is refused");
     }
 
     #[test]

@@ -88,10 +88,14 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
 /// Waits up to 2 s for the connection; if Redis cannot be reached by then
 /// (a TLS failure included), the gateway comes up on its in-process fallback
 /// (degraded) and joins Redis in the background when it answers.
-async fn redis_store(url: &str, redis_ca: Option<&std::path::Path>) -> anyhow::Result<RedisStore> {
+async fn redis_store(
+    url: &str,
+    redis_ca: Option<&std::path::Path>,
+    purge_window: Duration,
+) -> anyhow::Result<RedisStore> {
     config::check_redis_url(url).map_err(anyhow::Error::msg)?;
     let redacted = config::redact_url(url);
-    let mut builder = RedisStore::builder(url);
+    let mut builder = RedisStore::builder(url).purge_window(purge_window);
     if config::redis_url_uses_tls(url) {
         builder = builder.tls(tls::client_config(redis_ca, "--redis-ca")?);
     } else if redis_ca.is_some() {
@@ -117,13 +121,17 @@ async fn redis_store(url: &str, redis_ca: Option<&std::path::Path>) -> anyhow::R
 
 /// Connect the store the configuration asks for.
 pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
+    // Tag purges are remembered for as long as a fill that started before
+    // one may still land (the fill deadline), and a margin.
+    let purge_window = config.fill_deadline + Duration::from_secs(30);
     Ok(match &config.redis {
         Some(url) => {
-            let store = redis_store(url, config.redis_ca.as_deref()).await?;
+            let store = redis_store(url, config.redis_ca.as_deref(), purge_window).await?;
             let tls = config::redis_url_uses_tls(url);
             let url = config::redact_url(url);
             tracing::info!(%url, tls, "store: Redis (entries and rebuild locks shared by every gateway on it); falls back to an in-process store while Redis fails");
-            let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes);
+            let fallback = MemoryStore::new(config.memory_max_entries, config.memory_max_bytes)
+                .purge_window(purge_window);
             let breaker =
                 FallbackStore::new(store.clone(), fallback).degraded_ttl(config.degraded_ttl);
             if config.near_cache_ttl.is_zero() {
@@ -157,10 +165,10 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
             } else {
                 tracing::info!("store: in-process");
             }
-            Arc::new(MemoryStore::new(
-                config.memory_max_entries,
-                config.memory_max_bytes,
-            ))
+            Arc::new(
+                MemoryStore::new(config.memory_max_entries, config.memory_max_bytes)
+                    .purge_window(purge_window),
+            )
         }
     })
 }
@@ -359,6 +367,7 @@ pub async fn run(
             .map(Into::into),
         ready: ready.clone(),
         readyz_requires_store: config.readyz_requires_redis,
+        soft_purge_grace: config.stale_ttl.max(Duration::from_secs(1)),
     };
     if let Some(list) = warm_list {
         let stack = stack.clone();

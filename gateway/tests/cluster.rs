@@ -1,14 +1,17 @@
 //! Store, lock and fencing unchanged on a local 3-node Redis Cluster
 //! (started here from redis-server processes): the hash-tagged keys and the
-//! Lua scripts are cluster-safe.
+//! Lua scripts are cluster-safe — tag purges too (a tag's index lives on
+//! another slot than its entries; no script crosses slots).
 
 mod common;
 
 use axum::Router;
 use axum::routing::get;
-use common::{config, get as http_get, report, serve};
+use common::{config, get as http_get, report, send, serve};
 use stampede_layer::testing::{RedisServer, contract, fill};
-use stampede_layer::{CacheKey, CacheStore, CachedResponse, PutOutcome, RedisStore, Refusal};
+use stampede_layer::{
+    CacheKey, CacheStore, CachedResponse, PurgeMode, PutOutcome, RedisStore, Refusal,
+};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +144,51 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         assert!(b.try_lock(&key, ttl).await.unwrap().acquired().is_some());
     }
 
+    // Tag purges: 60 keys over every node's slots, tagged in three groups.
+    let tagged = |i: usize| {
+        let mut e = entry(&format!("t{i}"), 0);
+        e.headers = vec![(
+            "surrogate-key".into(),
+            format!("cluster-group-{} cluster-all", i % 3).into_bytes(),
+        )];
+        e
+    };
+    let tag_key =
+        |i: usize| CacheKey::new(&http::Method::GET, &format!("/tagged/{i}").parse().unwrap());
+    for i in 0..60 {
+        assert_eq!(
+            fill(&a, &tag_key(i), &tagged(i)).await.unwrap(),
+            PutOutcome::Written
+        );
+    }
+    let hard = b
+        .purge_tag("cluster-group-0", PurgeMode::Hard)
+        .await
+        .unwrap();
+    assert_eq!(hard.hit, 20, "one group, hard");
+    let soft = b
+        .purge_tag(
+            "cluster-group-1",
+            PurgeMode::Soft {
+                grace: Duration::from_secs(30),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(soft.hit, 20, "another group, soft");
+    let now = stampede_layer::entry::now_ms();
+    for i in 0..60 {
+        let got = a.get(&tag_key(i)).await.unwrap();
+        match i % 3 {
+            0 => assert_eq!(got, None, "/tagged/{i}: purged"),
+            1 => assert!(!got.unwrap().is_fresh(now), "/tagged/{i}: marked stale"),
+            _ => assert!(got.unwrap().is_fresh(now), "/tagged/{i}: untouched"),
+        }
+    }
+    let prefix = stampede_layer::store::tags::prefix_tag("/tagged/");
+    let by_prefix = a.purge_tag(&prefix, PurgeMode::Hard).await.unwrap();
+    assert_eq!(by_prefix.hit, 40, "the rest, by prefix");
+
     // Two gateways on the cluster share one cache.
     let calls = Arc::new(AtomicU64::new(0));
     let c = calls.clone();
@@ -150,17 +198,21 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
             let c = c.clone();
             async move {
                 c.fetch_add(1, Ordering::SeqCst);
-                "{}"
+                ([("surrogate-key", "cluster-items")], "{}")
             }
         }),
     ))
     .await;
-    let g1 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"]))
-        .await
-        .unwrap();
-    let g2 = gateway::spawn(config(origin, "all", &["--redis", &url, "--ttl", "30s"]))
-        .await
-        .unwrap();
+    let flags = [
+        "--redis",
+        &url,
+        "--ttl",
+        "30s",
+        "--admin-token",
+        "cluster-token",
+    ];
+    let g1 = gateway::spawn(config(origin, "all", &flags)).await.unwrap();
+    let g2 = gateway::spawn(config(origin, "all", &flags)).await.unwrap();
     http_get(&format!("http://{}/items/500", g1.addr)).await;
     let hit = http_get(&format!("http://{}/items/500", g2.addr)).await;
     assert!(
@@ -169,6 +221,27 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         hit.cache_status()
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let shared = calls.load(Ordering::SeqCst);
+    // A tag purge through one gateway's admin API reaches the other.
+    let purge = send(
+        http::Method::POST,
+        &format!("http://{}/admin/purge", g1.admin_addr),
+        &[
+            ("authorization", "Bearer cluster-token"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"tags":["cluster-items"]}"#,
+    )
+    .await;
+    assert_eq!(purge.status, 200, "{}", purge.body);
+    assert!(purge.body.contains(r#""purged":1"#), "{}", purge.body);
+    let after = http_get(&format!("http://{}/items/500", g2.addr)).await;
+    assert!(
+        !after.cache_status().contains("; hit"),
+        "purged: {}",
+        after.cache_status()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
     g1.shutdown().await.unwrap();
     g2.shutdown().await.unwrap();
     report(
@@ -177,7 +250,9 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
             "keys": 50,
             "fenced_writes_rejected": refused,
             "store contract": "passed",
-            "origin_calls_for_two_gateways": calls.load(Ordering::SeqCst),
+            "tag purges (hard / soft / prefix): entries hit": format!("{} / {} / {}", hard.hit, soft.hit, by_prefix.hit),
+            "origin_calls_for_two_gateways": shared,
+            "origin calls after a tag purge through one gateway, read through the other": calls.load(Ordering::SeqCst) - shared,
         }),
     );
     drop(cluster);

@@ -94,6 +94,18 @@ impl CacheKey {
         }
     }
 
+    /// The key whose [`digest`](Self::digest) is `digest` (e.g. a member of
+    /// a purge tag's index, see [`store::tags`](crate::store::tags)): stores
+    /// use only the digest and the variant, so it reaches the same entry as
+    /// the key it was taken from. It has no display text beyond the digest.
+    pub fn from_digest(digest: &str) -> Self {
+        Self {
+            digest: digest.to_owned(),
+            display: format!("#{digest}"),
+            variant: None,
+        }
+    }
+
     /// The same key, scoped to one variant (a digest of the request's values
     /// of the headers the stored response varies on): two concurrent
     /// requests that select different variants rebuild separately.

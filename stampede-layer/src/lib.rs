@@ -141,7 +141,8 @@ pub use stack::{Mitigations, Stampede, StampedeLayer, StampedeService};
 pub use status::{CacheStatus, Detail, Fwd, Outcome};
 pub use store::{
     CacheStore, FallbackStore, FencingToken, LockAttempt, LockLease, MemoryStore, NearCacheConfig,
-    NearCacheStore, PutOutcome, RebuildFailure, Refusal, SharedStore, StoreError,
+    NearCacheStore, PurgeMode, PutOutcome, RebuildFailure, Refusal, SharedStore, StoreError,
+    TagPurge,
 };
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};

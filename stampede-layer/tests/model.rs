@@ -28,6 +28,20 @@
 //!
 //! The legacy protocol breaks both (the cold-key pause of issue #19 among the
 //! counterexamples); the fenced one holds them in every reachable state.
+//!
+//! Purge by tag (issue #24) adds a race with the tag's index: a tag purge
+//! lists the tag's keys, then fences each listed key; a fill of a tagged
+//! entry joins the index only when it has its answer, so a fill that asked
+//! the origin before the purge may join after the listing. The model adds
+//! the tag purge's two steps (begin: record and list; fence: the per-key
+//! delete of a listed key) and the fill's index step (join the index, read
+//! the tag's purge record), under one more invariant, `no tag purge undone
+//! by a fill that asked the origin before it`. A single clock stands for the
+//! gateways' clocks (the allowed skew is a margin on top; see
+//! docs/LAYERS.md). Without the purge record the checker finds the race;
+//! with it (and the purge id the fence notes in the key's record) it finds
+//! none — and a fill that started after the purge fenced its key still
+//! lands.
 
 use stampede_layer::store::fence::{FenceRecord, FencingToken};
 use stateright::{Checker, Model, Property};
@@ -57,7 +71,38 @@ enum Phase {
     Leased,
     /// Read `version` from the origin; the write is pending.
     Fetched(u8),
+    /// Tagged: joined the tag's index (and read its purge record); the
+    /// write of `version` is pending.
+    Indexed(u8),
     Done,
+}
+
+/// How purges by tag are fenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Tags {
+    /// No tags (the model of issue #19).
+    Off,
+    /// The per-key fence of the listed keys only.
+    ListedOnly,
+    /// The purge record read by the fill, and the purge id noted in the
+    /// fenced key's record (today's).
+    Recorded,
+}
+
+/// A tag purge's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum TagPurge {
+    Idle,
+    /// Recorded (at `at`, id `id`, the origin at `version`) and listed;
+    /// the listed key is not fenced yet.
+    Listed {
+        at: u8,
+        id: u8,
+        version: u8,
+    },
+    Done {
+        at: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +113,13 @@ struct Fill {
     variant: u8,
     /// Ghost: when the rebuild started (took its lease).
     started: u8,
+    /// When it asked the origin (its request time).
+    fetched: u8,
+    /// The tag purge record it read when it joined the index: (at, id).
+    seen: Option<(u8, u8)>,
+    /// Its request is older than the purge record's life (the record it
+    /// would have to read lapsed): refused.
+    too_old: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -79,8 +131,19 @@ struct State {
     updates: u8,
     purges: u8,
     flushes: u8,
-    /// Ghost clock: bumped by every lease draw and every purge.
+    /// Ghost clock: bumped by every lease draw, origin request and purge.
     clock: u8,
+    // --- purge by tag ---
+    /// The key is in the tag's index.
+    indexed: bool,
+    /// The tag's purge record: (at, purge id).
+    tag_record: Option<(u8, u8)>,
+    /// The purge id and floor the last tag purge noted in the key's record
+    /// (part of the record: gone with it).
+    tag_note: Option<(u8, u64)>,
+    tag_purge: TagPurge,
+    tag_purges: u8,
+    violation_tag: bool,
     // --- the store ---
     /// Entry per variant: (version, legacy token).
     entries: Vec<Option<(u8, u64)>>,
@@ -132,6 +195,14 @@ enum Action {
     TombstoneExpires,
     /// `FLUSHALL` or a restart without persistence.
     Flush,
+    /// Fill `i` (tagged) joins the tag's index and reads its purge record.
+    Index(usize),
+    /// A tag purge records itself and lists the tag's index.
+    TagPurgeBegin,
+    /// It fences (and deletes) the key it listed.
+    TagPurgeFence,
+    /// The tag's purge record lapses (its window).
+    TagRecordExpires,
 }
 
 struct Protocols {
@@ -144,6 +215,7 @@ struct Protocols {
     max_flushes: u8,
     /// Whether fills may start without the lock.
     unlocked: bool,
+    tags: Tags,
 }
 
 impl Protocols {
@@ -193,6 +265,9 @@ impl Protocols {
             locked,
             variant,
             started: s.clock,
+            fetched: 0,
+            seen: None,
+            too_old: false,
         };
         s.started += 1;
     }
@@ -204,9 +279,27 @@ impl Protocols {
         match (self.protocol, fill.lease.expect("leased")) {
             (Protocol::Fenced, Lease::Token(token)) => {
                 let variant = format!("{v}");
+                let note = s.tag_note;
                 let Some(record) = s.record.as_mut() else {
                     return false;
                 };
+                if record.check_write(token, Some(&variant)).is_err() {
+                    return false;
+                }
+                if self.tags == Tags::Recorded {
+                    // `tags::refused_by_purges` with one clock: refused when
+                    // the purge it read came after its request, unless that
+                    // very purge fenced the key before its lease was drawn.
+                    let fenced_before = |(_, id): (u8, u8)| {
+                        note.is_some_and(|(n, floor)| n == id && token.seq >= floor)
+                    };
+                    let refused = fill
+                        .seen
+                        .is_some_and(|seen| !fenced_before(seen) && seen.0 >= fill.fetched);
+                    if refused || fill.too_old {
+                        return false;
+                    }
+                }
                 if record.write(token, Some(&variant)).is_err() {
                     return false;
                 }
@@ -272,6 +365,9 @@ impl Model for Protocols {
                     locked: false,
                     variant: 0,
                     started: 0,
+                    fetched: 0,
+                    seen: None,
+                    too_old: false,
                 };
                 self.fills
             ],
@@ -292,11 +388,17 @@ impl Model for Protocols {
             purged_version: 0,
             violation_order: false,
             violation_stale: false,
+            indexed: false,
+            tag_record: None,
+            tag_note: None,
+            tag_purge: TagPurge::Idle,
+            tag_purges: 0,
+            violation_tag: false,
         }]
     }
 
     fn actions(&self, s: &State, actions: &mut Vec<Action>) {
-        if s.violation_order || s.violation_stale {
+        if s.violation_order || s.violation_stale || s.violation_tag {
             return;
         }
         for (i, f) in s.fills.iter().enumerate() {
@@ -312,7 +414,11 @@ impl Model for Protocols {
                     }
                 }
                 Phase::Leased => actions.push(Action::Fetch(i)),
-                Phase::Fetched(_) => {
+                Phase::Fetched(_) if self.tags != Tags::Off => {
+                    actions.push(Action::Index(i));
+                    actions.push(Action::Abandon(i));
+                }
+                Phase::Fetched(_) | Phase::Indexed(_) => {
                     actions.push(Action::Write(i));
                     actions.push(Action::Abandon(i));
                 }
@@ -351,6 +457,16 @@ impl Model for Protocols {
         if s.flushes < self.max_flushes {
             actions.push(Action::Flush);
         }
+        if self.tags != Tags::Off {
+            match s.tag_purge {
+                TagPurge::Idle if s.tag_purges < 1 => actions.push(Action::TagPurgeBegin),
+                TagPurge::Listed { .. } => actions.push(Action::TagPurgeFence),
+                _ => {}
+            }
+            if s.tag_record.is_some() {
+                actions.push(Action::TagRecordExpires);
+            }
+        }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
@@ -358,10 +474,71 @@ impl Model for Protocols {
         match action {
             Action::StartLocked(i, v) => self.start(&mut s, i, v, true),
             Action::StartUnlocked(i, v) => self.start(&mut s, i, v, false),
-            Action::Fetch(i) => s.fills[i].phase = Phase::Fetched(s.origin_version),
-            Action::Write(i) => {
+            Action::Fetch(i) => {
+                if self.tags != Tags::Off {
+                    s.clock += 1;
+                    s.fills[i].fetched = s.clock;
+                }
+                s.fills[i].phase = Phase::Fetched(s.origin_version);
+            }
+            Action::Index(i) => {
                 let Phase::Fetched(version) = s.fills[i].phase else {
                     return None;
+                };
+                s.indexed = true;
+                s.fills[i].seen = s.tag_record;
+                s.fills[i].phase = Phase::Indexed(version);
+            }
+            Action::TagPurgeBegin => {
+                s.clock += 1;
+                s.tag_purges += 1;
+                let (at, id, version) = (s.clock, s.tag_purges, s.origin_version);
+                s.tag_record = Some((at, id));
+                s.tag_purge = match s.indexed {
+                    true => TagPurge::Listed { at, id, version },
+                    // Nothing listed: nothing to fence; it has returned.
+                    false => {
+                        s.purged_version = version;
+                        TagPurge::Done { at }
+                    }
+                };
+            }
+            Action::TagPurgeFence => {
+                let TagPurge::Listed { at, id, version } = s.tag_purge else {
+                    return None;
+                };
+                // It returns once its key is fenced.
+                s.purged_version = version;
+                for e in s.entries.iter_mut() {
+                    *e = None;
+                }
+                if self.tags == Tags::Recorded && s.record.is_none() {
+                    // The purge makes the record to note itself in.
+                    s.epochs += 1;
+                    s.record = Some(FenceRecord::new(s.epochs));
+                }
+                if let Some(r) = s.record.as_mut() {
+                    let floor = r.purge();
+                    if self.tags == Tags::Recorded {
+                        s.tag_note = Some((id, floor));
+                    }
+                }
+                s.tag_purge = TagPurge::Done { at };
+            }
+            Action::TagRecordExpires => {
+                // Only past its window: a fill that asked the origin before
+                // the purge and has not written yet is older than that.
+                let (at, _) = s.tag_record.take()?;
+                for f in s.fills.iter_mut() {
+                    if matches!(f.phase, Phase::Fetched(_) | Phase::Indexed(_)) && f.fetched < at {
+                        f.too_old = true;
+                    }
+                }
+            }
+            Action::Write(i) => {
+                let version = match s.fills[i].phase {
+                    Phase::Fetched(v) | Phase::Indexed(v) => v,
+                    _ => return None,
                 };
                 let fill = s.fills[i];
                 if self.write(&mut s, i, version) {
@@ -373,6 +550,14 @@ impl Model for Protocols {
                     }
                     if version < s.purged_version {
                         s.violation_stale = true;
+                    }
+                    // A tag purge that began after this fill asked the
+                    // origin, and will not delete what it wrote (done, or
+                    // the key is not among those it still has to fence).
+                    if let TagPurge::Done { at } = s.tag_purge
+                        && at > fill.fetched
+                    {
+                        s.violation_tag = true;
                     }
                     s.landed[v] = Some(s.landed[v].map_or(fill.started, |t| t.max(fill.started)));
                 }
@@ -402,11 +587,15 @@ impl Model for Protocols {
             Action::FenceExpires => {
                 s.record = None;
                 s.counter = None;
+                s.tag_note = None;
             }
             Action::EntryExpires(v) => s.entries[v as usize] = None,
             Action::TombstoneExpires => s.tombstone = None,
             Action::Flush => {
                 s.flushes += 1;
+                s.tag_record = None;
+                s.tag_note = None;
+                s.indexed = false;
                 s.record = None;
                 s.counter = None;
                 s.tombstone = None;
@@ -426,7 +615,7 @@ impl Model for Protocols {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always(
                 "a write never lands after a later write or purge",
                 |_, s: &State| !s.violation_order,
@@ -437,7 +626,24 @@ impl Model for Protocols {
             Property::sometimes("a write lands", |_, s: &State| {
                 s.landed.iter().any(Option::is_some)
             }),
-        ]
+        ];
+        if self.tags != Tags::Off {
+            properties.push(Property::always(
+                "no tag purge undone by a fill that asked the origin before it",
+                |_, s: &State| !s.violation_tag,
+            ));
+        }
+        if self.tags == Tags::Recorded {
+            properties.push(Property::sometimes(
+                "a fill that started after a tag purge fenced its key lands",
+                |_, s: &State| {
+                    matches!(s.tag_purge, TagPurge::Done { .. })
+                        && s.tag_note.is_some()
+                        && s.entries.iter().any(Option::is_some)
+                },
+            ));
+        }
+        properties
     }
 }
 
@@ -453,6 +659,7 @@ fn model(protocol: Protocol, fills: usize, starts: u8, variants: u8) -> Protocol
         max_purges: 1,
         max_flushes: 1,
         unlocked: true,
+        tags: Tags::Off,
     }
 }
 
@@ -555,4 +762,49 @@ fn the_fenced_protocol_holds_for_three_gateways() {
         checker.unique_state_count(),
         checker.max_depth()
     );
+}
+
+/// Issue #24's race, without the purge record: a fill asks the origin, the
+/// tag is purged (its index does not list the key yet: nothing to fence),
+/// the fill joins the index and writes the old answer after the purge.
+#[test]
+fn a_tag_purge_without_its_record_is_undone_by_a_racing_fill() {
+    let checker = Protocols {
+        tags: Tags::ListedOnly,
+        max_purges: 0,
+        ..model(Protocol::Fenced, 2, 2, 1)
+    }
+    .checker()
+    .threads(2)
+    .spawn_bfs()
+    .join();
+    let path = checker
+        .assert_any_discovery("no tag purge undone by a fill that asked the origin before it");
+    eprintln!("tag purge, listed keys only: {:?}", path.into_actions());
+}
+
+/// Today's tag purge: record, list, fence (noting the purge in the key's
+/// record); a tagged fill joins the index, reads the record, writes. Every
+/// invariant holds, the lapse of the purge record and of the key's record,
+/// `FLUSHALL` and pauses included; and a fill that started after the purge
+/// fenced its key lands (no clock).
+#[test]
+fn the_tag_purge_protocol_holds_for_two_and_three_gateways() {
+    for (fills, starts, variants) in [(2, 2, 1), (3, 2, 1)] {
+        let checker = Protocols {
+            tags: Tags::Recorded,
+            max_purges: 0,
+            ..model(Protocol::Fenced, fills, starts, variants)
+        }
+        .checker()
+        .threads(2)
+        .spawn_bfs()
+        .join();
+        checker.assert_properties();
+        eprintln!(
+            "tag purges, {fills} fills: {} states, depth {}",
+            checker.unique_state_count(),
+            checker.max_depth()
+        );
+    }
 }

@@ -119,6 +119,57 @@ async fn redis_keys_all_expire() {
     assert_eq!(server.cli(&["DBSIZE"]), "0", "{}", server.cli(&["--scan"]));
 }
 
+/// A tag's index in Redis is bounded: past `max_tag_members` the keys kept
+/// the shortest leave it and their entries are deleted (a purge never
+/// misses an entry the index dropped); it expires with its entries.
+#[tokio::test]
+async fn redis_tag_index_is_bounded_and_takes_what_it_drops_with_it() {
+    let server = RedisServer::start();
+    let a = RedisStore::builder(server.url())
+        .max_tag_members(5)
+        .connect()
+        .await
+        .unwrap();
+    let tagged = |i: u64| {
+        let mut e = entry(&format!("v{i}"), 1_000 + i * 100, 0, 0);
+        e.headers
+            .push(("surrogate-key".into(), b"bounded".to_vec()));
+        e
+    };
+    for i in 0..20 {
+        assert_eq!(
+            fill(&a, &key(&format!("/bounded{i}")), &tagged(i))
+                .await
+                .unwrap(),
+            PutOutcome::Written
+        );
+    }
+    let mut live = Vec::new();
+    for i in 0..20 {
+        if a.get(&key(&format!("/bounded{i}")))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            live.push(i);
+        }
+    }
+    assert_eq!(live, (15..20).collect::<Vec<_>>(), "the 5 kept the longest");
+    let purge = a
+        .purge_tag("bounded", stampede_layer::PurgeMode::Hard)
+        .await
+        .unwrap();
+    assert_eq!((purge.hit, purge.keys.len()), (5, 5));
+    // Expires with its entries (kept 1.0 to 2.9 s): nothing left after.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let keys = server.cli(&["--scan"]);
+    assert!(
+        keys.lines()
+            .all(|k| !k.contains(":{t:") || k.ends_with(":p")),
+        "{keys}"
+    );
+}
+
 async fn near(redis: &RedisStore, ttl: Duration) -> NearCacheStore<RedisStore> {
     let config = NearCacheConfig {
         ttl,

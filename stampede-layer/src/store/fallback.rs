@@ -16,6 +16,7 @@
 //! closes again the fallback's entries are dropped: they were written during
 //! the outage, and the fleet's purges since never reached them.
 
+use super::tags::{PurgeMode, TagPurge};
 use super::{
     CacheStore, FencingToken, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError,
     record_error,
@@ -366,6 +367,27 @@ impl<P: CacheStore, F: CacheStore> CacheStore for FallbackStore<P, F> {
                 Err(err)
             }
         }
+    }
+
+    /// Soft-deletes in both stores; an error unless the primary took it.
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        let local = self.fallback.soft_delete(key, grace).await.unwrap_or(false);
+        let primary = self
+            .with_primary_lease("delete", |p| p.soft_delete(key, grace))
+            .await?;
+        Ok(primary || local)
+    }
+
+    /// Purges the tag in both stores; an error unless the primary took it
+    /// (the fallback's entries of it are purged all the same).
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        let local = self.fallback.purge_tag(tag, mode).await.unwrap_or_default();
+        let mut purge = self
+            .with_primary_lease("delete", |p| p.purge_tag(tag, mode))
+            .await?;
+        purge.hit = purge.hit.max(local.hit);
+        purge.keys.extend(local.keys);
+        Ok(purge)
     }
 
     async fn try_lock_after(

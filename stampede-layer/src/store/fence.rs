@@ -140,8 +140,11 @@ impl FenceRecord {
     }
 
     /// A delete: every lease drawn before it is refused from now on.
-    pub fn purge(&mut self) {
+    /// Returns the new purge floor (a lease of at least this `seq` was drawn
+    /// after the delete).
+    pub fn purge(&mut self) -> u64 {
         self.purged = self.draw().seq;
+        self.purged
     }
 
     /// Whether a lease holding `token` could still write (some variant): it

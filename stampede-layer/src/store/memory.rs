@@ -1,8 +1,9 @@
 //! The in-process store: moka with per-entry expiry, bounded by entries and
 //! bytes, plus one [`FenceRecord`] (and the rebuild lock) per key with a
-//! lease in flight.
+//! lease in flight, and the tag index ([`tags`](super::tags)).
 
 use super::fence::{FenceRecord, FencingToken, new_epoch};
+use super::tags::{self, PurgeMode, TagFence, TagIndex, TagPurge};
 use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
@@ -23,11 +24,17 @@ use tokio::sync::Notify;
 /// Fence records live while a lease keeps them (the lease TTL, renewed);
 /// at most `max_entries` of them are held — one dropped early voids its
 /// leases (their writes are refused), it never lets an old write in.
+///
+/// The tag index ([`tags`](super::tags)) holds at most
+/// `min(4 × max_entries, max_bytes / 512)` (tag, key) pairs (at least 1024):
+/// past it the members kept the shortest are dropped and their entries
+/// evicted, so a purge never misses an entry the index lost.
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Cache<String, Arc<CachedResponse>>,
     keys: Arc<Mutex<KeyStates>>,
     fills: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    tags: Arc<Mutex<TagIndex>>,
 }
 
 /// Per key with a lease in flight: the fence record and the lock.
@@ -41,7 +48,13 @@ struct KeyState {
     /// Leases drawn and not released yet: at zero (and no lock, no failure
     /// to answer) nothing can write with this record any more, and it goes.
     outstanding: u32,
+    /// The tag purges that fenced the key (the latest per tag).
+    tag_fences: Vec<TagFence>,
 }
+
+/// Most tag purges a key's state remembers (the oldest is forgotten first:
+/// a fill then waits out the clock skew instead).
+const MAX_TAG_FENCES: usize = 64;
 
 struct HeldLock {
     owner: String,
@@ -75,6 +88,7 @@ impl KeyStates {
                     lock: None,
                     failure: None,
                     outstanding: 0,
+                    tag_fences: Vec::new(),
                 },
             );
         }
@@ -168,6 +182,10 @@ impl MemoryStore {
             .weigher(move |_k: &String, v: &Arc<CachedResponse>| v.weight().max(floor))
             .expire_after(EntryExpiry)
             .build();
+        let pairs = max_entries
+            .saturating_mul(4)
+            .min(max_bytes / 512)
+            .clamp(1024, 1 << 24) as usize;
         Self {
             entries,
             keys: Arc::new(Mutex::new(KeyStates {
@@ -175,7 +193,22 @@ impl MemoryStore {
                 max: max_entries.clamp(1024, 1 << 20) as usize,
             })),
             fills: Arc::default(),
+            tags: Arc::new(Mutex::new(TagIndex::new(pairs, 65_536))),
         }
+    }
+
+    /// How long a tag purge is remembered, for the fills that started
+    /// before it (default [`tags::DEFAULT_PURGE_WINDOW`]): at least the
+    /// longest a fill may take (the fill deadline) and a margin. A tagged
+    /// fill older than this is refused.
+    pub fn purge_window(self, window: Duration) -> Self {
+        self.tags.lock().expect("tags lock").window = window;
+        self
+    }
+
+    /// (tag, key) pairs the tag index holds.
+    pub fn tag_index_pairs(&self) -> usize {
+        self.tags.lock().expect("tags lock").pairs()
     }
 
     /// Run pending evictions now (moka evicts lazily); for tests and reports.
@@ -191,6 +224,86 @@ impl MemoryStore {
     /// Fence records held (keys with a lease in flight, or lately).
     pub fn fence_records(&self) -> usize {
         self.keys.lock().expect("keys lock").map.len()
+    }
+
+    /// Fence `digest` against every lease drawn so far; for a purge of a
+    /// tag (`tag`: the tag and the purge's id), note it in the key's state,
+    /// made for the purge window if the key has none.
+    fn fence(&self, digest: &str, tag: Option<(&str, u64)>) {
+        let window = self.tags.lock().expect("tags lock").window;
+        let mut keys = self.keys.lock().expect("keys lock");
+        let now = Instant::now();
+        let Some((tag, id)) = tag else {
+            if let Some(state) = keys.live(digest, now) {
+                state.record.purge();
+            }
+            return;
+        };
+        let state = keys.draw_state(digest, now, window);
+        let floor = state.record.purge();
+        state.tag_fences.retain(|f| f.tag != tag);
+        if state.tag_fences.len() >= MAX_TAG_FENCES {
+            state.tag_fences.remove(0);
+        }
+        state.tag_fences.push(TagFence {
+            tag: tag.to_owned(),
+            id,
+            floor,
+        });
+    }
+
+    /// Purge `key` (every variant), fenced: removed, or marked stale for a
+    /// soft purge's grace. Whether an entry was held.
+    async fn purge_key(&self, key: &CacheKey, mode: PurgeMode, tag: Option<(&str, u64)>) -> bool {
+        let entries = &self.entries;
+        let digest = key.digest();
+        let now = now_ms();
+        let soft = |entry: &Arc<CachedResponse>, grace: Duration| {
+            let mut e = (**entry).clone();
+            tags::soften(&mut e, now, now + grace.as_millis() as u64);
+            Arc::new(e)
+        };
+        let mut held = false;
+        let was = &mut held;
+        // One at a time with the key's writes (moka computes on the primary
+        // slot): the fence and the purge are atomic against a fenced write.
+        self.entries
+            .entry(digest.to_owned())
+            .and_compute_with(|current| {
+                *was = current.is_some();
+                self.fence(digest, tag);
+                let current = current.map(|c| c.into_value());
+                async move {
+                    let Some(current) = current else {
+                        return Op::Nop;
+                    };
+                    let variants = match current.is_variant_index() {
+                        true => variant_list(&current),
+                        false => Vec::new(),
+                    };
+                    match mode {
+                        PurgeMode::Hard => {
+                            for v in variants {
+                                entries.invalidate(&slot(digest, Some(&v))).await;
+                            }
+                            Op::Remove
+                        }
+                        PurgeMode::Soft { grace } if current.is_variant_index() => {
+                            // Every variant (the index itself stays as it is).
+                            for v in variants {
+                                let slot = slot(digest, Some(&v));
+                                if let Some(variant) = entries.get(&slot).await {
+                                    entries.insert(slot, soft(&variant, grace)).await;
+                                }
+                            }
+                            Op::Nop
+                        }
+                        PurgeMode::Soft { grace } => Op::Put(soft(&current, grace)),
+                    }
+                }
+            })
+            .await;
+        held
     }
 
     fn lease(
@@ -256,12 +369,26 @@ impl CacheStore for MemoryStore {
         entry.fence = lease.token.seq;
         let variant = entry.variant_id();
         let now = now_ms();
+        let digest = key.digest();
+        // A tagged entry is indexed first, then its tags' purge times are
+        // read (see `tags`): a purge either lists it or is seen here.
+        let tagged = tags::entry_tags(key, &entry);
+        let (seen, evicted, floor, window) = {
+            let mut index = self.tags.lock().expect("tags lock");
+            let (seen, evicted) = if tagged.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let until = now + entry.keep_for(now).as_millis() as u64;
+                index.add(&tagged, digest, until, now)
+            };
+            (seen, evicted, index.purge_floor(), index.window)
+        };
+        let request_ms = tags::request_ms(&entry);
         let new = Arc::new(entry);
         let mut outcome = PutOutcome::Written;
         let out = &mut outcome;
         let keys = &self.keys;
         let entries = &self.entries;
-        let digest = key.digest();
         // Every write and delete of a key computes on its primary slot, one
         // at a time (moka): the fence check, the write and the variant index
         // are atomic against a purge of the same key.
@@ -269,7 +396,24 @@ impl CacheStore for MemoryStore {
             .entry(digest.to_owned())
             .and_compute_with(|current| {
                 let checked = match keys.lock().expect("keys lock").live(digest, Instant::now()) {
-                    Some(state) => state.record.write(lease.token, variant.as_deref()),
+                    Some(state) => state
+                        .record
+                        .check_write(lease.token, variant.as_deref())
+                        .and_then(|()| {
+                            let refused = !tagged.is_empty()
+                                && (tags::older_than(request_ms, now_ms(), window)
+                                    || tags::refused_by_purges(
+                                        &seen,
+                                        floor,
+                                        &state.tag_fences,
+                                        lease.token.seq,
+                                        request_ms,
+                                    ));
+                            match refused {
+                                true => Err(super::Refusal::Purged),
+                                false => state.record.write(lease.token, variant.as_deref()),
+                            }
+                        }),
                     None => Err(super::Refusal::LeaseLost),
                 };
                 async move {
@@ -310,36 +454,34 @@ impl CacheStore for MemoryStore {
                 n.notify_waiters();
             }
         }
+        // Members the bounded index dropped: their entries go too.
+        for dropped in evicted {
+            self.delete(&CacheKey::from_digest(&dropped)).await?;
+        }
         Ok(outcome)
     }
 
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        Ok(self.purge_key(key, PurgeMode::Soft { grace }, None).await)
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        let (id, members) = self
+            .tags
+            .lock()
+            .expect("tags lock")
+            .begin_purge(tag, now_ms());
+        let mut purge = TagPurge::default();
+        for digest in members {
+            let key = CacheKey::from_digest(&digest);
+            purge.hit += u64::from(self.purge_key(&key, mode, Some((tag, id))).await);
+            purge.keys.push(key);
+        }
+        Ok(purge)
+    }
+
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let keys = &self.keys;
-        let entries = &self.entries;
-        let digest = key.digest();
-        let mut held = false;
-        let was = &mut held;
-        self.entries
-            .entry(digest.to_owned())
-            .and_compute_with(|current| {
-                *was = current.is_some();
-                if let Some(state) = keys.lock().expect("keys lock").live(digest, Instant::now()) {
-                    state.record.purge();
-                }
-                let variants = current
-                    .as_ref()
-                    .filter(|c| c.value().is_variant_index())
-                    .map(|c| variant_list(c.value()))
-                    .unwrap_or_default();
-                async move {
-                    for v in variants {
-                        entries.invalidate(&slot(digest, Some(&v))).await;
-                    }
-                    Op::Remove
-                }
-            })
-            .await;
-        Ok(held)
+        Ok(self.purge_key(key, PurgeMode::Hard, None).await)
     }
 
     async fn try_lock_after(
@@ -417,7 +559,8 @@ impl CacheStore for MemoryStore {
         state.outstanding = state.outstanding.saturating_sub(1);
         let locked = state.lock.as_ref().is_some_and(|l| l.expires > now);
         let failing = state.failure.is_some_and(|f| f.until_ms > now_ms());
-        if state.outstanding == 0 && !locked && !failing {
+        // A tag purge's note stays for its window (a later lease lands at once).
+        if state.outstanding == 0 && !locked && !failing && state.tag_fences.is_empty() {
             keys.map.remove(key.digest());
         }
     }

@@ -11,6 +11,7 @@ mod memory;
 mod near;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod tags;
 #[cfg(test)]
 mod test_fake;
 
@@ -20,6 +21,7 @@ pub use memory::MemoryStore;
 pub use near::{NearCacheConfig, NearCacheStore};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
+pub use tags::{PurgeMode, TagPurge};
 
 use crate::entry::{CachedResponse, DecodeError};
 use crate::key::CacheKey;
@@ -169,6 +171,10 @@ pub trait CacheStore: Send + Sync + 'static {
     /// write it (atomic check-and-set, [`fence`]): its fence record is the
     /// current one, no purge and no write of the same variant
     /// ([`CachedResponse::variant_id`]) was ordered after the lease was drawn.
+    /// A store that purges by tag ([`purge_tag`](Self::purge_tag)) indexes
+    /// the entry under its [`tags::entry_tags`] first, and refuses it
+    /// ([`Refusal::Purged`]) when one of them was purged after its origin
+    /// request started (see [`tags`]).
     async fn put(
         &self,
         key: &CacheKey,
@@ -181,6 +187,41 @@ pub trait CacheStore: Send + Sync + 'static {
     /// is refused when it lands, so an invalidation is never undone by an
     /// older answer. Returns whether an entry was held.
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError>;
+
+    /// Mark the entry stale (every variant) instead of removing it: fresh
+    /// until now, stale — answerable by stale-while-revalidate while one
+    /// refresh runs — until at least `grace` from now; fenced like
+    /// [`delete`](Self::delete) (a fill whose lease was drawn before is
+    /// refused). Returns whether an entry was held. A store that cannot mark
+    /// entries stale removes them (the default: a hard purge).
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        let _ = grace;
+        self.delete(key).await
+    }
+
+    /// [`delete`](Self::delete) or [`soft_delete`](Self::soft_delete), as
+    /// `mode` says.
+    async fn purge(&self, key: &CacheKey, mode: PurgeMode) -> Result<bool, StoreError> {
+        match mode {
+            PurgeMode::Hard => self.delete(key).await,
+            PurgeMode::Soft { grace } => self.soft_delete(key, grace).await,
+        }
+    }
+
+    /// Purge every entry indexed under `tag` (an origin tag, or a path
+    /// prefix's [`tags::prefix_tag`]), fenced: the purge is recorded first,
+    /// then every member of the tag's index is purged
+    /// ([`purge`](Self::purge)), and a tagged fill that asked the origin
+    /// before the purge is refused when it lands (see [`tags`]). A store
+    /// keeps the index in [`put`](Self::put). The default: an error (the
+    /// store indexes no tags; a purge it cannot do is never reported done).
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        let _ = (tag, mode);
+        Err(StoreError::Backend(format!(
+            "the {} store cannot purge by tag",
+            self.backend()
+        )))
+    }
 
     /// Try to take the rebuild lock of `key` (one per URL, whatever the
     /// variant) for `ttl`, with a fresh lease.

@@ -16,7 +16,8 @@
 //!   store unchanged; an entry written under a lock (its fencing token known)
 //!   also replaces the local near copy.
 //! * **Invalidation**: [`delete`](CacheStore::delete) (purge, unsafe
-//!   methods) drops the local copy and, with
+//!   methods), [`soft_delete`](CacheStore::soft_delete) and every key a
+//!   [`purge_tag`](CacheStore::purge_tag) fenced drop the local copy and, with
 //!   [`with_redis_invalidation`](NearCacheStore::with_redis_invalidation),
 //!   publishes the key's digest on the store's invalidation channel; every
 //!   other instance drops its copy when the message arrives. Entries are held
@@ -35,6 +36,7 @@
 //! counter: the copy is dropped again if an invalidation of its shard
 //! happened while it was being read.
 
+use super::tags::{PurgeMode, TagPurge};
 use super::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError};
 use crate::entry::{CachedResponse, now_ms};
 use crate::key::CacheKey;
@@ -295,6 +297,31 @@ impl<S: CacheStore> std::fmt::Debug for NearCacheStore<S> {
 }
 
 impl<S: CacheStore> NearCacheStore<S> {
+    /// Drop the copies of `digests` here and — with Redis — on every other
+    /// instance (one message per batch of keys).
+    async fn invalidate_everywhere(&self, digests: &[&str]) {
+        if !self.near.enabled() || digests.is_empty() {
+            return;
+        }
+        // After the store's delete: a read that began before it and lands
+        // its copy afterwards is caught by the shard counter.
+        for digest in digests {
+            self.near.invalidate(digest, "local").await;
+        }
+        // Not while the inner store is local only (an open breaker):
+        // Redis is failing, and nobody could hear it.
+        #[cfg(feature = "redis")]
+        if let Some(bus) = &self.bus
+            && self.inner.is_distributed()
+        {
+            for batch in digests.chunks(1000) {
+                if let Err(err) = bus.publish(&batch.join(" ")).await {
+                    super::record_error(self, "delete", &err);
+                }
+            }
+        }
+    }
+
     /// Wake the waiters on `key` in this process, and — with Redis — in every
     /// other over pub/sub (a lost message costs a waiter its poll interval).
     async fn announce_fill(&self, key: &CacheKey) {
@@ -453,21 +480,23 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let result = self.inner.delete(key).await;
-        if self.near.enabled() {
-            // After the store's delete: a read that began before it and lands
-            // its copy afterwards is caught by the shard counter.
-            self.near.invalidate(key.digest(), "local").await;
-            // Not while the inner store is local only (an open breaker):
-            // Redis is failing, and nobody could hear it.
-            #[cfg(feature = "redis")]
-            if let Some(bus) = &self.bus
-                && self.inner.is_distributed()
-                && let Err(err) = bus.publish(key.digest()).await
-            {
-                super::record_error(self, "delete", &err);
-            }
-        }
+        self.invalidate_everywhere(&[key.digest()]).await;
         result
+    }
+
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        let result = self.inner.soft_delete(key, grace).await;
+        // The stale entry is read from the store from now on (a near copy
+        // is only ever a fresh one), on every instance.
+        self.invalidate_everywhere(&[key.digest()]).await;
+        result
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        let purge = self.inner.purge_tag(tag, mode).await?;
+        let digests: Vec<&str> = purge.keys.iter().map(CacheKey::digest).collect();
+        self.invalidate_everywhere(&digests).await;
+        Ok(purge)
     }
 
     async fn try_lock_after(
@@ -621,7 +650,8 @@ mod bus {
             self.publish(&format!("+{digest}")).await
         }
 
-        /// Announce that `digest` was deleted: `<node> <digest>`.
+        /// Announce that `digests` (one, or several separated by spaces)
+        /// were deleted: `<node> <digest> [<digest>…]`.
         pub(super) async fn publish(&self, digest: &str) -> Result<(), StoreError> {
             let _receivers: i64 = self
                 .pool
@@ -672,7 +702,11 @@ mod bus {
                         match text.as_deref().and_then(|t| t.split_once(' ')) {
                             Some((from, _)) if from == node => {}
                             Some((_, filled)) if filled.starts_with('+') => near.wake(&filled[1..]),
-                            Some((_, digest)) => near.invalidate(digest, "remote").await,
+                            Some((_, digests)) => {
+                                for digest in digests.split(' ').filter(|d| !d.is_empty()) {
+                                    near.invalidate(digest, "remote").await;
+                                }
+                            }
                             None => tracing::warn!("near cache: malformed invalidation message"),
                         }
                     }

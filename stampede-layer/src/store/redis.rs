@@ -20,8 +20,33 @@
 //!   eviction, restart, `FLUSHALL`) voids its leases instead of re-issuing
 //!   their tokens. Epochs are drawn by the client (64 random bits), so a
 //!   re-created record never matches an old lease.
+//! * soft purge — fields `s` (soft-purged at, ms) and `g` (stale until, ms)
+//!   on the entry's hash and on every variant slot's: the encoded entry
+//!   (`d`) is opaque to Lua, so [`get`](CacheStore::get) applies them to the
+//!   decoded entry; a write clears them.
+//!
+//! And per purge tag ([`tags`](super::tags)), under a hash tag of its own
+//! (`{prefix}:v{FORMAT_VERSION}:{t:<tag digest>}:i|p`: another slot than the
+//! entries, so nothing crosses slots on Redis Cluster):
+//!
+//! * index `…:i` — a sorted set of the digests of the keys whose entries
+//!   carry the tag, each scored with the instant its entry is kept until;
+//!   members past it are dropped on every add, `PEXPIRE` = the longest
+//!   member's keep (extended on every add), at most `max_tag_members` (the
+//!   members kept the shortest go first, and their entries are deleted: the
+//!   index never loses a live entry);
+//! * purge record `…:p` — `<time>|<purge id>` of the tag's last purge, `PX` =
+//!   the purge window (see [`RedisStoreBuilder::purge_window`]); each key the
+//!   purge fenced notes `<purge id>|<floor>` in its fence record, under
+//!   `t:<tag digest>`.
+//!
+//! A fill of a tagged entry runs one script per tag (add to the index, read
+//! the purge record), then the fenced write on the entry's slot; a tag purge
+//! runs one script on the tag's slot (record the purge, list the members),
+//! then the per-key delete script once per member.
 
 use super::fence::{FencingToken, Refusal, new_epoch};
+use super::tags::{self, PurgeMode, SeenPurge, TagPurge};
 use super::{
     CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, StoreError, StreamChunks,
     StreamHead,
@@ -48,6 +73,25 @@ local function draw(rec, epoch, ttl)
   local n = redis.call('HINCRBY', rec, 'i', 1)
   if redis.call('PTTL', rec) < tonumber(ttl) then redis.call('PEXPIRE', rec, ttl) end
   return {e, n}
+end
+"#;
+
+/// Fence a key's record against every lease drawn so far (a Lua snippet of
+/// the delete scripts): raise a live record's purge floor to a fresh draw.
+/// For a purge of a tag (`field`: `t:<tag digest>`, not empty), note
+/// `<purge id>|<floor>` under `field`, making the record (epoch `epoch`) if
+/// the key has none, and keep it at least `window` ms: a fill whose lease
+/// is drawn after it is then known to come after that purge.
+const FENCE: &str = r#"
+local function fence(rec, field, id, epoch, window)
+  if field and field ~= '' then
+    if redis.call('EXISTS', rec) == 0 then redis.call('HSET', rec, 'e', epoch) end
+    local p = redis.call('HINCRBY', rec, 'i', 1)
+    redis.call('HSET', rec, 'p', p, field, id .. '|' .. p)
+    if redis.call('PTTL', rec) < tonumber(window) then redis.call('PEXPIRE', rec, window) end
+  elseif redis.call('EXISTS', rec) == 1 then
+    redis.call('HSET', rec, 'p', redis.call('HINCRBY', rec, 'i', 1))
+  end
 end
 "#;
 
@@ -127,6 +171,14 @@ return 1
 /// Fenced write ([`FenceRecord::write`](super::fence::FenceRecord::write) in
 /// Lua): 1 written; refused: -3 lease lost, -2 purged, -1 superseded.
 /// KEYS: entry, record. ARGV: payload, keep (ms), epoch, seq, written field.
+/// A tagged entry (`ARGV[11]` not empty) is refused (-2) when its origin
+/// request (`ARGV[12]`, ms) is older than the purge window (`ARGV[14]`, ms)
+/// by Redis' clock, or for a purge of one of its tags it saw (from
+/// `ARGV[15]`, three each: the record field the purge notes, its time, its
+/// id) unless the record notes that very purge at a floor the lease is not
+/// below — then only if the purge is not before the request by the clock
+/// skew (`ARGV[13]`, ms).
+/// A write clears a soft purge's fields (`s`, `g`) from the slot it writes.
 /// A variant (`ARGV[6]`, its index, not empty) goes in its own slot
 /// (`KEYS[3]`), the key's index of variants under the entry key, and the
 /// variant in the set of the key's variants (`KEYS[4]`, scored by time; past
@@ -141,11 +193,28 @@ local n = tonumber(ARGV[4])
 if n > tonumber(redis.call('HGET', KEYS[2], 'i') or '0') then return -3 end
 if n < tonumber(redis.call('HGET', KEYS[2], 'p') or '0') then return -2 end
 if n < tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0') then return -1 end
+if ARGV[11] ~= '' then
+  local req, skew = tonumber(ARGV[12]), tonumber(ARGV[13])
+  for j = 15, #ARGV, 3 do
+    local noted = redis.call('HGET', KEYS[2], ARGV[j])
+    local after = false
+    if noted then
+      local id, floor = string.match(noted, '^([^|]*)|(%d+)$')
+      after = id == ARGV[j + 2] and floor ~= nil and n >= tonumber(floor)
+    end
+    if not after and tonumber(ARGV[j + 1]) + skew >= req then return -2 end
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now + skew > req + tonumber(ARGV[14]) then return -2 end
+end
 redis.call('HSET', KEYS[2], ARGV[5], n)
+redis.call('HDEL', KEYS[3], 's', 'g')
 redis.call('HSET', KEYS[3], 't', n, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if ARGV[6] == '' then return 1 end
 local keep = tonumber(ARGV[2])
+redis.call('HDEL', KEYS[1], 's', 'g')
 redis.call('HSET', KEYS[1], 't', n, 'd', ARGV[6])
 if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[9])
@@ -165,8 +234,8 @@ return 1
 /// is valid: nothing is left behind. Returns whether an entry was held, and a
 /// chunked entry's manifest (its chunks are deleted next). Every variant goes
 /// too, and a body being streamed (its readers fail: it predates the purge).
-/// KEYS: entry, record, variants, stream. ARGV: slot prefix.
-/// KEYS: entry, record.
+/// KEYS: entry, record, variants, stream. ARGV: slot prefix; for a tag
+/// purge, [`FENCE`]'s field, purge id, epoch, window.
 const DELETE_SCRIPT: &str = r#"
 local d = redis.call('HGET', KEYS[1], 'd')
 local existed = redis.call('DEL', KEYS[1])
@@ -175,11 +244,73 @@ for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   redis.call('DEL', ARGV[1] .. v)
 end
 redis.call('DEL', KEYS[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], 'p', redis.call('HINCRBY', KEYS[2], 'i', 1))
-end
+fence(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 if d and string.sub(d, 1, 5) == 'SLc1|' then return {existed, d} end
 return {existed, ''}
+"#;
+
+/// Soft purge: mark the entry and every variant slot stale (fields `s`:
+/// soft-purged at, `g`: stale until — [`get`](CacheStore::get) applies them),
+/// keep them (and the variant set) at least the grace, drop a body being
+/// streamed, and raise a live record's purge floor as [`DELETE_SCRIPT`]
+/// does. Returns whether an entry was held.
+/// KEYS: entry, record, variants, stream. ARGV: slot prefix, now (ms), stale
+/// until (ms), grace (ms); for a tag purge, [`FENCE`]'s field, purge id,
+/// epoch, window.
+const SOFT_DELETE_SCRIPT: &str = r#"
+local keep = tonumber(ARGV[4])
+local function soften(k)
+  if redis.call('EXISTS', k) == 0 then return 0 end
+  redis.call('HSET', k, 's', ARGV[2])
+  if tonumber(redis.call('HGET', k, 'g') or '0') < tonumber(ARGV[3]) then
+    redis.call('HSET', k, 'g', ARGV[3])
+  end
+  if redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
+  return 1
+end
+local held = soften(KEYS[1])
+for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do soften(ARGV[1] .. v) end
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('PTTL', KEYS[3]) < keep then
+  redis.call('PEXPIRE', KEYS[3], keep)
+end
+redis.call('DEL', KEYS[4])
+fence(KEYS[2], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+return held
+"#;
+
+/// A fill indexes its key under a tag, then reads the tag's purge record:
+/// `{'<purged at>|<purge id>' or '', digests dropped to keep the index
+/// bounded...}`.
+/// KEYS: index, purge record. ARGV: digest, kept until (ms), drop members
+/// kept until before this (ms), most members, keep (ms: the index lives at
+/// least as long as the entry, by Redis' own clock).
+const TAG_ADD_SCRIPT: &str = r#"
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not cur or tonumber(cur) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local out = {redis.call('GET', KEYS[2]) or ''}
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if extra > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], extra)
+  for i = 1, #popped, 2 do out[#out + 1] = popped[i] end
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+return out
+"#;
+
+/// A tag purge begins: record it (`<time>|<purge id>`: the latest time
+/// and this purge's id, kept the purge window), then list the members still
+/// kept.
+/// KEYS: index, purge record. ARGV: now (ms), window (ms), members kept
+/// until after this (ms), purge id.
+const TAG_PURGE_SCRIPT: &str = r#"
+local at = ARGV[1]
+local cur = string.match(redis.call('GET', KEYS[2]) or '', '^(%d+)|')
+if cur and tonumber(cur) > tonumber(at) then at = cur end
+redis.call('SET', KEYS[2], at .. '|' .. ARGV[4], 'PX', ARGV[2])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf')
 "#;
 
 /// Append a chunk to a stream, if it is still the key's stream.
@@ -230,7 +361,7 @@ impl Manifest {
 }
 
 fn script(body: &str) -> Arc<Script> {
-    Arc::new(Script::from_lua(format!("{DRAW}\n{body}")))
+    Arc::new(Script::from_lua(format!("{DRAW}\n{FENCE}\n{body}")))
 }
 
 /// A token from a script's `{epoch, seq}` reply.
@@ -257,6 +388,11 @@ pub struct RedisStore {
     stream_append_script: Arc<Script>,
     put_script: Arc<Script>,
     delete_script: Arc<Script>,
+    soft_delete_script: Arc<Script>,
+    tag_add_script: Arc<Script>,
+    tag_purge_script: Arc<Script>,
+    purge_window: Duration,
+    max_tag_members: usize,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -277,6 +413,8 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     #[cfg(feature = "redis-tls")]
     tls: Option<rustls::ClientConfig>,
+    purge_window: Duration,
+    max_tag_members: usize,
 }
 
 impl RedisStoreBuilder {
@@ -287,6 +425,22 @@ impl RedisStoreBuilder {
     #[cfg(feature = "redis-tls")]
     pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
         self.tls = Some(config);
+        self
+    }
+
+    /// How long a tag purge is remembered, for the fills that started
+    /// before it (default [`tags::DEFAULT_PURGE_WINDOW`]): at least the
+    /// longest a fill may take (the fill deadline) and a margin. A tagged
+    /// fill older than this is refused.
+    pub fn purge_window(mut self, window: Duration) -> Self {
+        self.purge_window = window;
+        self
+    }
+
+    /// Most keys one tag's index holds (default 100,000): past it the
+    /// entries kept the shortest are deleted with their members.
+    pub fn max_tag_members(mut self, n: usize) -> Self {
+        self.max_tag_members = n.max(1);
         self
     }
 
@@ -359,6 +513,11 @@ impl RedisStoreBuilder {
             stream_append_script: Arc::new(Script::from_lua(STREAM_APPEND_SCRIPT)),
             put_script: script(PUT_SCRIPT),
             delete_script: script(DELETE_SCRIPT),
+            soft_delete_script: script(SOFT_DELETE_SCRIPT),
+            tag_add_script: Arc::new(Script::from_lua(TAG_ADD_SCRIPT)),
+            tag_purge_script: Arc::new(Script::from_lua(TAG_PURGE_SCRIPT)),
+            purge_window: self.purge_window,
+            max_tag_members: self.max_tag_members,
         })
     }
 }
@@ -409,6 +568,8 @@ impl RedisStore {
             connect_timeout: Duration::from_secs(2),
             #[cfg(feature = "redis-tls")]
             tls: None,
+            purge_window: tags::DEFAULT_PURGE_WINDOW,
+            max_tag_members: 100_000,
         }
     }
 
@@ -424,6 +585,138 @@ impl RedisStore {
 
     fn tag(&self, key: &CacheKey) -> String {
         format!("{}:v{FORMAT_VERSION}:{{{}}}", self.prefix, key.digest())
+    }
+
+    /// The index and purge record of a purge tag (a hash tag of their own:
+    /// the tag's digest, never a client's or an origin's raw text).
+    fn purge_tag_keys(&self, tag: &str) -> (String, String) {
+        let digest = blake3::hash(tag.as_bytes()).to_hex();
+        let base = format!("{}:v{FORMAT_VERSION}:{{t:{}}}", self.prefix, &digest[..32]);
+        (format!("{base}:i"), format!("{base}:p"))
+    }
+
+    /// The field of a key's fence record a purge of `tag` notes itself in.
+    fn tag_fence_field(tag: &str) -> String {
+        format!("t:{}", &blake3::hash(tag.as_bytes()).to_hex()[..32])
+    }
+
+    /// [`FENCE`]'s arguments for a purge of `tag` with `id` (none: a purge
+    /// of the key itself).
+    fn fence_args(&self, tag: Option<(&str, u64)>) -> Vec<String> {
+        match tag {
+            Some((tag, id)) => vec![
+                Self::tag_fence_field(tag),
+                id.to_string(),
+                new_epoch().to_string(),
+                self.purge_window.as_millis().max(1).to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Delete `key` (every variant), fenced; for a purge of a tag, noted in
+    /// its record. Whether an entry was held.
+    async fn delete_fenced(
+        &self,
+        key: &CacheKey,
+        tag: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
+        let (entry, _, record) = self.keys(key);
+        let variants = format!("{}:vs", self.tag(key));
+        let mut args = vec![format!("{}:e:", self.tag(key))];
+        args.extend(self.fence_args(tag));
+        let (existed, manifest): (i64, Bytes) = self
+            .delete_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry, record, variants, format!("{}:s", self.tag(key))],
+                args,
+            )
+            .await
+            .map_err(backend)?;
+        // A chunked entry's chunks go with it (unreachable already).
+        if let Some(manifest) = Manifest::parse(&manifest) {
+            let _: Result<i64, _> = self.pool.del(self.chunk_keys(key, &manifest)).await;
+        }
+        Ok(existed > 0)
+    }
+
+    /// Mark `key` stale (every variant) for `grace`, fenced; for a purge of
+    /// a tag, noted in its record. Whether an entry was held.
+    async fn soft_delete_fenced(
+        &self,
+        key: &CacheKey,
+        grace: Duration,
+        tag: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
+        let (entry, _, record) = self.keys(key);
+        let prefix = self.tag(key);
+        let now = now_ms();
+        let grace_ms = grace.as_millis().max(1) as u64;
+        let mut args = vec![
+            format!("{prefix}:e:"),
+            now.to_string(),
+            (now + grace_ms).to_string(),
+            grace_ms.to_string(),
+        ];
+        args.extend(self.fence_args(tag));
+        let held: i64 = self
+            .soft_delete_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![entry, record, format!("{prefix}:vs"), format!("{prefix}:s")],
+                args,
+            )
+            .await
+            .map_err(backend)?;
+        Ok(held > 0)
+    }
+
+    /// Index `digest` under every tag, kept `keep_ms` from `now`: the latest
+    /// purge of each of those tags still recorded, and the digests dropped
+    /// from an index to keep it bounded (their entries must go).
+    async fn index_tags(
+        &self,
+        tagged: &[String],
+        digest: &str,
+        now: u64,
+        keep_ms: u64,
+    ) -> Result<(Vec<SeenPurge>, Vec<String>), StoreError> {
+        let skew = tags::CLOCK_SKEW.as_millis() as u64;
+        let adds = tagged.iter().map(|tag| {
+            let (index, record) = self.purge_tag_keys(tag);
+            self.tag_add_script.evalsha_with_reload::<Vec<Value>, _, _>(
+                self.pool.next(),
+                vec![index, record],
+                vec![
+                    digest.to_owned(),
+                    (now + keep_ms).to_string(),
+                    now.saturating_sub(skew).to_string(),
+                    self.max_tag_members.to_string(),
+                    keep_ms.to_string(),
+                ],
+            )
+        });
+        let (mut seen, mut dropped) = (Vec::new(), Vec::new());
+        for (tag, reply) in tagged
+            .iter()
+            .zip(futures_util::future::join_all(adds).await)
+        {
+            let mut reply = reply.map_err(backend)?.into_iter();
+            let record = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
+            if let Some((at, id)) = record.split_once('|') {
+                seen.push(SeenPurge {
+                    tag: tag.clone(),
+                    at_ms: at.parse().unwrap_or(u64::MAX / 2),
+                    id: id.parse().unwrap_or(0),
+                });
+            }
+            dropped.extend(reply.filter_map(|v| v.as_string()));
+        }
+        if !dropped.is_empty() {
+            metrics::counter!("stampede_tag_index_evictions_total").increment(dropped.len() as u64);
+        }
+        Ok((seen, dropped))
     }
 
     /// The slot `key` is read from: its entry, or the variant it names.
@@ -524,9 +817,14 @@ impl CacheStore for RedisStore {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         let entry = self.slot(key, key.variant());
-        let (token, data): (Option<u64>, Option<Bytes>) = self
+        let (token, data, soft_at, soft_until): (
+            Option<u64>,
+            Option<Bytes>,
+            Option<u64>,
+            Option<u64>,
+        ) = self
             .pool
-            .hmget(entry, vec!["t", "d"])
+            .hmget(entry, vec!["t", "d", "s", "g"])
             .await
             .map_err(backend)?;
         let Some(bytes) = data else {
@@ -543,6 +841,9 @@ impl CacheStore for RedisStore {
         };
         let mut entry = CachedResponse::decode(&bytes)?;
         entry.fence = token.unwrap_or(entry.fence);
+        if let Some(at) = soft_at {
+            tags::soften(&mut entry, at, soft_until.unwrap_or(at));
+        }
         Ok(Some(Arc::new(entry)))
     }
 
@@ -564,6 +865,15 @@ impl CacheStore for RedisStore {
         let encoded = Bytes::from(entry.encode());
         let keep = entry.keep_for(now);
         let keep_ms = keep.as_millis().max(1) as i64;
+        // A tagged entry is indexed first, then its tags' purge times are
+        // read (see `tags`): a purge either lists it or is seen here.
+        let tagged = tags::entry_tags(key, &entry);
+        let (seen, dropped) = if tagged.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            self.index_tags(&tagged, key.digest(), now, keep_ms as u64)
+                .await?
+        };
         let index = match &variant {
             Some(_) => Bytes::from(CachedResponse::variant_index(&entry.vary, now, keep).encode()),
             None => Bytes::new(),
@@ -580,6 +890,27 @@ impl CacheStore for RedisStore {
         } else {
             (encoded, Vec::new())
         };
+        let mut args = vec![
+            Value::Bytes(payload),
+            Value::from(keep_ms),
+            Value::from(lease.token.epoch.to_string()),
+            Value::from(lease.token.seq.to_string()),
+            Value::from(written),
+            Value::Bytes(index),
+            Value::from(now.to_string()),
+            Value::from(MAX_VARIANTS.to_string()),
+            Value::from(variant.clone().unwrap_or_default()),
+            Value::from(format!("{}:e:", self.tag(key))),
+            Value::from(if tagged.is_empty() { "" } else { "1" }),
+            Value::from(tags::request_ms(&entry).to_string()),
+            Value::from(tags::CLOCK_SKEW.as_millis().to_string()),
+            Value::from(self.purge_window.as_millis().to_string()),
+        ];
+        for purge in &seen {
+            args.push(Value::from(Self::tag_fence_field(&purge.tag)));
+            args.push(Value::from(purge.at_ms.to_string()));
+            args.push(Value::from(purge.id.to_string()));
+        }
         let result: i64 = self
             .put_script
             .evalsha_with_reload(
@@ -590,24 +921,19 @@ impl CacheStore for RedisStore {
                     self.slot(key, variant.as_deref()),
                     format!("{}:vs", self.tag(key)),
                 ],
-                vec![
-                    Value::Bytes(payload),
-                    Value::from(keep_ms),
-                    Value::from(lease.token.epoch.to_string()),
-                    Value::from(lease.token.seq.to_string()),
-                    Value::from(written),
-                    Value::Bytes(index),
-                    Value::from(now.to_string()),
-                    Value::from(MAX_VARIANTS.to_string()),
-                    Value::from(variant.unwrap_or_default()),
-                    Value::from(format!("{}:e:", self.tag(key))),
-                ],
+                args,
             )
             .await
             .map_err(backend)?;
         if result != 1 && !chunks.is_empty() {
             // Refused: its chunks are nobody's (they would expire anyway).
             let _: Result<i64, _> = self.pool.del(chunks).await;
+        }
+        // Members an index dropped to stay bounded: their entries go too.
+        for digest in dropped {
+            if let Err(err) = self.delete(&CacheKey::from_digest(&digest)).await {
+                super::record_error(self, "delete", &err);
+            }
         }
         Ok(match result {
             1 => PutOutcome::Written,
@@ -618,23 +944,65 @@ impl CacheStore for RedisStore {
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let (entry, _, record) = self.keys(key);
-        let variants = format!("{}:vs", self.tag(key));
-        let prefix = format!("{}:e:", self.tag(key));
-        let (existed, manifest): (i64, Bytes) = self
-            .delete_script
+        self.delete_fenced(key, None).await
+    }
+
+    async fn soft_delete(&self, key: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        self.soft_delete_fenced(key, grace, None).await
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<TagPurge, StoreError> {
+        use futures_util::StreamExt;
+        let (index, record) = self.purge_tag_keys(tag);
+        let now = now_ms();
+        let id = new_epoch();
+        let skew = tags::CLOCK_SKEW.as_millis() as u64;
+        let members: Vec<String> = self
+            .tag_purge_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![entry, record, variants, format!("{}:s", self.tag(key))],
-                vec![prefix],
+                vec![index, record],
+                vec![
+                    now.to_string(),
+                    self.purge_window.as_millis().max(1).to_string(),
+                    now.saturating_sub(skew).to_string(),
+                    id.to_string(),
+                ],
             )
             .await
             .map_err(backend)?;
-        // A chunked entry's chunks go with it (unreachable already).
-        if let Some(manifest) = Manifest::parse(&manifest) {
-            let _: Result<i64, _> = self.pool.del(self.chunk_keys(key, &manifest)).await;
+        // One per-key script per member (each on its own slot), a few at once.
+        let results: Vec<(CacheKey, Result<bool, StoreError>)> =
+            futures_util::stream::iter(members)
+                .map(|digest| async move {
+                    let key = CacheKey::from_digest(&digest);
+                    let purged = match mode {
+                        PurgeMode::Hard => self.delete_fenced(&key, Some((tag, id))).await,
+                        PurgeMode::Soft { grace } => {
+                            self.soft_delete_fenced(&key, grace, Some((tag, id))).await
+                        }
+                    };
+                    (key, purged)
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+        let mut purge = TagPurge::default();
+        let mut failed = 0;
+        for (key, result) in results {
+            match result {
+                Ok(held) => purge.hit += u64::from(held),
+                Err(_) => failed += 1,
+            }
+            purge.keys.push(key);
         }
-        Ok(existed > 0)
+        if failed > 0 {
+            return Err(StoreError::Backend(format!(
+                "purge of tag {tag:?}: {failed} of {} keys failed",
+                purge.keys.len()
+            )));
+        }
+        Ok(purge)
     }
 
     async fn try_lock_after(

@@ -60,6 +60,18 @@ impl CacheStore for FakeRemote {
         self.check_up()?;
         self.inner.delete(k).await
     }
+    async fn soft_delete(&self, k: &CacheKey, grace: Duration) -> Result<bool, StoreError> {
+        self.check_up()?;
+        self.inner.soft_delete(k, grace).await
+    }
+    async fn purge_tag(
+        &self,
+        tag: &str,
+        mode: super::PurgeMode,
+    ) -> Result<super::TagPurge, StoreError> {
+        self.check_up()?;
+        self.inner.purge_tag(tag, mode).await
+    }
     async fn try_lock_after(
         &self,
         k: &CacheKey,

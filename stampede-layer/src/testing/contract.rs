@@ -16,6 +16,7 @@
 
 use crate::entry::{CachedResponse, VaryValues, now_ms};
 use crate::key::CacheKey;
+use crate::store::tags::{PurgeMode, prefix_tag};
 use crate::store::{CacheStore, LockAttempt, LockLease, PutOutcome, RebuildFailure, Refusal};
 use bytes::Bytes;
 use http::Method;
@@ -80,7 +81,256 @@ pub async fn run(a: &dyn CacheStore, b: &dyn CacheStore) {
     a_lapsed_lease_is_void_on_a_cold_and_a_warm_key(a, b).await;
     a_failed_rebuild_answers_its_waiters_only(a, b).await;
     every_variant_has_its_slot_and_a_purge_takes_them_all(a, b).await;
+    a_tag_or_prefix_purge_takes_its_entries_only(a, b).await;
+    a_fill_that_started_before_a_tag_purge_is_refused(a, b).await;
+    a_soft_purge_marks_every_variant_stale_and_fences(a, b).await;
     expires_after_the_stale_window(a).await;
+}
+
+/// A fresh name for this run (tags and paths), so checks run twice against
+/// one shared store do not see each other's entries.
+fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// `e` tagged by the origin: `Surrogate-Key` and `Cache-Tag`.
+fn tagged(mut e: CachedResponse, surrogate: &str, cache_tag: &str) -> CachedResponse {
+    e.headers
+        .push(("surrogate-key".into(), surrogate.as_bytes().to_vec()));
+    e.headers
+        .push(("cache-tag".into(), cache_tag.as_bytes().to_vec()));
+    e
+}
+
+/// A purge by an origin tag (`Surrogate-Key` or `Cache-Tag`) or by a path
+/// prefix takes every entry indexed under it — and fences it: a lease drawn
+/// before is refused — and no other entry.
+pub async fn a_tag_or_prefix_purge_takes_its_entries_only(a: &dyn CacheStore, b: &dyn CacheStore) {
+    let run = run_id();
+    let (even, odd, shared) = (
+        format!("even-{run}"),
+        format!("odd-{run}"),
+        format!("all-{run}"),
+    );
+    let path = |i: usize| format!("/contract/{run}/tags/{i}");
+    for i in 0..6 {
+        let k = key(&path(i));
+        let t = a.ticket(&k, TTL).await.expect("ticket");
+        let parity = if i % 2 == 0 { &even } else { &odd };
+        let e = tagged(
+            entry(&format!("v{i}"), 60_000, 0),
+            &format!("x {parity}"),
+            &shared,
+        );
+        assert_eq!(put(a, &k, &e, &t).await, PutOutcome::Written);
+    }
+    let outside = key(&format!("/contract/{run}/other"));
+    let t = a.ticket(&outside, TTL).await.expect("ticket");
+    let e = tagged(entry("outside", 60_000, 0), "x", "y");
+    assert_eq!(put(a, &outside, &e, &t).await, PutOutcome::Written);
+    let before = a.ticket(&key(&path(0)), TTL).await.expect("ticket");
+
+    let purge = b.purge_tag(&even, PurgeMode::Hard).await.expect("purge");
+    assert_eq!(purge.hit, 3, "{}: the even entries", a.backend());
+    for i in 0..6 {
+        let held = body(b, &key(&path(i))).await;
+        assert_eq!(held.is_some(), i % 2 == 1, "{}: entry {i}", a.backend());
+    }
+    assert_eq!(
+        put(
+            a,
+            &key(&path(0)),
+            &tagged(entry("late", 60_000, 0), &even, ""),
+            &before
+        )
+        .await,
+        PutOutcome::Fenced(Refusal::Purged),
+        "{}: a fill that started before a tag purge landed",
+        a.backend()
+    );
+    // A fill whose lease was drawn after the purge fenced its key lands at
+    // once (its record orders them: no clock, no skew to wait out).
+    let after = a.ticket(&key(&path(0)), TTL).await.expect("ticket");
+    let refill = tagged(entry("refilled", 60_000, 0), &even, "");
+    assert_eq!(
+        put(a, &key(&path(0)), &refill, &after).await,
+        PutOutcome::Written,
+        "{}: a fill that started after a tag purge fenced its key was refused",
+        a.backend()
+    );
+    assert!(b.delete(&key(&path(0))).await.expect("delete"));
+    // The Cache-Tag header's tag, then a prefix (at a '/' boundary only).
+    let purge = a.purge_tag(&shared, PurgeMode::Hard).await.expect("purge");
+    assert_eq!(purge.hit, 3, "{}: the odd ones, by Cache-Tag", a.backend());
+    let t = a.ticket(&key(&path(1)), TTL).await.expect("ticket");
+    let e = tagged(entry("again", 60_000, 0), "x", "");
+    assert_eq!(put(a, &key(&path(1)), &e, &t).await, PutOutcome::Written);
+    let prefix = prefix_tag(&format!("/contract/{run}/tags/"));
+    let purge = b.purge_tag(&prefix, PurgeMode::Hard).await.expect("purge");
+    assert_eq!(purge.hit, 1, "{}: by prefix", a.backend());
+    assert_eq!(body(a, &key(&path(1))).await, None);
+    assert_eq!(
+        body(a, &outside).await.as_deref(),
+        Some("outside"),
+        "{}: a purge took an entry outside its tags",
+        a.backend()
+    );
+    let nothing = prefix_tag(&format!("/contract/{run}/tag/"));
+    assert_eq!(
+        b.purge_tag(&nothing, PurgeMode::Hard)
+            .await
+            .expect("purge")
+            .hit,
+        0
+    );
+}
+
+/// The race between a tag purge and a fill of an entry the tag's index does
+/// not list yet: the fill's lease was drawn and its origin request started
+/// before the purge, its key joins the index after the purge listed it.
+/// It must be refused (the purge's record of the tag); a fill that started
+/// past the clock skew after the purge lands; a tagged fill older than any
+/// purge record is kept is refused.
+pub async fn a_fill_that_started_before_a_tag_purge_is_refused(
+    a: &dyn CacheStore,
+    b: &dyn CacheStore,
+) {
+    let run = run_id();
+    let tag = format!("race-{run}");
+    let k = key(&format!("/contract/{run}/race"));
+    let slow = a.ticket(&k, TTL).await.expect("ticket");
+    // Its origin request started now (stored_at − rebuild time).
+    let fetched = tagged(entry("fetched before the purge", 60_000, 0), &tag, "");
+    let purge = b.purge_tag(&tag, PurgeMode::Hard).await.expect("purge");
+    assert!(purge.keys.is_empty(), "not indexed yet");
+    assert_eq!(
+        put(a, &k, &fetched, &slow).await,
+        PutOutcome::Fenced(Refusal::Purged),
+        "{}: a fill that asked the origin before a tag purge landed after it",
+        a.backend()
+    );
+    assert_eq!(body(b, &k).await, None);
+    // Untagged entries are not concerned (another key: this one's index
+    // membership is not what is checked).
+    let plain = key("/plain");
+    let t = a.ticket(&plain, TTL).await.expect("ticket");
+    assert_eq!(
+        put(a, &plain, &entry("untagged", 60_000, 0), &t).await,
+        PutOutcome::Written
+    );
+    // Past the clock skew after the purge, a new fill lands.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let next = a.ticket(&k, TTL).await.expect("ticket");
+    let fresh = tagged(entry("fetched after", 60_000, 0), &tag, "");
+    assert_eq!(put(a, &k, &fresh, &next).await, PutOutcome::Written);
+    assert_eq!(body(b, &k).await.as_deref(), Some("fetched after"));
+    // An hour-old request: any purge record could have lapsed since.
+    let mut old = tagged(entry("an hour old", 60_000, 0), &tag, "");
+    old.stored_at_ms -= 3_600_000;
+    let t = a.ticket(&k, TTL).await.expect("ticket");
+    assert_eq!(
+        put(a, &k, &old, &t).await,
+        PutOutcome::Fenced(Refusal::Purged),
+        "{}: a tagged fill older than the purge window landed",
+        a.backend()
+    );
+}
+
+/// A soft purge marks the entry stale — every variant of it, by key or by
+/// tag — for at least the grace, instead of removing it; it fences like a
+/// hard purge (a lease drawn before is refused), and the next write makes
+/// the entry fresh again.
+pub async fn a_soft_purge_marks_every_variant_stale_and_fences(
+    a: &dyn CacheStore,
+    b: &dyn CacheStore,
+) {
+    let run = run_id();
+    let grace = Duration::from_secs(30);
+    let k = key(&format!("/contract/{run}/soft"));
+    let t = a.ticket(&k, TTL).await.expect("ticket");
+    assert_eq!(
+        put(a, &k, &entry("v1", 60_000, 0), &t).await,
+        PutOutcome::Written
+    );
+    let before = a.ticket(&k, TTL).await.expect("ticket");
+    assert!(b.soft_delete(&k, grace).await.expect("soft delete"), "held");
+    let now = now_ms();
+    let stale = a
+        .get_authoritative(&k)
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("{}: a soft purge removed the entry", a.backend()));
+    assert_eq!(stale.body, "v1");
+    assert!(
+        !stale.is_fresh(now),
+        "{}: still fresh after a soft purge",
+        a.backend()
+    );
+    assert!(
+        stale.stale_until_ms >= now + grace.as_millis() as u64 - 2_000,
+        "{}: not stale for the grace",
+        a.backend()
+    );
+    assert_eq!(
+        put(a, &k, &entry("fetched before", 60_000, 0), &before).await,
+        PutOutcome::Fenced(Refusal::Purged),
+        "{}: a fill that started before a soft purge undid it",
+        a.backend()
+    );
+    let after = a.ticket(&k, TTL).await.expect("ticket");
+    assert_eq!(
+        put(a, &k, &entry("v2", 60_000, 0), &after).await,
+        PutOutcome::Written
+    );
+    let fresh = b
+        .get_authoritative(&k)
+        .await
+        .expect("get")
+        .expect("written");
+    assert!(
+        fresh.is_fresh(now_ms()),
+        "{}: a write after a soft purge is fresh",
+        a.backend()
+    );
+
+    // By tag, on a key with variants: every variant is marked.
+    let tag = format!("soft-{run}");
+    let kv = key(&format!("/contract/{run}/soft-variants"));
+    for lang in ["fr", "de"] {
+        let t = a.ticket(&kv, TTL).await.expect("ticket");
+        let e = tagged(variant(entry(lang, 60_000, 0), lang), &tag, "");
+        assert_eq!(put(a, &kv, &e, &t).await, PutOutcome::Written);
+    }
+    let purge = b
+        .purge_tag(&tag, PurgeMode::Soft { grace })
+        .await
+        .expect("purge");
+    assert_eq!(purge.hit, 1, "{}: one key", a.backend());
+    for lang in ["fr", "de"] {
+        let slot = kv
+            .clone()
+            .with_variant(variant(entry("", 0, 0), lang).variant_id());
+        let got = b
+            .get_authoritative(&slot)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{}: variant {lang} removed", a.backend()));
+        assert_eq!(got.body, lang);
+        assert!(
+            !got.is_fresh(now_ms()),
+            "{}: variant {lang} fresh",
+            a.backend()
+        );
+    }
+    // The refresh that follows (its lease drawn after the purge) lands at once.
+    let t = a.ticket(&kv, TTL).await.expect("ticket");
+    let e = tagged(variant(entry("fr, refreshed", 60_000, 0), "fr"), &tag, "");
+    assert_eq!(
+        put(a, &kv, &e, &t).await,
+        PutOutcome::Written,
+        "{}: the refresh after a soft tag purge was refused",
+        a.backend()
+    );
 }
 
 /// Entries round-trip between handles; a delete says whether it held one.
