@@ -18,7 +18,8 @@ use http::{Method, Request, Uri};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use stampede_layer::store::tags;
-use stampede_layer::{CacheKey, HotKeys, PurgeMode, SharedStore, StampedeService};
+use stampede_layer::store::{CacheKey, PurgeMode};
+use stampede_layer::{HotKeys, SharedStore, StampedeService};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -307,7 +308,7 @@ async fn hot_keys(
 /// its query string unless `with_query`, and `query_redacted: true` on the
 /// keys that had one.
 pub fn hot_key_report(
-    top: Vec<stampede_layer::HotKey>,
+    top: Vec<stampede_layer::telemetry::HotKey>,
     with_query: bool,
 ) -> Vec<serde_json::Value> {
     top.into_iter()
@@ -375,7 +376,7 @@ mod tests {
 
     #[test]
     fn hot_keys_hide_their_query_unless_asked() {
-        use stampede_layer::HotKey;
+        use stampede_layer::telemetry::HotKey;
         let top = || {
             vec![
                 HotKey {

@@ -303,7 +303,7 @@ pub struct Config {
         long,
         alias = "max-body-bytes",
         env = "STAMPEDE_MAX_OBJECT_SIZE",
-        default_value_t = stampede_layer::config::DEFAULT_MAX_OBJECT_SIZE
+        default_value_t = stampede_layer::CacheConfig::DEFAULT_MAX_OBJECT_SIZE
     )]
     pub max_object_size: usize,
     /// Overload gate: most requests at the origin at once (set it from what the

@@ -46,7 +46,7 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            use stampede_layer::fingerprint as fp;
+            use stampede_layer::telemetry as fp;
             // A full name wins over a suffix (the exporter tries full names first).
             let builder = PrometheusBuilder::new()
                 .add_global_label("gateway", instance)
@@ -194,27 +194,27 @@ pub fn build_stack(
             d
         }
     };
+    let mut cache = CacheConfig::default();
+    cache.name = "stampede".into();
+    cache.ttl = operator(config.ttl);
+    cache.stale_ttl = operator(config.stale_ttl);
+    cache.stale_if_error = operator(config.stale_if_error.max(config.stale_ttl));
+    cache.max_object_size = config.max_object_size;
+    cache.honor_origin_cache_control = true;
+    cache.cache_credentialed = config.cache_credentialed;
+    cache.hit_for_miss_ttl = config.hit_for_miss_ttl;
+    cache.retain_stale = config.retain_stale;
+    cache.heuristic_freshness = config.heuristic_freshness;
+    cache.credential_headers = config.credential_headers.clone();
+    let mut lease = LeaseOptions::default();
+    lease.renew = !config.no_lock_renewal;
+    lease.fill_deadline = config.fill_deadline;
     Ok(StampedeLayer::new(store)
         .mitigations(config.mitigations)
-        .cache_config(CacheConfig {
-            name: "stampede".into(),
-            ttl: operator(config.ttl),
-            stale_ttl: operator(config.stale_ttl),
-            stale_if_error: operator(config.stale_if_error.max(config.stale_ttl)),
-            max_object_size: config.max_object_size,
-            honor_origin_cache_control: true,
-            cache_credentialed: config.cache_credentialed,
-            hit_for_miss_ttl: config.hit_for_miss_ttl,
-            retain_stale: config.retain_stale,
-            heuristic_freshness: config.heuristic_freshness,
-            credential_headers: config.credential_headers.clone(),
-        })
+        .cache_config(cache)
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))
-        .lease(LeaseOptions {
-            renew: !config.no_lock_renewal,
-            fill_deadline: config.fill_deadline,
-        })
+        .lease(lease)
         .xfetch_beta(config.xfetch_beta)
         .jitter(if config.http_strict {
             0.0
@@ -332,7 +332,7 @@ pub async fn run(
         _ => None,
     };
     let store = build_store(&config).await?;
-    stampede_layer::fingerprint::set_herd_window(config.herd_window);
+    stampede_layer::telemetry::set_herd_window(config.herd_window);
     stampede_layer::telemetry::register(store.backend());
     {
         let store = store.clone();

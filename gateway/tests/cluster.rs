@@ -8,10 +8,9 @@ mod common;
 use axum::Router;
 use axum::routing::get;
 use common::{config, get as http_get, report, send, serve};
+use stampede_layer::store::{CacheKey, CachedResponse, PurgeMode, PutOutcome, Refusal};
 use stampede_layer::testing::{RedisServer, contract, fill};
-use stampede_layer::{
-    CacheKey, CacheStore, CachedResponse, PurgeMode, PutOutcome, RedisStore, Refusal,
-};
+use stampede_layer::{CacheStore, RedisStore};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +76,7 @@ impl Cluster {
 }
 
 fn entry(body: &str, fence: u64) -> CachedResponse {
-    let now = stampede_layer::entry::now_ms();
+    let now = stampede_layer::store::now_ms();
     CachedResponse {
         status: 200,
         headers: vec![],
@@ -176,7 +175,7 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(soft.hit, 20, "another group, soft");
-    let now = stampede_layer::entry::now_ms();
+    let now = stampede_layer::store::now_ms();
     for i in 0..60 {
         let got = a.get(&tag_key(i)).await.unwrap();
         match i % 3 {

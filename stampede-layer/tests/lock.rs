@@ -114,9 +114,10 @@ async fn fencing_rejects_the_write_of_an_expired_lock_holder() {
         .mitigations(LOCK_ONLY)
         .ttl(Duration::from_secs(30))
         .lock_ttl(ttl)
-        .lease(LeaseOptions {
-            renew: false,
-            ..LeaseOptions::default()
+        .lease({
+            let mut c = LeaseOptions::default();
+            c.renew = false;
+            c
         });
     let a = paused.service(origin.clone());
     let (_, b) = instance(&server, origin, LOCK_ONLY, ttl, ttl).await;

@@ -21,11 +21,12 @@ fn stack(mitigations: Mitigations) -> (Calls, Arc<MemoryStore>, StampedeService<
     let store: SharedStore = memory.clone();
     let svc = StampedeLayer::new(store)
         .mitigations(mitigations)
-        .cache_config(CacheConfig {
-            ttl: Duration::from_secs(30),
-            stale_ttl: Duration::ZERO,
-            stale_if_error: Duration::from_secs(60),
-            ..CacheConfig::default()
+        .cache_config({
+            let mut c = CacheConfig::default();
+            c.ttl = Duration::from_secs(30);
+            c.stale_ttl = Duration::ZERO;
+            c.stale_if_error = Duration::from_secs(60);
+            c
         })
         .overload_budget(2, Duration::ZERO)
         .service(origin);

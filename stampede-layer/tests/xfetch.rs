@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use stampede_layer::entry::now_ms;
+use stampede_layer::store::now_ms;
 use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer};
 use std::sync::Arc;
 use std::time::Duration;
