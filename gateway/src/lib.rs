@@ -140,11 +140,10 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
             }
             // In front of the breaker: a near hit touches neither Redis nor
             // the breaker; misses, writes, locks and fencing go through both.
-            let near = NearCacheConfig {
-                ttl: config.near_cache_ttl,
-                max_entries: config.near_cache_max_entries,
-                max_bytes: config.near_cache_max_bytes,
-            };
+            let mut near = NearCacheConfig::default();
+            near.ttl = config.near_cache_ttl;
+            near.max_entries = config.near_cache_max_entries;
+            near.max_bytes = config.near_cache_max_bytes;
             let near = NearCacheStore::with_redis_invalidation(breaker, near, &store)
                 .await
                 .with_context(|| format!("cannot subscribe to invalidations on {url}"))?;

@@ -63,11 +63,13 @@ use tower::{Layer, Service, ServiceBuilder};
 /// assert_eq!(m.to_string(), "single-flight,lock");
 /// assert!("".parse::<Mitigations>().is_err(), "empty is a mistake, not none");
 ///
+/// // `#[non_exhaustive]` (mitigations may be added): start from a constant.
 /// let mut no_xfetch = Mitigations::ALL;
 /// no_xfetch.xfetch = false;
 /// # Ok::<(), stampede_layer::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Mitigations {
     /// Per-process coalescing.
     pub single_flight: bool,

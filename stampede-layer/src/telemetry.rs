@@ -8,6 +8,22 @@
 //! before the first miss, shed or store error. [`HotKeys`] (fed by
 //! [`StampedeLayer::hot_keys`](crate::StampedeLayer::hot_keys)) reports the
 //! most requested keys.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use stampede_layer::telemetry::{self, HotKeys};
+//! use stampede_layer::{MemoryStore, StampedeLayer};
+//!
+//! telemetry::register("memory"); // zero-valued series, once at start-up
+//! let hot = HotKeys::new(10, Duration::from_secs(60), 10_000);
+//! let layer = StampedeLayer::new(Arc::new(MemoryStore::default())).hot_keys(hot.clone());
+//! // Later, for an admin endpoint:
+//! for key in hot.top() {
+//!     println!("{} {:.1}/s", key.key, key.requests_per_second);
+//! }
+//! # let _ = layer;
+//! ```
 
 pub use crate::fingerprint::{
     DEFAULT_HERD_WINDOW, REBUILDS_BUCKETS, REBUILDS_PER_KEY_WINDOW, STALE_AGE_BUCKETS,

@@ -172,10 +172,8 @@ async fn redis_tag_index_is_bounded_and_takes_what_it_drops_with_it() {
 }
 
 async fn near(redis: &RedisStore, ttl: Duration) -> NearCacheStore<RedisStore> {
-    let config = NearCacheConfig {
-        ttl,
-        ..Default::default()
-    };
+    let mut config = NearCacheConfig::default();
+    config.ttl = ttl;
     NearCacheStore::with_redis_invalidation(redis.clone(), config, redis)
         .await
         .expect("subscribe")

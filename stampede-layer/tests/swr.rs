@@ -36,11 +36,12 @@ where
     (memory, svc)
 }
 
-const SWR: Mitigations = Mitigations {
-    swr: true,
-    single_flight: true,
-    lock: true,
-    ..Mitigations::NONE
+const SWR: Mitigations = {
+    let mut m = Mitigations::NONE;
+    m.swr = true;
+    m.single_flight = true;
+    m.lock = true;
+    m
 };
 
 #[tokio::test]
@@ -168,7 +169,11 @@ async fn stale_if_error_serves_stale_on_origin_error() {
 
 #[tokio::test]
 async fn without_swr_the_500_and_the_error_go_through() {
-    let no_swr = Mitigations { swr: false, ..SWR };
+    let no_swr = {
+        let mut m = SWR;
+        m.swr = false;
+        m
+    };
     let (status, cs, body, _) = stale_if_error(no_swr, true).await;
     assert_eq!(
         (status.as_u16(), body.as_ref()),

@@ -22,10 +22,11 @@ async fn one_background_refresh_per_fleet() {
         c.stale_ttl = Duration::from_secs(10);
         c
     };
-    let swr_only = Mitigations {
-        single_flight: true,
-        swr: true,
-        ..Mitigations::NONE
+    let swr_only = {
+        let mut m = Mitigations::NONE;
+        m.single_flight = true;
+        m.swr = true;
+        m
     };
     let mut fleet = Vec::new();
     for _ in 0..3 {

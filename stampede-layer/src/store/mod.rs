@@ -14,6 +14,32 @@
 //! [`PutOutcome`], and tag purges ([`tags`]). The layers use a store only
 //! through the trait. `testing::contract::run` (feature `test-util`) checks
 //! that a store keeps the contract.
+//!
+//! A fleet's store, as the gateway builds it: Redis, an in-process store
+//! standing in while Redis is down, and a near cache in front whose deletes
+//! reach every instance:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn demo() -> Result<(), stampede_layer::StoreError> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use stampede_layer::{
+//!     FallbackStore, MemoryStore, NearCacheConfig, NearCacheStore, RedisStore, SharedStore,
+//!     StampedeLayer,
+//! };
+//!
+//! let redis = RedisStore::builder("redis://127.0.0.1:6379").connect().await?;
+//! let breaker = FallbackStore::new(redis.clone(), MemoryStore::default())
+//!     .degraded_ttl(Duration::from_secs(1));
+//! let near =
+//!     NearCacheStore::with_redis_invalidation(breaker, NearCacheConfig::default(), &redis).await?;
+//! let store: SharedStore = Arc::new(near);
+//! let layer = StampedeLayer::new(store);
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
 
 mod fallback;
 pub mod fence;
