@@ -465,7 +465,12 @@ mod tests {
             if ["help", "version"].contains(&long) {
                 continue;
             }
-            let want = format!("STAMPEDE_{}", long.to_uppercase().replace('-', "_"));
+            let mut want = format!("STAMPEDE_{}", long.to_uppercase().replace('-', "_"));
+            // A repeatable flag's variable holds the comma-separated list:
+            // its name is the plural (`--key-header`: STAMPEDE_KEY_HEADERS).
+            if arg.get_value_delimiter().is_some() && !want.ends_with('S') {
+                want.push('S');
+            }
             assert_eq!(
                 arg.get_env().and_then(|e| e.to_str()),
                 Some(want.as_str()),
