@@ -274,15 +274,21 @@ impl CacheStore for LockedElsewhere {
 async fn a_client_never_gets_the_non_answer_of_a_refresh_that_lost_the_lock() {
     let (calls, origin) = slow_origin(Duration::from_millis(10));
     let store = Arc::new(LockedElsewhere::default());
-    // Fresh for 200 ms, then only servable on error; a huge rebuild time makes
-    // XFetch refresh on every fresh read.
+    // Fresh for 200 ms, then only servable on error; a long rebuild time (50 s,
+    // within the stores' 60 s purge window: a fill whose origin request is
+    // older is refused) makes XFetch refresh a read 60 ms before expiry with
+    // probability 1 - e^(-0.06/50) ≈ 0.999.
     let mut e = entry("cached", 200, 0, 0);
     e.error_until_ms += 60_000;
-    e.rebuild_ms = 100_000_000;
+    e.rebuild_ms = 50_000;
     let expiry = e.fresh_until_ms;
-    stampede_layer::testing::fill(&*store, &key("/items/1"), &e)
+    let filled = stampede_layer::testing::fill(&*store, &key("/items/1"), &e)
         .await
         .unwrap();
+    assert!(
+        matches!(filled, stampede_layer::PutOutcome::Written),
+        "{filled:?}"
+    );
     let shared: SharedStore = store;
     let svc = stampede_layer::StampedeLayer::new(shared)
         .mitigations(stampede_layer::Mitigations {
