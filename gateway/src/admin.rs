@@ -41,6 +41,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Set once the warm list is loaded.
     pub ready: Arc<AtomicBool>,
+    /// Set when shutdown begins: `/readyz` answers 503 `draining` from then on.
+    pub draining: Arc<AtomicBool>,
     /// Whether a degraded store (Redis unreachable) makes `/readyz` 503.
     pub readyz_requires_store: bool,
     /// How long a soft purge keeps entries answerable stale (the gateway's
@@ -81,10 +83,12 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// 503 `warming` until the warm list is loaded; then `ready`, or, while the
 /// shared store cannot be reached, `ready (degraded …)` (503 `degraded …`
-/// with `--readyz-requires-redis`).
+/// with `--readyz-requires-redis`); 503 `draining` once shutdown began.
 async fn readyz(State(s): State<AdminState>) -> Response {
     const DEGRADED: &str = "degraded: the shared store (Redis) cannot be reached; serving from the in-process fallback, coordination is per instance\n";
-    if !s.ready.load(Ordering::Acquire) {
+    if s.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !s.ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "warming\n").into_response()
     } else if !s.store.is_degraded() {
         (StatusCode::OK, "ready\n").into_response()

@@ -403,6 +403,15 @@ pub struct Config {
     /// Bearer token for the admin API (purge, warm, hot keys); unset: admin API off.
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// On SIGTERM: how long the gateway keeps serving after /readyz turns 503
+    /// (`draining`), so load balancers stop sending it traffic before its
+    /// listeners close. SIGINT (Ctrl-C) skips it.
+    #[arg(long, env = "STAMPEDE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Once the listeners closed: how long requests in flight may take to
+    /// finish; then the gateway exits anyway (their connections are cut).
+    #[arg(long, env = "STAMPEDE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
     /// File of paths (one per line, `#` comments) to warm before /readyz says ready.
     #[arg(long, env = "STAMPEDE_WARM_LIST")]
     pub warm_list: Option<PathBuf>,

@@ -309,13 +309,26 @@ fn read_warm_list(path: &std::path::Path) -> anyhow::Result<Vec<Uri>> {
         .collect()
 }
 
-/// Serve the proxy and admin listeners until `shutdown` resolves.
+/// How a shutdown was asked for, and so how it drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM (an orchestrator): `/readyz` turns 503 at once, the listeners
+    /// keep serving for `--shutdown-delay`, then close; requests in flight
+    /// get `--shutdown-grace` to finish.
+    Drain,
+    /// SIGINT (Ctrl-C), or a test: no delay; requests in flight still get
+    /// `--shutdown-grace`.
+    Now,
+}
+
+/// Serve the proxy and admin listeners until `shutdown` resolves, then drain
+/// as its [`Stop`] says.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
     metrics: PrometheusHandle,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let warm_list = match &config.warm_list {
         Some(p) => Some(read_warm_list(p)?),
@@ -353,6 +366,7 @@ pub async fn run(
     let hot_keys = HotKeys::new(10, Duration::from_secs(10), 10_000);
     let stack = build_stack(&config, store.clone(), hot_keys.clone())?;
     let ready = Arc::new(AtomicBool::new(warm_list.is_none()));
+    let draining = Arc::new(AtomicBool::new(false));
     let admin_state = admin::AdminState {
         metrics,
         store,
@@ -365,6 +379,7 @@ pub async fn run(
             .filter(|t| !t.trim().is_empty())
             .map(Into::into),
         ready: ready.clone(),
+        draining: draining.clone(),
         readyz_requires_store: config.readyz_requires_redis,
         soft_purge_grace: config.stale_ttl.max(Duration::from_secs(1)),
     };
@@ -392,9 +407,21 @@ pub async fn run(
         "gateway up"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (delay, grace) = (config.shutdown_delay, config.shutdown_grace);
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        shutdown.await;
+        let stop = shutdown.await;
+        draining.store(true, Ordering::Release);
+        if stop == Stop::Drain && !delay.is_zero() {
+            tracing::info!(
+                delay = ?delay,
+                "draining: /readyz answers 503; still serving until the delay ends"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!(grace = ?grace, "listeners closed; waiting for the requests in flight");
         let _ = stop_tx.send(true);
+        let _ = closed_tx.send(());
     });
     let limits = |max_connections| server::Limits {
         header_read_timeout: config.header_read_timeout,
@@ -420,9 +447,25 @@ pub async fn run(
         stop_rx,
         server_tls.as_ref().map(|t| t.acceptor()),
     );
-    let (a, b) = tokio::join!(admin, main);
+    let served = async { tokio::join!(admin, main) };
+    tokio::pin!(served);
+    // Serve until the listeners close; then at most the grace for the rest.
+    let (a, b) = tokio::select! {
+        done = &mut served => done,
+        _ = closed_rx => match tokio::time::timeout(grace, &mut served).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?grace,
+                    "requests still in flight after --shutdown-grace; exiting anyway (their connections are cut)"
+                );
+                return Ok(());
+            }
+        },
+    };
     a.context("admin listener")?;
     b.context("proxy listener")?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -463,6 +506,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(config, listener, admin_listener, metrics, async move {
         let _ = rx.await;
+        Stop::Now
     }));
     Ok(Spawned {
         addr,

@@ -132,6 +132,10 @@ pub(crate) enum Sharing {
     Failure,
     /// Not shareable: a waiter sends its own request.
     NotShareable(NotShareable),
+    /// The store refused its write: a purge or a later write was ordered
+    /// after the rebuild began, so a waiter that joined since may be owed a
+    /// newer version. Waiters coordinate again (one new rebuild for them).
+    Fenced,
 }
 
 impl Sharing {
@@ -150,6 +154,7 @@ impl Sharing {
             Sharing::Stored(vary) if vary.matches(headers) => Share::Yes,
             Sharing::Stored(vary) => Share::OtherVariant(vary.clone()),
             Sharing::NotShareable(_) => Share::No,
+            Sharing::Fenced => Share::Again,
         }
     }
 }
@@ -163,6 +168,8 @@ pub(crate) enum Share {
     OtherVariant(VaryValues),
     /// It must send its own request to the origin.
     No,
+    /// The answer was superseded while it was built: coordinate again.
+    Again,
 }
 
 /// Response extension set by [`CacheFill`](crate::fill::CacheFill) on the answer of

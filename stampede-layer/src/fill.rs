@@ -434,7 +434,9 @@ impl<S> CacheFill<S> {
                     fence,
                 );
                 write(&self.store, &lookup, &entry, lease.as_ref(), &mut status).await;
-                if plan.shareable() {
+                if status.detail == Some(Detail::Fenced) {
+                    Sharing::Fenced
+                } else if plan.shareable() {
                     Sharing::Stored(entry.vary)
                 } else {
                     Sharing::NotShareable(if plan.no_cache {

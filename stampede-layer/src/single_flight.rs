@@ -12,6 +12,10 @@
 //!   (`collapsed`);
 //! * stored, but another variant (`Vary`): the follower coordinates again on
 //!   its own variant (two variants are two flights);
+//! * refused by the store's fence (a purge or a later write was ordered
+//!   after the rebuild began; [`Sharing::Fenced`]): a follower may have
+//!   joined after that purge, so every follower coordinates again — one new
+//!   rebuild — instead of being given the superseded answer;
 //! * not shareable (`private`, `Set-Cookie`, `no-store`, …) or too large to
 //!   buffer: every follower sends its own request to the origin, concurrently
 //!   and uncoordinated, and gets its own answer.
@@ -238,7 +242,10 @@ impl<S> SingleFlight<S> {
                         req.extensions_mut().insert(lookup.for_variant(&vary));
                         self.coalesce(req, false).await
                     }
-                    Share::OtherVariant(_) | Share::No => pass(inner, req, &lookup).await,
+                    Share::Again if may_rescope => self.coalesce(req, false).await,
+                    Share::OtherVariant(_) | Share::Again | Share::No => {
+                        pass(inner, req, &lookup).await
+                    }
                 }
             });
         }
