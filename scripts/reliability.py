@@ -26,7 +26,7 @@ import sys
 CAMPAIGN_JSON = "docs/results/campaign.json"
 CAMPAIGN_START, CAMPAIGN_END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
-TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge", "purge"]
+TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge", "purge", "drain"]
 
 PROTECTIONS = [
     ("Redis outage", "faults::redis_outage_is_survived_and_recovered_from",
@@ -91,6 +91,8 @@ PROTECTIONS = [
      "Soft purge (`\"soft\": true`): entries marked stale (fenced like a hard purge) and answered stale while one refresh runs fleet-wide: one origin request, no client waits — beside a hard purge of the same hot key, where the clients asking during the rebuild wait for it."),
     ("Tag purge racing a fill the index does not list yet", "purge::a_slow_fill_started_before_a_tag_purge_is_refused",
      "A purge records the tag's purge time first; a tagged fill adds itself to the index, then reads that record, then writes — refused unless its lease came after the purge fenced its key, or its origin request came more than the allowed clock skew (1 s) after the purge (docs/LAYERS.md, Fencing). Redis and the in-process store."),
+    ("Shutdown under traffic (deploy, scale-in)", "drain::sigterm_turns_readiness_off_serves_through_the_delay_then_lets_requests_finish",
+     "SIGTERM: /readyz 503 `draining` at once, both listeners serve through --shutdown-delay, then close; a rebuild in flight finishes and is answered; the process exits 0. SIGINT skips the delay; --shutdown-grace bounds requests in flight (`drain::sigint_skips_the_delay_and_the_grace_bounds_requests_in_flight`)."),
     ("Memory bound under a key flood", "memory_bound::rss_stays_within_the_bound_under_a_flood_of_keys_with_large_vary_values",
      "The in-process store weighs each entry with its body, headers and stored Vary request values against --memory-max-bytes (moka); RSS grows by at most the bound plus a documented overhead (half the bound + 32 MiB: moka's per-entry bookkeeping, allocator slack). 1 000 000 keys here."),
     ("Secrets in logs / plaintext TLS", "cli::rediss_works_and_never_falls_back_to_plaintext",

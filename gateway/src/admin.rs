@@ -18,7 +18,8 @@ use http::{Method, Request, Uri};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use stampede_layer::store::tags;
-use stampede_layer::{CacheKey, HotKeys, PurgeMode, SharedStore, StampedeService};
+use stampede_layer::store::{CacheKey, PurgeMode};
+use stampede_layer::{HotKeys, SharedStore, StampedeService};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Set once the warm list is loaded.
     pub ready: Arc<AtomicBool>,
+    /// Set when shutdown begins: `/readyz` answers 503 `draining` from then on.
+    pub draining: Arc<AtomicBool>,
     /// Whether a degraded store (Redis unreachable) makes `/readyz` 503.
     pub readyz_requires_store: bool,
     /// How long a soft purge keeps entries answerable stale (the gateway's
@@ -80,10 +83,12 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// 503 `warming` until the warm list is loaded; then `ready`, or, while the
 /// shared store cannot be reached, `ready (degraded …)` (503 `degraded …`
-/// with `--readyz-requires-redis`).
+/// with `--readyz-requires-redis`); 503 `draining` once shutdown began.
 async fn readyz(State(s): State<AdminState>) -> Response {
     const DEGRADED: &str = "degraded: the shared store (Redis) cannot be reached; serving from the in-process fallback, coordination is per instance\n";
-    if !s.ready.load(Ordering::Acquire) {
+    if s.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !s.ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "warming\n").into_response()
     } else if !s.store.is_degraded() {
         (StatusCode::OK, "ready\n").into_response()
@@ -307,7 +312,7 @@ async fn hot_keys(
 /// its query string unless `with_query`, and `query_redacted: true` on the
 /// keys that had one.
 pub fn hot_key_report(
-    top: Vec<stampede_layer::HotKey>,
+    top: Vec<stampede_layer::telemetry::HotKey>,
     with_query: bool,
 ) -> Vec<serde_json::Value> {
     top.into_iter()
@@ -375,7 +380,7 @@ mod tests {
 
     #[test]
     fn hot_keys_hide_their_query_unless_asked() {
-        use stampede_layer::HotKey;
+        use stampede_layer::telemetry::HotKey;
         let top = || {
             vec![
                 HotKey {

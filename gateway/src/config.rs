@@ -303,7 +303,7 @@ pub struct Config {
         long,
         alias = "max-body-bytes",
         env = "STAMPEDE_MAX_OBJECT_SIZE",
-        default_value_t = stampede_layer::config::DEFAULT_MAX_OBJECT_SIZE
+        default_value_t = stampede_layer::CacheConfig::DEFAULT_MAX_OBJECT_SIZE
     )]
     pub max_object_size: usize,
     /// Overload gate: most requests at the origin at once (set it from what the
@@ -403,6 +403,15 @@ pub struct Config {
     /// Bearer token for the admin API (purge, warm, hot keys); unset: admin API off.
     #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// On SIGTERM: how long the gateway keeps serving after /readyz turns 503
+    /// (`draining`), so load balancers stop sending it traffic before its
+    /// listeners close. SIGINT (Ctrl-C) skips it.
+    #[arg(long, env = "STAMPEDE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Once the listeners closed: how long requests in flight may take to
+    /// finish; then the gateway exits anyway (their connections are cut).
+    #[arg(long, env = "STAMPEDE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
     /// File of paths (one per line, `#` comments) to warm before /readyz says ready.
     #[arg(long, env = "STAMPEDE_WARM_LIST")]
     pub warm_list: Option<PathBuf>,
@@ -465,7 +474,12 @@ mod tests {
             if ["help", "version"].contains(&long) {
                 continue;
             }
-            let want = format!("STAMPEDE_{}", long.to_uppercase().replace('-', "_"));
+            let mut want = format!("STAMPEDE_{}", long.to_uppercase().replace('-', "_"));
+            // A repeatable flag's variable holds the comma-separated list:
+            // its name is the plural (`--key-header`: STAMPEDE_KEY_HEADERS).
+            if arg.get_value_delimiter().is_some() && !want.ends_with('S') {
+                want.push('S');
+            }
             assert_eq!(
                 arg.get_env().and_then(|e| e.to_str()),
                 Some(want.as_str()),

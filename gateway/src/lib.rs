@@ -46,7 +46,7 @@ pub fn install_prometheus(instance: &str) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            use stampede_layer::fingerprint as fp;
+            use stampede_layer::telemetry as fp;
             // A full name wins over a suffix (the exporter tries full names first).
             let builder = PrometheusBuilder::new()
                 .add_global_label("gateway", instance)
@@ -140,11 +140,10 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
             }
             // In front of the breaker: a near hit touches neither Redis nor
             // the breaker; misses, writes, locks and fencing go through both.
-            let near = NearCacheConfig {
-                ttl: config.near_cache_ttl,
-                max_entries: config.near_cache_max_entries,
-                max_bytes: config.near_cache_max_bytes,
-            };
+            let mut near = NearCacheConfig::default();
+            near.ttl = config.near_cache_ttl;
+            near.max_entries = config.near_cache_max_entries;
+            near.max_bytes = config.near_cache_max_bytes;
             let near = NearCacheStore::with_redis_invalidation(breaker, near, &store)
                 .await
                 .with_context(|| format!("cannot subscribe to invalidations on {url}"))?;
@@ -194,27 +193,27 @@ pub fn build_stack(
             d
         }
     };
+    let mut cache = CacheConfig::default();
+    cache.name = "stampede".into();
+    cache.ttl = operator(config.ttl);
+    cache.stale_ttl = operator(config.stale_ttl);
+    cache.stale_if_error = operator(config.stale_if_error.max(config.stale_ttl));
+    cache.max_object_size = config.max_object_size;
+    cache.honor_origin_cache_control = true;
+    cache.cache_credentialed = config.cache_credentialed;
+    cache.hit_for_miss_ttl = config.hit_for_miss_ttl;
+    cache.retain_stale = config.retain_stale;
+    cache.heuristic_freshness = config.heuristic_freshness;
+    cache.credential_headers = config.credential_headers.clone();
+    let mut lease = LeaseOptions::default();
+    lease.renew = !config.no_lock_renewal;
+    lease.fill_deadline = config.fill_deadline;
     Ok(StampedeLayer::new(store)
         .mitigations(config.mitigations)
-        .cache_config(CacheConfig {
-            name: "stampede".into(),
-            ttl: operator(config.ttl),
-            stale_ttl: operator(config.stale_ttl),
-            stale_if_error: operator(config.stale_if_error.max(config.stale_ttl)),
-            max_object_size: config.max_object_size,
-            honor_origin_cache_control: true,
-            cache_credentialed: config.cache_credentialed,
-            hit_for_miss_ttl: config.hit_for_miss_ttl,
-            retain_stale: config.retain_stale,
-            heuristic_freshness: config.heuristic_freshness,
-            credential_headers: config.credential_headers.clone(),
-        })
+        .cache_config(cache)
         .lock_ttl(config.lock_ttl)
         .lock_wait(config.lock_wait.unwrap_or(config.lock_ttl))
-        .lease(LeaseOptions {
-            renew: !config.no_lock_renewal,
-            fill_deadline: config.fill_deadline,
-        })
+        .lease(lease)
         .xfetch_beta(config.xfetch_beta)
         .jitter(if config.http_strict {
             0.0
@@ -310,13 +309,26 @@ fn read_warm_list(path: &std::path::Path) -> anyhow::Result<Vec<Uri>> {
         .collect()
 }
 
-/// Serve the proxy and admin listeners until `shutdown` resolves.
+/// How a shutdown was asked for, and so how it drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM (an orchestrator): `/readyz` turns 503 at once, the listeners
+    /// keep serving for `--shutdown-delay`, then close; requests in flight
+    /// get `--shutdown-grace` to finish.
+    Drain,
+    /// SIGINT (Ctrl-C), or a test: no delay; requests in flight still get
+    /// `--shutdown-grace`.
+    Now,
+}
+
+/// Serve the proxy and admin listeners until `shutdown` resolves, then drain
+/// as its [`Stop`] says.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
     metrics: PrometheusHandle,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> anyhow::Result<()> {
     let warm_list = match &config.warm_list {
         Some(p) => Some(read_warm_list(p)?),
@@ -332,7 +344,7 @@ pub async fn run(
         _ => None,
     };
     let store = build_store(&config).await?;
-    stampede_layer::fingerprint::set_herd_window(config.herd_window);
+    stampede_layer::telemetry::set_herd_window(config.herd_window);
     stampede_layer::telemetry::register(store.backend());
     {
         let store = store.clone();
@@ -354,6 +366,7 @@ pub async fn run(
     let hot_keys = HotKeys::new(10, Duration::from_secs(10), 10_000);
     let stack = build_stack(&config, store.clone(), hot_keys.clone())?;
     let ready = Arc::new(AtomicBool::new(warm_list.is_none()));
+    let draining = Arc::new(AtomicBool::new(false));
     let admin_state = admin::AdminState {
         metrics,
         store,
@@ -366,6 +379,7 @@ pub async fn run(
             .filter(|t| !t.trim().is_empty())
             .map(Into::into),
         ready: ready.clone(),
+        draining: draining.clone(),
         readyz_requires_store: config.readyz_requires_redis,
         soft_purge_grace: config.stale_ttl.max(Duration::from_secs(1)),
     };
@@ -393,9 +407,21 @@ pub async fn run(
         "gateway up"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (delay, grace) = (config.shutdown_delay, config.shutdown_grace);
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        shutdown.await;
+        let stop = shutdown.await;
+        draining.store(true, Ordering::Release);
+        if stop == Stop::Drain && !delay.is_zero() {
+            tracing::info!(
+                delay = ?delay,
+                "draining: /readyz answers 503; still serving until the delay ends"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!(grace = ?grace, "listeners closed; waiting for the requests in flight");
         let _ = stop_tx.send(true);
+        let _ = closed_tx.send(());
     });
     let limits = |max_connections| server::Limits {
         header_read_timeout: config.header_read_timeout,
@@ -421,9 +447,25 @@ pub async fn run(
         stop_rx,
         server_tls.as_ref().map(|t| t.acceptor()),
     );
-    let (a, b) = tokio::join!(admin, main);
+    let served = async { tokio::join!(admin, main) };
+    tokio::pin!(served);
+    // Serve until the listeners close; then at most the grace for the rest.
+    let (a, b) = tokio::select! {
+        done = &mut served => done,
+        _ = closed_rx => match tokio::time::timeout(grace, &mut served).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?grace,
+                    "requests still in flight after --shutdown-grace; exiting anyway (their connections are cut)"
+                );
+                return Ok(());
+            }
+        },
+    };
     a.context("admin listener")?;
     b.context("proxy listener")?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -464,6 +506,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Spawned> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(config, listener, admin_listener, metrics, async move {
         let _ = rx.await;
+        Stop::Now
     }));
     Ok(Spawned {
         addr,

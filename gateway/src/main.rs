@@ -42,18 +42,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway::run(config, listener, admin, metrics, shutdown_signal()).await
 }
 
-async fn shutdown_signal() {
+/// SIGTERM drains (readiness off, `--shutdown-delay`, then close); SIGINT
+/// closes at once. Either way requests in flight get `--shutdown-grace`.
+async fn shutdown_signal() -> gateway::Stop {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
+    let stop = {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("install SIGTERM handler");
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => gateway::Stop::Now,
+            _ = term.recv() => gateway::Stop::Drain,
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+    let stop = {
+        let _ = ctrl_c.await;
+        gateway::Stop::Now
+    };
+    tracing::info!(?stop, "shutting down");
+    stop
 }

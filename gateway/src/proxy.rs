@@ -420,8 +420,7 @@ fn forwarded_for(element: &str) -> Option<String> {
 pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::from(format!("{msg}\n")));
     *resp.status_mut() = status;
-    resp.extensions_mut()
-        .insert(stampede_layer::Sharing::Generated);
+    resp.extensions_mut().insert(stampede_layer::Generated);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

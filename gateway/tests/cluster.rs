@@ -8,10 +8,9 @@ mod common;
 use axum::Router;
 use axum::routing::get;
 use common::{config, get as http_get, report, send, serve};
+use stampede_layer::store::{CacheKey, CachedResponse, PurgeMode, PutOutcome, Refusal};
 use stampede_layer::testing::{RedisServer, contract, fill};
-use stampede_layer::{
-    CacheKey, CacheStore, CachedResponse, PurgeMode, PutOutcome, RedisStore, Refusal,
-};
+use stampede_layer::{CacheStore, RedisStore};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +76,7 @@ impl Cluster {
 }
 
 fn entry(body: &str, fence: u64) -> CachedResponse {
-    let now = stampede_layer::entry::now_ms();
+    let now = stampede_layer::store::now_ms();
     CachedResponse {
         status: 200,
         headers: vec![],
@@ -176,7 +175,7 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(soft.hit, 20, "another group, soft");
-    let now = stampede_layer::entry::now_ms();
+    let now = stampede_layer::store::now_ms();
     for i in 0..60 {
         let got = a.get(&tag_key(i)).await.unwrap();
         match i % 3 {
@@ -235,12 +234,21 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
     .await;
     assert_eq!(purge.status, 200, "{}", purge.body);
     assert!(purge.body.contains(r#""purged":1"#), "{}", purge.body);
-    let after = http_get(&format!("http://{}/items/500", g2.addr)).await;
-    assert!(
-        !after.cache_status().contains("; hit"),
-        "purged: {}",
-        after.cache_status()
-    );
+    // The other gateway's near copy goes over pub/sub (asynchronous): it
+    // must be gone within the near-cache bound (--near-cache-ttl, 1 s).
+    let purged_at = Instant::now();
+    let seen_after = loop {
+        let after = http_get(&format!("http://{}/items/500", g2.addr)).await;
+        if !after.cache_status().contains("; hit") {
+            break purged_at.elapsed();
+        }
+        assert!(
+            purged_at.elapsed() < Duration::from_secs(1),
+            "still a hit 1 s after the purge: {}",
+            after.cache_status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     g1.shutdown().await.unwrap();
     g2.shutdown().await.unwrap();
@@ -253,6 +261,7 @@ async fn store_lock_and_fencing_work_on_a_cluster() {
             "tag purges (hard / soft / prefix): entries hit": format!("{} / {} / {}", hard.hit, soft.hit, by_prefix.hit),
             "origin_calls_for_two_gateways": shared,
             "origin calls after a tag purge through one gateway, read through the other": calls.load(Ordering::SeqCst) - shared,
+            "tag purge seen by the other gateway after (ms)": seen_after.as_millis(),
         }),
     );
     drop(cluster);

@@ -61,8 +61,8 @@ fn answer(uri: &Uri, h: &HeaderMap, n: u64) -> Response {
     let path = uri.path();
     if path.contains("/../") || path.contains("/./") {
         // An origin that redirects raw dot segments to the clean path.
-        let clean = stampede_layer::key::normalise(&Method::GET, uri);
-        let clean = clean.trim_start_matches("GET ").to_owned();
+        let key = stampede_layer::store::CacheKey::new(&Method::GET, uri);
+        let clean = key.display().trim_start_matches("GET ").to_owned();
         return (
             StatusCode::MOVED_PERMANENTLY,
             [("location", clean)],

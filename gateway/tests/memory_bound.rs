@@ -9,8 +9,8 @@ mod common;
 
 use bytes::Bytes;
 use http::Method;
-use stampede_layer::entry::{VaryValues, now_ms};
-use stampede_layer::{CacheKey, CacheStore, CachedResponse, MemoryStore};
+use stampede_layer::store::{CacheKey, CachedResponse, VaryValues, now_ms};
+use stampede_layer::{CacheStore, MemoryStore};
 
 /// The process's resident set size, from /proc (Linux).
 fn rss_bytes() -> u64 {

@@ -97,7 +97,7 @@ impl Body for CacheBody {
 
 /// The outcome of [`buffer`].
 #[derive(Debug)]
-pub enum Buffered {
+pub(crate) enum Buffered {
     /// The whole body fit in the limit.
     Complete(Bytes),
     /// Larger than the limit: the body, re-assembled, to stream through.
@@ -106,7 +106,7 @@ pub enum Buffered {
 
 /// Read `body` whole if it is at most `limit` bytes; otherwise hand back a
 /// body that replays what was read and streams the rest (nothing is lost).
-pub async fn buffer<B>(body: B, limit: usize) -> Result<Buffered, BoxError>
+pub(crate) async fn buffer<B>(body: B, limit: usize) -> Result<Buffered, BoxError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

@@ -20,23 +20,23 @@ use http::header::CACHE_CONTROL;
 use std::time::Duration;
 
 /// The largest delta-seconds a cache must represent (RFC 9111 §1.2.2).
-pub const MAX_DELTA_SECS: u64 = 2_147_483_648;
+pub(crate) const MAX_DELTA_SECS: u64 = 2_147_483_648;
 
 /// The field naming this gateway (RFC 9213 targeted field).
-pub const STAMPEDE_CACHE_CONTROL: &str = "stampede-cache-control";
+pub(crate) const STAMPEDE_CACHE_CONTROL: &str = "stampede-cache-control";
 /// RFC 9213's field for CDNs and reverse proxies.
-pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+pub(crate) const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 /// The W3C Edge Architecture field.
-pub const SURROGATE_CONTROL: &str = "surrogate-control";
+pub(crate) const SURROGATE_CONTROL: &str = "surrogate-control";
 /// Our device token in `Surrogate-Capability` / `Surrogate-Control` targets.
-pub const SURROGATE_DEVICE: &str = "stampede";
+pub(crate) const SURROGATE_DEVICE: &str = "stampede";
 /// The `Surrogate-Capability` request header a rebuild sends to the origin.
-pub const SURROGATE_CAPABILITY: (&str, &str) =
+pub(crate) const SURROGATE_CAPABILITY: (&str, &str) =
     ("surrogate-capability", "stampede=\"Surrogate/1.0\"");
 
 /// A delta-seconds directive value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delta {
+pub(crate) enum Delta {
     /// A valid value (clamped to [`MAX_DELTA_SECS`]).
     Secs(u64),
     /// Present but not a delta-seconds: treated as zero (stale).
@@ -56,7 +56,7 @@ impl Delta {
     }
 
     /// An `Age` value: exactly one non-negative integer, clamped.
-    pub fn parse_age(v: &str) -> Option<u64> {
+    pub(crate) fn parse_age(v: &str) -> Option<u64> {
         match Delta::parse(Some(v)) {
             Delta::Secs(s) => Some(s),
             Delta::Invalid => None,
@@ -64,7 +64,7 @@ impl Delta {
     }
 
     /// As a duration (invalid: zero).
-    pub fn duration(self) -> Duration {
+    pub(crate) fn duration(self) -> Duration {
         match self {
             Delta::Secs(s) => Duration::from_secs(s),
             Delta::Invalid => Duration::ZERO,
@@ -74,7 +74,7 @@ impl Delta {
 
 /// The directives the cache acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResponseDirectives {
+pub(crate) struct ResponseDirectives {
     /// `no-store`.
     pub no_store: bool,
     /// Unqualified `no-cache`: store, but revalidate before every use.
@@ -106,7 +106,7 @@ pub struct ResponseDirectives {
 impl ResponseDirectives {
     /// The directives of `headers`: from the first targeted field present and
     /// valid, else from `Cache-Control`.
-    pub fn parse(headers: &HeaderMap) -> Self {
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
         for field in [STAMPEDE_CACHE_CONTROL, CDN_CACHE_CONTROL] {
             if let Some(d) = targeted_sf(headers, field) {
                 return d;
@@ -124,7 +124,7 @@ impl ResponseDirectives {
 
     /// The explicit freshness lifetime the directives give, if any
     /// (`s-maxage` first).
-    pub fn explicit_lifetime(&self) -> Option<Duration> {
+    pub(crate) fn explicit_lifetime(&self) -> Option<Duration> {
         self.s_maxage.or(self.max_age).map(Delta::duration)
     }
 

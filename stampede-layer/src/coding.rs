@@ -21,11 +21,11 @@ pub(crate) const FILL_ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("g
 
 /// Most bytes a decompressed body may reach: a body that inflates past it is
 /// cut with an error (a decompression bomb), never buffered.
-pub const MAX_DECODED_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_DECODED_BYTES: u64 = 1 << 30;
 
 /// Whether `request` accepts gzip (RFC 9110 §12.5.3): `gzip` or `x-gzip`, or
 /// `*` not overridden, with a non-zero quality.
-pub fn accepts_gzip(request: &HeaderMap) -> bool {
+pub(crate) fn accepts_gzip(request: &HeaderMap) -> bool {
     let mut star = None;
     for value in request.get_all(http::header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else { continue };
@@ -48,7 +48,7 @@ pub fn accepts_gzip(request: &HeaderMap) -> bool {
 
 /// Whether a representation with these headers can serve every client: it
 /// is gzip (decompressed for those that do not accept it) or not encoded.
-pub fn serves_every_coding(response: &HeaderMap) -> bool {
+pub(crate) fn serves_every_coding(response: &HeaderMap) -> bool {
     match response.get(CONTENT_ENCODING).map(HeaderValue::as_bytes) {
         None => true,
         Some(v) => {
@@ -72,7 +72,7 @@ fn is_gzip(headers: &HeaderMap) -> bool {
 /// decompressed as it streams (`Content-Encoding` and `Content-Length`
 /// removed, a strong `ETag` made weak: the bytes differ from the stored
 /// ones); anything else is returned as is.
-pub fn decode_for_identity(resp: Response<CacheBody>) -> Response<CacheBody> {
+pub(crate) fn decode_for_identity(resp: Response<CacheBody>) -> Response<CacheBody> {
     if !resp.status().is_success()
         || resp.status() == http::StatusCode::PARTIAL_CONTENT
         || !is_gzip(resp.headers())

@@ -2,7 +2,7 @@
 //! (RFC 9110 §13 preconditions, §14 ranges).
 //!
 //! A rebuild that fills the shared object never carries one client's
-//! `Range` or validators: [`CacheLookup`](crate::CacheLookup) takes them off
+//! `Range` or validators: [`CacheLookup`](crate::lookup::CacheLookup) takes them off
 //! the request ([`ClientConditions::take`]) before it is coordinated, so the
 //! origin answers the full representation once, and then evaluates them for
 //! that client alone ([`ClientConditions::apply`]): 412 when `If-Match` /
@@ -19,7 +19,7 @@ use http::{Response, StatusCode};
 use std::time::SystemTime;
 
 /// The request headers that make a request conditional or partial.
-pub const CONDITIONAL_HEADERS: [HeaderName; 6] = [
+pub(crate) const CONDITIONAL_HEADERS: [HeaderName; 6] = [
     header::IF_MATCH,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
@@ -30,7 +30,7 @@ pub const CONDITIONAL_HEADERS: [HeaderName; 6] = [
 
 /// One client's preconditions and range, taken off its request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientConditions {
+pub(crate) struct ClientConditions {
     if_match: Option<String>,
     if_none_match: Option<String>,
     if_modified_since: Option<String>,
@@ -58,7 +58,7 @@ fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 impl ClientConditions {
     /// Remove the conditional and range headers from `headers`; `None` if
     /// there were none.
-    pub fn take(headers: &mut HeaderMap) -> Option<ClientConditions> {
+    pub(crate) fn take(headers: &mut HeaderMap) -> Option<ClientConditions> {
         if !CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h)) {
             return None;
         }
@@ -81,14 +81,14 @@ impl ClientConditions {
     }
 
     /// Put the headers back (a request forwarded as is, not coordinated).
-    pub fn restore(&self, headers: &mut HeaderMap) {
+    pub(crate) fn restore(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.original {
             headers.append(name.clone(), value.clone());
         }
     }
 
     /// Answer `resp` (the full representation) for this client.
-    pub fn apply(&self, resp: Response<CacheBody>) -> Response<CacheBody> {
+    pub(crate) fn apply(&self, resp: Response<CacheBody>) -> Response<CacheBody> {
         // Preconditions apply only to what would otherwise be a 2xx (§13.2.1).
         if !resp.status().is_success() {
             return resp;

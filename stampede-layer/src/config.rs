@@ -1,17 +1,21 @@
-//! Settings shared by [`CacheLookup`](crate::CacheLookup),
-//! [`CacheFill`](crate::CacheFill) and the layers that serve from storage.
+//! Settings shared by the lookup, the fill and the layers that serve from
+//! storage.
 
 use crate::policy::StorageRules;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The default [`CacheConfig::max_object_size`]: 16 MiB — a typical page,
-/// image or API answer is stored; a video or a large download streams
-/// through (its flight shared, not stored).
-pub const DEFAULT_MAX_OBJECT_SIZE: usize = 16 * 1024 * 1024;
-
-/// Cache settings.
+/// Cache settings. Start from [`Default`] and set the fields you need (the
+/// struct is `#[non_exhaustive]`: settings may be added):
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = stampede_layer::CacheConfig::default();
+/// config.ttl = Duration::from_secs(30);
+/// config.credential_headers = vec![http::HeaderName::from_static("x-api-key")];
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Cache name in `Cache-Status` (RFC 9211).
     pub name: Arc<str>,
@@ -55,7 +59,7 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(5),
             stale_ttl: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(60),
-            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            max_object_size: Self::DEFAULT_MAX_OBJECT_SIZE,
             honor_origin_cache_control: true,
             cache_credentialed: false,
             hit_for_miss_ttl: Duration::from_secs(120),
@@ -67,8 +71,13 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
+    /// The default [`max_object_size`](Self::max_object_size): 16 MiB — a
+    /// typical page, image or API answer is stored; a video or a large
+    /// download streams through (its flight shared, not stored).
+    pub const DEFAULT_MAX_OBJECT_SIZE: usize = 16 * 1024 * 1024;
+
     /// The storage rules these settings give.
-    pub fn storage_rules(&self) -> StorageRules {
+    pub(crate) fn storage_rules(&self) -> StorageRules {
         StorageRules {
             ttl: self.ttl,
             stale_ttl: self.stale_ttl,

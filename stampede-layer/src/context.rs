@@ -1,9 +1,9 @@
 //! The vocabulary the layers speak: the typed request and response
 //! extensions through which they talk (never globals).
 //!
-//! Request side: [`CacheLookup`](crate::CacheLookup) attaches a [`Lookup`] —
+//! Request side: [`CacheLookup`](crate::lookup::CacheLookup) attaches a [`Lookup`] —
 //! the key, what the store held and why the request goes on — for the
-//! layers below; [`DistributedLock`](crate::DistributedLock) or a claimed
+//! layers below; [`DistributedLock`](crate::lock::DistributedLock) or a claimed
 //! background refresh attaches the [`HeldLease`] the fill writes with.
 //!
 //! Response side: every answer that leaves the rebuild path carries a
@@ -16,9 +16,9 @@ use crate::key::CacheKey;
 use http::HeaderMap;
 use std::sync::Arc;
 
-/// Why a request goes past [`CacheLookup`](crate::CacheLookup).
+/// Why a request goes past [`CacheLookup`](crate::lookup::CacheLookup).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LookupState {
+pub(crate) enum LookupState {
     /// No usable entry.
     Missing,
     /// An entry past its freshness is in hand (for stale-while-revalidate,
@@ -32,9 +32,9 @@ pub enum LookupState {
     Pass,
 }
 
-/// Request extension set by [`CacheLookup`](crate::CacheLookup) for the layers below.
+/// Request extension set by [`CacheLookup`](crate::lookup::CacheLookup) for the layers below.
 #[derive(Clone, Debug)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// The derived key (scoped to a variant once the key is known to vary).
     pub key: CacheKey,
     /// Why the request goes on.
@@ -54,13 +54,13 @@ pub struct Lookup {
 impl Lookup {
     /// `stored_at` of the entry in hand: a re-read entry newer than this was
     /// written by someone else meanwhile.
-    pub fn seen_stored_at(&self) -> Option<u64> {
+    pub(crate) fn seen_stored_at(&self) -> Option<u64> {
         self.entry.as_ref().map(|e| e.stored_at_ms)
     }
 
     /// What a re-read of the store (inside the flight, or while waiting on
     /// another instance's lock) means for this request.
-    pub fn classify_reread(&self, entry: &CachedResponse, now_ms: u64) -> Reread {
+    pub(crate) fn classify_reread(&self, entry: &CachedResponse, now_ms: u64) -> Reread {
         let newer = self
             .seen_stored_at()
             .is_none_or(|seen| entry.stored_at_ms > seen);
@@ -87,7 +87,7 @@ impl Lookup {
     }
 
     /// The same lookup, scoped to the variant `vary` selects for this request.
-    pub fn for_variant(&self, vary: &VaryValues) -> Lookup {
+    pub(crate) fn for_variant(&self, vary: &VaryValues) -> Lookup {
         let mut scoped = self.clone();
         scoped.key = self
             .key
@@ -99,7 +99,7 @@ impl Lookup {
 
 /// What re-reading the store found, for a request that waited.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reread {
+pub(crate) enum Reread {
     /// Nothing new: keep waiting, or rebuild.
     Nothing,
     /// A newer fresh entry that this request may be answered from.
@@ -114,11 +114,11 @@ pub enum Reread {
 /// claimed background refresh's); the fill writes with it. A fill without one
 /// draws a ticket of its own before it asks the origin.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldLease(pub crate::store::LockLease);
+pub(crate) struct HeldLease(pub crate::store::LockLease);
 
 /// Response extension: may requests that waited on this rebuild be given it?
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Sharing {
+pub(crate) enum Sharing {
     /// Stored (or servable from storage): shareable with every request whose
     /// headers select the same variant.
     Stored(VaryValues),
@@ -132,11 +132,15 @@ pub enum Sharing {
     Failure,
     /// Not shareable: a waiter sends its own request.
     NotShareable(NotShareable),
+    /// The store refused its write: a purge or a later write was ordered
+    /// after the rebuild began, so a waiter that joined since may be owed a
+    /// newer version. Waiters coordinate again (one new rebuild for them).
+    Fenced,
 }
 
 impl Sharing {
     /// The sharing of `resp` (none recorded: not shareable).
-    pub fn of<B>(resp: &http::Response<B>) -> Sharing {
+    pub(crate) fn of<B>(resp: &http::Response<B>) -> Sharing {
         resp.extensions()
             .get::<Sharing>()
             .cloned()
@@ -144,37 +148,40 @@ impl Sharing {
     }
 
     /// What a request with `headers` that waited on this answer may do with it.
-    pub fn decide(&self, headers: &HeaderMap) -> Share {
+    pub(crate) fn decide(&self, headers: &HeaderMap) -> Share {
         match self {
             Sharing::Generated | Sharing::Failure => Share::Yes,
             Sharing::Stored(vary) if vary.matches(headers) => Share::Yes,
             Sharing::Stored(vary) => Share::OtherVariant(vary.clone()),
             Sharing::NotShareable(_) => Share::No,
+            Sharing::Fenced => Share::Again,
         }
     }
 }
 
 /// A waiting request's verdict on a shared answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Share {
+pub(crate) enum Share {
     /// It may be given the answer.
     Yes,
     /// The answer is another variant: coordinate on its own variant.
     OtherVariant(VaryValues),
     /// It must send its own request to the origin.
     No,
+    /// The answer was superseded while it was built: coordinate again.
+    Again,
 }
 
-/// Response extension set by [`CacheFill`](crate::CacheFill) on the answer of
+/// Response extension set by [`CacheFill`](crate::fill::CacheFill) on the answer of
 /// a failed rebuild (a 5xx it did not store, or a generated 502/504): what
 /// the lock layer leaves on the key when it releases the lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RebuildFailed(pub crate::store::RebuildFailure);
+pub(crate) struct RebuildFailed(pub crate::store::RebuildFailure);
 
-/// Response extension on fresh hits, for [`XFetch`](crate::XFetch): the key
+/// Response extension on fresh hits, for [`XFetch`](crate::xfetch::XFetch): the key
 /// and the entry whose timing decides an early refresh.
 #[derive(Clone, Debug)]
-pub struct FreshHit {
+pub(crate) struct FreshHit {
     /// The key the entry was found under.
     pub key: CacheKey,
     /// The entry served.
@@ -192,14 +199,14 @@ pub struct FreshHit {
 pub(crate) struct RefreshKey(pub(crate) CacheKey);
 
 /// Request extension: rebuild this key in the background even though its
-/// entry is fresh (an [`XFetch`](crate::XFetch) early refresh).
+/// entry is fresh (an [`XFetch`](crate::xfetch::XFetch) early refresh).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ForceRefresh;
+pub(crate) struct ForceRefresh;
 
 /// Why a background refresh ended without an answer. It never reaches a
 /// client: a client request that joined such a flight makes its own call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RefreshSkipped {
+pub(crate) enum RefreshSkipped {
     /// Another instance holds the key's lock: it is refreshing it.
     #[error("refresh skipped: another instance is rebuilding the key")]
     Elsewhere,
@@ -210,7 +217,7 @@ pub enum RefreshSkipped {
 
 impl RefreshSkipped {
     /// Whether `err` is a skipped refresh.
-    pub fn is(err: &(dyn std::error::Error + 'static)) -> bool {
+    pub(crate) fn is(err: &(dyn std::error::Error + 'static)) -> bool {
         err.downcast_ref::<RefreshSkipped>().is_some()
     }
 }
@@ -233,11 +240,26 @@ pub(crate) fn strip_internal(ext: &mut http::Extensions) {
     ext.remove::<RebuildFailed>();
     ext.remove::<crate::status::CacheStatus>();
     ext.remove::<crate::fill::TeeBody>();
+    ext.remove::<Generated>();
 }
+
+/// Response extension an origin service sets on an answer it made itself
+/// rather than fetched (a proxy's `502` for an unreachable upstream, a shed
+/// `503`): it carries no origin data and no one's session, so the requests
+/// that waited on the same rebuild are given it too instead of each asking
+/// again. It is never stored, and removed before the answer leaves the stack.
+///
+/// ```
+/// let mut resp = http::Response::new(());
+/// *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
+/// resp.extensions_mut().insert(stampede_layer::Generated);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Generated;
 
 /// Why a response may not be stored (and so not shared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum NotShareable {
+pub(crate) enum NotShareable {
     /// Nobody vouched for it (no [`Sharing`] recorded).
     Unknown,
     /// `Cache-Control: no-store`.
@@ -267,7 +289,7 @@ pub enum NotShareable {
 
 impl NotShareable {
     /// The metric label value (`stampede_uncacheable_total{reason}`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NotShareable::Unknown => "unknown",
             NotShareable::NoStore => "no-store",
@@ -285,7 +307,7 @@ impl NotShareable {
     }
 
     /// Every label value, for zero-valued series at start-up.
-    pub const ALL: [NotShareable; 12] = [
+    pub(crate) const ALL: [NotShareable; 12] = [
         NotShareable::Unknown,
         NotShareable::NoStore,
         NotShareable::Private,
@@ -303,7 +325,7 @@ impl NotShareable {
     /// Whether the reason belongs to the resource (so the next answer will
     /// most likely be the same, and the key earns a hit-for-miss marker)
     /// rather than to this one answer (a server error, a partial answer).
-    pub fn marks_hit_for_miss(self) -> bool {
+    pub(crate) fn marks_hit_for_miss(self) -> bool {
         match self {
             NotShareable::NoStore
             | NotShareable::Private

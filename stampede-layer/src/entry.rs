@@ -17,7 +17,7 @@ const MAGIC: &[u8; 3] = b"SLe";
 /// [`fence`](crate::store::fence)). Remote stores put it in their key prefix
 /// too, so two versions of the gateway in one fleet (a rolling deploy) never
 /// read each other's entries or locks.
-pub const FORMAT_VERSION: u8 = 3;
+pub(crate) const FORMAT_VERSION: u8 = 3;
 
 /// Milliseconds since the Unix epoch, the clock every deadline uses (it is
 /// shared by all instances of a fleet, unlike `Instant`).
@@ -132,7 +132,7 @@ impl VaryValues {
     /// The `Vary` of `response`, with the values `request` sent.
     /// `Accept-Encoding` is left out when the representation serves every
     /// coding (gzip, decompressed for clients that do not accept it, or
-    /// none; see [`coding`](crate::coding)).
+    /// none).
     pub fn of(response: &HeaderMap, request: &HeaderMap) -> Self {
         let mut out: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let any_coding = crate::coding::serves_every_coding(response);
@@ -205,7 +205,7 @@ impl VaryValues {
 }
 
 /// Lower-case header names listed in `Vary` (`*` included as is).
-pub fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     response
         .get_all(VARY)
         .iter()

@@ -27,15 +27,18 @@ pub enum Error {
     /// The cache store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// A mitigation list that does not parse.
-    #[error(transparent)]
-    Mitigations(#[from] crate::stack::UnknownMitigation),
+    /// A mitigation list that does not parse (the unknown name; empty for
+    /// an empty list).
+    #[error(
+        "unknown mitigation {0:?}: expected none, all, or a comma list of single-flight, lock, swr, xfetch, jitter, negative, overload-gate"
+    )]
+    Mitigations(String),
 }
 
 /// One error, shared by the requests that waited on the same rebuild: its
 /// `source()` is the original error.
 #[derive(Clone, Debug)]
-pub struct SharedError(pub Arc<BoxError>);
+pub struct SharedError(pub(crate) Arc<BoxError>);
 
 impl std::fmt::Display for SharedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +58,7 @@ impl std::error::Error for SharedError {
 pub struct OriginFailure(pub Arc<Error>);
 
 /// Whether `err`, or anything in its source chain, is a timeout.
-pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {
         if e.is::<tokio::time::error::Elapsed>()

@@ -40,7 +40,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`CacheFill`].
 #[derive(Clone)]
-pub struct CacheFillLayer {
+pub(crate) struct CacheFillLayer {
     store: SharedStore,
     config: Arc<CacheConfig>,
     tickets: Tickets,
@@ -66,7 +66,7 @@ impl std::fmt::Debug for CacheFillLayer {
 
 impl CacheFillLayer {
     /// Fill `store` with `config` (tickets of 2 s, renewed while the fill runs).
-    pub fn new(store: SharedStore, config: CacheConfig) -> Self {
+    pub(crate) fn new(store: SharedStore, config: CacheConfig) -> Self {
         Self {
             store,
             config: Arc::new(config),
@@ -81,20 +81,20 @@ impl CacheFillLayer {
 
     /// The TTL and renewal of the ticket a fill without a lock draws (the
     /// lock's TTL and lease options, in a full stack).
-    pub fn tickets(mut self, ttl: Duration, lease: LeaseOptions) -> Self {
+    pub(crate) fn tickets(mut self, ttl: Duration, lease: LeaseOptions) -> Self {
         self.tickets.ttl = ttl;
         self.tickets.lease = lease;
         self
     }
 
     /// Scale every TTL written by a random factor in `[1-f, 1+f]` (0: off).
-    pub fn jitter(mut self, fraction: f64) -> Self {
+    pub(crate) fn jitter(mut self, fraction: f64) -> Self {
         self.tickets.jitter = fraction;
         self
     }
 
     /// Store 404/410 answers for `ttl` (zero: off).
-    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+    pub(crate) fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.tickets.negative_ttl = ttl;
         self
     }
@@ -117,7 +117,7 @@ impl<S> Layer<S> for CacheFillLayer {
 /// the store first: a rebuild that finished after our lookup makes the
 /// origin call unnecessary (single-flight only dedups overlapping calls).
 #[derive(Clone)]
-pub struct CacheFill<S> {
+pub(crate) struct CacheFill<S> {
     inner: S,
     store: SharedStore,
     config: Arc<CacheConfig>,
@@ -132,8 +132,6 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CacheFill<S> {
             .finish()
     }
 }
-
-crate::inner_access!(CacheFill);
 
 impl<S, B, ResBody> Service<Request<B>> for CacheFill<S>
 where
@@ -296,7 +294,11 @@ impl<S> CacheFill<S> {
             ttl_scale: (self.tickets.jitter > 0.0).then(|| ttl_scale(self.tickets.jitter)),
             negative_ttl: negative_ttl(parts.status, self.tickets.negative_ttl),
         };
-        let generated = parts.extensions.remove::<Sharing>() == Some(Sharing::Generated);
+        let marked = parts
+            .extensions
+            .remove::<crate::context::Generated>()
+            .is_some();
+        let generated = parts.extensions.remove::<Sharing>() == Some(Sharing::Generated) || marked;
         let mut status = parts
             .extensions
             .remove::<CacheStatus>() // the overload gate's account
@@ -432,7 +434,9 @@ impl<S> CacheFill<S> {
                     fence,
                 );
                 write(&self.store, &lookup, &entry, lease.as_ref(), &mut status).await;
-                if plan.shareable() {
+                if status.detail == Some(Detail::Fenced) {
+                    Sharing::Fenced
+                } else if plan.shareable() {
                     Sharing::Stored(entry.vary)
                 } else {
                     Sharing::NotShareable(if plan.no_cache {
@@ -754,7 +758,7 @@ const NOT_UPDATED_BY_304: [&str; 5] = [
 
 /// The stored headers updated with a 304's (RFC 9111 §3.2): each field the
 /// 304 carries replaces the stored one, but for the body's own metadata.
-pub fn freshened_headers(stored: &CachedResponse, not_modified: &HeaderMap) -> HeaderMap {
+pub(crate) fn freshened_headers(stored: &CachedResponse, not_modified: &HeaderMap) -> HeaderMap {
     let mut headers = stored.header_map();
     let mut replaced: Vec<&http::HeaderName> = Vec::new();
     for (name, value) in not_modified {

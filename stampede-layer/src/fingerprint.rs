@@ -68,7 +68,7 @@ pub const STALE_AGE_BUCKETS: &[f64] = &[
 /// The herd window unless [`set_herd_window`] says otherwise.
 pub const DEFAULT_HERD_WINDOW: Duration = Duration::from_secs(1);
 /// Most keys with an open window at once (about 60 bytes each).
-pub const MAX_TRACKED_KEYS: usize = 10_000;
+pub(crate) const MAX_TRACKED_KEYS: usize = 10_000;
 
 /// Set the herd window (process-wide; the gateway's `--herd-window`). A
 /// window already open keeps the length it opened with.
@@ -77,15 +77,10 @@ pub fn set_herd_window(window: Duration) {
     herd().window_ms.store(ms, Ordering::Relaxed);
 }
 
-/// The herd window in force.
-pub fn herd_window() -> Duration {
-    Duration::from_millis(herd().window_ms.load(Ordering::Relaxed))
-}
-
 /// Count one origin rebuild of the looked-up key, starting now (called by
-/// [`CacheFill`](crate::CacheFill) when it asks the origin). Pass-through
+/// [`CacheFill`](crate::fill::CacheFill) when it asks the origin). Pass-through
 /// requests are not rebuilds and are ignored.
-pub fn rebuild_started(lookup: &Lookup) {
+pub(crate) fn rebuild_started(lookup: &Lookup) {
     if lookup.state == LookupState::Pass {
         return;
     }
@@ -105,9 +100,9 @@ pub fn rebuild_started(lookup: &Lookup) {
 }
 
 /// Record what the fingerprint needs of one client answer (called by
-/// [`CacheLookup`](crate::CacheLookup)): the age of a stale answer.
+/// [`CacheLookup`](crate::lookup::CacheLookup)): the age of a stale answer.
 #[inline]
-pub fn answered(status: &CacheStatus, outcome: Outcome) {
+pub(crate) fn answered(status: &CacheStatus, outcome: Outcome) {
     if outcome != Outcome::Stale {
         return;
     }
@@ -117,7 +112,7 @@ pub fn answered(status: &CacheStatus, outcome: Outcome) {
 }
 
 /// Describe both histograms and create their (empty) series.
-pub fn register() {
+pub(crate) fn register() {
     metrics::describe_histogram!(
         REBUILDS_PER_KEY_WINDOW,
         "Origin rebuilds of one key that started within one herd window (--herd-window), observed when the window closes"

@@ -19,14 +19,14 @@ use http::header::{AGE, DATE, EXPIRES, LAST_MODIFIED};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Heuristic freshness: this fraction of the time since `Last-Modified`…
-pub const HEURISTIC_FRACTION: f64 = 0.1;
+pub(crate) const HEURISTIC_FRACTION: f64 = 0.1;
 /// …at most this long.
-pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// When the request that got a response was sent and when the answer came
 /// (ms since the epoch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// The request went to the origin.
     pub request_ms: u64,
     /// The response headers arrived.
@@ -57,7 +57,7 @@ fn single_date(headers: &HeaderMap, name: http::header::HeaderName) -> Option<Re
 }
 
 /// The `Date` of the response in ms, or when it arrived if it has none valid.
-pub fn date_ms(headers: &HeaderMap, timing: Timing) -> u64 {
+pub(crate) fn date_ms(headers: &HeaderMap, timing: Timing) -> u64 {
     match single_date(headers, DATE) {
         Some(Ok(d)) => d,
         _ => timing.response_ms,
@@ -65,7 +65,7 @@ pub fn date_ms(headers: &HeaderMap, timing: Timing) -> u64 {
 }
 
 /// The explicit freshness lifetime, if the response gives one.
-pub fn explicit_lifetime(
+pub(crate) fn explicit_lifetime(
     directives: &ResponseDirectives,
     headers: &HeaderMap,
     timing: Timing,
@@ -87,7 +87,7 @@ pub fn explicit_lifetime(
 }
 
 /// Heuristic freshness from `Last-Modified` (§4.2.2), if it has one.
-pub fn heuristic_lifetime(headers: &HeaderMap, timing: Timing) -> Option<Duration> {
+pub(crate) fn heuristic_lifetime(headers: &HeaderMap, timing: Timing) -> Option<Duration> {
     let modified = single_date(headers, LAST_MODIFIED)?.ok()?;
     let since = date_ms(headers, timing).saturating_sub(modified);
     Some(Duration::from_millis((since as f64 * HEURISTIC_FRACTION) as u64).min(HEURISTIC_MAX))
@@ -98,7 +98,7 @@ pub fn heuristic_lifetime(headers: &HeaderMap, timing: Timing) -> Option<Duratio
 /// dropped (`7200;foo=bar` is 7200), clamped to 2³¹. 0 when absent or when
 /// that value is not a non-negative integer (`abc`, `-7200`, `7200.0`): an
 /// invalid `Age` is ignored (RFC 9111 §5.1), never read as "stale".
-pub fn received_age(headers: &HeaderMap) -> u64 {
+pub(crate) fn received_age(headers: &HeaderMap) -> u64 {
     headers
         .get(AGE)
         .and_then(|v| v.to_str().ok())
@@ -110,7 +110,7 @@ pub fn received_age(headers: &HeaderMap) -> u64 {
 
 /// The corrected initial age (§4.2.3): the larger of the apparent age and
 /// the received `Age` plus the request's delay.
-pub fn initial_age(headers: &HeaderMap, timing: Timing) -> Duration {
+pub(crate) fn initial_age(headers: &HeaderMap, timing: Timing) -> Duration {
     let age = received_age(headers);
     let apparent = timing.response_ms.saturating_sub(date_ms(headers, timing));
     let delay = timing.response_ms.saturating_sub(timing.request_ms);

@@ -23,7 +23,7 @@ pub struct HotKey {
 }
 
 /// One request in this many is counted by default (see the module docs).
-pub const DEFAULT_SAMPLE: u32 = 8;
+pub(crate) const DEFAULT_SAMPLE: u32 = 8;
 
 /// Counts requests per key in fixed windows, tracking at most `capacity` keys.
 #[derive(Clone, Debug)]

@@ -73,7 +73,7 @@ impl Digest {
 
 /// A request target that cannot be normalised unambiguously (answered 400).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     /// A backslash, raw or `%5C`: a path separator to some servers only.
     #[error("backslash in the request target")]
     Backslash,
@@ -191,7 +191,7 @@ impl fmt::Display for CacheKey {
 }
 
 /// The normalised text a key is derived from: `"GET /path?a=1&b=2"`.
-pub fn normalise(method: &Method, uri: &Uri) -> String {
+pub(crate) fn normalise(method: &Method, uri: &Uri) -> String {
     let method = if method == Method::HEAD {
         "GET"
     } else {
@@ -208,7 +208,7 @@ pub fn normalise(method: &Method, uri: &Uri) -> String {
 /// The normalised origin-form target (`/path?query`) of `uri`: what the key
 /// is derived from and what the origin must receive. Refuses targets without
 /// an unambiguous normal form (see the module docs).
-pub fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
+pub(crate) fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
     if let Some(pq) = uri.path_and_query()
         && is_normal_path(pq.as_str())
     {

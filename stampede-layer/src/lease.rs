@@ -22,7 +22,14 @@ use std::time::Duration;
 /// How a held rebuild lock is kept: renewed while the rebuild runs, and the
 /// rebuild bounded by a deadline (the lock layer's and the background
 /// refreshes' shared settings).
+///
+/// ```
+/// use std::time::Duration;
+/// let mut lease = stampede_layer::LeaseOptions::default();
+/// lease.fill_deadline = Duration::from_secs(10);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaseOptions {
     /// Renew the lock every third of its TTL while the rebuild runs.
     pub renew: bool,
@@ -125,7 +132,7 @@ where
 
 /// Why taking a rebuild lock did not give one.
 #[derive(Debug)]
-pub enum Acquire {
+pub(crate) enum Acquire {
     /// We hold it.
     Held(LeaseGuard),
     /// Someone else holds it, with this lease.
@@ -138,7 +145,7 @@ pub enum Acquire {
 
 /// A held lease on one key: releases its lock (if any) on drop.
 #[derive(Debug)]
-pub struct LeaseGuard {
+pub(crate) struct LeaseGuard {
     store: SharedStore,
     key: CacheKey,
     lease: Option<LockLease>,
@@ -147,13 +154,13 @@ pub struct LeaseGuard {
 
 impl LeaseGuard {
     /// Try to take `key`'s rebuild lock for `ttl`.
-    pub async fn acquire(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Acquire {
+    pub(crate) async fn acquire(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Acquire {
         Self::acquire_after(store, key, ttl, None).await
     }
 
     /// Try to take `key`'s rebuild lock for `ttl`, as a request that waited
     /// on `holder`'s rebuild (see [`CacheStore::try_lock_after`](crate::CacheStore::try_lock_after)).
-    pub async fn acquire_after(
+    pub(crate) async fn acquire_after(
         store: &SharedStore,
         key: &CacheKey,
         ttl: Duration,
@@ -172,7 +179,7 @@ impl LeaseGuard {
 
     /// Draw a lock-less lease (a ticket) on `key` for `ttl`; `None` when the
     /// store failed (counted): the fill then cannot write.
-    pub async fn ticket(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Option<Self> {
+    pub(crate) async fn ticket(store: &SharedStore, key: &CacheKey, ttl: Duration) -> Option<Self> {
         match store.ticket(key, ttl).await {
             Ok(lease) => Some(Self::held(store, key, lease)),
             Err(err) => {
@@ -192,19 +199,19 @@ impl LeaseGuard {
     }
 
     /// The lease the fill writes with.
-    pub fn lease(&self) -> &LockLease {
+    pub(crate) fn lease(&self) -> &LockLease {
         self.lease.as_ref().expect("held until released")
     }
 
     /// Its fencing token.
-    pub fn token(&self) -> FencingToken {
+    pub(crate) fn token(&self) -> FencingToken {
         self.lease().token
     }
 
     /// Renew the lock to `ttl` every `ttl / 3` until the guard goes away, the
     /// lock is lost, or a newer token reached the key. Counted under
     /// `stampede_lock_renewals_total{result="renewed|lost|error"}`.
-    pub fn keep_alive(&mut self, ttl: Duration) {
+    pub(crate) fn keep_alive(&mut self, ttl: Duration) {
         let Some(lease) = self.lease.clone() else {
             return;
         };
@@ -250,7 +257,7 @@ impl LeaseGuard {
 
     /// Release now, leaving `failure` on the key (lock attempts answer it
     /// until it lapses); a ticket just goes.
-    pub async fn release_failed(mut self, failure: RebuildFailure) {
+    pub(crate) async fn release_failed(mut self, failure: RebuildFailure) {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
@@ -265,7 +272,7 @@ impl LeaseGuard {
     }
 
     /// Release now (compare-and-delete: only if we still own it).
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         if let Some(r) = self.renewal.take() {
             r.abort();
         }

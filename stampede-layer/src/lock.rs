@@ -52,7 +52,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`DistributedLock`].
 #[derive(Clone)]
-pub struct DistributedLockLayer {
+pub(crate) struct DistributedLockLayer {
     store: SharedStore,
     lock_ttl: Duration,
     max_wait: Duration,
@@ -76,7 +76,7 @@ impl std::fmt::Debug for DistributedLockLayer {
 impl DistributedLockLayer {
     /// Lock through `store` (lock TTL 2 s renewed while the rebuild runs,
     /// losers wait up to the lock TTL, whole-rebuild deadline 30 s).
-    pub fn new(store: SharedStore) -> Self {
+    pub(crate) fn new(store: SharedStore) -> Self {
         Self {
             store,
             lock_ttl: Duration::from_secs(2),
@@ -90,13 +90,13 @@ impl DistributedLockLayer {
 
     /// Switch the layer off (`false`): requests pass through untouched. A
     /// stack can then toggle one mitigation without changing its type.
-    pub fn enabled(mut self, on: bool) -> Self {
+    pub(crate) fn enabled(mut self, on: bool) -> Self {
         self.enabled = on;
         self
     }
 
     /// How long a lock lives unless released or renewed.
-    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+    pub(crate) fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
     }
@@ -104,15 +104,8 @@ impl DistributedLockLayer {
     /// Longest a loser with a stale copy in hand waits for the winner's fill
     /// before answering the stale copy (without one it waits on, up to the
     /// fill deadline, unless the lock comes free).
-    pub fn max_wait(mut self, wait: Duration) -> Self {
+    pub(crate) fn max_wait(mut self, wait: Duration) -> Self {
         self.max_wait = wait;
-        self
-    }
-
-    /// Poll backoff bounds for stores without fill events.
-    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial_backoff = initial;
-        self.max_backoff = max.max(initial);
         self
     }
 
@@ -120,7 +113,7 @@ impl DistributedLockLayer {
     /// of the lock TTL, 30 s deadline). Without renewal a rebuild slower than
     /// the lock TTL loses its lock and another instance starts a second one
     /// (its write is then fenced, but the origin paid twice).
-    pub fn lease(mut self, lease: LeaseOptions) -> Self {
+    pub(crate) fn lease(mut self, lease: LeaseOptions) -> Self {
         self.lease = lease;
         self
     }
@@ -139,7 +132,7 @@ impl<S> Layer<S> for DistributedLockLayer {
 
 /// Takes the per-key rebuild lock around the inner call (see the module docs).
 #[derive(Clone)]
-pub struct DistributedLock<S> {
+pub(crate) struct DistributedLock<S> {
     inner: S,
     config: DistributedLockLayer,
 }
@@ -152,8 +145,6 @@ impl<S: std::fmt::Debug> std::fmt::Debug for DistributedLock<S> {
             .finish()
     }
 }
-
-crate::inner_access!(DistributedLock);
 
 impl<S, B> Service<Request<B>> for DistributedLock<S>
 where

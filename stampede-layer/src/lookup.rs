@@ -40,11 +40,11 @@ use tower::{Layer, Service, ServiceExt};
 
 /// What scopes a key beyond its method and target (see
 /// [`StampedeLayer::key_fn`](crate::StampedeLayer::key_fn)).
-pub type KeyFn = Arc<dyn Fn(&http::HeaderMap) -> Option<String> + Send + Sync>;
+pub(crate) type KeyFn = Arc<dyn Fn(&http::HeaderMap) -> Option<String> + Send + Sync>;
 
 /// Layer for [`CacheLookup`].
 #[derive(Clone)]
-pub struct CacheLookupLayer {
+pub(crate) struct CacheLookupLayer {
     store: SharedStore,
     config: Arc<CacheConfig>,
     key_fn: Option<KeyFn>,
@@ -63,7 +63,7 @@ impl std::fmt::Debug for CacheLookupLayer {
 
 impl CacheLookupLayer {
     /// Look up in `store` with `config`.
-    pub fn new(store: SharedStore, config: CacheConfig) -> Self {
+    pub(crate) fn new(store: SharedStore, config: CacheConfig) -> Self {
         Self {
             store,
             config: Arc::new(config),
@@ -74,13 +74,13 @@ impl CacheLookupLayer {
     }
 
     /// Scope every key by what `key_fn` derives from the request headers.
-    pub fn key_fn(mut self, key_fn: Option<KeyFn>) -> Self {
+    pub(crate) fn key_fn(mut self, key_fn: Option<KeyFn>) -> Self {
         self.key_fn = key_fn;
         self
     }
 
     /// Count requests per key in `hot_keys` (the bounded hot-key report).
-    pub fn hot_keys(mut self, hot_keys: HotKeys) -> Self {
+    pub(crate) fn hot_keys(mut self, hot_keys: HotKeys) -> Self {
         self.hot_keys = Some(hot_keys);
         self
     }
@@ -103,7 +103,7 @@ impl<S> Layer<S> for CacheLookupLayer {
 
 /// The cache's front door (see the module docs).
 #[derive(Clone)]
-pub struct CacheLookup<S> {
+pub(crate) struct CacheLookup<S> {
     /// Shared, cloned only for a request that goes on down the stack: a hit
     /// (most requests) neither copies the layers below nor carries them in
     /// its future.
@@ -126,21 +126,23 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CacheLookup<S> {
     }
 }
 
+#[allow(dead_code)] // the tower-http accessors; the stack does not use them
 impl<S> CacheLookup<S> {
     /// The inner service.
-    pub fn get_ref(&self) -> &S {
+    pub(crate) fn get_ref(&self) -> &S {
         &self.inner
     }
 }
 
+#[allow(dead_code)] // the tower-http accessors; the stack does not use them
 impl<S: Clone> CacheLookup<S> {
     /// The inner service, mutably (copied first if a request in flight shares it).
-    pub fn get_mut(&mut self) -> &mut S {
+    pub(crate) fn get_mut(&mut self) -> &mut S {
         Arc::make_mut(&mut self.inner)
     }
 
     /// The inner service, consuming this one.
-    pub fn into_inner(self) -> S {
+    pub(crate) fn into_inner(self) -> S {
         Arc::unwrap_or_clone(self.inner)
     }
 }

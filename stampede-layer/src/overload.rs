@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`OverloadGate`].
 #[derive(Clone, Debug)]
-pub struct OverloadGateLayer {
+pub(crate) struct OverloadGateLayer {
     max_inflight: usize,
     max_queue_wait: Duration,
     retry_after: Duration,
@@ -39,7 +39,7 @@ pub struct OverloadGateLayer {
 
 impl OverloadGateLayer {
     /// At most `max_inflight` requests at the origin; no queueing.
-    pub fn new(max_inflight: usize) -> Self {
+    pub(crate) fn new(max_inflight: usize) -> Self {
         Self {
             max_inflight: max_inflight.max(1),
             max_queue_wait: Duration::ZERO,
@@ -51,20 +51,14 @@ impl OverloadGateLayer {
 
     /// Switch the layer off (`false`): requests pass through untouched. A
     /// stack can then toggle one mitigation without changing its type.
-    pub fn enabled(mut self, on: bool) -> Self {
+    pub(crate) fn enabled(mut self, on: bool) -> Self {
         self.enabled = on;
         self
     }
 
     /// Let a request wait this long for a slot before it is shed.
-    pub fn max_queue_wait(mut self, wait: Duration) -> Self {
+    pub(crate) fn max_queue_wait(mut self, wait: Duration) -> Self {
         self.max_queue_wait = wait;
-        self
-    }
-
-    /// The `Retry-After` the 503 carries (whole seconds, at least 1).
-    pub fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = after;
         self
     }
 }
@@ -83,20 +77,11 @@ impl<S> Layer<S> for OverloadGateLayer {
 
 /// Sheds origin-bound work over budget (see the module docs).
 #[derive(Clone, Debug)]
-pub struct OverloadGate<S> {
+pub(crate) struct OverloadGate<S> {
     inner: S,
     slots: Arc<Semaphore>,
     config: OverloadGateLayer,
 }
-
-impl<S> OverloadGate<S> {
-    /// Origin slots free right now.
-    pub fn available(&self) -> usize {
-        self.slots.available_permits()
-    }
-}
-
-crate::inner_access!(OverloadGate);
 
 impl<S, B, ResBody> Service<Request<B>> for OverloadGate<S>
 where

@@ -6,7 +6,7 @@
 
 use crate::cache_control::ResponseDirectives;
 use crate::context::FillDirectives;
-pub use crate::context::NotShareable;
+pub(crate) use crate::context::NotShareable;
 use crate::freshness::{self, Timing};
 use http::header::{AUTHORIZATION, ETAG, LAST_MODIFIED, SET_COOKIE};
 use http::{HeaderMap, StatusCode};
@@ -15,7 +15,7 @@ use std::time::Duration;
 /// What storing a response means: how long it stays fresh, and what may be
 /// done with it once it is not.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lifetimes {
+pub(crate) struct Lifetimes {
     /// Freshness lifetime (RFC 9111 §4.2.1).
     pub lifetime: Duration,
     /// How old it already was on arrival (§4.2.3; `None`: stale on arrival
@@ -39,7 +39,7 @@ pub struct Lifetimes {
 
 impl Lifetimes {
     /// The freshness left on arrival.
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         match self.initial_age {
             Some(age) => self.lifetime.saturating_sub(age),
             None => Duration::ZERO,
@@ -52,14 +52,14 @@ impl Lifetimes {
     /// the `max-age` it sends) is shared all the same: it is exactly what each
     /// waiter would have fetched for itself, and refusing it sends the whole
     /// herd to the origin, one by one.
-    pub fn shareable(&self) -> bool {
+    pub(crate) fn shareable(&self) -> bool {
         !self.no_cache && !self.lifetime.is_zero()
     }
 }
 
 /// The operator's side of the decision (see [`CacheConfig`](crate::CacheConfig)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StorageRules {
+pub(crate) struct StorageRules {
     /// Fresh TTL for origins that give no freshness (zero: none).
     pub ttl: Duration,
     /// Stale-while-revalidate window when the origin gives none.
@@ -75,7 +75,7 @@ pub struct StorageRules {
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
-pub fn heuristically_cacheable(status: StatusCode) -> bool {
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
         200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501

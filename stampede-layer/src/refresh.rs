@@ -1,5 +1,5 @@
-//! Background refreshes, as [`StaleWhileRevalidate`](crate::StaleWhileRevalidate)
-//! and [`XFetch`](crate::XFetch) start them: at most one per key per process,
+//! Background refreshes, as [`StaleWhileRevalidate`](crate::swr::StaleWhileRevalidate)
+//! and [`XFetch`](crate::xfetch::XFetch) start them: at most one per key per process,
 //! a bounded number overall, and — on a shared store — one per key per fleet
 //! (the refresh first claims the key's rebuild lock and gives up if another
 //! instance holds it; the claim's lease then guards its write, and the lock

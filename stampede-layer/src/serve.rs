@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// The response for a stored entry (`Age` set, no body for `HEAD`). It is
 /// shareable with whoever selects the same variant.
-pub fn response_from_entry(
+pub(crate) fn response_from_entry(
     entry: &CachedResponse,
     now: u64,
     head: bool,
@@ -29,7 +29,7 @@ pub fn response_from_entry(
 /// the lookup answers, above the layers that share answers): no
 /// [`Sharing`] recorded. The head is the entry's, built once
 /// ([`CachedResponse::header_map`]); the body its shared `Bytes`.
-pub fn hit_response(
+pub(crate) fn hit_response(
     entry: &CachedResponse,
     now: u64,
     head: bool,
@@ -66,7 +66,7 @@ const SHARED_AGES: u64 = 900;
 
 /// A response from an entry someone else just rebuilt (a re-check inside the
 /// flight, or a lock loser woken by the fill): a hit that shared a rebuild.
-pub fn collapsed_hit(entry: &CachedResponse, detail: Detail) -> Response<CacheBody> {
+pub(crate) fn collapsed_hit(entry: &CachedResponse, detail: Detail) -> Response<CacheBody> {
     let now = now_ms();
     let mut status = CacheStatus::hit(entry.ttl_secs(now)).with_detail(detail);
     status.collapsed = true;
@@ -74,7 +74,7 @@ pub fn collapsed_hit(entry: &CachedResponse, detail: Detail) -> Response<CacheBo
 }
 
 /// A stale entry served in place of an answer from the origin.
-pub fn stale(entry: &CachedResponse, head: bool, detail: Detail) -> Response<CacheBody> {
+pub(crate) fn stale(entry: &CachedResponse, head: bool, detail: Detail) -> Response<CacheBody> {
     let now = now_ms();
     let status = CacheStatus::hit(entry.ttl_secs(now).min(-1)).with_detail(detail);
     response_from_entry(entry, now, head, status)
@@ -94,7 +94,7 @@ fn generated(status: StatusCode, body: &'static str) -> Response<CacheBody> {
 }
 
 /// A 503 with `Retry-After`, as the overload gate answers.
-pub fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
+pub(crate) fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
     let mut resp = generated(
         StatusCode::SERVICE_UNAVAILABLE,
         "origin overloaded, retry later\n",
@@ -108,7 +108,7 @@ pub fn service_unavailable(retry_after: Duration) -> Response<CacheBody> {
 
 /// The answer while a rebuild's failure lasts: `502` (`503` and `504` as
 /// they were) with `Retry-After` for the rest of it.
-pub fn rebuild_failed(failure: &crate::store::RebuildFailure) -> Response<CacheBody> {
+pub(crate) fn rebuild_failed(failure: &crate::store::RebuildFailure) -> Response<CacheBody> {
     let status = match failure.status {
         503 => StatusCode::SERVICE_UNAVAILABLE,
         504 => StatusCode::GATEWAY_TIMEOUT,
@@ -131,7 +131,7 @@ pub fn rebuild_failed(failure: &crate::store::RebuildFailure) -> Response<CacheB
 
 /// The 504 of a rebuild cut at its deadline (stale-if-error above may
 /// replace it).
-pub fn gateway_timeout() -> Response<CacheBody> {
+pub(crate) fn gateway_timeout() -> Response<CacheBody> {
     generated(
         StatusCode::GATEWAY_TIMEOUT,
         "origin did not answer within the fill deadline\n",
@@ -139,7 +139,7 @@ pub fn gateway_timeout() -> Response<CacheBody> {
 }
 
 /// A 400 for a request target without an unambiguous normal form.
-pub fn bad_target(err: &crate::key::TargetError) -> Response<CacheBody> {
+pub(crate) fn bad_target(err: &crate::key::TargetError) -> Response<CacheBody> {
     let mut resp = Response::new(CacheBody::full(format!("bad request target: {err}\n")));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     resp.headers_mut().insert(

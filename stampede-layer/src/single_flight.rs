@@ -12,6 +12,10 @@
 //!   (`collapsed`);
 //! * stored, but another variant (`Vary`): the follower coordinates again on
 //!   its own variant (two variants are two flights);
+//! * refused by the store's fence (a purge or a later write was ordered
+//!   after the rebuild began; [`Sharing::Fenced`]): a follower may have
+//!   joined after that purge, so every follower coordinates again — one new
+//!   rebuild — instead of being given the superseded answer;
 //! * not shareable (`private`, `Set-Cookie`, `no-store`, …) or too large to
 //!   buffer: every follower sends its own request to the origin, concurrently
 //!   and uncoordinated, and gets its own answer.
@@ -43,7 +47,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`SingleFlight`].
 #[derive(Clone, Debug)]
-pub struct SingleFlightLayer {
+pub(crate) struct SingleFlightLayer {
     max_flights: usize,
     enabled: bool,
     /// One map of flights for every service this layer makes (axum calls
@@ -59,7 +63,7 @@ impl Default for SingleFlightLayer {
 
 impl SingleFlightLayer {
     /// Coalesce up to 10,000 keys in flight at once.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             max_flights: 10_000,
             enabled: true,
@@ -69,13 +73,14 @@ impl SingleFlightLayer {
 
     /// Switch the layer off (`false`): requests pass through untouched. A
     /// stack can then toggle one mitigation without changing its type.
-    pub fn enabled(mut self, on: bool) -> Self {
+    pub(crate) fn enabled(mut self, on: bool) -> Self {
         self.enabled = on;
         self
     }
 
     /// Most keys coalesced at once; requests for further keys go straight through.
-    pub fn max_flights(mut self, n: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn max_flights(mut self, n: usize) -> Self {
         self.max_flights = n;
         self
     }
@@ -129,7 +134,7 @@ type Flights = Arc<Mutex<HashMap<String, Flight>>>;
 
 /// Coalesces concurrent rebuilds of one key in one process (see the module docs).
 #[derive(Clone)]
-pub struct SingleFlight<S> {
+pub(crate) struct SingleFlight<S> {
     inner: S,
     flights: Flights,
     max_flights: usize,
@@ -147,12 +152,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for SingleFlight<S> {
 
 impl<S> SingleFlight<S> {
     /// Keys with a rebuild in flight now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.flights.lock().expect("flights lock").len()
     }
 }
-
-crate::inner_access!(SingleFlight);
 
 /// Removes the flight from the map when the leader's task ends, however it ends.
 struct RemoveOnDrop {
@@ -239,7 +242,10 @@ impl<S> SingleFlight<S> {
                         req.extensions_mut().insert(lookup.for_variant(&vary));
                         self.coalesce(req, false).await
                     }
-                    Share::OtherVariant(_) | Share::No => pass(inner, req, &lookup).await,
+                    Share::Again if may_rescope => self.coalesce(req, false).await,
+                    Share::OtherVariant(_) | Share::Again | Share::No => {
+                        pass(inner, req, &lookup).await
+                    }
                 }
             });
         }
@@ -372,4 +378,60 @@ fn to_response(shared: &SharedResponse) -> Option<Response<CacheBody>> {
     resp.extensions_mut().insert(status);
     resp.extensions_mut().insert(shared.sharing.clone());
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::CacheKey;
+    use crate::status::Fwd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A request as the lookup hands it on: a miss for `path`.
+    fn miss(path: &str) -> Request<()> {
+        let uri: http::Uri = path.parse().unwrap();
+        let mut req = Request::get(uri.clone()).body(()).unwrap();
+        req.extensions_mut().insert(Lookup {
+            key: CacheKey::new(&http::Method::GET, &uri),
+            state: LookupState::Missing,
+            entry: None,
+            fwd: Fwd::UriMiss,
+            request_headers: Arc::default(),
+            arrived_ms: crate::entry::now_ms(),
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn flight_map_is_bounded() {
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let seen = inflight.clone();
+        let origin = tower::service_fn(move |_req: Request<()>| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                seen.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(Response::new(CacheBody::full("v")))
+            }
+        });
+        let sf = SingleFlightLayer::new().max_flights(3).layer(origin);
+        let reqs: Vec<_> = (0..10)
+            .map(|i| tokio::spawn(sf.clone().oneshot(miss(&format!("/items/{i}")))))
+            .collect();
+        // Keys past the bound go straight through.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while inflight.load(Ordering::SeqCst) < 10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("every request reaches the origin");
+        assert_eq!(sf.in_flight(), 3);
+        for r in reqs {
+            assert_eq!(r.await.unwrap().unwrap().status(), 200);
+        }
+        assert_eq!(sf.in_flight(), 0);
+    }
 }

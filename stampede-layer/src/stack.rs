@@ -53,14 +53,23 @@ use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
-/// The default origin budget of the overload gate, in the library and the
-/// gateway alike: origin requests in flight at once (per process) before
-/// more are answered 503 — high enough that a normal burst of distinct misses
-/// is never shed.
-pub const DEFAULT_ORIGIN_BUDGET: usize = 256;
-
-/// Which mitigations are on.
+/// Which mitigations are on: a field per mitigation, or parsed from the
+/// names the gateway's `--mitigations` takes.
+///
+/// ```
+/// use stampede_layer::Mitigations;
+/// let m: Mitigations = "single-flight,lock".parse()?;
+/// assert!(m.single_flight && m.lock && !m.swr);
+/// assert_eq!(m.to_string(), "single-flight,lock");
+/// assert!("".parse::<Mitigations>().is_err(), "empty is a mistake, not none");
+///
+/// // `#[non_exhaustive]` (mitigations may be added): start from a constant.
+/// let mut no_xfetch = Mitigations::ALL;
+/// no_xfetch.xfetch = false;
+/// # Ok::<(), stampede_layer::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Mitigations {
     /// Per-process coalescing.
     pub single_flight: bool,
@@ -132,15 +141,8 @@ impl Mitigations {
     }
 }
 
-/// An unknown name in a mitigation list.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown mitigation {0:?}: expected none, all, or a comma list of single-flight, lock, swr, xfetch, jitter, negative, overload-gate"
-)]
-pub struct UnknownMitigation(String);
-
 impl FromStr for Mitigations {
-    type Err = UnknownMitigation;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
@@ -149,13 +151,13 @@ impl FromStr for Mitigations {
             "none" => return Ok(Self::NONE),
             // An empty setting (an unset `STAMPEDE_MITIGATIONS=`) is a
             // mistake, not "everything off".
-            "" => return Err(UnknownMitigation(String::new())),
+            "" => return Err(Error::Mitigations(String::new())),
             _ => {}
         }
         let mut m = Self::NONE;
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             *m.flag(name)
-                .ok_or_else(|| UnknownMitigation(name.to_owned()))? = true;
+                .ok_or_else(|| Error::Mitigations(name.to_owned()))? = true;
         }
         Ok(m)
     }
@@ -187,7 +189,7 @@ type ErrorStatus = Arc<dyn Fn(&Error) -> StatusCode + Send + Sync>;
 
 /// The whole stack over an origin `S` — what [`StampedeLayer`] makes. It is
 /// infallible (`Error = Infallible`): an origin failure that no stale copy
-/// can stand in for is answered `502`/`504` (see [`crate::error`]).
+/// can stand in for is answered `502`/`504` (see [Errors](crate#errors)).
 #[derive(Clone)]
 pub struct Stampede<S> {
     inner: Chain<S>,
@@ -203,10 +205,14 @@ impl<S: fmt::Debug> fmt::Debug for Stampede<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Stampede<S>
+impl<S, B, ResBody> Service<Request<B>> for Stampede<S>
 where
-    Chain<S>: Service<Request<B>, Response = Response<CacheBody>, Error = BoxError>,
-    <Chain<S> as Service<Request<B>>>::Future: Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Default + Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = Response<CacheBody>;
     type Error = Infallible;
@@ -276,8 +282,37 @@ fn default_error_status(err: &Error) -> StatusCode {
 pub type StampedeService<B> = BoxCloneSyncService<Request<B>, Response<CacheBody>, Infallible>;
 
 /// The whole stack as one tower [`Layer`], with builder methods for every
-/// knob (see the module docs for the order). Goes into a `ServiceBuilder` or
-/// axum's `Router::layer` like any other layer.
+/// knob (the [crate docs](crate) say which mitigation each belongs to). Goes
+/// into a `ServiceBuilder` or axum's `Router::layer` like any other layer;
+/// the services it makes (and its clones') share one origin budget, one map
+/// of flights and one set of background refreshes. A builder method called
+/// after the layer was used starts that state afresh.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use stampede_layer::{CacheConfig, HotKeys, LeaseOptions, MemoryStore, StampedeLayer};
+///
+/// let mut cache = CacheConfig::default();
+/// cache.stale_if_error = Duration::from_secs(300);
+/// let mut lease = LeaseOptions::default();
+/// lease.fill_deadline = Duration::from_secs(10);
+/// let hot = HotKeys::new(10, Duration::from_secs(60), 10_000);
+///
+/// let layer = StampedeLayer::new(Arc::new(MemoryStore::default()))
+///     .mitigations("single-flight,swr,jitter,overload-gate".parse()?)
+///     .cache_config(cache)
+///     // `ttl` and `stale_ttl` set fields of the cache config: after it.
+///     .ttl(Duration::from_secs(30))
+///     .stale_ttl(Duration::from_secs(10))
+///     .lock_ttl(Duration::from_secs(2))
+///     .lease(lease)
+///     .jitter(0.1)
+///     .overload_budget(128, Duration::from_millis(50))
+///     .hot_keys(hot.clone());
+/// # let _ = layer;
+/// # Ok::<(), stampede_layer::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct StampedeLayer {
     store: SharedStore,
@@ -326,6 +361,12 @@ impl fmt::Debug for StampedeLayer {
 }
 
 impl StampedeLayer {
+    /// The default origin budget of the overload gate, in the library and the
+    /// gateway alike: origin requests in flight at once (per process, shared
+    /// by every service this layer makes) before more are answered `503` —
+    /// high enough that a normal burst of distinct misses is never shed.
+    pub const DEFAULT_ORIGIN_BUDGET: usize = 256;
+
     /// A stack over `store` with every mitigation on and default knobs.
     pub fn new(store: SharedStore) -> Self {
         Self {
@@ -338,7 +379,7 @@ impl StampedeLayer {
             xfetch_beta: 1.0,
             jitter: 0.2,
             negative_ttl: Duration::from_secs(5),
-            gate_max_inflight: DEFAULT_ORIGIN_BUDGET,
+            gate_max_inflight: Self::DEFAULT_ORIGIN_BUDGET,
             gate_queue_wait: Duration::ZERO,
             max_background_refreshes: 64,
             hot_keys: None,
@@ -550,7 +591,7 @@ impl<S> Layer<S> for StampedeLayer {
 
 /// The origin, speaking the stack's body and error types.
 #[derive(Clone, Debug)]
-pub struct Origin<S>(pub S);
+pub(crate) struct Origin<S>(pub S);
 
 impl<S, B, ResBody> Service<Request<B>> for Origin<S>
 where
@@ -580,6 +621,57 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::{FreshHit, Generated, RebuildFailed, Sharing};
+    use crate::fill::TeeBody;
+    use crate::store::MemoryStore;
+    use tower::ServiceExt;
+
+    /// None of the layers' own extensions is left on an answer.
+    fn assert_clean<B>(resp: &Response<B>, what: &str) {
+        let ext = resp.extensions();
+        assert!(ext.get::<Sharing>().is_none(), "{what}: Sharing");
+        assert!(ext.get::<FreshHit>().is_none(), "{what}: FreshHit");
+        assert!(
+            ext.get::<RebuildFailed>().is_none(),
+            "{what}: RebuildFailed"
+        );
+        assert!(ext.get::<CacheStatus>().is_none(), "{what}: CacheStatus");
+        assert!(ext.get::<TeeBody>().is_none(), "{what}: TeeBody");
+        assert!(ext.get::<Generated>().is_none(), "{what}: Generated");
+        assert!(
+            ext.get::<crate::status::Outcome>().is_some(),
+            "{what}: the Outcome stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn internal_extensions_do_not_leave_the_stack() {
+        let origin = tower::service_fn(|req: Request<String>| async move {
+            let mut resp = Response::new(String::from("v"));
+            if req.uri().path() == "/generated" {
+                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                resp.extensions_mut().insert(Generated);
+            }
+            Ok::<_, Infallible>(resp)
+        });
+        let svc = StampedeLayer::new(Arc::new(MemoryStore::default())).service(origin);
+        let get = |path: &str| Request::get(path).body(String::new()).unwrap();
+        let miss = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_clean(&miss, "miss");
+        let hit = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert!(
+            hit.headers()[crate::CACHE_STATUS]
+                .to_str()
+                .unwrap()
+                .contains("hit")
+        );
+        assert_clean(&hit, "hit");
+        let generated = svc.clone().oneshot(get("/generated")).await.unwrap();
+        assert_eq!(generated.status(), StatusCode::BAD_GATEWAY);
+        assert_clean(&generated, "generated");
+        let post = Request::post("/a").body(String::new()).unwrap();
+        assert_clean(&svc.oneshot(post).await.unwrap(), "pass-through");
+    }
 
     #[test]
     fn parses_mitigation_lists() {

@@ -1,11 +1,11 @@
 //! RFC 9211 `Cache-Status`, built up by the layers in a response extension
-//! and written once, as a header, by [`CacheLookup`](crate::CacheLookup).
+//! and written once, as a header, by [`CacheLookup`](crate::lookup::CacheLookup).
 
 use http::{HeaderValue, StatusCode};
 
 /// RFC 9211 `fwd` reasons used here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fwd {
+pub(crate) enum Fwd {
     /// Not cacheable by configuration or request (`Authorization`, `Cookie`).
     Bypass,
     /// The method is not cacheable (`POST`, `PUT`, …).
@@ -35,7 +35,7 @@ impl Fwd {
 
 /// Extra detail in `Cache-Status` (`detail=…`): which path answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Detail {
+pub(crate) enum Detail {
     /// Served stale while a background refresh runs (RFC 5861).
     Swr,
     /// Served stale because the origin failed (RFC 5861 `stale-if-error`).
@@ -65,7 +65,7 @@ pub enum Detail {
 
 impl Detail {
     /// The `detail` parameter value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Detail::Swr => "swr",
             Detail::StaleIfError => "stale-if-error",
@@ -82,8 +82,18 @@ impl Detail {
     }
 }
 
-/// How a request was answered, for metrics (`stampede_requests_total{outcome}`).
+/// How a request was answered, for metrics (`stampede_requests_total{outcome}`)
+/// and access logs: a response extension on every answer of the stack.
+///
+/// ```
+/// # use stampede_layer::Outcome;
+/// fn label<B>(resp: &http::Response<B>) -> &'static str {
+///     resp.extensions().get::<Outcome>().map_or("none", |o| o.as_str())
+/// }
+/// # assert_eq!(label(&http::Response::new(())), "none");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Fresh entry served.
     Hit,
@@ -138,7 +148,7 @@ impl Outcome {
 
 /// The cache's account of one response (a response extension).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CacheStatus {
+pub(crate) struct CacheStatus {
     /// The body came from the cache.
     pub hit: bool,
     /// Why the request went forward, when it did.
@@ -157,7 +167,7 @@ pub struct CacheStatus {
 
 impl CacheStatus {
     /// A hit with `ttl` seconds of freshness left.
-    pub fn hit(ttl: i64) -> Self {
+    pub(crate) fn hit(ttl: i64) -> Self {
         Self {
             hit: true,
             ttl: Some(ttl),
@@ -166,7 +176,7 @@ impl CacheStatus {
     }
 
     /// Forwarded to the origin for `fwd`.
-    pub fn forwarded(fwd: Fwd, status: StatusCode) -> Self {
+    pub(crate) fn forwarded(fwd: Fwd, status: StatusCode) -> Self {
         Self {
             fwd: Some(fwd),
             fwd_status: Some(status.as_u16()),
@@ -175,13 +185,13 @@ impl CacheStatus {
     }
 
     /// Set the detail.
-    pub fn with_detail(mut self, detail: Detail) -> Self {
+    pub(crate) fn with_detail(mut self, detail: Detail) -> Self {
         self.detail = Some(detail);
         self
     }
 
     /// Classify for metrics, given the status served.
-    pub fn outcome(&self, status: StatusCode) -> Outcome {
+    pub(crate) fn outcome(&self, status: StatusCode) -> Outcome {
         if self.detail == Some(Detail::Shed) {
             Outcome::Shed
         } else if self.hit {
@@ -206,7 +216,7 @@ impl CacheStatus {
     /// The header value, e.g. `stampede; hit; ttl=3` or `stampede; fwd=uri-miss; fwd-status=200; stored`.
     /// Written on the stack, then copied into one allocation of its exact
     /// size that becomes the header's bytes.
-    pub fn header_value(&self, cache_name: &str) -> HeaderValue {
+    pub(crate) fn header_value(&self, cache_name: &str) -> HeaderValue {
         let mut buf = [0u8; 192];
         let mut w = std::io::Cursor::new(&mut buf[..]);
         let bytes = match self.write_to(&mut w, cache_name) {

@@ -1,5 +1,5 @@
 //! Stale-while-revalidate (RFC 5861): bounds the *wait*. When
-//! [`CacheLookup`](crate::CacheLookup) found an entry past its freshness but
+//! [`CacheLookup`](crate::lookup::CacheLookup) found an entry past its freshness but
 //! within its stale window, this layer answers the stale copy at once and
 //! starts a refresh in the background through its own inner service (so the
 //! refresh is coalesced by single-flight and the lock below it); nobody
@@ -7,7 +7,7 @@
 //! or 5xx, while an entry within its stale-if-error window is in hand, is
 //! answered with the stale copy instead.
 //!
-//! It sits inside [`CacheLookup`](crate::CacheLookup) (it acts on the
+//! It sits inside [`CacheLookup`](crate::lookup::CacheLookup) (it acts on the
 //! [`Lookup`] the lookup attaches), above the coordination layers.
 
 use crate::body::{BoxError, CacheBody};
@@ -26,7 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Layer for [`StaleWhileRevalidate`].
 #[derive(Clone, Debug)]
-pub struct StaleWhileRevalidateLayer {
+pub(crate) struct StaleWhileRevalidateLayer {
     stale_if_error: bool,
     refresher: Refresher,
     enabled: bool,
@@ -40,7 +40,7 @@ impl Default for StaleWhileRevalidateLayer {
 
 impl StaleWhileRevalidateLayer {
     /// SWR with stale-if-error on, at most 64 refreshes in flight.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             stale_if_error: true,
             refresher: Refresher::new("swr"),
@@ -50,33 +50,27 @@ impl StaleWhileRevalidateLayer {
 
     /// Switch the layer off (`false`): requests pass through untouched. A
     /// stack can then toggle one mitigation without changing its type.
-    pub fn enabled(mut self, on: bool) -> Self {
+    pub(crate) fn enabled(mut self, on: bool) -> Self {
         self.enabled = on;
         self
     }
 
-    /// Serve stale on origin errors (default on).
-    pub fn stale_if_error(mut self, on: bool) -> Self {
-        self.stale_if_error = on;
-        self
-    }
-
     /// Most background refreshes in flight at once in this process.
-    pub fn max_refreshes(mut self, n: usize) -> Self {
+    pub(crate) fn max_refreshes(mut self, n: usize) -> Self {
         self.refresher = self.refresher.max_in_flight(n);
         self
     }
 
     /// On a shared `store`, claim the key's lock (for `ttl`) before a
     /// refresh, so one instance of the fleet refreshes it, not each.
-    pub fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
+    pub(crate) fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
         self.refresher = self.refresher.claim_through(store, ttl);
         self
     }
 
     /// Renewal of the claimed lock and the refresh's deadline (default:
     /// [`LeaseOptions::default`](crate::LeaseOptions)).
-    pub fn lease(mut self, lease: crate::LeaseOptions) -> Self {
+    pub(crate) fn lease(mut self, lease: crate::LeaseOptions) -> Self {
         self.refresher = self.refresher.lease(lease);
         self
     }
@@ -95,12 +89,10 @@ impl<S> Layer<S> for StaleWhileRevalidateLayer {
 
 /// Serves stale within the window and refreshes in the background (see the module docs).
 #[derive(Clone, Debug)]
-pub struct StaleWhileRevalidate<S> {
+pub(crate) struct StaleWhileRevalidate<S> {
     inner: S,
     config: StaleWhileRevalidateLayer,
 }
-
-crate::inner_access!(StaleWhileRevalidate);
 
 impl<S, B> Service<Request<B>> for StaleWhileRevalidate<S>
 where

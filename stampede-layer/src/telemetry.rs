@@ -1,16 +1,41 @@
-//! Metric names, help texts and start-up registration.
+//! What the stack reports about itself: metric names, help texts and
+//! start-up registration, the herd's fingerprint settings, and the hot-key
+//! report.
 //!
 //! The layers record through the `metrics` facade; the binary chooses the
 //! exporter. [`register`] describes every metric and creates its zero-valued
 //! series up front, so dashboards and alert rules see `0`, not "no data",
-//! before the first miss, shed or store error.
+//! before the first miss, shed or store error. [`HotKeys`] (fed by
+//! [`StampedeLayer::hot_keys`](crate::StampedeLayer::hot_keys)) reports the
+//! most requested keys.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use stampede_layer::telemetry::{self, HotKeys};
+//! use stampede_layer::{MemoryStore, StampedeLayer};
+//!
+//! telemetry::register("memory"); // zero-valued series, once at start-up
+//! let hot = HotKeys::new(10, Duration::from_secs(60), 10_000);
+//! let layer = StampedeLayer::new(Arc::new(MemoryStore::default())).hot_keys(hot.clone());
+//! // Later, for an admin endpoint:
+//! for key in hot.top() {
+//!     println!("{} {:.1}/s", key.key, key.requests_per_second);
+//! }
+//! # let _ = layer;
+//! ```
 
+pub use crate::fingerprint::{
+    DEFAULT_HERD_WINDOW, REBUILDS_BUCKETS, REBUILDS_PER_KEY_WINDOW, STALE_AGE_BUCKETS,
+    STALE_SERVED_AGE, set_herd_window,
+};
+pub use crate::hot_keys::{HotKey, HotKeys};
 use crate::status::Outcome;
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use std::time::Duration;
 
 /// Outcome label values of `stampede_requests_total`.
-pub const OUTCOMES: [&str; 8] = [
+pub(crate) const OUTCOMES: [&str; 8] = [
     "hit",
     "miss",
     "stale",
@@ -159,14 +184,14 @@ pub fn register(backend: &'static str) {
 /// labels in the recorder's registry each time. Handles belong to the
 /// recorder current when [`RequestMetrics::new`] runs.
 #[derive(Clone, Debug)]
-pub struct RequestMetrics {
+pub(crate) struct RequestMetrics {
     requests: [Counter; 8],
     durations: [Histogram; 8],
 }
 
 impl RequestMetrics {
     /// Look up every outcome's handles in the current recorder.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             requests: Outcome::ALL.map(|o| {
                 metrics::counter!("stampede_requests_total", "outcome" => o.as_str())
@@ -178,7 +203,7 @@ impl RequestMetrics {
     }
 
     /// Count one request answered with `outcome` after `elapsed`.
-    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+    pub(crate) fn record(&self, outcome: Outcome, elapsed: Duration) {
         self.requests[outcome.index()].increment(1);
         self.durations[outcome.index()].record(elapsed.as_secs_f64());
     }

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 /// ticket (a lease of 5 s), then the fenced write with it.
 pub async fn fill(
     store: &dyn crate::CacheStore,
-    key: &crate::CacheKey,
-    entry: &crate::CachedResponse,
-) -> Result<crate::PutOutcome, crate::StoreError> {
+    key: &crate::store::CacheKey,
+    entry: &crate::store::CachedResponse,
+) -> Result<crate::store::PutOutcome, crate::StoreError> {
     let lease = store.ticket(key, Duration::from_secs(5)).await?;
     let outcome = store.put(key, entry, &lease).await;
     store.release_lease(key, &lease);

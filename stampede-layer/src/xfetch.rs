@@ -30,7 +30,7 @@
 //! key read about once per TTL rarely has a read in the window, and still
 //! misses at expiry.
 //!
-//! It sits outside [`CacheLookup`](crate::CacheLookup): it reads the
+//! It sits outside [`CacheLookup`](crate::lookup::CacheLookup): it reads the
 //! [`FreshHit`] the lookup attaches to a fresh hit and, when the entry is
 //! due, starts the refresh itself, through its own inner service (the
 //! lookup, then single-flight and the lock), marked [`ForceRefresh`]. The
@@ -53,22 +53,27 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Largest spread `s` of the early refresh, as a fraction of the entry's
 /// fresh lifetime: a slow (saturated) origin cannot pull refreshes earlier.
-pub const MAX_SPREAD_OF_LIFETIME: f64 = 1.0 / 8.0;
+pub(crate) const MAX_SPREAD_OF_LIFETIME: f64 = 1.0 / 8.0;
 
 /// Earliest early refresh, as a fraction of the entry's fresh lifetime: an
 /// entry younger than this is never refreshed early.
-pub const MIN_AGE_OF_LIFETIME: f64 = 0.5;
+pub(crate) const MIN_AGE_OF_LIFETIME: f64 = 0.5;
 
 /// The XFetch decision for an entry.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct XFetchPolicy {
+pub(crate) struct XFetchPolicy {
     /// The `beta` knob (default 1.0).
     pub beta: f64,
 }
 
 impl XFetchPolicy {
     /// Whether `entry`, found under `key`, is due for its early refresh at `now_ms`.
-    pub fn should_refresh(&self, key: &CacheKey, entry: &CachedResponse, now_ms: u64) -> bool {
+    pub(crate) fn should_refresh(
+        &self,
+        key: &CacheKey,
+        entry: &CachedResponse,
+        now_ms: u64,
+    ) -> bool {
         let lifetime = entry.fresh_until_ms.saturating_sub(entry.stored_at_ms);
         let earliest = entry.fresh_until_ms - max_gap_ms(lifetime);
         // Cheap test first: most hits of a hot key are far from expiry.
@@ -77,7 +82,7 @@ impl XFetchPolicy {
 
     /// When `entry`, found under `key`, is due for its early refresh (ms
     /// since the epoch; `fresh_until_ms` when early refresh is off).
-    pub fn refresh_at_ms(&self, key: &CacheKey, entry: &CachedResponse) -> u64 {
+    pub(crate) fn refresh_at_ms(&self, key: &CacheKey, entry: &CachedResponse) -> u64 {
         let lifetime = entry.fresh_until_ms.saturating_sub(entry.stored_at_ms);
         let gap = early_refresh_gap_ms(
             lifetime,
@@ -93,7 +98,14 @@ impl XFetchPolicy {
 /// `now - delta * beta * ln(u) >= expiry`. Kept as the reference the layer
 /// is argued against (see the module docs); the layer uses
 /// [`early_refresh_gap_ms`] with one `u` per entry.
-pub fn should_refresh_early(now_ms: u64, delta_ms: u64, beta: f64, expiry_ms: u64, u: f64) -> bool {
+#[cfg(test)]
+pub(crate) fn should_refresh_early(
+    now_ms: u64,
+    delta_ms: u64,
+    beta: f64,
+    expiry_ms: u64,
+    u: f64,
+) -> bool {
     let gap = -(delta_ms as f64) * beta * u.ln(); // ≥ 0
     now_ms as f64 + gap >= expiry_ms as f64
 }
@@ -102,7 +114,7 @@ pub fn should_refresh_early(now_ms: u64, delta_ms: u64, beta: f64, expiry_ms: u6
 /// rebuilt in `delta_ms`, is due for its early refresh, for its draw `u` in
 /// (0, 1]: `s * (1 - ln u)` with `s = min(delta * beta, lifetime / 8)`, at
 /// most `lifetime / 2`; 0 when `beta` or `delta` is 0.
-pub fn early_refresh_gap_ms(lifetime_ms: u64, delta_ms: u64, beta: f64, u: f64) -> u64 {
+pub(crate) fn early_refresh_gap_ms(lifetime_ms: u64, delta_ms: u64, beta: f64, u: f64) -> u64 {
     let spread = (delta_ms as f64 * beta.max(0.0)).min(lifetime_ms as f64 * MAX_SPREAD_OF_LIFETIME);
     let u = u.clamp(f64::MIN_POSITIVE, 1.0);
     let gap = spread * (1.0 - u.ln());
@@ -116,7 +128,7 @@ fn max_gap_ms(lifetime_ms: u64) -> u64 {
 /// The entry's `U` in (0, 1]: a hash of the key and of the write (when it
 /// was stored, its fencing token), uniform over entries, the same in every
 /// process that reads the entry — so a fleet agrees on when it is due.
-pub fn entry_draw(key: &CacheKey, entry: &CachedResponse) -> f64 {
+pub(crate) fn entry_draw(key: &CacheKey, entry: &CachedResponse) -> f64 {
     let digest = key.digest();
     let key_bits = digest
         .get(..16)
@@ -136,7 +148,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// Layer for [`XFetch`].
 #[derive(Clone, Debug)]
-pub struct XFetchLayer {
+pub(crate) struct XFetchLayer {
     policy: XFetchPolicy,
     refresher: Refresher,
     enabled: bool,
@@ -144,7 +156,7 @@ pub struct XFetchLayer {
 
 impl XFetchLayer {
     /// XFetch with `beta` (1.0 is the paper's optimum for most loads).
-    pub fn new(beta: f64) -> Self {
+    pub(crate) fn new(beta: f64) -> Self {
         Self {
             policy: XFetchPolicy {
                 beta: beta.max(0.0),
@@ -156,27 +168,27 @@ impl XFetchLayer {
 
     /// Switch the layer off (`false`): requests pass through untouched. A
     /// stack can then toggle one mitigation without changing its type.
-    pub fn enabled(mut self, on: bool) -> Self {
+    pub(crate) fn enabled(mut self, on: bool) -> Self {
         self.enabled = on;
         self
     }
 
     /// Most early refreshes in flight at once in this process.
-    pub fn max_refreshes(mut self, n: usize) -> Self {
+    pub(crate) fn max_refreshes(mut self, n: usize) -> Self {
         self.refresher = self.refresher.max_in_flight(n);
         self
     }
 
     /// On a shared `store`, claim the key's lock (for `ttl`) before a
     /// refresh, so one instance of the fleet refreshes it, not each.
-    pub fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
+    pub(crate) fn claim_through(mut self, store: SharedStore, ttl: Duration) -> Self {
         self.refresher = self.refresher.claim_through(store, ttl);
         self
     }
 
     /// Renewal of the claimed lock and the refresh's deadline (default:
     /// [`LeaseOptions::default`](crate::LeaseOptions)).
-    pub fn lease(mut self, lease: crate::LeaseOptions) -> Self {
+    pub(crate) fn lease(mut self, lease: crate::LeaseOptions) -> Self {
         self.refresher = self.refresher.lease(lease);
         self
     }
@@ -201,12 +213,10 @@ impl<S> Layer<S> for XFetchLayer {
 
 /// Refreshes fresh hits early, probabilistically (see the module docs).
 #[derive(Clone, Debug)]
-pub struct XFetch<S> {
+pub(crate) struct XFetch<S> {
     inner: S,
     config: Arc<XFetchLayer>,
 }
-
-crate::inner_access!(XFetch);
 
 impl<S, B> Service<Request<B>> for XFetch<S>
 where

@@ -121,7 +121,7 @@ async fn a_failing_handler_is_an_answer() {
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     let failure = resp
         .extensions()
-        .get::<stampede_layer::error::OriginFailure>()
+        .get::<stampede_layer::OriginFailure>()
         .expect("the error rides on the answer");
     assert!(failure.0.to_string().contains("rebuild"), "{}", failure.0);
     let (status, _) = get_status(&app, "/overloaded").await;

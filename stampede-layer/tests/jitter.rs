@@ -18,9 +18,10 @@ async fn stored_lifetimes(jitter: bool) -> Vec<u64> {
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
     let svc = StampedeLayer::new(store)
-        .mitigations(Mitigations {
-            jitter,
-            ..Mitigations::NONE
+        .mitigations({
+            let mut m = Mitigations::NONE;
+            m.jitter = jitter;
+            m
         })
         .jitter(0.2)
         .ttl(Duration::from_millis(TTL_MS))

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::{Service, ServiceExt};
 
-const LOCK_ONLY: Mitigations = Mitigations {
-    lock: true,
-    ..Mitigations::NONE
+const LOCK_ONLY: Mitigations = {
+    let mut m = Mitigations::NONE;
+    m.lock = true;
+    m
 };
 
 /// One instance: its own Redis connection pool and its own stack.
@@ -87,9 +88,10 @@ async fn lock_excludes_across_instances() {
 
 #[tokio::test]
 async fn full_stack_makes_one_rebuild_across_instances() {
-    one_rebuild_fleet_wide(Mitigations {
-        jitter: false,
-        ..Mitigations::ALL
+    one_rebuild_fleet_wide({
+        let mut m = Mitigations::ALL;
+        m.jitter = false;
+        m
     })
     .await;
 }
@@ -114,9 +116,10 @@ async fn fencing_rejects_the_write_of_an_expired_lock_holder() {
         .mitigations(LOCK_ONLY)
         .ttl(Duration::from_secs(30))
         .lock_ttl(ttl)
-        .lease(LeaseOptions {
-            renew: false,
-            ..LeaseOptions::default()
+        .lease({
+            let mut c = LeaseOptions::default();
+            c.renew = false;
+            c
         });
     let a = paused.service(origin.clone());
     let (_, b) = instance(&server, origin, LOCK_ONLY, ttl, ttl).await;

@@ -28,9 +28,10 @@ fn stack(negative: bool) -> (Calls, StampedeService<Body>) {
     });
     let store: SharedStore = Arc::new(MemoryStore::default());
     let svc = StampedeLayer::new(store)
-        .mitigations(Mitigations {
-            negative,
-            ..Mitigations::NONE
+        .mitigations({
+            let mut m = Mitigations::NONE;
+            m.negative = negative;
+            m
         })
         .ttl(Duration::from_secs(30))
         .negative_ttl(Duration::from_millis(300))

@@ -21,20 +21,22 @@ fn stack(mitigations: Mitigations) -> (Calls, Arc<MemoryStore>, StampedeService<
     let store: SharedStore = memory.clone();
     let svc = StampedeLayer::new(store)
         .mitigations(mitigations)
-        .cache_config(CacheConfig {
-            ttl: Duration::from_secs(30),
-            stale_ttl: Duration::ZERO,
-            stale_if_error: Duration::from_secs(60),
-            ..CacheConfig::default()
+        .cache_config({
+            let mut c = CacheConfig::default();
+            c.ttl = Duration::from_secs(30);
+            c.stale_ttl = Duration::ZERO;
+            c.stale_if_error = Duration::from_secs(60);
+            c
         })
         .overload_budget(2, Duration::ZERO)
         .service(origin);
     (calls, memory, svc)
 }
 
-const GATE: Mitigations = Mitigations {
-    overload_gate: true,
-    ..Mitigations::NONE
+const GATE: Mitigations = {
+    let mut m = Mitigations::NONE;
+    m.overload_gate = true;
+    m
 };
 
 /// Keep the origin's two slots busy with two slow misses.
@@ -120,8 +122,12 @@ async fn stale_during_overload(mitigations: Mitigations) -> (u16, String, bytes:
 
 #[tokio::test]
 async fn stale_copy_with_swr_turns_the_shed_into_a_stale_answer() {
-    let (status, cs, body, elapsed) =
-        stale_during_overload(Mitigations { swr: true, ..GATE }).await;
+    let (status, cs, body, elapsed) = stale_during_overload({
+        let mut m = GATE;
+        m.swr = true;
+        m
+    })
+    .await;
     assert_eq!((status, body.as_ref()), (200, &b"stale body"[..]), "{cs}");
     assert!(is_hit(&cs) && ttl_param(&cs).unwrap() < 0, "{cs}");
     assert!(cs.contains("detail=stale-if-error"), "{cs}");

@@ -9,10 +9,11 @@ mod common;
 
 use common::*;
 use fred::prelude::*;
+use stampede_layer::store::{PutOutcome, Refusal};
 use stampede_layer::testing::{RedisServer, contract, fill};
 use stampede_layer::{
-    CacheStore, MemoryStore, Mitigations, NearCacheConfig, NearCacheStore, PutOutcome, RedisStore,
-    Refusal, SharedStore, StampedeLayer, StoreError,
+    CacheStore, MemoryStore, Mitigations, NearCacheConfig, NearCacheStore, RedisStore, SharedStore,
+    StampedeLayer, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,7 +157,7 @@ async fn redis_tag_index_is_bounded_and_takes_what_it_drops_with_it() {
     }
     assert_eq!(live, (15..20).collect::<Vec<_>>(), "the 5 kept the longest");
     let purge = a
-        .purge_tag("bounded", stampede_layer::PurgeMode::Hard)
+        .purge_tag("bounded", stampede_layer::store::PurgeMode::Hard)
         .await
         .unwrap();
     assert_eq!((purge.hit, purge.keys.len()), (5, 5));
@@ -171,10 +172,8 @@ async fn redis_tag_index_is_bounded_and_takes_what_it_drops_with_it() {
 }
 
 async fn near(redis: &RedisStore, ttl: Duration) -> NearCacheStore<RedisStore> {
-    let config = NearCacheConfig {
-        ttl,
-        ..Default::default()
-    };
+    let mut config = NearCacheConfig::default();
+    config.ttl = ttl;
     NearCacheStore::with_redis_invalidation(redis.clone(), config, redis)
         .await
         .expect("subscribe")

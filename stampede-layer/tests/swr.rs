@@ -36,20 +36,22 @@ where
     (memory, svc)
 }
 
-const SWR: Mitigations = Mitigations {
-    swr: true,
-    single_flight: true,
-    lock: true,
-    ..Mitigations::NONE
+const SWR: Mitigations = {
+    let mut m = Mitigations::NONE;
+    m.swr = true;
+    m.single_flight = true;
+    m.lock = true;
+    m
 };
 
 #[tokio::test]
 async fn stale_is_served_at_once_while_one_refresh_runs() {
     let (calls, origin) = slow_origin(Duration::from_millis(200));
-    let config = CacheConfig {
-        ttl: Duration::from_millis(300),
-        stale_ttl: Duration::from_secs(10),
-        ..CacheConfig::default()
+    let config = {
+        let mut c = CacheConfig::default();
+        c.ttl = Duration::from_millis(300);
+        c.stale_ttl = Duration::from_secs(10);
+        c
     };
     let (store, svc) = stack(origin, SWR, config);
     let (_, cs, body) = read(svc.clone().oneshot(get("/items/1")).await.unwrap()).await;
@@ -96,11 +98,12 @@ async fn stale_is_served_at_once_while_one_refresh_runs() {
 /// An entry past its SWR window but within stale-if-error: the request goes
 /// to the origin with the stale copy in hand.
 fn error_window_config() -> CacheConfig {
-    CacheConfig {
-        ttl: Duration::from_millis(100),
-        stale_ttl: Duration::ZERO,
-        stale_if_error: Duration::from_secs(60),
-        ..CacheConfig::default()
+    {
+        let mut c = CacheConfig::default();
+        c.ttl = Duration::from_millis(100);
+        c.stale_ttl = Duration::ZERO;
+        c.stale_if_error = Duration::from_secs(60);
+        c
     }
 }
 
@@ -141,7 +144,7 @@ async fn stale_if_error(
     // An origin failure is an answer, its error attached.
     let failure = resp
         .extensions()
-        .get::<stampede_layer::error::OriginFailure>()
+        .get::<stampede_layer::OriginFailure>()
         .map(|f| f.0.to_string());
     let (status, cs, body) = read(resp).await;
     (status, failure.unwrap_or(cs), body, calls.total())
@@ -166,7 +169,11 @@ async fn stale_if_error_serves_stale_on_origin_error() {
 
 #[tokio::test]
 async fn without_swr_the_500_and_the_error_go_through() {
-    let no_swr = Mitigations { swr: false, ..SWR };
+    let no_swr = {
+        let mut m = SWR;
+        m.swr = false;
+        m
+    };
     let (status, cs, body, _) = stale_if_error(no_swr, true).await;
     assert_eq!(
         (status.as_u16(), body.as_ref()),

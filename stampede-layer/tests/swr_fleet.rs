@@ -16,15 +16,17 @@ use tower::ServiceExt;
 async fn one_background_refresh_per_fleet() {
     let redis = RedisServer::start();
     let (calls, origin) = slow_origin(Duration::from_millis(200));
-    let config = CacheConfig {
-        ttl: Duration::from_millis(300),
-        stale_ttl: Duration::from_secs(10),
-        ..CacheConfig::default()
+    let config = {
+        let mut c = CacheConfig::default();
+        c.ttl = Duration::from_millis(300);
+        c.stale_ttl = Duration::from_secs(10);
+        c
     };
-    let swr_only = Mitigations {
-        single_flight: true,
-        swr: true,
-        ..Mitigations::NONE
+    let swr_only = {
+        let mut m = Mitigations::NONE;
+        m.single_flight = true;
+        m.swr = true;
+        m
     };
     let mut fleet = Vec::new();
     for _ in 0..3 {

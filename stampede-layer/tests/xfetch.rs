@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use stampede_layer::entry::now_ms;
+use stampede_layer::store::now_ms;
 use stampede_layer::{CacheStore, MemoryStore, Mitigations, SharedStore, StampedeLayer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +33,11 @@ async fn hot_key_for(beta: f64, rebuild: Duration, past_ms: u64) -> Run {
     let memory = Arc::new(MemoryStore::default());
     let store: SharedStore = memory.clone();
     let svc = StampedeLayer::new(store)
-        .mitigations(Mitigations {
-            xfetch: true,
-            single_flight: true,
-            ..Mitigations::NONE
+        .mitigations({
+            let mut m = Mitigations::NONE;
+            m.xfetch = true;
+            m.single_flight = true;
+            m
         })
         .ttl(Duration::from_millis(600))
         .stale_ttl(Duration::ZERO)

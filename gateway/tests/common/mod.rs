@@ -205,7 +205,23 @@ impl GatewayProcess {
     fn resume_quietly(&self) {
         let _ = std::process::Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
             .status();
+    }
+
+    /// Wait (at most `timeout`) for it to exit by itself; its exit status,
+    /// or `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kill it now (SIGKILL, by PID) and reap it.

@@ -51,6 +51,7 @@ impl std::fmt::Display for FencingToken {
 
 /// Why a fenced write was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Refusal {
     /// A write of the same variant with a later lease landed first.
     Superseded,

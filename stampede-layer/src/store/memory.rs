@@ -25,10 +25,11 @@ use tokio::sync::Notify;
 /// at most `max_entries` of them are held — one dropped early voids its
 /// leases (their writes are refused), it never lets an old write in.
 ///
-/// The tag index ([`tags`](super::tags)) holds at most
-/// `min(4 × max_entries, max_bytes / 512)` (tag, key) pairs (at least 1024):
-/// past it the members kept the shortest are dropped and their entries
-/// evicted, so a purge never misses an entry the index lost.
+/// The tag index ([`tags`](super::tags)) has an eighth of `max_bytes` (the
+/// entries the rest): at most `min(4 × max_entries, max_bytes / 1024)`
+/// (tag, key) pairs (at least 1024; a pair costs the index up to ~128
+/// bytes); past it the members kept the shortest are dropped and their
+/// entries evicted, so a purge never misses an entry the index lost.
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Cache<String, Arc<CachedResponse>>,
@@ -51,6 +52,10 @@ struct KeyState {
     /// The tag purges that fenced the key (the latest per tag).
     tag_fences: Vec<TagFence>,
 }
+
+/// What one (tag, key) pair of the tag index may cost: the member's entry
+/// in its tag's map and its expiry order, with their allocations.
+const TAG_PAIR_BYTES: u64 = 128;
 
 /// Most tag purges a key's state remembers (the oldest is forgotten first:
 /// a fill then waits out the clock skew instead).
@@ -176,15 +181,18 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// A store holding at most `max_entries` entries and about `max_bytes` bytes.
     pub fn new(max_entries: u64, max_bytes: u64) -> Self {
-        let floor = (max_bytes / max_entries.max(1)).clamp(1, u32::MAX as u64) as u32;
+        // An eighth of the bytes for the tag index, the rest for entries.
+        let index_bytes = max_bytes / 8;
+        let entry_bytes = max_bytes - index_bytes;
+        let floor = (entry_bytes / max_entries.max(1)).clamp(1, u32::MAX as u64) as u32;
         let entries = Cache::builder()
-            .max_capacity(max_bytes)
+            .max_capacity(entry_bytes)
             .weigher(move |_k: &String, v: &Arc<CachedResponse>| v.weight().max(floor))
             .expire_after(EntryExpiry)
             .build();
         let pairs = max_entries
             .saturating_mul(4)
-            .min(max_bytes / 512)
+            .min(index_bytes / TAG_PAIR_BYTES)
             .clamp(1024, 1 << 24) as usize;
         Self {
             entries,

@@ -4,6 +4,42 @@
 //! answers fresh hits without a round trip to Redis. A store holds entries *and* the
 //! per-key rebuild lock with its fencing token, so that one backend decides
 //! the scope of coordination: process-wide for memory, fleet-wide for Redis.
+//!
+//! This module is also the protocol a custom store (memcached, DynamoDB, …)
+//! implements against: the [`CacheStore`] trait and what it stores and is
+//! keyed by — [`CachedResponse`] (with its [`encode`](CachedResponse::encode)
+//! and [`decode`](CachedResponse::decode)), [`CacheKey`], the leases
+//! ([`LockLease`], [`LockAttempt`]) and their [`FencingToken`]s ([`fence`]:
+//! the fence record every write is checked against), [`RebuildFailure`],
+//! [`PutOutcome`], and tag purges ([`tags`]). The layers use a store only
+//! through the trait. `testing::contract::run` (feature `test-util`) checks
+//! that a store keeps the contract.
+//!
+//! A fleet's store, as the gateway builds it: Redis, an in-process store
+//! standing in while Redis is down, and a near cache in front whose deletes
+//! reach every instance:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn demo() -> Result<(), stampede_layer::StoreError> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use stampede_layer::{
+//!     FallbackStore, MemoryStore, NearCacheConfig, NearCacheStore, RedisStore, SharedStore,
+//!     StampedeLayer,
+//! };
+//!
+//! let redis = RedisStore::builder("redis://127.0.0.1:6379").connect().await?;
+//! let breaker = FallbackStore::new(redis.clone(), MemoryStore::default())
+//!     .degraded_ttl(Duration::from_secs(1));
+//! let near =
+//!     NearCacheStore::with_redis_invalidation(breaker, NearCacheConfig::default(), &redis).await?;
+//! let store: SharedStore = Arc::new(near);
+//! let layer = StampedeLayer::new(store);
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
 
 mod fallback;
 pub mod fence;
@@ -23,8 +59,10 @@ pub use near::{NearCacheConfig, NearCacheStore};
 pub use redis::{RedisStore, RedisStoreBuilder};
 pub use tags::{PurgeMode, TagPurge};
 
-use crate::entry::{CachedResponse, DecodeError};
-use crate::key::CacheKey;
+// What a store holds and is keyed by: the protocol a custom store implements.
+pub use crate::entry::{CachedResponse, DecodeError, EntryKind, Freshness, VaryValues, now_ms};
+pub use crate::key::CacheKey;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -33,6 +71,7 @@ use std::time::Duration;
 /// A store operation that failed. The layers treat every error as "no answer
 /// from the cache" and go on without it; none reaches a client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The backend could not be reached or refused the command.
     #[error("store backend error: {0}")]

@@ -58,8 +58,10 @@ fn slot_of(digest: &str, variant: Option<&str>) -> String {
 /// Invalidation counters: a digest maps to one of these shards.
 const SHARDS: usize = 64;
 
-/// Bounds of a [`NearCacheStore`].
+/// Bounds of a [`NearCacheStore`]. Start from [`Default`] and set the fields
+/// you need (`#[non_exhaustive]`: bounds may be added).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NearCacheConfig {
     /// Longest a copy is served from memory after it was read from (or
     /// written to) the inner store; never past the entry's freshness.

@@ -171,13 +171,13 @@ pub enum PrefixError {
         "entries are indexed under their first {MAX_PREFIX_DEPTH} path segments; this prefix has {0}"
     )]
     TooDeep(usize),
-    /// No unambiguous normal form (see [`crate::key`]).
+    /// No unambiguous normal form (see [`CacheKey`]).
     #[error("{0}")]
     Target(String),
 }
 
 /// `prefix` in the normal form keys have (percent-encoding case, dot
-/// segments: see [`crate::key`]), checked: a path starting and ending with
+/// segments, as [`CacheKey`] normalises them), checked: a path starting and ending with
 /// `/`, not `/` alone, at most [`MAX_PREFIX_DEPTH`] segments.
 pub fn normalise_prefix(prefix: &str) -> Result<String, PrefixError> {
     if prefix.contains(['?', '#']) {
