@@ -429,7 +429,7 @@ impl CachedResponse {
     }
 
     /// Headers as a [`HeaderMap`], skipping any that are no longer valid:
-    /// built once per entry ([`HeadCache`]), cloned per call.
+    /// built once per entry (a `HeadCache`), cloned per call.
     pub fn header_map(&self) -> HeaderMap {
         self.head.0.get_or_init(|| self.build_header_map()).clone()
     }
