@@ -18,7 +18,8 @@
 # included). Then the medians of gateway ÷ nginx and gateway ÷ floor.
 #
 # usage: scripts/hit-wrk.sh BINDIR [DURATION=8s] [ROUNDS=3]
-#   needs wrk, nginx and taskset (Debian: apt-get install wrk nginx-light util-linux)
+#   needs wrk, nginx and taskset (Debian: apt-get install wrk nginx-light util-linux);
+#   with h2load (nghttp2-client) each round adds the gateway's hit over h2c
 # SERVER_CPU= LOAD_CPU= (empty) runs unpinned, as before #22; WRK_THREADS
 # (default 1) sets wrk's -t; NGINX_WORKERS (default 1 pinned, else the
 # config's) nginx's worker_processes; GATEWAY_FLAGS adds gateway flags;
@@ -95,6 +96,28 @@ print(f"round {r} {s:8} {rps:9.0f} req/s  p99 {p99:6.2f} ms  CPU {per(used):5.1f
       f"  non-2xx {errs.group(1) if errs else 0}  socket errors {sock.group(1).strip() if sock else 'none'}")
 PY
   done
+  # HTTP/2 beside HTTP/1.1 (issue #23): the same gateway hit over h2c, h2load
+  # pinned like wrk (-c50, one stream at a time per connection).
+  if command -v h2load >/dev/null; then
+    p=$(pids gateway)
+    # shellcheck disable=SC2086
+    ticks $p >"$OUT/before"
+    # shellcheck disable=SC2046
+    $(pin "$LOAD_CPU") h2load -c50 -m1 -t1 -D "${DUR%s}" "$GW" >"$OUT/h2load" 2>&1
+    # shellcheck disable=SC2086
+    ticks $p >"$OUT/after"
+    python3 - "$r" "$OUT/h2load" "$OUT/before" "$OUT/after" "$(getconf CLK_TCK)" <<'PY' | tee -a "$OUT/h2rows"
+import re, sys
+r, out, before, after, hz = sys.argv[1:]
+text = open(out).read()
+rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
+m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", text)
+b = dict(l.split() for l in open(before)); a = dict(l.split() for l in open(after))
+used = sum(int(a[p]) - int(b[p]) for p in a if p in b)
+per = used / int(hz) * 1e6 / max(int(m.group(2)), 1)
+print(f"round {r} gateway-h2 {rps:9.0f} req/s  (h2c, h2load)  CPU {per:5.1f} us/request  failed {m.group(3)}")
+PY
+  fi
 done
 python3 - "$OUT/rows" <<'PY'
 import statistics, sys
