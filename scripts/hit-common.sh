@@ -1,19 +1,30 @@
 # Sourced by scripts/hit-ab.sh and scripts/hit-wrk.sh: the hit-path setup
 # both measure. Needs BIN (the binaries' directory) and OUT (a directory for
-# the logs). Extra gateway flags: GATEWAY_FLAGS.
+# the logs). Extra gateway flags: GATEWAY_FLAGS. With SERVER_CPU set (a CPU
+# number), the gateway runs pinned to that CPU (`taskset -c`) with its tokio
+# runtime sized to it (`TOKIO_WORKER_THREADS=1`); with LOAD_CPU set,
+# origin-sim runs pinned there (it is idle once the hot key is filled, and
+# stays off the server's core).
 
 # A free 127.0.0.1 port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The command prefix that pins to CPU $1 (`taskset -c`, which execs: the
+# PID stays the command's); none when $1 is empty.
+pin() { [ -z "$1" ] || echo "taskset -c $1"; }
 
 # Start origin-sim (5 ms per query) and one gateway in front of it
 # (in-process store, --mitigations all, --ttl 1h: every request after the
 # first is a hit) on free ports; sets OP, GP, AP (ports) and O, G (PIDs).
 start_hit_stack() {
   OP=$(port); GP=$(port); AP=$(port)
-  "$BIN/origin-sim" --listen "127.0.0.1:$OP" --latency-ms 5 >"$OUT/origin.log" 2>&1 & O=$!
-  # shellcheck disable=SC2086
-  "$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" --origin "http://127.0.0.1:$OP" \
-    --ttl 1h --mitigations all ${GATEWAY_FLAGS:-} >"$OUT/gateway.log" 2>&1 & G=$!
+  local sized=""
+  [ -z "${SERVER_CPU:-}" ] || sized="env TOKIO_WORKER_THREADS=1"
+  # shellcheck disable=SC2046
+  $(pin "${LOAD_CPU:-}") "$BIN/origin-sim" --listen "127.0.0.1:$OP" --latency-ms 5 >"$OUT/origin.log" 2>&1 & O=$!
+  # shellcheck disable=SC2046,SC2086
+  $sized $(pin "${SERVER_CPU:-}") "$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" \
+    --origin "http://127.0.0.1:$OP" --ttl 1h --mitigations all ${GATEWAY_FLAGS:-} >"$OUT/gateway.log" 2>&1 & G=$!
 }
 
 # Wait until every URL answers 2xx (at most 10 s); fail loudly otherwise.
@@ -37,4 +48,12 @@ ticks() {
     [ -r "/proc/$q/stat" ] && echo "$q $(awk '{print $14 + $15}' "/proc/$q/stat")"
   done
   true
+}
+
+# Busy clock ticks of CPU $1 (user + nice + system + irq + softirq of its
+# /proc/stat line; idle, iowait and steal left out): everything that ran on
+# that core, the kernel's softirq work and kernel threads included, which a
+# process's own utime + stime can miss.
+core_ticks() {
+  awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
 }

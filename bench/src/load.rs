@@ -427,6 +427,41 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// [`run_load`] on a thread of its own pinned to CPU `cpu` (`taskset -p` on
+/// its thread id), with a single-threaded runtime of its own: the load
+/// generator on one core, as `taskset -c CPU wrk -t1` runs. Also returns
+/// the CPU time (user + system) that thread used for the load.
+pub async fn run_load_pinned(
+    cfg: &LoadConfig,
+    cpu: usize,
+) -> anyhow::Result<(LoadSummary, Duration)> {
+    let cfg = cfg.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("load-cpu{cpu}"))
+        .spawn(move || {
+            let run = || -> anyhow::Result<(LoadSummary, Duration)> {
+                let tid = crate::procs::thread_id()?;
+                let taskset = std::process::Command::new("taskset")
+                    .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .context("taskset (util-linux) pins the load generator")?;
+                ensure!(taskset.success(), "taskset -p -c {cpu} {tid}: {taskset}");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let before = crate::procs::thread_cpu_time(tid);
+                let summary = rt.block_on(run_load(&cfg, false))?;
+                Ok((summary, crate::procs::thread_cpu_time(tid) - before))
+            };
+            let _ = tx.send(run());
+        })
+        .context("start the load thread")?;
+    rx.await
+        .context("the load thread ended without an answer")?
+}
+
 /// Run the load described by `cfg` and return its summary. With `progress`,
 /// one line per second goes to stderr. If the origin's `/stats/queries`
 /// cannot be read, a line says so on stderr and `origin` is `None`.

@@ -45,19 +45,22 @@ pub fn proc_field<'a>(text: &'a str, key: &str) -> &'a str {
     line.split_once(':').map_or("", |(_, v)| v.trim())
 }
 
-/// CPU time (user + system) process `pid` has used, with `children` that
-/// of its child processes too (an nginx master's workers): `utime` and
-/// `stime` of `/proc/PID/stat`, in clock ticks of `getconf CLK_TCK`.
-pub fn cpu_time(pid: u32, children: bool) -> Duration {
+/// Seconds per clock tick of `/proc` (`getconf CLK_TCK`).
+fn tick() -> f64 {
     static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let tick = *TICK.get_or_init(|| {
+    *TICK.get_or_init(|| {
         let out = Command::new("getconf").arg("CLK_TCK").output();
         let hz = out
             .ok()
             .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok());
         1.0 / hz.unwrap_or(100.0)
-    });
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    })
+}
+
+/// `utime + stime` of a `/proc/…/stat` file (a process: all its threads,
+/// live and exited; a `task/TID/stat`: that thread alone).
+fn stat_cpu(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime is the 12th.
     let fields = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace();
     let ticks: f64 = fields
@@ -65,7 +68,14 @@ pub fn cpu_time(pid: u32, children: bool) -> Duration {
         .take(2)
         .filter_map(|f| f.parse::<f64>().ok())
         .sum();
-    let mut cpu = Duration::from_secs_f64(ticks * tick);
+    Duration::from_secs_f64(ticks * tick())
+}
+
+/// CPU time (user + system) process `pid` has used, with `children` that
+/// of its child processes too (an nginx master's workers): `utime` and
+/// `stime` of `/proc/PID/stat`, in clock ticks of `getconf CLK_TCK`.
+pub fn cpu_time(pid: u32, children: bool) -> Duration {
+    let mut cpu = stat_cpu(&format!("/proc/{pid}/stat"));
     if children {
         let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
         let kids = kids.unwrap_or_default();
@@ -76,6 +86,58 @@ pub fn cpu_time(pid: u32, children: bool) -> Duration {
             .sum::<Duration>();
     }
     cpu
+}
+
+/// CPU time (user + system) thread `tid` of this process has used.
+pub fn thread_cpu_time(tid: u32) -> Duration {
+    stat_cpu(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// The calling thread's id (`/proc/thread-self` → `PID/task/TID`).
+pub fn thread_id() -> anyhow::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self").context("read /proc/thread-self")?;
+    let tid = link.file_name().and_then(|t| t.to_str()).unwrap_or("");
+    tid.parse()
+        .with_context(|| format!("thread id in /proc/thread-self → {}", link.display()))
+}
+
+/// The time CPU `cpu` has been busy: user, nice, system, irq and softirq
+/// of its `/proc/stat` line (idle, iowait and steal left out) — whatever
+/// ran on it, the kernel's softirq work and kernel threads included, which
+/// a process's own `utime + stime` can miss.
+pub fn core_busy(cpu: usize) -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()));
+    let fields: Vec<f64> = line
+        .into_iter()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|i| fields.get(*i)).sum();
+    Duration::from_secs_f64(busy * tick())
+}
+
+/// `program args…` as run pinned to CPU `cpu` (`taskset -c CPU program
+/// args…`; taskset execs, so the PID stays the program's), or as is.
+pub fn pinned(cpu: Option<usize>, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    match cpu {
+        None => (program.to_path_buf(), args.to_vec()),
+        Some(cpu) => {
+            let taskset = which("taskset").unwrap_or_else(|| "taskset".into());
+            let head = [
+                "-c".to_string(),
+                cpu.to_string(),
+                program.display().to_string(),
+            ];
+            (
+                taskset,
+                head.into_iter().chain(args.iter().cloned()).collect(),
+            )
+        }
+    }
 }
 
 /// `p` as a report shows it: relative to the repository root (the nearest
@@ -108,6 +170,17 @@ pub struct ChildProc {
 impl ChildProc {
     /// Start `program args…` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_env(name, program, args, &[], log)
+    }
+
+    /// [`ChildProc::spawn`] with `env` added to the environment.
+    pub fn spawn_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,6 +188,7 @@ impl ChildProc {
         let out = out.with_context(|| format!("open log {}", log.display()))?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))

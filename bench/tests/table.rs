@@ -8,7 +8,8 @@ use stampede_bench::ladder::peers::{
     NGINX_HIT, NGINX_REAL, VARIANTS, VARNISH, VARNISH_REAL, Variant, conf_duration,
 };
 use stampede_bench::ladder::table::{
-    Col, Part, RunSpec, Section, TABLE_ROWS, counters, rung_names, sections,
+    Col, HIT_PATH, HIT_PINNING, Part, RunSpec, Section, TABLE_ROWS, Target, counters, rung_names,
+    sections,
 };
 use stampede_bench::ladder::{LadderOptions, Profile};
 
@@ -143,39 +144,50 @@ fn slow_origin_rows() {
     assert!(intro(&sections(&o), "slow-origin").contains("for 7s on 5 gateways"));
 }
 
-/// Issue 12: in-process store, Redis store with and without its near cache
-/// and nginx alternated, 3 rounds, 50 clients on one hot key.
+/// Issues 12 and 22: in-process store, Redis store with and without its
+/// near cache, nginx and the floor (the gateway's admin `/healthz`)
+/// alternated, 3 rounds, 50 clients on one hot key, the server on one core
+/// and the load generator on the other.
 #[test]
 fn hit_path_rows() {
     let hits = rows("hit-path");
     let ids: Vec<&str> = hits.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
-        &ids[..5],
+        &ids[..6],
         [
             "hit-memory-1",
             "hit-redis-1",
             "hit-redis-no-near-1",
             "hit-nginx-1",
+            "hit-floor-1",
             "hit-memory-2"
         ]
     );
-    assert_eq!(hits.len(), 12);
+    assert_eq!(hits.len(), 15);
     assert!(
         hits.iter()
             .all(|r| r.load[0].hot_fraction == 1.0 && r.load[0].concurrency == 50)
     );
+    assert!(hits.iter().all(|r| r.pinning == Some(HIT_PINNING)));
+    assert_ne!(HIT_PINNING.server_cpu, HIT_PINNING.load_cpu);
     assert!(hits[1].needs_redis() && hits[2].needs_redis() && !hits[0].needs_redis());
+    assert_eq!(hits[4].target, Target::Healthz);
+    assert!(hits[..4].iter().all(|r| r.target == Target::Front));
     // The near cache is the default; the comparison row turns it off.
     let near_flag = |r: &RunSpec| r.gateway_flags().iter().any(|f| f == "--near-cache-ttl");
     assert!(!near_flag(&hits[1]) && near_flag(&hits[2]));
     let mut o = opts(Profile::Full);
     o.duration = Duration::from_secs(7);
-    let hit = intro(&sections(&o), "hit-path");
+    let hit = HIT_PATH.intro_text(&o, true, NGINX_HIT.workers);
     assert!(
-        hit.contains("1s of warm-up, then 3s 500ms measured") && hit.contains("3 rounds"),
+        hit.contains("1s of warm-up, then 3s 500ms measured")
+            && hit.contains("3 rounds")
+            && hit.contains("on CPU 0")
+            && hit.contains("`TOKIO_WORKER_THREADS=1`")
+            && hit.contains("1 worker process"),
         "{hit}"
     );
-    assert!(config(&NGINX_HIT, "/d").contains("worker_processes 2;"));
+    assert!(config(&NGINX_HIT, "/d").contains("worker_processes 1;"));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::header::VARY;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Magic prefix of an encoded entry: a foreign value under our key decodes to
@@ -63,6 +64,44 @@ pub struct CachedResponse {
     pub must_revalidate: bool,
     /// Revalidate it before every use (`no-cache`).
     pub no_cache: bool,
+    /// `headers` as a [`HeaderMap`], built on the first hit and shared by
+    /// every hit after it (derived data: never encoded, never compared;
+    /// leave it `Default::default()`).
+    #[serde(skip)]
+    pub head: HeadCache,
+}
+
+/// The [`HeaderMap`] of an entry's `headers`, built once
+/// ([`CachedResponse::header_map`]): a hit clones it — two allocations and
+/// a reference count per value — instead of parsing and copying every
+/// name and value again. A clone of an entry starts without it (the clone's
+/// `headers` may be changed before it is served); an entry's `headers` are
+/// never changed once it is shared.
+#[derive(Default)]
+pub struct HeadCache(OnceLock<HeaderMap>);
+
+impl Clone for HeadCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for HeadCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HeadCache {}
+
+impl std::fmt::Debug for HeadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "HeadCache(built)"
+        } else {
+            "HeadCache"
+        })
+    }
 }
 
 /// What an entry holds.
@@ -237,6 +276,7 @@ impl Default for CachedResponse {
             retain_until_ms: 0,
             must_revalidate: false,
             no_cache: false,
+            head: Default::default(),
         }
     }
 }
@@ -267,6 +307,7 @@ impl CachedResponse {
             retain_until_ms: until,
             must_revalidate: true,
             no_cache: false,
+            head: Default::default(),
         }
     }
 
@@ -387,8 +428,13 @@ impl CachedResponse {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    /// Headers as a [`HeaderMap`], skipping any that are no longer valid.
+    /// Headers as a [`HeaderMap`], skipping any that are no longer valid:
+    /// built once per entry (a `HeadCache`), cloned per call.
     pub fn header_map(&self) -> HeaderMap {
+        self.head.0.get_or_init(|| self.build_header_map()).clone()
+    }
+
+    fn build_header_map(&self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
             if let (Ok(n), Ok(v)) = (
@@ -446,6 +492,7 @@ pub(crate) fn sample(body: &str, fresh_ms: u64, stale_ms: u64) -> CachedResponse
         retain_until_ms: now + fresh_ms + stale_ms,
         must_revalidate: false,
         no_cache: false,
+        head: Default::default(),
     }
 }
 

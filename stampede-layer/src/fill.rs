@@ -706,6 +706,7 @@ fn build_entry(
         initial_age_ms: plan.initial_age.map_or(u64::MAX / 4, ms),
         must_revalidate: plan.must_revalidate,
         no_cache: plan.no_cache,
+        head: Default::default(),
     }
 }
 

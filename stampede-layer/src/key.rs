@@ -36,9 +36,39 @@ const DISPLAY_LIMIT: usize = 256;
 /// scopes rebuild coordination (flights and locks) to that variant.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    digest: String,
+    digest: Digest,
     display: String,
     variant: Option<Arc<str>>,
+}
+
+/// A key's hex digest, held inline (a key derived per request allocates
+/// no string for it); a digest of another length (taken from a store, see
+/// [`CacheKey::from_digest`]) is kept as it came.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Digest {
+    /// The 32 hex digits of a derived key.
+    Hex([u8; DIGEST_LEN]),
+    Other(Box<str>),
+}
+
+/// Hex digits of a derived key's digest (128 bits).
+const DIGEST_LEN: usize = 32;
+
+impl Digest {
+    fn of(text: &str) -> Self {
+        match <[u8; DIGEST_LEN]>::try_from(text.as_bytes()) {
+            Ok(hex) => Digest::Hex(hex),
+            Err(_) => Digest::Other(text.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Made from a `&str` of that length: always UTF-8.
+            Digest::Hex(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+            Digest::Other(text) => text,
+        }
+    }
 }
 
 /// A request target that cannot be normalised unambiguously (answered 400).
@@ -77,7 +107,7 @@ impl CacheKey {
     /// Build a key from an already normalised text (e.g. a warm-list entry).
     pub fn from_normalised(text: String) -> Self {
         let hash = blake3::hash(text.as_bytes());
-        let digest = hash.to_hex()[..32].to_string();
+        let digest = Digest::of(&hash.to_hex()[..DIGEST_LEN]);
         let mut display = text;
         if display.len() > DISPLAY_LIMIT {
             let mut cut = DISPLAY_LIMIT;
@@ -100,7 +130,7 @@ impl CacheKey {
     /// the key it was taken from. It has no display text beyond the digest.
     pub fn from_digest(digest: &str) -> Self {
         Self {
-            digest: digest.to_owned(),
+            digest: Digest::of(digest),
             display: format!("#{digest}"),
             variant: None,
         }
@@ -116,7 +146,7 @@ impl CacheKey {
 
     /// The hex digest: the only form of the key that reaches a store.
     pub fn digest(&self) -> &str {
-        &self.digest
+        self.digest.as_str()
     }
 
     /// The variant this key is scoped to, if any.
@@ -127,8 +157,8 @@ impl CacheKey {
     /// The identity rebuilds coordinate on: the digest, plus the variant.
     pub fn flight_id(&self) -> String {
         match &self.variant {
-            Some(v) => format!("{}:{v}", self.digest),
-            None => self.digest.clone(),
+            Some(v) => format!("{}:{v}", self.digest.as_str()),
+            None => self.digest.as_str().to_owned(),
         }
     }
 
@@ -140,7 +170,13 @@ impl CacheKey {
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({} {:?}", &self.digest[..8], self.display)?;
+        let digest = self.digest.as_str();
+        write!(
+            f,
+            "CacheKey({} {:?}",
+            digest.get(..8).unwrap_or(digest),
+            self.display
+        )?;
         if let Some(v) = &self.variant {
             write!(f, " variant {v}")?;
         }

@@ -26,7 +26,7 @@ use crate::entry::{Freshness, now_ms};
 use crate::hot_keys::HotKeys;
 use crate::key::{CacheKey, normalise_target};
 use crate::refresh::refresh_headers;
-use crate::serve::{bad_target, response_from_entry};
+use crate::serve::{bad_target, hit_response};
 use crate::status::{CacheStatus, Detail, Fwd};
 use crate::store::{SharedStore, read_selected, record_error};
 use crate::telemetry::RequestMetrics;
@@ -332,12 +332,8 @@ impl<S> CacheLookup<S> {
                     in_hand = Some(entry);
                 }
                 Freshness::Fresh if !entry.no_cache => {
-                    let mut resp = response_from_entry(
-                        &entry,
-                        now,
-                        head,
-                        CacheStatus::hit(entry.ttl_secs(now)),
-                    );
+                    let mut resp =
+                        hit_response(&entry, now, head, CacheStatus::hit(entry.ttl_secs(now)));
                     let refresh_headers = refresh_headers(&entry.vary, req.headers());
                     resp.extensions_mut().insert(FreshHit {
                         key,

@@ -8,11 +8,28 @@ use crate::entry::{CachedResponse, now_ms};
 use crate::status::{CacheStatus, Detail};
 use http::header::AGE;
 use http::{HeaderValue, Response, StatusCode};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The response for a stored entry (`Age` set, no body for `HEAD`). It is
 /// shareable with whoever selects the same variant.
 pub(crate) fn response_from_entry(
+    entry: &CachedResponse,
+    now: u64,
+    head: bool,
+    status: CacheStatus,
+) -> Response<CacheBody> {
+    let mut resp = hit_response(entry, now, head, status);
+    resp.extensions_mut()
+        .insert(Sharing::Stored(entry.vary.clone()));
+    resp
+}
+
+/// [`response_from_entry`] for an answer no request waits on (a fresh hit
+/// the lookup answers, above the layers that share answers): no
+/// [`Sharing`] recorded. The head is the entry's, built once
+/// ([`CachedResponse::header_map`]); the body its shared `Bytes`.
+pub(crate) fn hit_response(
     entry: &CachedResponse,
     now: u64,
     head: bool,
@@ -27,12 +44,25 @@ pub(crate) fn response_from_entry(
     *resp.status_mut() = entry.status_code();
     *resp.headers_mut() = entry.header_map();
     resp.headers_mut()
-        .insert(AGE, HeaderValue::from(entry.age_secs(now)));
+        .insert(AGE, age_value(entry.age_secs(now)));
     resp.extensions_mut().insert(status);
-    resp.extensions_mut()
-        .insert(Sharing::Stored(entry.vary.clone()));
     resp
 }
+
+/// The `Age` value for `secs`: the first [`SHARED_AGES`] made once and
+/// shared (a hit clones one: a reference count, no allocation), older
+/// ages formatted per response.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let ages = AGES.get_or_init(|| (0..SHARED_AGES).map(HeaderValue::from).collect());
+    match ages.get(secs as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(secs),
+    }
+}
+
+/// Ages (in seconds) whose `Age` values are made once: a quarter of an hour.
+const SHARED_AGES: u64 = 900;
 
 /// A response from an entry someone else just rebuilt (a re-check inside the
 /// flight, or a lock loser woken by the fill): a hit that shared a rebuild.

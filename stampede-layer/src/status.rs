@@ -214,36 +214,51 @@ impl CacheStatus {
     }
 
     /// The header value, e.g. `stampede; hit; ttl=3` or `stampede; fwd=uri-miss; fwd-status=200; stored`.
-    /// Written into one buffer that becomes the header's bytes (no copy).
+    /// Written on the stack, then copied into one allocation of its exact
+    /// size that becomes the header's bytes.
     pub(crate) fn header_value(&self, cache_name: &str) -> HeaderValue {
-        use std::fmt::Write;
-        let mut v = String::with_capacity(cache_name.len() + 48);
-        v.push_str(cache_name);
+        let mut buf = [0u8; 192];
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        let bytes = match self.write_to(&mut w, cache_name) {
+            Ok(()) => {
+                let n = w.position() as usize;
+                bytes::Bytes::copy_from_slice(&buf[..n])
+            }
+            // A cache name too long for the stack buffer.
+            Err(_) => {
+                let mut v = Vec::new();
+                let _ = self.write_to(&mut v, cache_name);
+                bytes::Bytes::from(v)
+            }
+        };
+        HeaderValue::from_maybe_shared(bytes)
+            .unwrap_or_else(|_| HeaderValue::from_static("stampede"))
+    }
+
+    fn write_to(&self, v: &mut impl std::io::Write, cache_name: &str) -> std::io::Result<()> {
+        v.write_all(cache_name.as_bytes())?;
         if self.hit {
-            v.push_str("; hit");
+            v.write_all(b"; hit")?;
         }
         if let Some(fwd) = self.fwd {
-            v.push_str("; fwd=");
-            v.push_str(fwd.as_str());
+            write!(v, "; fwd={}", fwd.as_str())?;
         }
         if let Some(s) = self.fwd_status {
-            let _ = write!(v, "; fwd-status={s}");
+            write!(v, "; fwd-status={s}")?;
         }
         if let Some(t) = self.ttl {
-            let _ = write!(v, "; ttl={t}");
+            write!(v, "; ttl={t}")?;
         }
         if self.stored {
-            v.push_str("; stored");
+            v.write_all(b"; stored")?;
         }
         if self.collapsed {
-            v.push_str("; collapsed");
+            v.write_all(b"; collapsed")?;
         }
         if let Some(d) = self.detail {
-            v.push_str("; detail=");
-            v.push_str(d.as_str());
+            write!(v, "; detail={}", d.as_str())?;
         }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
-            .unwrap_or_else(|_| HeaderValue::from_static("stampede"))
+        Ok(())
     }
 }
 

@@ -290,6 +290,7 @@ mod tests {
             retain_until_ms: stored_at_ms + lifetime_ms,
             must_revalidate: false,
             no_cache: false,
+            head: Default::default(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! measurement protocol — nginx `proxy_cache` with `proxy_cache_lock` alone
 //! and with `proxy_cache_use_stale updating` + `proxy_cache_background_update`,
 //! Varnish without grace (its waiting list coalesces misses) and with grace —
-//! nginx with two workers for the hit-path comparison, and for the
+//! nginx with one worker (on one core) for the hit-path comparison, and for the
 //! real-traffic rung nginx with `proxy_cache_use_stale updating error
 //! http_503` and Varnish's default VCL (the origin's `Cache-Control` sets the
 //! TTL) with 10 s of grace.
@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::record::PeerConfig;
-use crate::procs::{ChildProc, which};
+use crate::procs::{ChildProc, pinned, which};
 
 /// Varnish's grace in the "grace" rows (the gateway's `--stale-ttl` default).
 pub const VARNISH_GRACE: Duration = Duration::from_secs(5);
@@ -106,9 +106,10 @@ pub const VARIANTS: [Variant; 4] = [
     variant(&VARNISH, "varnish-grace", true),
 ];
 
-/// nginx for the hit-path comparison: two workers, `proxy_cache_lock`.
+/// nginx for the hit-path comparison: one worker (the rung gives the server
+/// one core, see [`HIT_PINNING`](super::table::HIT_PINNING)), `proxy_cache_lock`.
 pub const NGINX_HIT: Variant = Variant {
-    workers: "2",
+    workers: "1",
     ..variant(&NGINX, "nginx-hit", false)
 };
 
@@ -189,9 +190,9 @@ impl Variant {
         values.iter().fold(template.into(), fill)
     }
 
-    /// Start one instance in `work/name`: the process (stopped with SIGTERM
-    /// first, so it takes its workers down), and its config as the report
-    /// shows it (`<tmp>` for `work`).
+    /// Start one instance in `work/name` (pinned to CPU `cpu`, if given):
+    /// the process (stopped with SIGTERM first, so it takes its workers
+    /// down), and its config as the report shows it (`<tmp>` for `work`).
     pub fn spawn(
         &self,
         bin: &Path,
@@ -199,6 +200,7 @@ impl Variant {
         name: &str,
         ports: (u16, u16),
         ttl: Duration,
+        cpu: Option<usize>,
     ) -> anyhow::Result<(ChildProc, PeerConfig)> {
         let Kind {
             template,
@@ -211,8 +213,9 @@ impl Variant {
         std::fs::write(dir.join(file), self.fill(template, &dir, ports, ttl))?;
         let argv = shlex::split(&self.fill(args, &dir, ports, ttl)).context("peer arguments")?;
         let log = work.join(format!("{name}.log"));
+        let (program, argv) = pinned(cpu, bin, &argv);
         let proc_ =
-            ChildProc::spawn(name, bin, &argv, &log)?.terminate_first(Duration::from_secs(5));
+            ChildProc::spawn(name, &program, &argv, &log)?.terminate_first(Duration::from_secs(5));
         let config = PeerConfig {
             version: version(bin),
             file: format!("peers/{}", self.file_name()),

@@ -45,27 +45,88 @@ pub const TABLE_ROWS: [(&str, &str, &str); 8] = [
     ("full", "full stack", "all"),
 ];
 
-/// Gateway counters scraped after each run, one a line: `name (also the
-/// column header) = metric{label filter}`.
-const COUNTER_LINES: &str = r#"
-lock acquired = stampede_lock_acquisitions_total{result="acquired"}
-lock contended = stampede_lock_acquisitions_total{result="contended"}
-lock waits timed out = stampede_lock_wait_seconds_count{result="timeout"}
-SWR refreshes = stampede_background_refreshes_total{trigger="swr"}
-XFetch refreshes = stampede_background_refreshes_total{trigger="xfetch"}
-fencing rejections = stampede_fencing_rejections_total
-shed (503) = stampede_shed_total
-origin requests = stampede_origin_requests_total
-"#;
+/// A gateway counter scraped after each run: its name (also the column
+/// header), metric and label filter; `in_table`: a column of the
+/// before/after table's counters.
+pub struct GatewayCounter {
+    pub name: &'static str,
+    pub metric: &'static str,
+    pub labels: &'static str,
+    pub in_table: bool,
+}
+
+const fn counter(
+    name: &'static str,
+    metric: &'static str,
+    labels: &'static str,
+    in_table: bool,
+) -> GatewayCounter {
+    GatewayCounter {
+        name,
+        metric,
+        labels,
+        in_table,
+    }
+}
+
+/// Every gateway counter the runs record.
+pub const COUNTERS: [GatewayCounter; 8] = [
+    counter(
+        "lock acquired",
+        "stampede_lock_acquisitions_total",
+        r#"result="acquired""#,
+        true,
+    ),
+    counter(
+        "lock contended",
+        "stampede_lock_acquisitions_total",
+        r#"result="contended""#,
+        true,
+    ),
+    counter(
+        "lock waits timed out",
+        "stampede_lock_wait_seconds_count",
+        r#"result="timeout""#,
+        true,
+    ),
+    counter(
+        "SWR refreshes",
+        "stampede_background_refreshes_total",
+        r#"trigger="swr""#,
+        true,
+    ),
+    counter(
+        "XFetch refreshes",
+        "stampede_background_refreshes_total",
+        r#"trigger="xfetch""#,
+        true,
+    ),
+    counter(
+        "fencing rejections",
+        "stampede_fencing_rejections_total",
+        "",
+        true,
+    ),
+    counter("shed (503)", "stampede_shed_total", "", true),
+    counter(
+        "origin requests",
+        "stampede_origin_requests_total",
+        "",
+        false,
+    ),
+];
 
 /// The gateway counters: `(name, metric, label filter)`.
 pub fn counters() -> Vec<(&'static str, &'static str, &'static str)> {
-    let counter = |l: &'static str| {
-        let (name, selector) = l.split_once(" = ")?;
-        let (metric, label) = selector.split_once('{').unwrap_or((selector, ""));
-        Some((name, metric, label.trim_end_matches('}')))
-    };
-    COUNTER_LINES.lines().filter_map(counter).collect()
+    COUNTERS
+        .iter()
+        .map(|c| (c.name, c.metric, c.labels))
+        .collect()
+}
+
+/// The counters the before/after table shows, in order.
+fn table_counters() -> impl Iterator<Item = &'static str> {
+    COUNTERS.iter().filter(|c| c.in_table).map(|c| c.name)
 }
 
 /// The report's prose (`prose.md`), one block per `<!-- key -->` marker.
@@ -258,6 +319,35 @@ pub struct Fencing {
     pub lock_ttl: Duration,
 }
 
+/// Where a throughput run's processes run (issue #22): each on a core of its
+/// own, so hits/s measures the server, not the pair. The server — the
+/// fronts, each runtime sized to that one core (gateways with
+/// `TOKIO_WORKER_THREADS=1`, nginx with one worker process) — on
+/// `server_cpu`; the load generator, a thread of the bench with a
+/// single-threaded runtime of its own (like `wrk -t1`), on `load_cpu`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pinning {
+    pub server_cpu: usize,
+    pub load_cpu: usize,
+}
+
+/// The hit-path rung's placement: the server on CPU 0, the load on CPU 1.
+pub const HIT_PINNING: Pinning = Pinning {
+    server_cpu: 0,
+    load_cpu: 1,
+};
+
+/// What the load of a run is sent to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// The fronts' listeners (`/items/…`).
+    Front,
+    /// The gateways' admin listeners, `GET /healthz`: the same server code
+    /// without the stack, the proxy service or the store — the floor a hit
+    /// is measured against.
+    Healthz,
+}
+
 /// One row: how its run is set up, loaded and measured.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -278,7 +368,12 @@ pub struct RunSpec {
     pub warm_burst: u64,
     /// Load phases (targets and origin URL filled in when run).
     pub load: Vec<LoadConfig>,
+    /// Where the load goes.
+    pub target: Target,
     pub measure: Measure,
+    /// Server and load generator each on its own core (`None`: wherever
+    /// the scheduler puts them).
+    pub pinning: Option<Pinning>,
 }
 
 impl RunSpec {
@@ -299,7 +394,9 @@ impl RunSpec {
             prewarm: vec![],
             warm_burst: 0,
             load: vec![load.clone()],
+            target: Target::Front,
             measure: Measure::Load,
+            pinning: None,
         }
     }
 
@@ -327,6 +424,12 @@ impl RunSpec {
 
     pub fn measure(mut self, m: Measure) -> Self {
         self.measure = m;
+        self
+    }
+
+    /// Server and load generator each on its own core.
+    pub fn pinned(mut self, p: Pinning) -> Self {
+        self.pinning = Some(p);
         self
     }
 
@@ -364,6 +467,18 @@ impl RunSpec {
     }
 }
 
+impl RunSpec {
+    /// [`gateway_flags`](Self::gateway_flags) without `--ttl` (a setup
+    /// column that names what the row changes).
+    pub fn flags_without_ttl(&self) -> Vec<String> {
+        let mut f = self.gateway_flags();
+        if f.first().is_some_and(|x| x == "--ttl") {
+            f.drain(..2);
+        }
+        f
+    }
+}
+
 /// One table row: the row as planned and its run.
 pub struct Row<'a> {
     pub spec: &'a RunSpec,
@@ -374,6 +489,9 @@ pub struct Row<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Col {
     Label,
+    /// The row label as its run recorded it (the hit-path rung's nginx row
+    /// names the worker count it ran with, which changed with issue #22).
+    RunLabel,
     Name,
     Mitigations,
     Setup,
@@ -425,7 +543,7 @@ impl Col {
         use Col::*;
         let slow = SLOW_THRESHOLD.as_millis();
         match self {
-            Label => "row",
+            Label | RunLabel => "row",
             Name | Setup => "setup",
             Mitigations => "--mitigations",
             Store => "store",
@@ -470,7 +588,13 @@ impl Col {
     pub fn num(self) -> bool {
         !matches!(
             self,
-            Col::Label | Col::Name | Col::Mitigations | Col::Setup | Col::Store | Col::Chart
+            Col::Label
+                | Col::RunLabel
+                | Col::Name
+                | Col::Mitigations
+                | Col::Setup
+                | Col::Store
+                | Col::Chart
         )
     }
 
@@ -482,6 +606,7 @@ impl Col {
         let count = |n: u64| n.to_string();
         match self {
             Label | Name => r.spec.label.clone(),
+            RunLabel => r.run.label.clone(),
             Mitigations | Setup => r.spec.setup.clone(),
             Store => r.run.store.clone(),
             HotMean | BoundaryMean => opt(o, |o| f2(o.hot_bursts.mean_per_boundary)),
@@ -633,136 +758,581 @@ pub fn rung_names() -> Vec<&'static str> {
     rungs.filter(|r| !r.is_empty()).collect()
 }
 
-/// The table: every section of the report, every run behind it.
-pub fn sections(o: &LadderOptions) -> Vec<Section> {
-    use Col::*;
-    let quick = o.profile == Profile::Quick;
-    let (ttl, n, p, base) = (o.ttl, o.instances, protocol_load(o), OriginSpec::default());
-    let (ms, secs) = (Duration::from_millis, Duration::from_secs);
-    let gw = |id: &str, label: &str, m: &str| RunSpec::gateway(id, label, m, ttl, &p);
-    let row = |key: &str| {
+/// What every rung's runs start from: the options, the protocol load and
+/// origin-sim's defaults.
+struct Plan<'a> {
+    o: &'a LadderOptions,
+    quick: bool,
+    /// The protocol load ([`protocol_load`]).
+    p: LoadConfig,
+    /// origin-sim as the protocol runs it.
+    base: OriginSpec,
+}
+
+impl<'a> Plan<'a> {
+    fn new(o: &'a LadderOptions) -> Self {
+        let (quick, p) = (o.profile == Profile::Quick, protocol_load(o));
+        let base = OriginSpec::default();
+        Self { o, quick, p, base }
+    }
+
+    /// One gateway (in-process store), the protocol load and TTL.
+    fn gw(&self, id: &str, label: &str, m: &str) -> RunSpec {
+        RunSpec::gateway(id, label, m, self.o.ttl, &self.p)
+    }
+
+    /// Row `key` of the before/after table ([`TABLE_ROWS`]): the fleet.
+    fn row(&self, key: &str) -> RunSpec {
         let row = TABLE_ROWS.iter().find(|r| r.0 == key);
         let (k, label, m) = row.expect("a TABLE_ROWS name");
-        gw(&format!("table-{k}"), label, m).fleet(n)
-    };
+        self.gw(&format!("table-{k}"), label, m)
+            .fleet(self.o.instances)
+    }
+
+    /// The origin's capacity in queries per second.
+    fn threshold(&self) -> u64 {
+        self.base.capacity_qps()
+    }
+}
+
+/// The multi-key rung: `keys` keys, filled by one burst, written together
+/// and expiring together, without and with TTL jitter.
+pub struct MultiKey {
+    pub keys: u64,
+    /// origin-sim's pool: the whole burst at once.
+    pub pool: u32,
+    /// `--jitter` of the jitter row.
+    pub jitter: &'static str,
+    /// TTL and load duration: `(quick, full)`.
+    pub ttl_s: (u64, u64),
+    pub duration_s: (u64, u64),
+}
+
+pub const MULTI_KEY: MultiKey = MultiKey {
+    keys: 200,
+    pool: 256,
+    jitter: "0.2",
+    ttl_s: (4, 10),
+    duration_s: (10, 25),
+};
+
+/// The negative rung: `keys` ids over an origin with `items` items (the
+/// rest absent), cached 404s for `ttl`.
+pub struct Negative {
+    pub items: u64,
+    pub keys: u64,
+    pub ttl: Duration,
+}
+
+pub const NEGATIVE: Negative = Negative {
+    items: 100,
+    keys: 200,
+    ttl: Duration::from_secs(5),
+};
+
+/// The XFetch rung's hot-key rows: `(id, --mitigations, --xfetch-beta)`,
+/// and its cold-key rows: `(id, --mitigations)`.
+pub const XFETCH_HOT: [(&str, &str, Option<&str>); 3] = [
+    ("xfetch-hot-off", "single-flight,lock", None),
+    ("xfetch-hot-on", "single-flight,lock,xfetch", Some("1")),
+    (
+        "xfetch-hot-beta03",
+        "single-flight,lock,xfetch",
+        Some("0.3"),
+    ),
+];
+pub const XFETCH_COLD: [(&str, &str); 2] = [
+    ("xfetch-cold-off", "single-flight"),
+    ("xfetch-cold-on", "single-flight,xfetch"),
+];
+
+/// The fencing rung: one trial per item of `keys`, the gateways' TTL `ttl`.
+pub struct FencingRung {
+    pub trial: Fencing,
+    pub keys: [u64; 3],
+    pub ttl: Duration,
+}
+
+pub const FENCING: FencingRung = FencingRung {
+    trial: Fencing {
+        key: 0,
+        slow: Duration::from_millis(1500),
+        fast: Duration::from_millis(50),
+        lock_ttl: Duration::from_millis(300),
+    },
+    keys: [7, 8, 9],
+    ttl: Duration::from_secs(30),
+};
+
+/// The metastable rung: a normal load, a spike, a normal load again (phase
+/// seconds `(quick, full)`), over `items` ids with retries.
+pub struct Metastable {
+    pub phases_s: ((u64, u64, u64), (u64, u64, u64)),
+    pub items: u64,
+    pub clients: usize,
+    pub retries: u32,
+    pub timeout: Duration,
+    pub backoff: Duration,
+    pub think: Duration,
+    pub spike_clients: usize,
+}
+
+pub const METASTABLE: Metastable = Metastable {
+    phases_s: ((3, 4, 12), (5, 6, 30)),
+    items: 20_000,
+    clients: 20,
+    retries: 3,
+    timeout: Duration::from_millis(500),
+    backoff: Duration::from_millis(10),
+    think: Duration::from_millis(50),
+    spike_clients: 400,
+};
+
+impl Metastable {
+    /// Seconds of the base, spike and after phases.
+    fn phases(&self, quick: bool) -> (u64, u64, u64) {
+        if quick {
+            self.phases_s.0
+        } else {
+            self.phases_s.1
+        }
+    }
+
+    /// The normal load, `secs` long.
+    fn normal(&self, p: &LoadConfig, secs: u64) -> LoadConfig {
+        LoadConfig {
+            concurrency: self.clients,
+            duration: Duration::from_secs(secs),
+            keys: self.items,
+            retries: self.retries,
+            timeout: self.timeout,
+            backoff: self.backoff,
+            think_time: self.think,
+            origin: None,
+            ..p.clone()
+        }
+    }
+
+    /// The spike: every client at once on cold keys, no think time.
+    fn spike(&self, p: &LoadConfig, secs: u64) -> LoadConfig {
+        LoadConfig {
+            concurrency: self.spike_clients,
+            hot_fraction: 0.0,
+            think_time: Duration::ZERO,
+            seed: Some(SEED + 1),
+            ..self.normal(p, secs)
+        }
+    }
+
+    /// An origin query this fast again (ms) counts as recovered.
+    fn ok_ms(base: &OriginSpec) -> u64 {
+        base.latency_ms * 3 / 2
+    }
+}
+
+/// The revalidation rung: origin-sim's `max-age`, validators off and on.
+pub const REVALIDATION_MAX_AGE: u64 = 2;
+
+/// The slow-origin rung: origin queries of `latency_ms` (a pool of `pool`,
+/// so they never queue) against a lock TTL of `lock_ttl`, for at most
+/// `max_duration`.
+pub struct SlowOrigin {
+    pub latency_ms: u64,
+    pub lock_ttl: Duration,
+    pub pool: u32,
+    pub max_duration: Duration,
+}
+
+pub const SLOW_ORIGIN: SlowOrigin = SlowOrigin {
+    latency_ms: 3000,
+    lock_ttl: Duration::from_secs(2),
+    pool: 64,
+    max_duration: Duration::from_secs(15),
+};
+
+/// The numbers of the prose (`prose.md`), from the same data that
+/// configures the runs.
+fn prose_vars(pl: &Plan<'_>) -> Value {
+    let (o, p, base) = (pl.o, &pl.p, &pl.base);
+    let (b, sp, a) = METASTABLE.phases(pl.quick);
+    let (f, mk, neg, slow) = (&FENCING, &MULTI_KEY, &NEGATIVE, &SLOW_ORIGIN);
+    json!({
+        "clients": p.concurrency, "n": o.instances, "hot_key": HOT_KEY, "base_ms": base.latency_ms,
+        "pool": base.db_connections, "hot_pct": format!("{:.0}", p.hot_fraction * 100.0),
+        "duration": human(p.duration), "ttl": human(o.ttl), "threshold": pl.threshold(),
+        "mk_keys": mk.keys, "mk_pool": mk.pool,
+        "rows_in_order": TABLE_ROWS.map(|r| r.1).join(", "),
+        "neg_items": neg.items, "neg_keys": neg.keys, "neg_ttl": human(neg.ttl),
+        "cold_think": human(o.ttl), "f_lock": human(f.trial.lock_ttl), "f_ttl": human(f.ttl),
+        "f_slow": human(f.trial.slow), "f_fast": human(f.trial.fast), "b": b, "sp": sp, "a": a,
+        "normal": describe(&METASTABLE.normal(p, b)), "spike": describe(&METASTABLE.spike(p, sp)),
+        "ok_ms": Metastable::ok_ms(base),
+        "nginx_lock": human(peers::NGINX_LOCK_BOUND), "max_age": REVALIDATION_MAX_AGE,
+        "slow_duration": human(o.duration.min(slow.max_duration)), "slow_ms": slow.latency_ms,
+        "slow_pool": slow.pool, "slow_lock_ttl": human(slow.lock_ttl),
+    })
+}
+
+/// The table: every section of the report, every run behind it.
+pub fn sections(o: &LadderOptions) -> Vec<Section> {
+    let pl = Plan::new(o);
+    let v = prose_vars(&pl);
+    let t = |key: &str| prose(key, &v);
+    vec![
+        before_after(&pl, t("table")),
+        scope(&pl),
+        multi_key(&pl, t("multi-key")),
+        negative(&pl, t("negative")),
+        xfetch(&pl, t("xfetch-hot"), t("xfetch-cold")),
+        fencing(&pl, t("fencing")),
+        metastable(&pl, t("metastable")),
+        charts(),
+        peers_section(&pl, t("peers"), t("peers-drivers")),
+        revalidation(&pl, t("revalidation")),
+        slow_origin(&pl, t("slow-origin")),
+        hit_path(o, &pl.p),
+        super::real_traffic::section(o),
+    ]
+}
+
+/// §1: one mitigation added per row, on the fleet.
+fn before_after(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
     let chosen = TABLE_ROWS
         .iter()
-        .filter(|r| o.rows.iter().any(|x| x == r.0));
-    let rows: Vec<RunSpec> = chosen.map(|r| row(r.0)).collect();
-    let counters: Vec<Col> = counters()[..7].iter().map(|c| Counter(c.0)).collect();
-    let (threshold, base_ms, pool) = (base.capacity_qps(), base.latency_ms, base.db_connections);
+        .filter(|r| pl.o.rows.iter().any(|x| x == r.0));
+    let rows: Vec<RunSpec> = chosen.map(|r| pl.row(r.0)).collect();
+    let counters = table_counters().map(Counter);
+    Section::new(
+        "table",
+        format!(
+            "Before/after, one mitigation added per row ({} gateways, one Redis)",
+            pl.o.instances
+        ),
+        vec![
+            Part::Table(String::new(), standard(Mitigations), rows.clone()),
+            Part::Table(
+                "Gateway counters of the same runs (summed over the fleet):".into(),
+                [Label].into_iter().chain(counters).collect(),
+                rows,
+            ),
+            Part::Note(|res, _| {
+                let chart = res.overview_chart.as_ref();
+                chart.map_or_else(String::new, |c| format!("![naive vs full stack]({c})"))
+            }),
+            Part::Text(text),
+        ],
+    )
+}
 
-    // Multi-key: keys written together expire together.
-    let (mk_keys, mk_pool, jitter) = (200, 256, "0.2");
-    let mk_ttl = secs(if quick { 4 } else { 10 });
-    let mk_load = LoadConfig {
-        duration: secs(if quick { 10 } else { 25 }),
+/// Single-flight per process, the lock per fleet.
+fn scope(pl: &Plan<'_>) -> Section {
+    use Col::*;
+    let n = pl.o.instances;
+    Section::new(
+        "scope",
+        "Scope: single-flight is per process, the lock is per fleet",
+        vec![Part::Table(
+            String::new(),
+            vec![Name, Store, HotMean, HotMax, PerTtl, HotP99, Slow, Chart],
+            vec![
+                pl.gw(
+                    "scope-single-flight-x1",
+                    "single-flight × 1 instance",
+                    "single-flight",
+                ),
+                pl.row("single-flight")
+                    .labelled(format!("single-flight × {n} instances"), ""),
+                pl.row("lock")
+                    .labelled(format!("single-flight + lock × {n} instances"), ""),
+                pl.gw(
+                    "scope-swr-no-lock",
+                    &format!("single-flight + SWR, no lock × {n} instances"),
+                    "single-flight,swr",
+                )
+                .fleet(n),
+            ],
+        )],
+    )
+}
+
+/// Keys written together expire together ([`MULTI_KEY`]).
+fn multi_key(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
+    let mk = &MULTI_KEY;
+    let ttl = Duration::from_secs(if pl.quick { mk.ttl_s.0 } else { mk.ttl_s.1 });
+    let load = LoadConfig {
+        duration: Duration::from_secs(if pl.quick {
+            mk.duration_s.0
+        } else {
+            mk.duration_s.1
+        }),
         hot_fraction: 0.0,
-        keys: mk_keys,
-        ttl: Some(mk_ttl),
-        ..p.clone()
+        keys: mk.keys,
+        ttl: Some(ttl),
+        ..pl.p.clone()
     };
-    let mk = |id: &str, label: &str, m: &str| {
-        let mut s = RunSpec::gateway(id, label, m, mk_ttl, &mk_load).flags(&["--jitter", jitter]);
-        (s.origin.db_connections, s.warm_burst) = (mk_pool, mk_keys);
+    let run = |id: &str, label: &str, m: &str| {
+        let s = RunSpec::gateway(id, label, m, ttl, &load).flags(&["--jitter", mk.jitter]);
+        let mut s = s;
+        (s.origin.db_connections, s.warm_burst) = (mk.pool, mk.keys);
         s
     };
+    let above = SecondsAbove(pl.threshold());
+    Section::new(
+        "multi-key",
+        format!(
+            "Multi-key: {} keys written together expire together",
+            mk.keys
+        ),
+        vec![
+            Part::Table(
+                text,
+                vec![Label, Ttl, MaxQps, above, Total, P99, Slow, Errors, Chart],
+                vec![
+                    run(
+                        "multikey-no-jitter",
+                        "no jitter (single-flight)",
+                        "single-flight",
+                    ),
+                    run(
+                        "multikey-jitter",
+                        &format!("+jitter {} (single-flight,jitter)", mk.jitter),
+                        "single-flight,jitter",
+                    ),
+                ],
+            ),
+            Part::Note(|_, runs| {
+                let warm = runs.iter().filter_map(|r| r.measured.values.get("warm_ms"));
+                let warm: Vec<String> = warm.map(|m| m.to_string()).collect();
+                format!("The warm bursts took {} ms.", warm.join(" / "))
+            }),
+        ],
+    )
+}
 
-    // Negative: absent ids.
-    let (neg_items, neg_keys, neg_ttl) = (100, 200, human(secs(5)));
-    let neg_load = LoadConfig {
+/// A miss storm on absent ids ([`NEGATIVE`]).
+fn negative(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
+    let neg = &NEGATIVE;
+    let load = LoadConfig {
         hot_fraction: 0.0,
-        keys: neg_keys,
-        ..p.clone()
+        keys: neg.keys,
+        ..pl.p.clone()
     };
-    let neg = |id: &str, label: &str, m: &str| {
-        let s = RunSpec::gateway(id, label, m, ttl, &neg_load);
-        let mut s = s.flags(&["--negative-ttl", &neg_ttl]);
-        s.origin.items = neg_items;
+    let run = |id: &str, label: &str, m: &str| {
+        let s = RunSpec::gateway(id, label, m, pl.o.ttl, &load);
+        let mut s = s.flags(&["--negative-ttl", &human(neg.ttl)]);
+        s.origin.items = neg.items;
         s
     };
+    Section::new(
+        "negative",
+        "Negative: a miss storm on ids that do not exist",
+        vec![Part::Table(
+            text,
+            vec![Label, Status("404"), StatusMean("404"), StatusMax("404")]
+                .into_iter()
+                .chain([Status("200"), P99, Errors, Chart])
+                .collect(),
+            vec![
+                run(
+                    "negative-off",
+                    "single-flight (no negative caching)",
+                    "single-flight",
+                ),
+                run(
+                    "negative-on",
+                    "single-flight,negative",
+                    "single-flight,negative",
+                ),
+            ],
+        )],
+    )
+}
 
-    // XFetch: a hot key on the fleet (filled first), a cold key read once a TTL.
-    let xhot = |id: &str, m: &str, beta: Option<&str>| {
+/// A hot key on the fleet (filled first), a cold key read once a TTL
+/// ([`XFETCH_HOT`], [`XFETCH_COLD`]).
+fn xfetch(pl: &Plan<'_>, hot_text: String, cold_text: String) -> Section {
+    use Col::*;
+    let (ttl, n) = (pl.o.ttl, pl.o.instances);
+    let hot = XFETCH_HOT.map(|(id, m, beta)| {
         let flag = beta.map_or(String::new(), |b| format!(", --xfetch-beta {b}"));
-        let s = gw(id, &format!("hot key: {m}{flag}"), m)
+        let s = pl
+            .gw(id, &format!("hot key: {m}{flag}"), m)
             .fleet(n)
             .prewarmed();
         beta.map_or(s.clone(), |b| s.flags(&["--xfetch-beta", b]))
-    };
+    });
     let cold = LoadConfig {
         concurrency: 1,
-        duration: o.duration.max(ttl * 8),
+        duration: pl.o.duration.max(ttl * 8),
         hot_fraction: 1.0,
         think_time: ttl,
-        ..p.clone()
+        ..pl.p.clone()
     };
-    let xcold = |id: &str, m: &str| RunSpec::gateway(id, &format!("cold key: {m}"), m, ttl, &cold);
+    let cold =
+        XFETCH_COLD.map(|(id, m)| RunSpec::gateway(id, &format!("cold key: {m}"), m, ttl, &cold));
+    let refreshes = Counter("XFetch refreshes");
+    Section::new(
+        "xfetch",
+        "XFetch: refresh before the cliff — on a hot key only",
+        vec![
+            Part::Table(
+                hot_text,
+                vec![
+                    Name,
+                    HotMisses,
+                    PerTtl,
+                    BoundaryMean,
+                    HotMax,
+                    refreshes,
+                    HotP99,
+                    HotSlow,
+                    Chart,
+                ],
+                hot.into(),
+            ),
+            Part::Table(
+                cold_text,
+                vec![Name, Requests, Misses, MissRate, OriginQueries, P50, Chart],
+                cold.into(),
+            ),
+        ],
+    )
+}
 
-    // Fencing: a rebuild slower than the lock TTL.
-    let fence = Fencing {
-        key: 0,
-        slow: ms(1500),
-        fast: ms(50),
-        lock_ttl: ms(300),
-    };
-    let fence_ttl = secs(30);
-    let fencing = [7, 8, 9].map(|key| {
-        let s = RunSpec::gateway(
-            &format!("fencing-{key}"),
-            &key.to_string(),
-            "all",
-            fence_ttl,
-            &p,
-        );
+/// A rebuild slower than the lock TTL ([`FENCING`]).
+fn fencing(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
+    let f = &FENCING;
+    let trials = f.keys.map(|key| {
+        let id = format!("fencing-{key}");
+        let s = RunSpec::gateway(&id, &key.to_string(), "all", f.ttl, &pl.p);
         let s = s
-            .fleet(n.max(2))
-            .flags(&["--lock-ttl", &human(fence.lock_ttl)]);
-        let measure = Measure::Fencing(Fencing { key, ..fence });
+            .fleet(pl.o.instances.max(2))
+            .flags(&["--lock-ttl", &human(f.trial.lock_ttl)]);
+        let measure = Measure::Fencing(Fencing { key, ..f.trial });
         RunSpec {
             load: vec![],
             measure,
             ..s
         }
     });
+    Section::new(
+        "fencing",
+        "Fencing: a rebuild slower than the lock TTL",
+        vec![
+            Part::Table(
+                text,
+                vec![
+                    Val("key", "item"),
+                    Val("slow_version", "slow rebuild answered version"),
+                    Val("slow_ms", "its duration ms"),
+                    Val("fast_version", "fast rebuild answered version"),
+                    Val("cached_version", "cached GET version"),
+                    Val("cached_status", "its Cache-Status"),
+                    Val("origin_version", "origin version"),
+                ],
+                trials.into(),
+            ),
+            Part::Note(fencing_result),
+        ],
+    )
+}
 
-    // Metastable: a retry storm after a spike.
-    let (b, sp, a) = if quick { (3, 4, 12) } else { (5, 6, 30) };
-    let meta_items = 20_000;
-    let normal = |secs: u64| LoadConfig {
-        concurrency: 20,
-        duration: Duration::from_secs(secs),
-        keys: meta_items,
-        retries: 3,
-        timeout: ms(500),
-        backoff: ms(10),
-        think_time: ms(50),
-        origin: None,
-        ..p.clone()
+/// The fencing trials' outcome: rejections per gateway, newest version cached.
+fn fencing_result(_: &Results, runs: &[&Run]) -> String {
+    let n = runs.iter().map(|r| r.gateways.len()).max().unwrap_or(0);
+    let rejections = |i: usize| -> f64 {
+        let per = runs.iter().filter_map(|r| r.gateways.get(i));
+        per.filter_map(|g| g.get("fencing rejections")).sum()
     };
-    let spike = LoadConfig {
-        concurrency: 400,
-        hot_fraction: 0.0,
-        think_time: Duration::ZERO,
-        seed: Some(SEED + 1),
-        ..normal(sp)
-    };
-    let ok_ms = base.latency_ms * 3 / 2;
-    let meta = |id: &str, label: &str, m: &str, extra: &[&str]| {
-        let mut s = gw(id, label, m)
+    let per: Vec<f64> = (0..n).map(rejections).collect();
+    let newest = runs.iter().all(|r| {
+        let v = |k| r.measured.values.get(k).filter(|v| !v.is_null());
+        v("cached_version").is_some() && v("cached_version") == v("origin_version")
+    });
+    let (total, newest) = (per.iter().sum::<f64>(), if newest { "yes" } else { "no" });
+    let v = json!({ "per": format!("{per:?}"), "total": total.to_string(), "newest": newest });
+    prose("fencing-result", &v)
+}
+
+/// A retry storm after a spike, without and with the gate ([`METASTABLE`]).
+fn metastable(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
+    let m = &METASTABLE;
+    let (b, sp, a) = m.phases(pl.quick);
+    let ok_ms = Metastable::ok_ms(&pl.base);
+    let run = |id: &str, label: &str, mitigations: &str, extra: &[&str]| {
+        let mut s = pl
+            .gw(id, label, mitigations)
             .flags(extra)
             .measure(Measure::Recovery(ok_ms));
-        (s.load, s.origin.items) = (vec![normal(b), spike.clone(), normal(a)], meta_items);
-        s.setup = format!("{label} (`{}`)", s.gateway_flags()[2..].join(" "));
+        let phases = vec![m.normal(&pl.p, b), m.spike(&pl.p, sp), m.normal(&pl.p, a)];
+        (s.load, s.origin.items) = (phases, m.items);
+        s.setup = format!("{label} (`{}`)", s.flags_without_ttl().join(" "));
         s
     };
-    let gate = base.db_connections.to_string();
+    let gate = pl.base.db_connections.to_string();
+    Section::new(
+        "metastable",
+        "Metastable failure: a retry storm keeps the origin pinned",
+        vec![Part::Table(
+            text,
+            vec![
+                Setup,
+                Val("recovery", "recovery after the spike"),
+                Val("base_ms", "origin query ms: base"),
+                Val("worst_ms", "worst after spike"),
+                LastMs,
+                Val("max_inflight", "origin in flight: max after spike"),
+                Val("inflight_at_end", "at end"),
+                Val("after_errors", "after-spike errors / requests"),
+                Val("after_p99_ms", "after-spike p99 ms"),
+                Val("retries", "retries"),
+                Counter("shed (503)"),
+                Chart,
+            ],
+            vec![
+                run("metastable-no-gate", "without the gate", "none", &[]),
+                run(
+                    "metastable-gate",
+                    "with the overload gate",
+                    "overload-gate",
+                    &["--gate-max-inflight", &gate],
+                ),
+            ],
+        )],
+    )
+}
 
-    // Peers: nginx and Varnish, one instance and a fleet, next to the full stack.
+/// Every chart, listed.
+fn charts() -> Section {
+    Section::new(
+        "",
+        "Charts",
+        vec![Part::Note(|res, _| {
+            let charts = res.runs.iter().filter(|r| r.measured.timeline.is_empty());
+            let list: String = charts
+                .filter_map(|r| Some(format!("- [{}]({})\n", r.label, r.chart.as_ref()?)))
+                .collect();
+            let empty = list.is_empty();
+            opt((!empty).then_some(list), |l| {
+                format!("{}\n\n{l}", prose("charts", &Value::Null))
+            })
+        })],
+    )
+}
+
+/// nginx and Varnish, one instance and a fleet, next to the full stack.
+fn peers_section(pl: &Plan<'_>, text: String, drivers: String) -> Section {
+    use Col::*;
+    let n = pl.o.instances;
     let peer = |v: &Variant, k: usize| {
         let (package, file) = (v.kind.package, v.file_name());
         let setup = format!("{k} × {package}, own cache each ([config](peers/{file}))");
-        let s = gw(&format!("peers-{}-x{k}", v.key), "", "");
+        let s = pl.gw(&format!("peers-{}-x{k}", v.key), "", "");
         let s = s.labelled(format!("{} × {k}", v.label()), &setup);
         RunSpec {
             front: Front::Peer(*v),
@@ -771,393 +1341,288 @@ pub fn sections(o: &LadderOptions) -> Vec<Section> {
         }
     };
     let full_x1 = "stampede-layer full stack × 1";
-    let mut peer_rows = vec![
-        gw("peers-stampede-x1", full_x1, "all")
+    let mut rows = vec![
+        pl.gw("peers-stampede-x1", full_x1, "all")
             .labelled(full_x1, "`--mitigations all`, in-process store"),
     ];
-    peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, 1)));
+    rows.extend(peers::VARIANTS.iter().map(|v| peer(v, 1)));
     let fleet_setup = "`--mitigations all`, one Redis (the table's full-stack run)";
-    peer_rows.push(row("full").labelled(format!("stampede-layer full stack × {n}"), fleet_setup));
-    peer_rows.extend(peers::VARIANTS.iter().map(|v| peer(v, n)));
+    rows.push(
+        pl.row("full")
+            .labelled(format!("stampede-layer full stack × {n}"), fleet_setup),
+    );
+    rows.extend(peers::VARIANTS.iter().map(|v| peer(v, n)));
+    Section::new(
+        "peers",
+        "Peers: nginx and Varnish under the same protocol",
+        vec![
+            Part::Table(text, standard(Setup), rows),
+            Part::Note(|_, runs| installed(runs)),
+            Part::Text(drivers),
+            Part::Note(peer_configs),
+        ],
+    )
+}
 
-    // Revalidation: a short origin freshness, validators off and on.
-    let max_age = 2;
-    let reval = |on: bool| {
+/// The single-instance peers' configs, verbatim.
+fn peer_configs(_: &Results, runs: &[&Run]) -> String {
+    let single = runs.iter().filter(|r| r.instances == 1);
+    let configs: String = single.filter_map(|r| {
+        let c = r.measured.peer.as_ref()?;
+        let lang = if c.file.ends_with(".vcl") { "vcl" } else { "nginx" };
+        let label = r.label.rsplit_once(" × ").map_or(r.label.as_str(), |x| x.0);
+        let (file, command, text) = (&c.file, &c.command, &c.text);
+        Some(format!("<details><summary>{label} — <a href=\"{file}\">{file}</a></summary>\n\n`{command}`\n\n```{lang}\n{text}```\n\n</details>\n\n"))
+    }).collect();
+    let intro = prose("peers-configs", &Value::Null);
+    opt(Some(configs).filter(|c| !c.is_empty()), |c| {
+        format!("{intro}\n\n{c}")
+    })
+}
+
+/// A short origin freshness, validators off and on ([`REVALIDATION_MAX_AGE`]).
+fn revalidation(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
+    let run = |on: bool| {
         let (id, label) = match on {
             true => ("revalidation-on", "validators on"),
             false => ("revalidation-off", "validators off"),
         };
-        let mut s = gw(id, label, "all").fleet(n);
+        let mut s = pl.gw(id, label, "all").fleet(pl.o.instances);
         let validators = if on { " --validators" } else { "" };
-        let flags = format!("--cache-control max-age={max_age}{validators}");
+        let flags = format!("--cache-control max-age={REVALIDATION_MAX_AGE}{validators}");
         s.origin.flags = flags.split(' ').map(String::from).collect();
         s.setup = format!("origin `{flags}`");
         s
     };
+    Section::new(
+        "revalidation",
+        "Revalidation: a stale entry refreshed with a conditional GET",
+        vec![Part::Table(
+            text,
+            vec![
+                Label,
+                Setup,
+                OriginQueries,
+                HotQueries,
+                Status("304"),
+                BodyBytes,
+            ]
+            .into_iter()
+            .chain([HotP99, HotSlow, Errors, Chart])
+            .collect(),
+            vec![run(false), run(true)],
+        )],
+    )
+}
 
-    // Slow origin: rebuilds slower than the lock TTL, lease renewal on and off.
-    let (slow_ms, slow_lock_ttl, slow_pool) = (3000, human(secs(2)), 64);
-    let slow_load = LoadConfig {
-        duration: o.duration.min(secs(15)),
-        ..p.clone()
+/// Rebuilds slower than the lock TTL, lease renewal on and off ([`SLOW_ORIGIN`]).
+fn slow_origin(pl: &Plan<'_>, text: String) -> Section {
+    use Col::*;
+    let slow = &SLOW_ORIGIN;
+    let load = LoadConfig {
+        duration: pl.o.duration.min(slow.max_duration),
+        ..pl.p.clone()
     };
-    let slow = |id: &str, label: &str, extra: &[&str]| {
-        let s = RunSpec::gateway(id, label, "all", ttl, &slow_load).fleet(n);
+    let run = |id: &str, label: &str, extra: &[&str]| {
+        let s = RunSpec::gateway(id, label, "all", pl.o.ttl, &load).fleet(pl.o.instances);
         let mut s = s
-            .flags(&["--lock-ttl", &slow_lock_ttl])
+            .flags(&["--lock-ttl", &human(slow.lock_ttl)])
             .flags(extra)
             .prewarmed();
-        (s.origin.latency_ms, s.origin.db_connections) = (slow_ms, slow_pool);
-        s.setup = format!("`{}`", s.gateway_flags()[2..].join(" "));
+        (s.origin.latency_ms, s.origin.db_connections) = (slow.latency_ms, slow.pool);
+        s.setup = format!("`{}`", s.flags_without_ttl().join(" "));
         s.measure(Measure::InFlight)
     };
-
-    // Hit path: every request a hit; the in-process store, the Redis store
-    // and nginx measured in turn, three rounds.
-    let (hit_ttl, rounds, nginx) = (secs(600), 3, peers::NGINX_HIT);
-    let (hit_dur, warmup) = (o.duration / 2, (o.duration / 10).max(secs(1)));
-    let workers = nginx.workers;
-    let hit_load = LoadConfig {
-        duration: hit_dur,
-        hot_fraction: 1.0,
-        ..p.clone()
-    };
-    let hits = (1..=rounds).flat_map(|i| {
-        let hit = |what: &str, label: &str| {
-            let (id, label) = (format!("hit-{what}-{i}"), format!("round {i}: {label}"));
-            let s = RunSpec::gateway(&id, &label, "all", hit_ttl, &hit_load);
-            s.prewarmed().measure(Measure::Throughput(warmup))
-        };
-        let nginx_label = format!("nginx `proxy_cache`, {workers} workers, `proxy_cache_lock on`");
-        let nginx_row = RunSpec {
-            front: Front::Peer(nginx),
-            ..hit("nginx", &nginx_label)
-        };
-        [
-            hit("memory", "gateway, in-process store"),
-            hit("redis", "gateway, `--redis` (near cache on, the default)").fleet(1),
-            hit(
-                "redis-no-near",
-                "gateway, `--redis --near-cache-ttl 0s` (near cache off)",
-            )
-            .fleet(1)
-            .flags(&["--near-cache-ttl", "0s"]),
-            nginx_row,
-        ]
-    });
-
-    // The numbers of the prose (`prose.md`).
-    let [f_lock, f_ttl, f_slow, f_fast] = [fence.lock_ttl, fence_ttl, fence.slow, fence.fast];
-    let v = json!({
-        "clients": p.concurrency, "n": n, "hot_key": HOT_KEY, "base_ms": base_ms, "pool": pool,
-        "hot_pct": format!("{:.0}", p.hot_fraction * 100.0), "duration": human(p.duration),
-        "ttl": human(ttl), "threshold": threshold, "mk_keys": mk_keys, "mk_pool": mk_pool,
-        "rows_in_order": TABLE_ROWS.map(|r| r.1).join(", "),
-        "neg_items": neg_items, "neg_keys": neg_keys, "neg_ttl": neg_ttl,
-        "cold_think": human(cold.think_time), "f_lock": human(f_lock), "f_ttl": human(f_ttl),
-        "f_slow": human(f_slow), "f_fast": human(f_fast), "b": b, "sp": sp, "a": a,
-        "normal": describe(&normal(b)), "spike": describe(&spike), "ok_ms": ok_ms,
-        "nginx_lock": human(peers::NGINX_LOCK_BOUND), "max_age": max_age,
-        "slow_duration": human(slow_load.duration), "slow_ms": slow_ms, "slow_pool": slow_pool,
-        "slow_lock_ttl": slow_lock_ttl, "hit_ttl": human(hit_ttl), "hit_warmup": human(warmup),
-        "hit_duration": human(hit_dur), "rounds": rounds, "workers": workers,
-    });
-    let t = |key: &str| prose(key, &v);
-    let (above, xfetch) = (SecondsAbove(threshold), Counter("XFetch refreshes"));
     let in_flight = Val(
         "hot_max_in_flight",
         "hot-key origin queries in flight at once: max",
     );
-
-    vec![
-        Section::new(
-            "table",
-            format!("Before/after, one mitigation added per row ({n} gateways, one Redis)"),
-            vec![
-                Part::Table(String::new(), standard(Mitigations), rows.clone()),
-                Part::Table(
-                    "Gateway counters of the same runs (summed over the fleet):".into(),
-                    [Label].into_iter().chain(counters).collect(),
-                    rows,
-                ),
-                Part::Note(|res, _| {
-                    let chart = res.overview_chart.as_ref();
-                    chart.map_or_else(String::new, |c| format!("![naive vs full stack]({c})"))
-                }),
-                Part::Text(t("table")),
-            ],
-        ),
-        Section::new(
-            "scope",
-            "Scope: single-flight is per process, the lock is per fleet",
-            vec![Part::Table(
-                String::new(),
-                vec![Name, Store, HotMean, HotMax, PerTtl, HotP99, Slow, Chart],
-                vec![
-                    gw(
-                        "scope-single-flight-x1",
-                        "single-flight × 1 instance",
-                        "single-flight",
-                    ),
-                    row("single-flight").labelled(format!("single-flight × {n} instances"), ""),
-                    row("lock").labelled(format!("single-flight + lock × {n} instances"), ""),
-                    gw(
-                        "scope-swr-no-lock",
-                        &format!("single-flight + SWR, no lock × {n} instances"),
-                        "single-flight,swr",
-                    )
-                    .fleet(n),
-                ],
-            )],
-        ),
-        Section::new(
-            "multi-key",
-            format!("Multi-key: {mk_keys} keys written together expire together"),
-            vec![
-                Part::Table(
-                    t("multi-key"),
-                    vec![Label, Ttl, MaxQps, above, Total, P99, Slow, Errors, Chart],
-                    vec![
-                        mk(
-                            "multikey-no-jitter",
-                            "no jitter (single-flight)",
-                            "single-flight",
-                        ),
-                        mk(
-                            "multikey-jitter",
-                            &format!("+jitter {jitter} (single-flight,jitter)"),
-                            "single-flight,jitter",
-                        ),
-                    ],
-                ),
-                Part::Note(|_, runs| {
-                    let warm = runs.iter().filter_map(|r| r.measured.values.get("warm_ms"));
-                    let warm: Vec<String> = warm.map(|m| m.to_string()).collect();
-                    format!("The warm bursts took {} ms.", warm.join(" / "))
-                }),
-            ],
-        ),
-        Section::new(
-            "negative",
-            "Negative: a miss storm on ids that do not exist",
-            vec![Part::Table(
-                t("negative"),
-                vec![Label, Status("404"), StatusMean("404"), StatusMax("404")]
-                    .into_iter()
-                    .chain([Status("200"), P99, Errors, Chart])
-                    .collect(),
-                vec![
-                    neg(
-                        "negative-off",
-                        "single-flight (no negative caching)",
-                        "single-flight",
-                    ),
-                    neg(
-                        "negative-on",
-                        "single-flight,negative",
-                        "single-flight,negative",
-                    ),
-                ],
-            )],
-        ),
-        Section::new(
-            "xfetch",
-            "XFetch: refresh before the cliff — on a hot key only",
-            vec![
-                Part::Table(
-                    t("xfetch-hot"),
-                    vec![
-                        Name,
-                        HotMisses,
-                        PerTtl,
-                        BoundaryMean,
-                        HotMax,
-                        xfetch,
-                        HotP99,
-                        HotSlow,
-                        Chart,
-                    ],
-                    vec![
-                        xhot("xfetch-hot-off", "single-flight,lock", None),
-                        xhot("xfetch-hot-on", "single-flight,lock,xfetch", Some("1")),
-                        xhot(
-                            "xfetch-hot-beta03",
-                            "single-flight,lock,xfetch",
-                            Some("0.3"),
-                        ),
-                    ],
-                ),
-                Part::Table(
-                    t("xfetch-cold"),
-                    vec![Name, Requests, Misses, MissRate, OriginQueries, P50, Chart],
-                    vec![
-                        xcold("xfetch-cold-off", "single-flight"),
-                        xcold("xfetch-cold-on", "single-flight,xfetch"),
-                    ],
-                ),
-            ],
-        ),
-        Section::new(
-            "fencing",
-            "Fencing: a rebuild slower than the lock TTL",
-            vec![
-                Part::Table(
-                    t("fencing"),
-                    vec![
-                        Val("key", "item"),
-                        Val("slow_version", "slow rebuild answered version"),
-                        Val("slow_ms", "its duration ms"),
-                        Val("fast_version", "fast rebuild answered version"),
-                        Val("cached_version", "cached GET version"),
-                        Val("cached_status", "its Cache-Status"),
-                        Val("origin_version", "origin version"),
-                    ],
-                    fencing.into(),
-                ),
-                Part::Note(|_, runs| {
-                    let n = runs.iter().map(|r| r.gateways.len()).max().unwrap_or(0);
-                    let rejections = |i: usize| -> f64 {
-                        let per = runs.iter().filter_map(|r| r.gateways.get(i));
-                        per.filter_map(|g| g.get("fencing rejections")).sum()
-                    };
-                    let per: Vec<f64> = (0..n).map(rejections).collect();
-                    let newest = runs.iter().all(|r| {
-                        let v = |k| r.measured.values.get(k).filter(|v| !v.is_null());
-                        v("cached_version").is_some() && v("cached_version") == v("origin_version")
-                    });
-                    let (total, newest) =
-                        (per.iter().sum::<f64>(), if newest { "yes" } else { "no" });
-                    let v = json!({ "per": format!("{per:?}"), "total": total.to_string(), "newest": newest });
-                    prose("fencing-result", &v)
-                }),
-            ],
-        ),
-        Section::new(
-            "metastable",
-            "Metastable failure: a retry storm keeps the origin pinned",
-            vec![Part::Table(
-                t("metastable"),
-                vec![
-                    Setup,
-                    Val("recovery", "recovery after the spike"),
-                    Val("base_ms", "origin query ms: base"),
-                    Val("worst_ms", "worst after spike"),
-                    LastMs,
-                    Val("max_inflight", "origin in flight: max after spike"),
-                    Val("inflight_at_end", "at end"),
-                    Val("after_errors", "after-spike errors / requests"),
-                    Val("after_p99_ms", "after-spike p99 ms"),
-                    Val("retries", "retries"),
-                    Counter("shed (503)"),
-                    Chart,
-                ],
-                vec![
-                    meta("metastable-no-gate", "without the gate", "none", &[]),
-                    meta(
-                        "metastable-gate",
-                        "with the overload gate",
-                        "overload-gate",
-                        &["--gate-max-inflight", &gate],
-                    ),
-                ],
-            )],
-        ),
-        Section::new(
-            "",
-            "Charts",
-            vec![Part::Note(|res, _| {
-                let charts = res.runs.iter().filter(|r| r.measured.timeline.is_empty());
-                let list: String = charts
-                    .filter_map(|r| Some(format!("- [{}]({})\n", r.label, r.chart.as_ref()?)))
-                    .collect();
-                let empty = list.is_empty();
-                opt((!empty).then_some(list), |l| {
-                    format!("{}\n\n{l}", prose("charts", &Value::Null))
-                })
-            })],
-        ),
-        Section::new(
-            "peers",
-            "Peers: nginx and Varnish under the same protocol",
-            vec![
-                Part::Table(t("peers"), standard(Setup), peer_rows),
-                Part::Note(|_, runs| installed(runs)),
-                Part::Text(t("peers-drivers")),
-                Part::Note(|_, runs| {
-                    let single = runs.iter().filter(|r| r.instances == 1);
-                    let configs: String = single.filter_map(|r| {
-                        let c = r.measured.peer.as_ref()?;
-                        let lang = if c.file.ends_with(".vcl") { "vcl" } else { "nginx" };
-                        let label = r.label.rsplit_once(" × ").map_or(r.label.as_str(), |x| x.0);
-                        let (file, command, text) = (&c.file, &c.command, &c.text);
-                        Some(format!("<details><summary>{label} — <a href=\"{file}\">{file}</a></summary>\n\n`{command}`\n\n```{lang}\n{text}```\n\n</details>\n\n"))
-                    }).collect();
-                    let intro = prose("peers-configs", &Value::Null);
-                    opt(Some(configs).filter(|c| !c.is_empty()), |c| {
-                        format!("{intro}\n\n{c}")
-                    })
-                }),
-            ],
-        ),
-        Section::new(
-            "revalidation",
-            "Revalidation: a stale entry refreshed with a conditional GET",
-            vec![Part::Table(
-                t("revalidation"),
-                vec![
-                    Label,
-                    Setup,
-                    OriginQueries,
-                    HotQueries,
-                    Status("304"),
-                    BodyBytes,
-                ]
+    Section::new(
+        "slow-origin",
+        "Slow origin: rebuilds slower than the lock TTL",
+        vec![Part::Table(
+            text,
+            vec![Label, Setup, in_flight, HotQueries, HotMean, HotMax]
                 .into_iter()
-                .chain([HotP99, HotSlow, Errors, Chart])
+                .chain([Counter("lock acquired"), HotP99, Errors, Chart])
                 .collect(),
-                vec![reval(false), reval(true)],
-            )],
-        ),
-        Section::new(
-            "slow-origin",
-            "Slow origin: rebuilds slower than the lock TTL",
-            vec![Part::Table(
-                t("slow-origin"),
-                vec![Label, Setup, in_flight, HotQueries, HotMean, HotMax]
-                    .into_iter()
-                    .chain([Counter("lock acquired"), HotP99, Errors, Chart])
-                    .collect(),
-                vec![
-                    slow("slow-origin-renewal", "lease renewal (default)", &[]),
-                    slow(
-                        "slow-origin-no-renewal",
-                        "no lease renewal",
-                        &["--no-lock-renewal"],
-                    ),
-                ],
-            )],
-        ),
-        Section::new(
-            "hit-path",
-            "Hit path: in-process store, Redis store and nginx, every request a hit",
             vec![
-                Part::Table(
-                    t("hit-path"),
-                    vec![Label, Rps, P50, P99, RedisPerRequest, OriginQueries, Errors]
-                        .into_iter()
-                        .chain([
-                            Val("cpu_us", "gateway or nginx CPU µs per request"),
-                            Val("loader_cpu_us", "load generator CPU µs per request"),
-                        ])
-                        .collect(),
-                    hits.collect(),
+                run("slow-origin-renewal", "lease renewal (default)", &[]),
+                run(
+                    "slow-origin-no-renewal",
+                    "no lease renewal",
+                    &["--no-lock-renewal"],
                 ),
-                Part::Note(|res, _| hit_ratios(res)),
-                Part::Note(|_, runs| installed(runs)),
             ],
+        )],
+    )
+}
+
+/// The hit-path rung (issues #12, #22): every request a hit on the hot key;
+/// the gateway with the in-process store, with `--redis` (near cache on and
+/// off), nginx `proxy_cache`, and the floor (the in-process gateway's own
+/// admin `GET /healthz`) measured in turn, `rounds` rounds.
+pub struct HitPath {
+    /// The gateways' `--ttl` (and nginx's `proxy_cache_valid`): longer than
+    /// the run, so every request after the prewarm is a hit.
+    pub ttl: Duration,
+    pub rounds: u32,
+    /// The server on one core, the load generator on the other.
+    pub pinning: Pinning,
+    /// What each row runs: `(id stem, label)`; the label of nginx's row
+    /// is made from its worker count.
+    pub rows: [(&'static str, &'static str); 5],
+}
+
+/// The hit-path rung's experiment.
+pub const HIT_PATH: HitPath = HitPath {
+    ttl: Duration::from_secs(600),
+    rounds: 3,
+    pinning: HIT_PINNING,
+    rows: [
+        ("memory", "gateway, in-process store"),
+        ("redis", "gateway, `--redis` (near cache on, the default)"),
+        (
+            "redis-no-near",
+            "gateway, `--redis --near-cache-ttl 0s` (near cache off)",
         ),
-        super::real_traffic::section(o),
+        ("nginx", ""),
+        (
+            "floor",
+            "floor: the in-process gateway's admin `GET /healthz`",
+        ),
+    ],
+};
+
+impl HitPath {
+    /// Measured load per run: half the protocol's duration.
+    fn duration(&self, o: &LadderOptions) -> Duration {
+        o.duration / 2
+    }
+
+    /// Warm-up before each measured load (not recorded).
+    fn warmup(&self, o: &LadderOptions) -> Duration {
+        (o.duration / 10).max(Duration::from_secs(1))
+    }
+
+    /// nginx's row label, from its worker count.
+    fn nginx_label(workers: &str) -> String {
+        let s = if workers == "1" { "" } else { "s" };
+        format!("nginx `proxy_cache`, {workers} worker{s}, `proxy_cache_lock on`")
+    }
+
+    /// The run of row `what`, round `i`.
+    fn run(&self, o: &LadderOptions, p: &LoadConfig, i: u32, what: &str, label: &str) -> RunSpec {
+        let load = LoadConfig {
+            duration: self.duration(o),
+            hot_fraction: 1.0,
+            ..p.clone()
+        };
+        let (id, label) = (format!("hit-{what}-{i}"), format!("round {i}: {label}"));
+        let s = RunSpec::gateway(&id, &label, "all", self.ttl, &load)
+            .prewarmed()
+            .measure(Measure::Throughput(self.warmup(o)))
+            .pinned(self.pinning);
+        match what {
+            "redis" => s.fleet(1),
+            "redis-no-near" => s.fleet(1).flags(&["--near-cache-ttl", "0s"]),
+            "nginx" => RunSpec {
+                front: Front::Peer(peers::NGINX_HIT),
+                ..s.labelled(
+                    format!("round {i}: {}", Self::nginx_label(peers::NGINX_HIT.workers)),
+                    "",
+                )
+            },
+            "floor" => RunSpec {
+                target: Target::Healthz,
+                ..s
+            },
+            _ => s,
+        }
+    }
+
+    /// The prose before the table, for results measured `pinned` (issue
+    /// #22) or not, nginx with `workers` worker processes.
+    pub fn intro_text(&self, o: &LadderOptions, pinned: bool, workers: &str) -> String {
+        let v = json!({
+            "clients": protocol_load(o).concurrency, "hot_key": HOT_KEY,
+            "hit_ttl": human(self.ttl), "hit_warmup": human(self.warmup(o)),
+            "hit_duration": human(self.duration(o)), "rounds": self.rounds, "workers": workers,
+            "server_cpu": self.pinning.server_cpu, "load_cpu": self.pinning.load_cpu,
+        });
+        prose(
+            if pinned {
+                "hit-path-pinned"
+            } else {
+                "hit-path"
+            },
+            &v,
+        )
+    }
+
+    /// The prose before the table of `runs`: results recorded before the
+    /// rung was pinned keep the prose they were measured under.
+    fn intro(res: &Results, runs: &[&Run]) -> String {
+        let pinned = runs
+            .iter()
+            .any(|r| r.measured.values.contains_key("server_cpu"));
+        // nginx's worker count, from the config the run recorded.
+        let workers = runs
+            .iter()
+            .filter_map(|r| r.measured.peer.as_ref())
+            .find_map(|c| {
+                let line = c
+                    .text
+                    .lines()
+                    .find(|l| l.starts_with("worker_processes "))?;
+                let n = line.trim_start_matches("worker_processes ");
+                Some(n.trim_end_matches(';').to_string())
+            })
+            .unwrap_or_else(|| peers::NGINX_HIT.workers.to_string());
+        HIT_PATH.intro_text(&res.options, pinned, &workers)
+    }
+}
+
+/// The hit-path section (see [`HitPath`]).
+fn hit_path(o: &LadderOptions, p: &LoadConfig) -> Section {
+    use Col::*;
+    let h = &HIT_PATH;
+    let rows = (1..=h.rounds).flat_map(|i| h.rows.map(|(what, label)| h.run(o, p, i, what, label)));
+    let cols = vec![
+        RunLabel,
+        Rps,
+        P50,
+        P99,
+        RedisPerRequest,
+        OriginQueries,
+        Errors,
     ]
+    .into_iter()
+    .chain([
+        Val("cpu_us", "gateway or nginx CPU µs per request"),
+        Val("loader_cpu_us", "load generator CPU µs per request"),
+    ])
+    .collect();
+    Section::new(
+        "hit-path",
+        "Hit path: in-process store, Redis store and nginx, every request a hit",
+        vec![
+            Part::Note(HitPath::intro),
+            Part::Table(String::new(), cols, rows.collect()),
+            Part::Note(|res, runs| {
+                let pinned = runs
+                    .iter()
+                    .any(|r| r.measured.values.contains_key("server_cpu"));
+                if pinned {
+                    hit_ratios_pinned(res)
+                } else {
+                    hit_ratios(res)
+                }
+            }),
+            Part::Note(|_, runs| installed(runs)),
+        ],
+    )
 }
 
 /// The peers' versions (`Installed: …`).
@@ -1180,8 +1645,76 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
+/// The hit-path ratios per round (the floor among them), and their
+/// medians; the CPU the servers, their cores and the load generator used.
+fn hit_ratios_pinned(res: &Results) -> String {
+    let run = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"));
+    let summary = |what: &str, i: u32| run(what, i)?.summary.as_ref();
+    let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
+    let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let mut md = "| round | `--redis` ÷ in-process (hits/s) | `--redis`, near cache off ÷ in-process | in-process ÷ nginx (hits/s) | in-process ÷ floor | p99 ms: in-process | `--redis` | nginx | floor |\n|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n".to_string();
+    let (mut redis_memory, mut direct_memory) = (vec![], vec![]);
+    let (mut memory_nginx, mut memory_floor) = (vec![], vec![]);
+    let rounds: Vec<u32> = (1..)
+        .take_while(|i| {
+            ["memory", "redis", "redis-no-near", "nginx", "floor"]
+                .iter()
+                .any(|w| summary(w, *i).is_some())
+        })
+        .collect();
+    for &i in &rounds {
+        let memory = rps("memory", i);
+        let (a, d, b, f) = (
+            ratio(rps("redis", i), memory),
+            ratio(rps("redis-no-near", i), memory),
+            ratio(memory, rps("nginx", i)),
+            ratio(memory, rps("floor", i)),
+        );
+        redis_memory.extend(a);
+        direct_memory.extend(d);
+        memory_nginx.extend(b);
+        memory_floor.extend(f);
+        let (a, d, b, f) = (opt(a, f2), opt(d, f2), opt(b, f2), opt(f, f2));
+        let (pm, pr) = (p99("memory", i), p99("redis", i));
+        let (pn, pf) = (p99("nginx", i), p99("floor", i));
+        md += &format!("| {i} | {a} | {d} | {b} | {f} | {pm} | {pr} | {pn} | {pf} |\n");
+    }
+    let bold = |v: Vec<f64>| opt(median(v), |m| format!("**{}**", f2(m)));
+    // Medians over the rounds of a CPU figure `key` of `what`: µs per
+    // request, and the share of one core that makes at the run's rate.
+    let cpu = |what: &str, key: &str| {
+        let (mut us, mut share) = (vec![], vec![]);
+        for &i in &rounds {
+            let Some(r) = run(what, i) else { continue };
+            let x = r.measured.values.get(key).and_then(|v| v.as_f64());
+            if let Some((x, s)) = x.zip(r.summary.as_ref()) {
+                us.push(x);
+                share.push(x * s.requests_per_sec / 1e4);
+            }
+        }
+        let share = opt(median(share), |m| format!("{m:.0} %"));
+        (opt(median(us), f1), share)
+    };
+    let mut v = json!({ "redis_memory": bold(redis_memory), "direct_memory": bold(direct_memory),
+        "memory_nginx": bold(memory_nginx), "memory_floor": bold(memory_floor) });
+    for what in ["memory", "nginx", "floor"] {
+        for (key, name) in [
+            ("cpu_us", "cpu"),
+            ("core_us", "core"),
+            ("loader_cpu_us", "load"),
+        ] {
+            let (us, share) = cpu(what, key);
+            v[format!("{name}_{what}")] = us.into();
+            v[format!("{name}_share_{what}")] = share.into();
+        }
+    }
+    format!("{md}\n{}", prose("hit-path-pinned-median", &v))
+}
+
 /// The hit-path ratios per round, and their medians; the CPU the fronts and
-/// the load generator used.
+/// the load generator used — results recorded before the rung was pinned
+/// (issue #22), the server and the load generator on shared cores.
 fn hit_ratios(res: &Results) -> String {
     let run = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"));
     let summary = |what: &str, i: u32| run(what, i)?.summary.as_ref();

@@ -364,7 +364,12 @@ impl CacheStore for MemoryStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        Ok(self.entries.get(&slot(key.digest(), key.variant())).await)
+        // The common case, no variant: looked up by the digest as it is
+        // (no slot string made per read).
+        Ok(match key.variant() {
+            None => self.entries.get(key.digest()).await,
+            Some(_) => self.entries.get(&slot(key.digest(), key.variant())).await,
+        })
     }
 
     async fn put(
