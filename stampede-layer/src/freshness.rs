@@ -109,10 +109,14 @@ pub(crate) fn received_age(headers: &HeaderMap) -> u64 {
 }
 
 /// The corrected initial age (§4.2.3): the larger of the apparent age and
-/// the received `Age` plus the request's delay.
+/// the received `Age` plus the request's delay. The apparent age counts in
+/// whole seconds, as RFC 9111 does: `Date` has a resolution of one second,
+/// so `now − Date` in milliseconds would add up to 999 ms of age nobody
+/// spent (a `max-age=1` answer from an origin with an exact clock would
+/// arrive anywhere from fresh to stale).
 pub(crate) fn initial_age(headers: &HeaderMap, timing: Timing) -> Duration {
     let age = received_age(headers);
-    let apparent = timing.response_ms.saturating_sub(date_ms(headers, timing));
+    let apparent = timing.response_ms.saturating_sub(date_ms(headers, timing)) / 1000 * 1000;
     let delay = timing.response_ms.saturating_sub(timing.request_ms);
     let corrected = age
         .min(MAX_DELTA_SECS)
@@ -203,6 +207,17 @@ mod tests {
             age(&[("date", date(-60))]),
             Duration::from_secs(60),
             "apparent age"
+        );
+        // `Date` has a resolution of one second: an answer sent 900 ms into
+        // a second and received at once is not 900 ms old.
+        let late = Timing {
+            request_ms: NOW + 800,
+            response_ms: NOW + 900,
+        };
+        assert_eq!(
+            initial_age(&headers(&[("date", date(0))]), late),
+            ms(100),
+            "the Date's truncation is no age"
         );
     }
 
