@@ -206,7 +206,7 @@ where
 }
 
 /// Resolves once shutdown is asked for (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -292,15 +292,16 @@ async fn connection(
             }
         })
     };
-    match tls {
-        None => {
-            let mut io = watched;
-            let Ok(Ok((seen, h2))) = tokio::time::timeout_at(head_by, sniff(&mut io)).await else {
-                tracing::debug!(%peer, "client sent no request line or preface in time");
-                return;
-            };
-            let io = TokioIo::new(Prefixed { seen, at: 0, io });
-            if h2 {
+    // The stream (plain or TLS: two types), its first bytes replayed, served
+    // by HTTP/2 or HTTP/1 until it ends or drains.
+    macro_rules! serve_as {
+        ($io:expr, $seen:expr, $h2:expr) => {{
+            let io = TokioIo::new(Prefixed {
+                seen: $seen,
+                at: 0,
+                io: $io,
+            });
+            if $h2 {
                 activity.multiplexed();
                 let conn = protocols.h2.serve_connection(io, svc);
                 drive(
@@ -324,6 +325,16 @@ async fn connection(
                 )
                 .await;
             }
+        }};
+    }
+    match tls {
+        None => {
+            let mut io = watched;
+            let Ok(Ok((seen, h2))) = tokio::time::timeout_at(head_by, sniff(&mut io)).await else {
+                tracing::debug!(%peer, "client sent no request line or preface in time");
+                return;
+            };
+            serve_as!(io, seen, h2);
         }
         Some(acceptor) => {
             let handshake = async {
@@ -347,31 +358,7 @@ async fn connection(
                     return;
                 }
             };
-            let io = TokioIo::new(Prefixed { seen, at: 0, io });
-            if h2 {
-                activity.multiplexed();
-                let conn = protocols.h2.serve_connection(io, svc);
-                drive(
-                    conn,
-                    |c| c.graceful_shutdown(),
-                    peer,
-                    &activity,
-                    limits,
-                    stop,
-                )
-                .await;
-            } else {
-                let conn = protocols.h1.serve_connection(io, svc);
-                drive(
-                    conn,
-                    |c| c.graceful_shutdown(),
-                    peer,
-                    &activity,
-                    limits,
-                    stop,
-                )
-                .await;
-            }
+            serve_as!(io, seen, h2);
         }
     }
 }
