@@ -408,7 +408,6 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (delay, grace) = (config.shutdown_delay, config.shutdown_grace);
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let stop = shutdown.await;
         draining.store(true, Ordering::Release);
@@ -421,7 +420,6 @@ pub async fn run(
         }
         tracing::info!(grace = ?grace, "listeners closed; waiting for the requests in flight");
         let _ = stop_tx.send(true);
-        let _ = closed_tx.send(());
     });
     let limits = |max_connections| server::Limits {
         header_read_timeout: config.header_read_timeout,
@@ -444,15 +442,16 @@ pub async fn run(
         proxy_service(stack, forwarding, config.access_log),
         limits(config.max_connections),
         "proxy",
-        stop_rx,
+        stop_rx.clone(),
         server_tls.as_ref().map(|t| t.acceptor()),
     );
+    let mut closed = stop_rx;
     let served = async { tokio::join!(admin, main) };
     tokio::pin!(served);
     // Serve until the listeners close; then at most the grace for the rest.
     let (a, b) = tokio::select! {
         done = &mut served => done,
-        _ = closed_rx => match tokio::time::timeout(grace, &mut served).await {
+        () = server::stopped(&mut closed) => match tokio::time::timeout(grace, &mut served).await {
             Ok(done) => done,
             Err(_) => {
                 tracing::warn!(
