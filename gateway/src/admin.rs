@@ -19,7 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use stampede_layer::store::tags;
 use stampede_layer::store::{CacheKey, PurgeMode};
-use stampede_layer::{HotKeys, SharedStore, StampedeService};
+use stampede_layer::{HotKeys, SharedStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +34,7 @@ pub struct AdminState {
     /// The store (purge).
     pub store: SharedStore,
     /// The stack (warm goes through it, so warming is coordinated too).
-    pub stack: StampedeService<Body>,
+    pub stack: crate::Stack,
     /// Hot-key report.
     pub hot_keys: HotKeys,
     /// Admin bearer token; `None` disables the admin API.
@@ -343,7 +343,7 @@ pub struct WarmReport {
 }
 
 /// Send a GET for each path through the stack (8 at a time), filling the cache.
-pub async fn warm_paths(stack: &StampedeService<Body>, uris: Vec<Uri>) -> WarmReport {
+pub async fn warm_paths(stack: &crate::Stack, uris: Vec<Uri>) -> WarmReport {
     use futures_util::StreamExt;
     let results: Vec<(String, Result<StatusCode, String>)> =
         futures_util::stream::iter(uris.into_iter().map(|uri| {

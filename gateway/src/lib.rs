@@ -22,7 +22,7 @@ use http::{Request, Uri};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use stampede_layer::{
     CacheConfig, CacheStore, FallbackStore, HotKeys, LeaseOptions, MemoryStore, NearCacheConfig,
-    NearCacheStore, RedisStore, SharedStore, StampedeLayer, StampedeService,
+    NearCacheStore, RedisStore, SharedStore, Stampede, StampedeLayer,
 };
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 /// Histogram buckets for every `_seconds` metric: 0.5 ms … 30 s.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -172,13 +172,18 @@ pub async fn build_store(config: &Config) -> anyhow::Result<SharedStore> {
     })
 }
 
+/// The layer stack over the proxy, as [`build_stack`] makes it: its own
+/// type, not boxed, so a request neither copies a boxed service nor boxes
+/// its future to reach it (a plain fresh hit is answered without either).
+pub type Stack = Stampede<proxy::Proxy>;
+
 /// Build the layer stack over the proxy. Fails when `--origin-ca` cannot be
 /// read.
 pub fn build_stack(
     config: &Config,
     store: SharedStore,
     hot_keys: HotKeys,
-) -> anyhow::Result<StampedeService<Body>> {
+) -> anyhow::Result<Stack> {
     if config.origin_ca.is_some() && !config.origin.is_https() {
         tracing::warn!("--origin-ca is ignored: the origin is http:// (plaintext)");
     }
@@ -224,7 +229,7 @@ pub fn build_stack(
         .overload_budget(config.gate_max_inflight, config.gate_queue_wait)
         .key_fn(key_scope(config))
         .hot_keys(hot_keys)
-        .service(proxy))
+        .layer(proxy))
 }
 
 /// The proxy service: every request goes through the stack; stack errors
@@ -241,7 +246,7 @@ pub fn build_stack(
 /// did, hyper's HTTP/1 server does itself: no body on a `HEAD` answer, and a
 /// `Content-Length` from a body of known size.
 pub fn proxy_service(
-    stack: StampedeService<Body>,
+    stack: Stack,
     forwarding: proxy::Forwarding,
     access_log: bool,
 ) -> impl Service<

@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::{ServiceExt, service_fn};
+use tower::{Layer, ServiceExt, service_fn};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -102,42 +102,68 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    for (name, mitigations, recorded) in [
-        ("stack_none_hit", Mitigations::NONE, false),
-        ("stack_all_hit", Mitigations::ALL, false),
-        ("stack_all_hit_recorded", Mitigations::ALL, true),
+    // `Stampede` as `StampedeLayer::layer` makes it (what the gateway
+    // serves: a plain fresh hit is answered without a boxed future), and the
+    // boxed `StampedeService` (`StampedeLayer::service`) for comparison.
+    let mut recorder_set = false;
+    for (name, mitigations, recorded, boxed) in [
+        ("stack_none_hit", Mitigations::NONE, false, false),
+        ("stack_all_hit", Mitigations::ALL, false, false),
+        ("stack_all_hit_recorded", Mitigations::ALL, true, false),
+        ("stack_all_hit_recorded_boxed", Mitigations::ALL, true, true),
     ] {
         let store: SharedStore = Arc::new(MemoryStore::default());
         let mut layer = StampedeLayer::new(store)
             .mitigations(mitigations)
             .ttl(Duration::from_secs(3600));
         if recorded {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            metrics::set_global_recorder(recorder).expect("the only recorder");
-            stampede_layer::telemetry::register("memory");
+            if !recorder_set {
+                let recorder =
+                    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+                metrics::set_global_recorder(recorder).expect("the only recorder");
+                stampede_layer::telemetry::register("memory");
+                recorder_set = true;
+            }
             layer = layer.hot_keys(HotKeys::new(10, Duration::from_secs(10), 10_000));
         }
-        let svc = layer.service(origin);
-        // Fill the entry; every measured request is a fresh hit.
-        rt.block_on(async {
-            let resp = svc.clone().oneshot(request()).await.unwrap();
-            resp.into_body().collect().await.unwrap();
-            let hit = svc.clone().oneshot(request()).await.unwrap();
-            let status = hit.headers()["cache-status"].to_str().unwrap().to_owned();
-            assert!(status.contains("; hit"), "{name}: {status}");
-        });
-        count_allocations(&rt, name, || async {
-            let resp = svc.clone().oneshot(request()).await.unwrap();
-            resp.into_body().collect().await.unwrap().to_bytes()
-        });
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
-                let resp = svc.clone().oneshot(request()).await.unwrap();
-                black_box(resp.into_body().collect().await.unwrap().to_bytes())
-            })
-        });
+        if boxed {
+            measure(&rt, &mut group, name, layer.service(origin));
+        } else {
+            measure(&rt, &mut group, name, layer.layer(origin));
+        }
     }
     group.finish();
+}
+
+/// Fill the entry through `svc`, then count the allocations of a fresh hit
+/// and time it.
+fn measure<S>(
+    rt: &tokio::runtime::Runtime,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    svc: S,
+) where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<stampede_layer::CacheBody>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    // Fill the entry; every measured request is a fresh hit.
+    rt.block_on(async {
+        let resp = svc.clone().oneshot(request()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        let hit = svc.clone().oneshot(request()).await.unwrap();
+        let status = hit.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(status.contains("; hit"), "{name}: {status}");
+    });
+    count_allocations(rt, name, || async {
+        let resp = svc.clone().oneshot(request()).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| async {
+            let resp = svc.clone().oneshot(request()).await.unwrap();
+            black_box(resp.into_body().collect().await.unwrap().to_bytes())
+        })
+    });
 }
 
 criterion_group!(benches, bench);

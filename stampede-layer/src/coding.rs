@@ -61,7 +61,8 @@ pub(crate) fn serves_every_coding(response: &HeaderMap) -> bool {
     }
 }
 
-fn is_gzip(headers: &HeaderMap) -> bool {
+/// Whether `headers` say `Content-Encoding: gzip`.
+pub(crate) fn is_gzip(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_ENCODING)
         .map(|v| v.as_bytes().trim_ascii())

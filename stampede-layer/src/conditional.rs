@@ -55,11 +55,16 @@ fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     out
 }
 
+/// Whether `headers` carry a precondition or a `Range`.
+pub(crate) fn has_conditions(headers: &HeaderMap) -> bool {
+    CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h))
+}
+
 impl ClientConditions {
     /// Remove the conditional and range headers from `headers`; `None` if
     /// there were none.
     pub(crate) fn take(headers: &mut HeaderMap) -> Option<ClientConditions> {
-        if !CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h)) {
+        if !has_conditions(headers) {
             return None;
         }
         let c = ClientConditions {

@@ -233,6 +233,11 @@ pub(crate) fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
     }))
 }
 
+/// Whether `target` is already its own normal form (see [`is_normal_path`]).
+pub(crate) fn is_normal_target(target: &PathAndQuery) -> bool {
+    is_normal_path(target.as_str())
+}
+
 /// Whether `target` is a path (no query) that normalisation leaves as it
 /// is: it starts with `/`, has no percent-encoding, no backslash, no dot
 /// segment, and only characters a path may carry unencoded (RFC 3986

@@ -42,7 +42,8 @@
 //! # The public surface
 //!
 //! * The layer and its service: [`StampedeLayer`] (builder methods for every
-//!   knob), [`Stampede`] (what it makes), [`StampedeService`] (the same,
+//!   knob), [`Stampede`] (what it makes; its future, [`StampedeFuture`], is
+//!   ready at once for a plain fresh hit), [`StampedeService`] (the same,
 //!   boxed, from [`StampedeLayer::service`]), [`Mitigations`],
 //!   [`CacheConfig`], [`LeaseOptions`].
 //! * Answers: [`CacheBody`] (the response body), [`Outcome`] (a response
@@ -154,6 +155,7 @@ mod entry;
 mod error;
 mod fill;
 mod fingerprint;
+mod fresh_hit;
 mod freshness;
 mod hot_keys;
 mod jitter;
@@ -183,7 +185,7 @@ pub use context::Generated;
 pub use error::{Error, OriginFailure};
 pub use hot_keys::HotKeys;
 pub use lease::LeaseOptions;
-pub use stack::{Mitigations, Stampede, StampedeLayer, StampedeService};
+pub use stack::{Mitigations, Stampede, StampedeFuture, StampedeLayer, StampedeService};
 pub use status::Outcome;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;

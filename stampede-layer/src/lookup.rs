@@ -84,6 +84,23 @@ impl CacheLookupLayer {
         self.hot_keys = Some(hot_keys);
         self
     }
+
+    /// The [fast path](crate::fresh_hit) of this lookup's fresh hits (the
+    /// same store, settings and metrics), leaving to XFetch's `policy` (when
+    /// it is on) the entries due for an early refresh.
+    pub(crate) fn fresh_hit_path(
+        &self,
+        xfetch: Option<crate::xfetch::XFetchPolicy>,
+    ) -> crate::fresh_hit::FreshHitPath {
+        crate::fresh_hit::FreshHitPath {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            key_fn: self.key_fn.clone(),
+            hot_keys: self.hot_keys.clone(),
+            metrics: self.metrics.clone(),
+            xfetch,
+        }
+    }
 }
 
 impl<S> Layer<S> for CacheLookupLayer {
@@ -179,38 +196,53 @@ where
             let background = req.extensions().get::<ForceRefresh>().is_some();
             let config = this.config.clone();
             let metrics = this.metrics.clone();
-            let mut resp = this.handle(req).await?;
-            let status = resp
-                .extensions_mut()
-                .remove::<CacheStatus>()
-                .unwrap_or_default();
-            // An upstream cache's entries stay; ours is the last member, the
-            // cache closest to the client (RFC 9211 §2).
-            let ours = status.header_value(&config.name);
-            let value = match resp.headers().get(crate::CACHE_STATUS) {
-                Some(upstream) => {
-                    let mut v = upstream.as_bytes().to_vec();
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ours.as_bytes());
-                    http::HeaderValue::from_bytes(&v).unwrap_or(ours)
-                }
-                None => ours,
-            };
-            resp.headers_mut().insert(crate::CACHE_STATUS, value);
-            let outcome = status.outcome(resp.status());
+            let resp = this.handle(req).await?;
+            let (resp, outcome) = finish(resp, &config, &metrics, started, background);
             record.record("outcome", outcome.as_str());
             record.record("status", resp.status().as_u16());
-            if !background {
-                metrics
-                    .get_or_init(RequestMetrics::new)
-                    .record(outcome, started.elapsed());
-                crate::fingerprint::answered(&status, outcome);
-            }
-            resp.extensions_mut().insert(outcome);
             Ok(resp)
         };
         Box::pin(fut.instrument(span))
     }
+}
+
+/// The last step of every answer the lookup gives (and of the
+/// [fast path](crate::fresh_hit)): the RFC 9211 `Cache-Status` from the
+/// [`CacheStatus`] extension, the request metrics (not for a `background`
+/// refresh), and the [`Outcome`](crate::Outcome) left in the extensions.
+pub(crate) fn finish(
+    mut resp: Response<CacheBody>,
+    config: &CacheConfig,
+    metrics: &OnceLock<RequestMetrics>,
+    started: Instant,
+    background: bool,
+) -> (Response<CacheBody>, crate::Outcome) {
+    let status = resp
+        .extensions_mut()
+        .remove::<CacheStatus>()
+        .unwrap_or_default();
+    // An upstream cache's entries stay; ours is the last member, the
+    // cache closest to the client (RFC 9211 §2).
+    let ours = status.header_value(&config.name);
+    let value = match resp.headers().get(crate::CACHE_STATUS) {
+        Some(upstream) => {
+            let mut v = upstream.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ours.as_bytes());
+            http::HeaderValue::from_bytes(&v).unwrap_or(ours)
+        }
+        None => ours,
+    };
+    resp.headers_mut().insert(crate::CACHE_STATUS, value);
+    let outcome = status.outcome(resp.status());
+    if !background {
+        metrics
+            .get_or_init(RequestMetrics::new)
+            .record(outcome, started.elapsed());
+        crate::fingerprint::answered(&status, outcome);
+    }
+    resp.extensions_mut().insert(outcome);
+    (resp, outcome)
 }
 
 /// Forward through (a copy of) `inner`, recording `fwd` unless a layer below

@@ -32,6 +32,7 @@ use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
 use crate::error::{Error, OriginFailure, SharedError};
 use crate::fill::{CacheFill, CacheFillLayer};
+use crate::fresh_hit::FreshHitPath;
 use crate::hot_keys::HotKeys;
 use crate::lease::LeaseOptions;
 use crate::lock::{DistributedLock, DistributedLockLayer};
@@ -42,7 +43,7 @@ use crate::status::{CacheStatus, Detail, Fwd};
 use crate::store::SharedStore;
 use crate::swr::{StaleWhileRevalidate, StaleWhileRevalidateLayer};
 use crate::xfetch::{XFetch, XFetchLayer};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use http::{Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::fmt;
@@ -190,17 +191,34 @@ type ErrorStatus = Arc<dyn Fn(&Error) -> StatusCode + Send + Sync>;
 /// The whole stack over an origin `S` — what [`StampedeLayer`] makes. It is
 /// infallible (`Error = Infallible`): an origin failure that no stale copy
 /// can stand in for is answered `502`/`504` (see [Errors](crate#errors)).
-#[derive(Clone)]
+///
+/// A clone is one reference count: the layers are shared, and copied only
+/// for a request that goes through them (not for a plain fresh hit).
 pub struct Stampede<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// What every clone of a [`Stampede`] shares.
+struct Shared<S> {
     inner: Chain<S>,
+    /// Plain fresh hits, answered before the chain ([`crate::fresh_hit`]).
+    fresh_hits: Arc<FreshHitPath>,
     error_status: ErrorStatus,
     name: Arc<str>,
+}
+
+impl<S> Clone for Stampede<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Stampede<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stampede")
-            .field("inner", &self.inner)
+            .field("inner", &self.shared.inner)
             .finish()
     }
 }
@@ -216,7 +234,7 @@ where
 {
     type Response = Response<CacheBody>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<CacheBody>, Infallible>>;
+    type Future = StampedeFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Every layer is always ready (readiness is awaited per call, on a
@@ -225,18 +243,41 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fut = self.inner.call(req);
-        let error_status = self.error_status.clone();
-        let name = self.name.clone();
-        Box::pin(async move {
+        if let Some(hit) = self.shared.fresh_hits.answer(&req) {
+            return StampedeFuture(Either::Left(ready(Ok(hit))));
+        }
+        let fut = self.shared.inner.clone().call(req);
+        let shared = self.shared.clone();
+        StampedeFuture(Either::Right(Box::pin(async move {
             Ok(match fut.await {
                 Ok(mut resp) => {
                     crate::context::strip_internal(resp.extensions_mut());
                     resp
                 }
-                Err(err) => origin_failed(err, &error_status, &name),
+                Err(err) => origin_failed(err, &shared.error_status, &shared.name),
             })
-        })
+        })))
+    }
+}
+
+/// The future of [`Stampede`]: ready at once for a plain fresh hit, boxed
+/// for everything that goes through the layers.
+pub struct StampedeFuture(Either<Ready<Answer>, BoxFuture<'static, Answer>>);
+
+/// What [`Stampede`] answers: always a response.
+type Answer = Result<Response<CacheBody>, Infallible>;
+
+impl fmt::Debug for StampedeFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StampedeFuture").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for StampedeFuture {
+    type Output = Result<Response<CacheBody>, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -340,6 +381,9 @@ pub struct StampedeLayer {
 /// The layers of the stack, built from a [`StampedeLayer`]'s settings.
 #[derive(Clone)]
 struct Layers {
+    /// The fast path of plain fresh hits, over the lookup's store and
+    /// metrics: one per layer, like the layers themselves.
+    fresh_hits: Arc<FreshHitPath>,
     xfetch: XFetchLayer,
     lookup: CacheLookupLayer,
     swr: StaleWhileRevalidateLayer,
@@ -400,12 +444,15 @@ impl StampedeLayer {
             if let Some(hot) = &self.hot_keys {
                 lookup = lookup.hot_keys(hot.clone());
             }
+            let xfetch = XFetchLayer::new(self.xfetch_beta)
+                .max_refreshes(self.max_background_refreshes)
+                .claim_through(store.clone(), claim_ttl)
+                .lease(self.lease)
+                .stale_while_revalidate(m.swr)
+                .enabled(m.xfetch);
             Layers {
-                xfetch: XFetchLayer::new(self.xfetch_beta)
-                    .max_refreshes(self.max_background_refreshes)
-                    .claim_through(store.clone(), claim_ttl)
-                    .lease(self.lease)
-                    .enabled(m.xfetch),
+                fresh_hits: Arc::new(lookup.fresh_hit_path(xfetch.active_policy())),
+                xfetch,
                 lookup,
                 swr: StaleWhileRevalidateLayer::new()
                     .max_refreshes(self.max_background_refreshes)
@@ -582,9 +629,12 @@ impl<S> Layer<S> for StampedeLayer {
             .layer(l.gate)
             .service(Origin(origin));
         Stampede {
-            inner,
-            error_status: self.error_status.clone(),
-            name: self.cache.name.clone(),
+            shared: Arc::new(Shared {
+                inner,
+                fresh_hits: l.fresh_hits.clone(),
+                error_status: self.error_status.clone(),
+                name: self.cache.name.clone(),
+            }),
         }
     }
 }
@@ -671,6 +721,131 @@ mod tests {
         assert_clean(&generated, "generated");
         let post = Request::post("/a").body(String::new()).unwrap();
         assert_clean(&svc.oneshot(post).await.unwrap(), "pass-through");
+    }
+
+    /// The fast path answers exactly what the layers answer, or leaves the
+    /// request to them: every request below is sent both ways on one store.
+    #[tokio::test]
+    async fn fresh_hit_path_answers_as_the_layers_do() {
+        use http_body_util::BodyExt;
+        let origin = tower::service_fn(|req: Request<String>| async move {
+            let path = req.uri().path().to_owned();
+            let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "body of {path}"
+            ))));
+            let h = resp.headers_mut();
+            h.insert("cache-control", "max-age=60".parse().unwrap());
+            h.insert("etag", "\"v1\"".parse().unwrap());
+            match path.as_str() {
+                "/vary" => {
+                    h.insert("vary", "accept-language".parse().unwrap());
+                }
+                "/gzip" => {
+                    use std::io::Write;
+                    let mut enc = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+                    enc.write_all(b"plain text").unwrap();
+                    h.insert("content-encoding", "gzip".parse().unwrap());
+                    let gzip = bytes::Bytes::from(enc.finish().unwrap());
+                    return Ok::<_, Infallible>(resp.map(|_| http_body_util::Full::new(gzip)));
+                }
+                "/short" => {
+                    h.insert("cache-control", "max-age=0".parse().unwrap());
+                }
+                _ => {}
+            }
+            Ok::<_, Infallible>(resp)
+        });
+        let store: SharedStore = Arc::new(crate::store::MemoryStore::default());
+        let svc = StampedeLayer::new(store).layer(origin);
+        let get = |path: &str, headers: &[(&str, &str)]| {
+            let mut req = Request::get(path).body(String::new()).unwrap();
+            for (k, v) in headers {
+                req.headers_mut().insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            req
+        };
+        // Fill.
+        for (path, h) in [
+            ("/a", &[][..]),
+            ("/vary", &[("accept-language", "en")][..]),
+            ("/gzip", &[("accept-encoding", "gzip")][..]),
+            ("/short", &[][..]),
+        ] {
+            let resp = svc.clone().oneshot(get(path, h)).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+        async fn parts(resp: Response<CacheBody>) -> (StatusCode, Vec<(String, String)>, Bytes) {
+            let status = resp.status();
+            let mut headers: Vec<_> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
+                .collect();
+            headers.sort();
+            (
+                status,
+                headers,
+                resp.into_body().collect().await.unwrap().to_bytes(),
+            )
+        }
+        use bytes::Bytes;
+        // Plain fresh hits: answered on the fast path, as the layers answer.
+        for (path, h) in [
+            ("/a", &[][..]),
+            ("/a", &[("accept-encoding", "br")][..]),
+            ("/vary", &[("accept-language", "en")][..]),
+            ("/gzip", &[("accept-encoding", "gzip")][..]),
+            ("/gzip", &[][..]),
+        ] {
+            let fast = svc.shared.fresh_hits.answer(&get(path, h));
+            let fast = fast.unwrap_or_else(|| panic!("{path} {h:?}: not on the fast path"));
+            assert!(fast.extensions().get::<crate::status::Outcome>().is_some());
+            let mut slow = svc
+                .shared
+                .inner
+                .clone()
+                .oneshot(get(path, h))
+                .await
+                .unwrap();
+            crate::context::strip_internal(slow.extensions_mut());
+            assert_eq!(parts(fast).await, parts(slow).await, "{path} {h:?}");
+        }
+        let head = Request::head("/a").body(String::new()).unwrap();
+        assert!(
+            svc.shared.fresh_hits.answer(&head).is_some(),
+            "HEAD of a fresh hit"
+        );
+        // Everything else takes the layers.
+        for (path, h) in [
+            ("/a", &[("range", "bytes=0-1")][..]),
+            ("/a", &[("if-none-match", "\"v1\"")][..]),
+            (
+                "/a",
+                &[("if-modified-since", "Sat, 05 Dec 2026 12:00:00 GMT")][..],
+            ),
+            ("/a", &[("authorization", "Bearer x")][..]),
+            ("/a", &[("cookie", "s=1")][..]),
+            ("/vary", &[("accept-language", "de")][..]),
+            ("/short", &[][..]),
+            ("/missing", &[][..]),
+            ("/b/../a", &[][..]),
+            ("/a?", &[][..]),
+        ] {
+            assert!(
+                svc.shared.fresh_hits.answer(&get(path, h)).is_none(),
+                "{path} {h:?} must take the layers"
+            );
+        }
+        let post = Request::post("/a").body(String::new()).unwrap();
+        assert!(svc.shared.fresh_hits.answer(&post).is_none());
+        let mut refresh = get("/a", &[]);
+        refresh
+            .extensions_mut()
+            .insert(crate::context::ForceRefresh);
+        assert!(svc.shared.fresh_hits.answer(&refresh).is_none());
     }
 
     #[test]

@@ -360,8 +360,8 @@ pub struct OriginRequest {
 ///   at `total_ms`; `Cache-Control: max-age` when given;
 /// * `GET /fail?ms=`: `503` with `Cache-Control: no-store` after `ms`;
 /// * `GET /slow?ms=&max_age=`: `200` after `ms`;
-/// * `GET /negotiated?max_age=`: `Vary: Accept-Encoding`; gzip when the
-///   request accepts it, identity otherwise (the same text either way).
+/// * `GET /negotiated?ms=&max_age=`: `Vary: Accept-Encoding` after `ms`; gzip
+///   when the request accepts it, identity otherwise (the same text either way).
 #[derive(Clone)]
 pub struct ScenarioOrigin {
     pub addr: SocketAddr,
@@ -472,6 +472,7 @@ impl ScenarioOrigin {
             headers: HeaderMap,
         ) -> Response {
             let _done = begin(&s, "/negotiated".into());
+            tokio::time::sleep(Duration::from_millis(ms(&q, "ms"))).await;
             let gzip = headers
                 .get_all("accept-encoding")
                 .iter()

@@ -372,6 +372,18 @@ impl CacheStore for MemoryStore {
         })
     }
 
+    fn get_now(&self, key: &CacheKey) -> Option<Option<Arc<CachedResponse>>> {
+        use futures_util::FutureExt;
+        // moka's read never waits for another task; polled once, it is done.
+        match key.variant() {
+            None => self.entries.get(key.digest()).now_or_never(),
+            Some(_) => self
+                .entries
+                .get(&slot(key.digest(), key.variant()))
+                .now_or_never(),
+        }
+    }
+
     async fn put(
         &self,
         key: &CacheKey,

@@ -195,6 +195,17 @@ pub trait CacheStore: Send + Sync + 'static {
     /// not copied: an in-process store hands out the entry it holds.
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError>;
 
+    /// [`get`](Self::get) if it can be answered without waiting (an entry
+    /// held in this process); `None` when it cannot, and the default. The
+    /// stack's fast path for fresh hits reads through it and takes the
+    /// layers (and [`get`](Self::get)) whenever it answers `None` or
+    /// `Some(None)`, so a store gives `Some` only for what `get` would give
+    /// at this moment.
+    fn get_now(&self, key: &CacheKey) -> Option<Option<Arc<CachedResponse>>> {
+        let _ = key;
+        None
+    }
+
     /// Read an entry from the store of record, past any near cache: the
     /// re-reads that coordinate a rebuild (inside a flight or a lock, after
     /// waiting for another's fill) must see what the fleet sees. Stores

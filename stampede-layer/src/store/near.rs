@@ -381,6 +381,18 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         self.inner.is_distributed()
     }
 
+    fn get_now(&self, key: &CacheKey) -> Option<Option<Arc<CachedResponse>>> {
+        use futures_util::FutureExt;
+        if !self.near.enabled() {
+            return self.inner.get_now(key);
+        }
+        // A near hit only: anything else reads the inner store (`get`).
+        let slot = slot_of(key.digest(), key.variant());
+        let entry = self.near.lookup(slot.as_str()).now_or_never()??;
+        metrics::counter!("stampede_near_cache_hits_total").increment(1);
+        Some(Some(entry))
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         if !self.near.enabled() {
             return self.inner.get(key).await;
