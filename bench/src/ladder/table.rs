@@ -1645,66 +1645,111 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
+/// The hit-path rung's runs (`hit-{front}-{round}`), for its reports.
+struct HitRuns<'a> {
+    res: &'a Results,
+    /// The rounds in which any of the fronts ran.
+    rounds: Vec<u32>,
+}
+
+impl<'a> HitRuns<'a> {
+    fn new(res: &'a Results, fronts: &[&str]) -> Self {
+        let mut this = Self {
+            res,
+            rounds: vec![],
+        };
+        this.rounds = (1..)
+            .take_while(|i| fronts.iter().any(|w| this.summary(w, *i).is_some()))
+            .collect();
+        this
+    }
+
+    fn run(&self, front: &str, round: u32) -> Option<&'a Run> {
+        self.res.run(&format!("hit-{front}-{round}"))
+    }
+
+    fn summary(&self, front: &str, round: u32) -> Option<&'a crate::load::LoadSummary> {
+        self.run(front, round)?.summary.as_ref()
+    }
+
+    fn rps(&self, front: &str, round: u32) -> Option<f64> {
+        self.summary(front, round).map(|s| s.requests_per_sec)
+    }
+
+    fn p99(&self, front: &str, round: u32) -> String {
+        opt(self.summary(front, round), |s| f1(s.latency.all.p99_ms))
+    }
+
+    /// Medians over the rounds of the CPU figure `key` of `front`: µs per
+    /// request, and the share of `cores(summary)` cores that makes at the
+    /// run's rate.
+    fn cpu(
+        &self,
+        front: &str,
+        key: &str,
+        cores: impl Fn(&crate::load::LoadSummary) -> f64,
+    ) -> (String, String) {
+        let (mut us, mut share) = (vec![], vec![]);
+        for &i in &self.rounds {
+            let Some(r) = self.run(front, i) else {
+                continue;
+            };
+            let x = r.measured.values.get(key).and_then(|v| v.as_f64());
+            if let Some((x, s)) = x.zip(r.summary.as_ref()) {
+                us.push(x);
+                share.push(x * s.requests_per_sec / 1e4 / cores(s));
+            }
+        }
+        let share = opt(median(share), |m| format!("{m:.0} %"));
+        (opt(median(us), f1), share)
+    }
+}
+
+/// `a ÷ b`, when both were measured.
+fn hit_ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).map(|(a, b)| a / b.max(1e-9))
+}
+
+/// A median over the rounds, in bold.
+fn bold_median(v: Vec<f64>) -> String {
+    opt(median(v), |m| format!("**{}**", f2(m)))
+}
+
 /// The hit-path ratios per round (the floor among them), and their
 /// medians; the CPU the servers, their cores and the load generator used.
 fn hit_ratios_pinned(res: &Results) -> String {
-    let run = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"));
-    let summary = |what: &str, i: u32| run(what, i)?.summary.as_ref();
-    let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
-    let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
-    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let h = HitRuns::new(res, &["memory", "redis", "redis-no-near", "nginx", "floor"]);
     let mut md = "| round | `--redis` ÷ in-process (hits/s) | `--redis`, near cache off ÷ in-process | in-process ÷ nginx (hits/s) | in-process ÷ floor | p99 ms: in-process | `--redis` | nginx | floor |\n|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n".to_string();
     let (mut redis_memory, mut direct_memory) = (vec![], vec![]);
     let (mut memory_nginx, mut memory_floor) = (vec![], vec![]);
-    let rounds: Vec<u32> = (1..)
-        .take_while(|i| {
-            ["memory", "redis", "redis-no-near", "nginx", "floor"]
-                .iter()
-                .any(|w| summary(w, *i).is_some())
-        })
-        .collect();
-    for &i in &rounds {
-        let memory = rps("memory", i);
+    for &i in &h.rounds {
+        let memory = h.rps("memory", i);
         let (a, d, b, f) = (
-            ratio(rps("redis", i), memory),
-            ratio(rps("redis-no-near", i), memory),
-            ratio(memory, rps("nginx", i)),
-            ratio(memory, rps("floor", i)),
+            hit_ratio(h.rps("redis", i), memory),
+            hit_ratio(h.rps("redis-no-near", i), memory),
+            hit_ratio(memory, h.rps("nginx", i)),
+            hit_ratio(memory, h.rps("floor", i)),
         );
         redis_memory.extend(a);
         direct_memory.extend(d);
         memory_nginx.extend(b);
         memory_floor.extend(f);
         let (a, d, b, f) = (opt(a, f2), opt(d, f2), opt(b, f2), opt(f, f2));
-        let (pm, pr) = (p99("memory", i), p99("redis", i));
-        let (pn, pf) = (p99("nginx", i), p99("floor", i));
+        let (pm, pr) = (h.p99("memory", i), h.p99("redis", i));
+        let (pn, pf) = (h.p99("nginx", i), h.p99("floor", i));
         md += &format!("| {i} | {a} | {d} | {b} | {f} | {pm} | {pr} | {pn} | {pf} |\n");
     }
-    let bold = |v: Vec<f64>| opt(median(v), |m| format!("**{}**", f2(m)));
-    // Medians over the rounds of a CPU figure `key` of `what`: µs per
-    // request, and the share of one core that makes at the run's rate.
-    let cpu = |what: &str, key: &str| {
-        let (mut us, mut share) = (vec![], vec![]);
-        for &i in &rounds {
-            let Some(r) = run(what, i) else { continue };
-            let x = r.measured.values.get(key).and_then(|v| v.as_f64());
-            if let Some((x, s)) = x.zip(r.summary.as_ref()) {
-                us.push(x);
-                share.push(x * s.requests_per_sec / 1e4);
-            }
-        }
-        let share = opt(median(share), |m| format!("{m:.0} %"));
-        (opt(median(us), f1), share)
-    };
-    let mut v = json!({ "redis_memory": bold(redis_memory), "direct_memory": bold(direct_memory),
-        "memory_nginx": bold(memory_nginx), "memory_floor": bold(memory_floor) });
+    let mut v = json!({ "redis_memory": bold_median(redis_memory),
+        "direct_memory": bold_median(direct_memory), "memory_nginx": bold_median(memory_nginx),
+        "memory_floor": bold_median(memory_floor) });
     for what in ["memory", "nginx", "floor"] {
         for (key, name) in [
             ("cpu_us", "cpu"),
             ("core_us", "core"),
             ("loader_cpu_us", "load"),
         ] {
-            let (us, share) = cpu(what, key);
+            // The share of one core: each has its own.
+            let (us, share) = h.cpu(what, key, |_| 1.0);
             v[format!("{name}_{what}")] = us.into();
             v[format!("{name}_share_{what}")] = share.into();
         }
@@ -1716,58 +1761,35 @@ fn hit_ratios_pinned(res: &Results) -> String {
 /// the load generator used — results recorded before the rung was pinned
 /// (issue #22), the server and the load generator on shared cores.
 fn hit_ratios(res: &Results) -> String {
-    let run = |what: &str, i: u32| res.run(&format!("hit-{what}-{i}"));
-    let summary = |what: &str, i: u32| run(what, i)?.summary.as_ref();
-    let rps = |what, i| summary(what, i).map(|s| s.requests_per_sec);
-    let p99 = |what, i| opt(summary(what, i), |s| f1(s.latency.all.p99_ms));
-    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let h = HitRuns::new(res, &["memory", "redis", "redis-no-near", "nginx"]);
     let mut md = "| round | `--redis` ÷ in-process (hits/s) | `--redis`, near cache off ÷ in-process | in-process ÷ nginx (hits/s) | p99 ms: in-process | `--redis` | nginx |\n|--:|--:|--:|--:|--:|--:|--:|\n".to_string();
     let (mut redis_memory, mut direct_memory, mut memory_nginx) = (vec![], vec![], vec![]);
-    let rounds: Vec<u32> = (1..)
-        .take_while(|i| {
-            ["memory", "redis", "redis-no-near", "nginx"]
-                .iter()
-                .any(|w| summary(w, *i).is_some())
-        })
-        .collect();
-    for &i in &rounds {
+    for &i in &h.rounds {
         let (a, d, b) = (
-            ratio(rps("redis", i), rps("memory", i)),
-            ratio(rps("redis-no-near", i), rps("memory", i)),
-            ratio(rps("memory", i), rps("nginx", i)),
+            hit_ratio(h.rps("redis", i), h.rps("memory", i)),
+            hit_ratio(h.rps("redis-no-near", i), h.rps("memory", i)),
+            hit_ratio(h.rps("memory", i), h.rps("nginx", i)),
         );
         redis_memory.extend(a);
         direct_memory.extend(d);
         memory_nginx.extend(b);
         let (a, d, b) = (opt(a, f2), opt(d, f2), opt(b, f2));
-        let (pm, pr, pn) = (p99("memory", i), p99("redis", i), p99("nginx", i));
+        let (pm, pr, pn) = (h.p99("memory", i), h.p99("redis", i), h.p99("nginx", i));
         md += &format!("| {i} | {a} | {d} | {b} | {pm} | {pr} | {pn} |\n");
     }
-    let bold = |v: Vec<f64>| opt(median(v), |m| format!("**{}**", f2(m)));
-    // Medians over the rounds of a CPU figure `key` of `what`: µs per
-    // request, and the share of the machine's CPU time that makes at the
-    // run's rate.
-    let cpu = |what: &str, key: &str| {
-        let (mut us, mut share) = (vec![], vec![]);
-        for &i in &rounds {
-            let Some(r) = run(what, i) else { continue };
-            let x = r.measured.values.get(key).and_then(|v| v.as_f64());
-            if let Some((x, s)) = x.zip(r.summary.as_ref()) {
-                us.push(x);
-                share.push(x * s.requests_per_sec / 1e4 / s.host.nproc.max(1) as f64);
-            }
-        }
-        let share = opt(median(share), |m| format!("{m:.0} %"));
-        (opt(median(us), f1), share)
-    };
-    let ((cpu_memory, share_memory), (cpu_nginx, share_nginx)) =
-        (cpu("memory", "cpu_us"), cpu("nginx", "cpu_us"));
-    let ((load_memory, share_load_memory), (load_nginx, share_load_nginx)) = (
-        cpu("memory", "loader_cpu_us"),
-        cpu("nginx", "loader_cpu_us"),
+    // The share of the machine's CPU time: the cores were shared.
+    let machine = |s: &crate::load::LoadSummary| s.host.nproc.max(1) as f64;
+    let ((cpu_memory, share_memory), (cpu_nginx, share_nginx)) = (
+        h.cpu("memory", "cpu_us", machine),
+        h.cpu("nginx", "cpu_us", machine),
     );
-    let v = json!({ "redis_memory": bold(redis_memory), "direct_memory": bold(direct_memory),
-        "memory_nginx": bold(memory_nginx), "cpu_memory": cpu_memory, "cpu_nginx": cpu_nginx,
+    let ((load_memory, share_load_memory), (load_nginx, share_load_nginx)) = (
+        h.cpu("memory", "loader_cpu_us", machine),
+        h.cpu("nginx", "loader_cpu_us", machine),
+    );
+    let v = json!({ "redis_memory": bold_median(redis_memory),
+        "direct_memory": bold_median(direct_memory), "memory_nginx": bold_median(memory_nginx),
+        "cpu_memory": cpu_memory, "cpu_nginx": cpu_nginx,
         "load_memory": load_memory, "load_nginx": load_nginx,
         "share_memory": share_memory, "share_nginx": share_nginx,
         "share_load_memory": share_load_memory, "share_load_nginx": share_load_nginx });
