@@ -71,6 +71,20 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
+    /// Whether a request with `headers` bypasses the cache: it carries a
+    /// credential (`Authorization`, `Cookie`, one of
+    /// [`credential_headers`](Self::credential_headers)) and credentialed
+    /// requests are not cached.
+    pub(crate) fn bypasses(&self, headers: &http::HeaderMap) -> bool {
+        !self.cache_credentialed
+            && (headers.contains_key(http::header::AUTHORIZATION)
+                || headers.contains_key(http::header::COOKIE)
+                || self
+                    .credential_headers
+                    .iter()
+                    .any(|h| headers.contains_key(h)))
+    }
+
     /// The default [`max_object_size`](Self::max_object_size): 16 MiB — a
     /// typical page, image or API answer is stored; a video or a large
     /// download streams through (its flight shared, not stored).

@@ -37,7 +37,6 @@ use crate::status::CacheStatus;
 use crate::store::SharedStore;
 use crate::telemetry::RequestMetrics;
 use crate::xfetch::XFetchPolicy;
-use http::header::{AUTHORIZATION, COOKIE};
 use http::{Method, Request, Response};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -65,7 +64,7 @@ impl FreshHitPath {
         if (*method != Method::GET && !head)
             || !req.uri().path_and_query().is_some_and(is_normal_target)
             || has_conditions(req.headers())
-            || (!self.config.cache_credentialed && self.credentialed(req))
+            || self.config.bypasses(req.headers())
             || req.extensions().get::<ForceRefresh>().is_some()
             || req.extensions().get::<RefreshKey>().is_some()
         {
@@ -102,16 +101,5 @@ impl FreshHitPath {
         }
         let (resp, _) = finish(resp, &self.config, &self.metrics, started, false);
         Some(resp)
-    }
-
-    fn credentialed<B>(&self, req: &Request<B>) -> bool {
-        let h = req.headers();
-        h.contains_key(AUTHORIZATION)
-            || h.contains_key(COOKIE)
-            || self
-                .config
-                .credential_headers
-                .iter()
-                .any(|c| h.contains_key(c))
     }
 }

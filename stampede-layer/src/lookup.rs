@@ -31,7 +31,6 @@ use crate::status::{CacheStatus, Detail, Fwd};
 use crate::store::{SharedStore, read_selected, record_error};
 use crate::telemetry::RequestMetrics;
 use futures_util::future::BoxFuture;
-use http::header::{AUTHORIZATION, COOKIE};
 use http::{Method, Request, Response, Uri};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -289,15 +288,7 @@ impl<S> CacheLookup<S> {
         if method != Method::GET && method != Method::HEAD {
             return self.pass_unsafe(req).await;
         }
-        if !self.config.cache_credentialed
-            && (req.headers().contains_key(AUTHORIZATION)
-                || req.headers().contains_key(COOKIE)
-                || self
-                    .config
-                    .credential_headers
-                    .iter()
-                    .any(|h| req.headers().contains_key(h)))
-        {
+        if self.config.bypasses(req.headers()) {
             return forward(&*self.inner, req, Fwd::Bypass).await;
         }
         let force_refresh = req.extensions().get::<ForceRefresh>().is_some();
