@@ -51,9 +51,15 @@ pub fn assign_request_id<B>(req: &mut Request<B>) -> HeaderValue {
     {
         return id.clone();
     }
-    // A v4 UUID from the thread's RNG: `Uuid::new_v4` would ask the kernel
-    // (a getrandom system call) on every request.
-    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    // A v4 UUID from a per-thread fast RNG seeded once from the thread's
+    // RNG: `Uuid::new_v4` would ask the kernel (a getrandom system call) on
+    // every request, and an id needs to be unique, not unpredictable.
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::SeedableRng::from_rng(&mut rand::rng()));
+    }
+    let bytes = IDS.with_borrow_mut(rand::Rng::random);
+    let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid.hyphenated().encode_lower(&mut buf);
     let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");

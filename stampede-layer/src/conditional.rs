@@ -56,8 +56,12 @@ fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 }
 
 /// Whether `headers` carry a precondition or a `Range`.
+/// (One pass over the request's names: a request carries a few headers, and
+/// comparing a name is cheaper than hashing one per lookup.)
 pub(crate) fn has_conditions(headers: &HeaderMap) -> bool {
-    CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h))
+    headers
+        .keys()
+        .any(|name| CONDITIONAL_HEADERS.contains(name))
 }
 
 impl ClientConditions {

@@ -76,13 +76,13 @@ impl CacheConfig {
     /// [`credential_headers`](Self::credential_headers)) and credentialed
     /// requests are not cached.
     pub(crate) fn bypasses(&self, headers: &http::HeaderMap) -> bool {
+        // One pass over the request's names (see `has_conditions`).
         !self.cache_credentialed
-            && (headers.contains_key(http::header::AUTHORIZATION)
-                || headers.contains_key(http::header::COOKIE)
-                || self
-                    .credential_headers
-                    .iter()
-                    .any(|h| headers.contains_key(h)))
+            && headers.keys().any(|name| {
+                name == http::header::AUTHORIZATION
+                    || name == http::header::COOKIE
+                    || self.credential_headers.contains(name)
+            })
     }
 
     /// The default [`max_object_size`](Self::max_object_size): 16 MiB — a

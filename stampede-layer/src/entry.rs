@@ -71,6 +71,11 @@ pub struct CachedResponse {
     pub head: HeadCache,
 }
 
+/// Headers an answer from an entry gains after the entry's own: `Age` and
+/// `Cache-Status` from the stack, and two for the service around it (the
+/// gateway's `Via` and `X-Request-Id`).
+pub(crate) const HEADERS_ADDED: usize = 4;
+
 /// The [`HeaderMap`] of an entry's `headers`, built once
 /// ([`CachedResponse::header_map`]): a hit clones it — two allocations and
 /// a reference count per value — instead of parsing and copying every
@@ -429,13 +434,16 @@ impl CachedResponse {
     }
 
     /// Headers as a [`HeaderMap`], skipping any that are no longer valid:
-    /// built once per entry (a `HeadCache`), cloned per call.
+    /// built once per entry (a `HeadCache`), cloned per call, with room for
+    /// [`HEADERS_ADDED`] more.
     pub fn header_map(&self) -> HeaderMap {
         self.head.0.get_or_init(|| self.build_header_map()).clone()
     }
 
     fn build_header_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.headers.len());
+        // Room for the headers an answer gains: a clone keeps the map's
+        // table, so adding them neither grows nor rehashes it.
+        let mut map = HeaderMap::with_capacity(self.headers.len() + HEADERS_ADDED);
         for (name, value) in &self.headers {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),

@@ -31,8 +31,8 @@ use crate::context::{ForceRefresh, RefreshKey};
 use crate::entry::{Freshness, now_ms};
 use crate::hot_keys::HotKeys;
 use crate::key::{CacheKey, is_normal_target};
-use crate::lookup::{KeyFn, finish};
-use crate::serve::hit_response;
+use crate::lookup::{KeyFn, finish_with};
+use crate::serve::entry_response;
 use crate::status::CacheStatus;
 use crate::store::SharedStore;
 use crate::telemetry::RequestMetrics;
@@ -94,12 +94,13 @@ impl FreshHitPath {
         if let Some(hot) = &self.hot_keys {
             hot.record(&key);
         }
-        let mut resp = hit_response(&entry, now, head, CacheStatus::hit(entry.ttl_secs(now)));
+        let status = CacheStatus::hit(entry.ttl_secs(now));
+        let mut resp = entry_response(&entry, now, head);
         // As the lookup answers: gzip decompressed for a client without it.
         if is_gzip(resp.headers()) && !accepts_gzip(req.headers()) {
             resp = decode_for_identity(resp);
         }
-        let (resp, _) = finish(resp, &self.config, &self.metrics, started, false);
+        let (resp, _) = finish_with(resp, &status, &self.config, &self.metrics, started, false);
         Some(resp)
     }
 }

@@ -54,6 +54,18 @@ enum Digest {
 /// Hex digits of a derived key's digest (128 bits).
 const DIGEST_LEN: usize = 32;
 
+/// The first [`DIGEST_LEN`] lower-case hex digits of `hash` (as
+/// `blake3::Hash::to_hex` writes them, without formatting all 64).
+fn hex_prefix(hash: &[u8; 32]) -> [u8; DIGEST_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; DIGEST_LEN];
+    for (i, b) in hash[..DIGEST_LEN / 2].iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    out
+}
+
 impl Digest {
     fn of(text: &str) -> Self {
         match <[u8; DIGEST_LEN]>::try_from(text.as_bytes()) {
@@ -107,7 +119,7 @@ impl CacheKey {
     /// Build a key from an already normalised text (e.g. a warm-list entry).
     pub fn from_normalised(text: String) -> Self {
         let hash = blake3::hash(text.as_bytes());
-        let digest = Digest::of(&hash.to_hex()[..DIGEST_LEN]);
+        let digest = Digest::Hex(hex_prefix(hash.as_bytes()));
         let mut display = text;
         if display.len() > DISPLAY_LIMIT {
             let mut cut = DISPLAY_LIMIT;
@@ -197,7 +209,13 @@ pub(crate) fn normalise(method: &Method, uri: &Uri) -> String {
     } else {
         method.as_str()
     };
-    let target = normalised_target_text(uri);
+    // A target already in normal form is copied once, into the key text.
+    let normal = uri.query().is_none() && is_normal_path(uri.path());
+    let target = if normal {
+        std::borrow::Cow::Borrowed(uri.path())
+    } else {
+        std::borrow::Cow::Owned(normalised_target_text(uri))
+    };
     let mut out = String::with_capacity(method.len() + target.len() + 1);
     out.push_str(method);
     out.push(' ');
@@ -245,32 +263,60 @@ pub(crate) fn is_normal_target(target: &PathAndQuery) -> bool {
 /// path below (which would rebuild the same text) can be skipped.
 fn is_normal_path(target: &str) -> bool {
     let bytes = target.as_bytes();
-    bytes.first() == Some(&b'/')
-        && bytes.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'/' | b'-'
-                        | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'@'
-                )
-        })
-        && !target.split('/').any(|seg| seg == "." || seg == "..")
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    // One pass: every byte a plain path character, and no segment `.`
+    // or `..` (a segment ends at the next `/` or at the end).
+    let mut segment = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            if is_dot_segment(&bytes[segment..i]) {
+                return false;
+            }
+            segment = i + 1;
+        } else if !PATH_CHAR[b as usize] {
+            return false;
+        }
+    }
+    !is_dot_segment(&bytes[segment..])
 }
+
+fn is_dot_segment(segment: &[u8]) -> bool {
+    matches!(segment, b"." | b"..")
+}
+
+/// The bytes a path segment may carry unencoded (RFC 3986 `pchar` without
+/// `%`), as a table.
+static PATH_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn normalised_target_text(uri: &Uri) -> String {
     if uri.query().is_none() && is_normal_path(uri.path()) {
@@ -372,6 +418,57 @@ fn hex_val(b: Option<&u8>) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_is_the_hashs_hex_prefix() {
+        for text in ["GET /", "GET /items/1", "GET /a?b=c\nscope"] {
+            let hash = blake3::hash(text.as_bytes());
+            assert_eq!(
+                hex_prefix(hash.as_bytes()),
+                hash.to_hex().as_bytes()[..DIGEST_LEN]
+            );
+        }
+    }
+
+    #[test]
+    fn normal_paths_are_plain_characters_without_dot_segments() {
+        // The one-pass scan against the rule written out (RFC 3986 pchar
+        // without `%`, no `.` or `..` segment).
+        let reference = |t: &str| {
+            t.starts_with('/')
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b))
+                && !t.split('/').any(|seg| seg == "." || seg == "..")
+        };
+        for t in [
+            "/",
+            "/items/1",
+            "/a/./b",
+            "/a/../b",
+            "/.",
+            "/..",
+            "/...",
+            "/a/.",
+            "/a/..",
+            "/a/.b",
+            "/a/b.",
+            "/a//b",
+            "//",
+            "/%2e",
+            "/a\\b",
+            "/a b",
+            "/é",
+            "items",
+            "",
+            "/a?b",
+            "/a#b",
+            "/~user/(x)*",
+            "/a/..b/c",
+            "/.a/",
+        ] {
+            assert_eq!(is_normal_path(t), reference(t), "{t:?}");
+        }
+    }
 
     fn key(m: Method, u: &str) -> CacheKey {
         CacheKey::new(&m, &u.parse().unwrap())

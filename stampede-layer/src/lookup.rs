@@ -220,6 +220,19 @@ pub(crate) fn finish(
         .extensions_mut()
         .remove::<CacheStatus>()
         .unwrap_or_default();
+    finish_with(resp, &status, config, metrics, started, background)
+}
+
+/// [`finish`] with the [`CacheStatus`] given instead of taken from the
+/// extensions (the fast path never puts it there).
+pub(crate) fn finish_with(
+    mut resp: Response<CacheBody>,
+    status: &CacheStatus,
+    config: &CacheConfig,
+    metrics: &OnceLock<RequestMetrics>,
+    started: Instant,
+    background: bool,
+) -> (Response<CacheBody>, crate::Outcome) {
     // An upstream cache's entries stay; ours is the last member, the
     // cache closest to the client (RFC 9211 §2).
     let ours = status.header_value(&config.name);
@@ -238,7 +251,7 @@ pub(crate) fn finish(
         metrics
             .get_or_init(RequestMetrics::new)
             .record(outcome, started.elapsed());
-        crate::fingerprint::answered(&status, outcome);
+        crate::fingerprint::answered(status, outcome);
     }
     resp.extensions_mut().insert(outcome);
     (resp, outcome)

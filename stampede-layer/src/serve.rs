@@ -27,14 +27,22 @@ pub(crate) fn response_from_entry(
 
 /// [`response_from_entry`] for an answer no request waits on (a fresh hit
 /// the lookup answers, above the layers that share answers): no
-/// [`Sharing`] recorded. The head is the entry's, built once
-/// ([`CachedResponse::header_map`]); the body its shared `Bytes`.
+/// [`Sharing`] recorded.
 pub(crate) fn hit_response(
     entry: &CachedResponse,
     now: u64,
     head: bool,
     status: CacheStatus,
 ) -> Response<CacheBody> {
+    let mut resp = entry_response(entry, now, head);
+    resp.extensions_mut().insert(status);
+    resp
+}
+
+/// The entry's answer: its status, its head (built once,
+/// [`CachedResponse::header_map`]) with `Age`, and its body's
+/// shared `Bytes` (none for `HEAD`); no extensions.
+pub(crate) fn entry_response(entry: &CachedResponse, now: u64, head: bool) -> Response<CacheBody> {
     let body = if head {
         CacheBody::empty()
     } else {
@@ -45,7 +53,6 @@ pub(crate) fn hit_response(
     *resp.headers_mut() = entry.header_map();
     resp.headers_mut()
         .insert(AGE, age_value(entry.age_secs(now)));
-    resp.extensions_mut().insert(status);
     resp
 }
 

@@ -217,6 +217,38 @@ impl CacheStatus {
     /// Written on the stack, then copied into one allocation of its exact
     /// size that becomes the header's bytes.
     pub(crate) fn header_value(&self, cache_name: &str) -> HeaderValue {
+        // A plain hit's value changes once a second (its `ttl`): the last one
+        // made is kept per thread, and the hits of that second share it.
+        thread_local! {
+            static LAST_HIT: std::cell::RefCell<Option<(i64, Box<str>, HeaderValue)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let plain_ttl = match self {
+            CacheStatus {
+                hit: true,
+                fwd: None,
+                fwd_status: None,
+                ttl: Some(ttl),
+                stored: false,
+                collapsed: false,
+                detail: None,
+            } => Some(*ttl),
+            _ => None,
+        };
+        let Some(ttl) = plain_ttl else {
+            return self.format_value(cache_name);
+        };
+        LAST_HIT.with_borrow_mut(|last| match last {
+            Some((t, name, value)) if *t == ttl && **name == *cache_name => value.clone(),
+            _ => {
+                let value = self.format_value(cache_name);
+                *last = Some((ttl, cache_name.into(), value.clone()));
+                value
+            }
+        })
+    }
+
+    fn format_value(&self, cache_name: &str) -> HeaderValue {
         let mut buf = [0u8; 192];
         let mut w = std::io::Cursor::new(&mut buf[..]);
         let bytes = match self.write_to(&mut w, cache_name) {

@@ -32,7 +32,9 @@ use tokio::sync::Notify;
 /// entries evicted, so a purge never misses an entry the index lost.
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: Cache<String, Arc<CachedResponse>>,
+    /// Keyed by digests (uniform, and seeded besides): foldhash, not
+    /// SipHash, hashes one per read.
+    entries: Cache<String, Arc<CachedResponse>, foldhash::fast::RandomState>,
     keys: Arc<Mutex<KeyStates>>,
     fills: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     tags: Arc<Mutex<TagIndex>>,
@@ -189,7 +191,7 @@ impl MemoryStore {
             .max_capacity(entry_bytes)
             .weigher(move |_k: &String, v: &Arc<CachedResponse>| v.weight().max(floor))
             .expire_after(EntryExpiry)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let pairs = max_entries
             .saturating_mul(4)
             .min(index_bytes / TAG_PAIR_BYTES)
