@@ -6,6 +6,16 @@
 # origin-sim runs pinned there (it is idle once the hot key is filled, and
 # stays off the server's core).
 
+# Exit 2, loudly, unless every command after the first two arguments is on
+# PATH: require SCRIPT "INSTALL HINT" COMMAND...
+require() {
+  local who=$1 hint=$2 t
+  shift 2
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "$who: $t not found ($hint)" >&2; exit 2; }
+  done
+}
+
 # A free 127.0.0.1 port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

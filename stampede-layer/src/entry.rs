@@ -435,7 +435,8 @@ impl CachedResponse {
 
     /// Headers as a [`HeaderMap`], skipping any that are no longer valid:
     /// built once per entry (a `HeadCache`), cloned per call, with room for
-    /// [`HEADERS_ADDED`] more.
+    /// the four an answer gains (`Age`, `Cache-Status`, and two for the
+    /// service around the stack) without growing.
     pub fn header_map(&self) -> HeaderMap {
         self.head.0.get_or_init(|| self.build_header_map()).clone()
     }

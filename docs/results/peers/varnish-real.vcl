@@ -6,7 +6,7 @@ vcl 4.1;
 
 backend origin {
     .host = "127.0.0.1";
-    .port = "35259";
+    .port = "45931";
 }
 
 sub vcl_recv {
