@@ -25,6 +25,7 @@
 
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -209,13 +210,7 @@ pub(crate) fn normalise(method: &Method, uri: &Uri) -> String {
     } else {
         method.as_str()
     };
-    // A target already in normal form is copied once, into the key text.
-    let normal = uri.query().is_none() && is_normal_path(uri.path());
-    let target = if normal {
-        std::borrow::Cow::Borrowed(uri.path())
-    } else {
-        std::borrow::Cow::Owned(normalised_target_text(uri))
-    };
+    let target = normalised_target_text(uri);
     let mut out = String::with_capacity(method.len() + target.len() + 1);
     out.push_str(method);
     out.push(' ');
@@ -244,7 +239,7 @@ pub(crate) fn normalise_target(uri: &Uri) -> Result<PathAndQuery, TargetError> {
     let text = normalised_target_text(uri);
     // The normalised text only ever removes or decodes characters of a valid
     // target, so it parses; fall back to the raw target if it ever did not.
-    Ok(PathAndQuery::try_from(text.as_str()).unwrap_or_else(|_| {
+    Ok(PathAndQuery::try_from(&*text).unwrap_or_else(|_| {
         uri.path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
@@ -318,9 +313,11 @@ static PATH_CHAR: [bool; 256] = {
     table
 };
 
-fn normalised_target_text(uri: &Uri) -> String {
+/// The normalised target of `uri` as text: borrowed when it is already in
+/// normal form, so a key copies it once, into the key text.
+fn normalised_target_text(uri: &Uri) -> Cow<'_, str> {
     if uri.query().is_none() && is_normal_path(uri.path()) {
-        return uri.path().to_owned();
+        return Cow::Borrowed(uri.path());
     }
     let path = normalise_path(uri.path());
     let mut out = path;
@@ -337,7 +334,7 @@ fn normalised_target_text(uri: &Uri) -> String {
             out.push_str(&params.join("&"));
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 fn param_name(param: &str) -> &str {

@@ -214,8 +214,6 @@ impl CacheStatus {
     }
 
     /// The header value, e.g. `stampede; hit; ttl=3` or `stampede; fwd=uri-miss; fwd-status=200; stored`.
-    /// Written on the stack, then copied into one allocation of its exact
-    /// size that becomes the header's bytes.
     pub(crate) fn header_value(&self, cache_name: &str) -> HeaderValue {
         // A plain hit's value changes once a second (its `ttl`): the last one
         // made is kept per thread, and the hits of that second share it.
@@ -248,6 +246,9 @@ impl CacheStatus {
         })
     }
 
+    /// [`header_value`](Self::header_value), written on the stack, then
+    /// copied into one allocation of its exact size that becomes the
+    /// header's bytes.
     fn format_value(&self, cache_name: &str) -> HeaderValue {
         let mut buf = [0u8; 192];
         let mut w = std::io::Cursor::new(&mut buf[..]);

@@ -181,6 +181,15 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// `key`'s entry (`get` and `get_now`). The common case, no variant, is
+    /// looked up by the digest as it is (no slot string made per read).
+    async fn read(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        match key.variant() {
+            None => self.entries.get(key.digest()).await,
+            Some(_) => self.entries.get(&slot(key.digest(), key.variant())).await,
+        }
+    }
+
     /// A store holding at most `max_entries` entries and about `max_bytes` bytes.
     pub fn new(max_entries: u64, max_bytes: u64) -> Self {
         // An eighth of the bytes for the tag index, the rest for entries.
@@ -366,24 +375,13 @@ impl CacheStore for MemoryStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        // The common case, no variant: looked up by the digest as it is
-        // (no slot string made per read).
-        Ok(match key.variant() {
-            None => self.entries.get(key.digest()).await,
-            Some(_) => self.entries.get(&slot(key.digest(), key.variant())).await,
-        })
+        Ok(self.read(key).await)
     }
 
     fn get_now(&self, key: &CacheKey) -> Option<Option<Arc<CachedResponse>>> {
         use futures_util::FutureExt;
         // moka's read never waits for another task; polled once, it is done.
-        match key.variant() {
-            None => self.entries.get(key.digest()).now_or_never(),
-            Some(_) => self
-                .entries
-                .get(&slot(key.digest(), key.variant()))
-                .now_or_never(),
-        }
+        self.read(key).now_or_never()
     }
 
     async fn put(

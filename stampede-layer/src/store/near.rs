@@ -299,6 +299,13 @@ impl<S: CacheStore> std::fmt::Debug for NearCacheStore<S> {
 }
 
 impl<S: CacheStore> NearCacheStore<S> {
+    /// The near copy of `slot`'s entry, if held (counted as a near hit).
+    async fn near_hit(&self, slot: &str) -> Option<Arc<CachedResponse>> {
+        let entry = self.near.lookup(slot).await?;
+        metrics::counter!("stampede_near_cache_hits_total").increment(1);
+        Some(entry)
+    }
+
     /// Drop the copies of `digests` here and — with Redis — on every other
     /// instance (one message per batch of keys).
     async fn invalidate_everywhere(&self, digests: &[&str]) {
@@ -388,9 +395,7 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         }
         // A near hit only: anything else reads the inner store (`get`).
         let slot = slot_of(key.digest(), key.variant());
-        let entry = self.near.lookup(slot.as_str()).now_or_never()??;
-        metrics::counter!("stampede_near_cache_hits_total").increment(1);
-        Some(Some(entry))
+        Some(Some(self.near_hit(slot.as_str()).now_or_never()??))
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<CachedResponse>>, StoreError> {
@@ -399,8 +404,7 @@ impl<S: CacheStore> CacheStore for NearCacheStore<S> {
         }
         let slot = slot_of(key.digest(), key.variant());
         let digest = slot.as_str();
-        if let Some(entry) = self.near.lookup(digest).await {
-            metrics::counter!("stampede_near_cache_hits_total").increment(1);
+        if let Some(entry) = self.near_hit(digest).await {
             return Ok(Some(entry));
         }
         metrics::counter!("stampede_near_cache_misses_total").increment(1);
