@@ -19,14 +19,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/hit-common.sh"
 require hit-callgrind "Debian: apt-get install valgrind wrk" valgrind callgrind_control wrk
 OUT=$(mktemp -d)
-OP=$(port); GP=$(port); AP=$(port)
-"$BIN/origin-sim" --listen "127.0.0.1:$OP" --latency-ms 5 >"$OUT/origin.log" 2>&1 & O=$!
-TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
-  "$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" \
-  --origin "http://127.0.0.1:$OP" --ttl 1h --mitigations all >"$OUT/gateway.log" 2>&1 & G=$!
+GATEWAY_WRAP="env TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file=$OUT/cg.%p"
+start_hit_stack
 trap 'kill -INT $G $O 2>/dev/null; wait $G $O 2>/dev/null; rm -rf "$OUT"' EXIT
-for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$AP/readyz" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://127.0.0.1:$AP/readyz" || { echo "hit-callgrind: gateway not ready after 30 s" >&2; exit 1; }
+READY_SECONDS=30 wait_ready "http://127.0.0.1:$OP/metrics" "http://127.0.0.1:$AP/readyz"
 curl -sf -o /dev/null "http://127.0.0.1:$GP/items/1"
 for row in "hit http://127.0.0.1:$GP/items/1" "floor http://127.0.0.1:$AP/healthz"; do
   # shellcheck disable=SC2086

@@ -26,6 +26,8 @@ pin() { [ -z "$1" ] || echo "taskset -c $1"; }
 # Start origin-sim (5 ms per query) and one gateway in front of it
 # (in-process store, --mitigations all, --ttl 1h: every request after the
 # first is a hit) on free ports; sets OP, GP, AP (ports) and O, G (PIDs).
+# GATEWAY_WRAP prefixes the gateway's command (e.g. valgrind, which keeps
+# the PID).
 start_hit_stack() {
   OP=$(port); GP=$(port); AP=$(port)
   local sized=""
@@ -33,20 +35,21 @@ start_hit_stack() {
   # shellcheck disable=SC2046
   $(pin "${LOAD_CPU:-}") "$BIN/origin-sim" --listen "127.0.0.1:$OP" --latency-ms 5 >"$OUT/origin.log" 2>&1 & O=$!
   # shellcheck disable=SC2046,SC2086
-  $sized $(pin "${SERVER_CPU:-}") "$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" \
+  $sized $(pin "${SERVER_CPU:-}") ${GATEWAY_WRAP:-} "$BIN/gateway" --listen "127.0.0.1:$GP" --admin-listen "127.0.0.1:$AP" \
     --origin "http://127.0.0.1:$OP" --ttl 1h --mitigations all ${GATEWAY_FLAGS:-} >"$OUT/gateway.log" 2>&1 & G=$!
 }
 
-# Wait until every URL answers 2xx (at most 10 s); fail loudly otherwise.
+# Wait until every URL answers 2xx (at most READY_SECONDS, default 10);
+# fail loudly otherwise.
 wait_ready() {
-  local _ u ok
-  for _ in $(seq 100); do
+  local _ u ok secs=${READY_SECONDS:-10}
+  for _ in $(seq $((secs * 10))); do
     ok=1
     for u in "$@"; do curl -sf -o /dev/null "$u" || { ok=0; break; }; done
     [ "$ok" = 1 ] && return 0
     sleep 0.1
   done
-  echo "$(basename "$0"): not ready after 10 s: $* (logs in $OUT)" >&2
+  echo "$(basename "$0"): not ready after $secs s: $* (logs in $OUT)" >&2
   return 1
 }
 
