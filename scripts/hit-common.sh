@@ -53,12 +53,12 @@ wait_ready() {
   return 1
 }
 
-# CPU clock ticks (utime + stime) of each PID, one "pid ticks" line each; a
-# PID already gone is left out.
+# CPU clock ticks of each PID, one "pid total user kernel" line each (total
+# = utime + stime); a PID already gone is left out.
 ticks() {
   local q
   for q in "$@"; do
-    [ -r "/proc/$q/stat" ] && echo "$q $(awk '{print $14 + $15}' "/proc/$q/stat")"
+    [ -r "/proc/$q/stat" ] && echo "$q $(awk '{print $14 + $15, $14, $15}' "/proc/$q/stat")"
   done
   true
 }

@@ -13,7 +13,7 @@
 #
 # Per round and row: wrk's requests/s and p99, the server's CPU per request
 # (user + system of the process: the gateway's threads, nginx's master and
-# worker) and, when pinned, the busy time of the server's core per request
+# worker; and that split, as the kernel accounts it) and, when pinned, the busy time of the server's core per request
 # (/proc/stat: the kernel's softirq and kernel-thread work on that core
 # included). Then the medians of gateway ÷ nginx and gateway ÷ floor.
 #
@@ -88,11 +88,13 @@ m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", text)
 p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
-b = dict(l.split() for l in open(before)); a = dict(l.split() for l in open(after))
-used = sum(int(a[p]) - int(b[p]) for p in a if p in b)   # a PID gone in between (nginx's cache loader) is left out
+b = {l.split()[0]: l.split()[1:] for l in open(before)}; a = {l.split()[0]: l.split()[1:] for l in open(after)}
+# total, user, kernel; a PID gone in between (nginx's cache loader) is left out
+used, user, kernel = (sum(int(a[p][i]) - int(b[p][i]) for p in a if p in b) for i in range(3))
 per = lambda ticks: ticks / int(hz) * 1e6 / max(reqs, 1)
 core = f"{per(int(c1) - int(c0)):5.1f}" if c0 else "    -"
-print(f"round {r} {s:8} {rps:9.0f} req/s  p99 {p99:6.2f} ms  CPU {per(used):5.1f} us/request  core {core} us/request"
+print(f"round {r} {s:8} {rps:9.0f} req/s  p99 {p99:6.2f} ms  CPU {per(used):5.1f} us/request"
+      f" (user {per(user):4.1f} + kernel {per(kernel):4.1f})  core {core} us/request"
       f"  non-2xx {errs.group(1) if errs else 0}  socket errors {sock.group(1).strip() if sock else 'none'}")
 PY
   done
@@ -112,8 +114,8 @@ r, out, before, after, hz = sys.argv[1:]
 text = open(out).read()
 rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
 m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", text)
-b = dict(l.split() for l in open(before)); a = dict(l.split() for l in open(after))
-used = sum(int(a[p]) - int(b[p]) for p in a if p in b)
+b = {l.split()[0]: int(l.split()[1]) for l in open(before)}; a = {l.split()[0]: int(l.split()[1]) for l in open(after)}
+used = sum(a[p] - b[p] for p in a if p in b)
 per = used / int(hz) * 1e6 / max(int(m.group(2)), 1)
 print(f"round {r} gateway-h2 {rps:9.0f} req/s  (h2c, h2load)  CPU {per:5.1f} us/request  failed {m.group(3)}")
 PY
@@ -132,4 +134,8 @@ print("gateway ÷ nginx per round: " + ratio("gateway", "nginx"))
 print("gateway ÷ floor per round: " + ratio("gateway", "floor"))
 print("nginx ÷ floor per round:   " + ratio("nginx", "floor"))
 print("median p99 ms: " + ", ".join(f"{s} {statistics.median(p99[(r, s)] for r in rounds):.2f}" for s in ("gateway", "nginx", "floor")))
+split = {(l[1], l[2]): (float(l[12]), float(l[15].rstrip(")"))) for l in rows}
+print("median CPU us per request, user + kernel: " + ", ".join(
+    f"{s} {statistics.median(split[(r, s)][0] for r in rounds):.1f} + {statistics.median(split[(r, s)][1] for r in rounds):.1f}"
+    for s in ("gateway", "nginx", "floor")))
 PY

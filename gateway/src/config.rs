@@ -440,6 +440,12 @@ pub struct Config {
     /// connection; more are refused (REFUSED_STREAM).
     #[arg(long, env = "STAMPEDE_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = streams)]
     pub max_concurrent_streams: u32,
+    /// Both listeners, plain HTTP/1.1: answer ordinary `GET`s (no body, no
+    /// `Connection`, one at a time) in the gateway's own lean HTTP/1.1 lane,
+    /// and hand a connection to hyper at its first other request; `false`:
+    /// hyper serves every request (the lane is the hit path's speed, issue 22).
+    #[arg(long, env = "STAMPEDE_HTTP1_LANE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http1_lane: bool,
     /// Client-supplied X-Forwarded-For / Forwarded: `replace` them with the
     /// connecting peer's address, or `append` the peer to them (behind a
     /// trusted load balancer).

@@ -291,6 +291,9 @@ pub fn proxy_service(
     });
     tower::ServiceBuilder::new()
         .map_request(|mut req: Request<Body>| {
+            // Room for what is added below (X-Request-Id, Via,
+            // X-Forwarded-For, Forwarded, Host): one growth at most.
+            req.headers_mut().reserve(5);
             access_log::assign_request_id(&mut req);
             req
         })
@@ -432,6 +435,7 @@ pub async fn run(
         max_connections,
         max_header_bytes: config.max_header_bytes,
         max_concurrent_streams: config.max_concurrent_streams,
+        http1_lane: config.http1_lane,
     };
     let forwarding = proxy::Forwarding::new(config.forwarded_headers, &config.via);
     let admin = server::serve(

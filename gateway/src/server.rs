@@ -5,8 +5,16 @@
 //! * **Protocols.** A plain listener speaks HTTP/1.x and HTTP/2 with prior
 //!   knowledge (h2c): a connection whose first 24 bytes are the HTTP/2
 //!   connection preface is served by hyper's `http2` builder, any other by
-//!   its `http1` builder. With TLS (the proxy listener with `--tls-cert` /
-//!   `--tls-key`, see [`crate::tls`]) the protocol is negotiated by ALPN
+//!   its `http1` builder — after the lane: a plain HTTP/1.1 connection's
+//!   ordinary `GET`s (no body, no `Connection`, one at a time) are answered
+//!   by the gateway's own lean HTTP/1.1 code (`server/lane.rs`, issue 22),
+//!   and the first other request hands the connection to hyper with its
+//!   bytes replayed (`--http1-lane false`: hyper from the start). The lane
+//!   keeps every limit below, watches the client while a request is in
+//!   flight (a close drops the request, as hyper does) and frames answers
+//!   as hyper does (`gateway/tests/lane.rs` compares the two). With TLS
+//!   (the proxy listener with `--tls-cert` / `--tls-key`, see
+//!   [`crate::tls`]; always hyper) the protocol is negotiated by ALPN
 //!   (`h2`, then `http/1.1`); a TLS client that names none is sniffed the
 //!   same way. (hyper-util's `auto` builder does the same sniffing, but has
 //!   no way to set HTTP/1's `max_header_size`, the limit below.) The TLS
@@ -81,6 +89,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
+mod lane;
+
 /// HTTP/2: streams the client may reset before the server accepted them,
 /// per connection, before it is closed (hyper's and h2's default; the
 /// rapid-reset bound).
@@ -123,6 +133,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// HTTP/2: most streams open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Plain HTTP/1.1: answer ordinary `GET`s (no body, no `Connection`,
+    /// one at a time) in the gateway's own lean HTTP/1.1 lane, handing a
+    /// connection to hyper at its first other request; else every request
+    /// through hyper.
+    pub http1_lane: bool,
 }
 
 /// hyper's two server builders, configured from one listener's [`Limits`].
@@ -277,6 +292,7 @@ async fn connection(
     // The handshake and the protocol's first bytes are part of the first
     // request's head: they share its header-read deadline.
     let head_by = Instant::now() + limits.header_read_timeout;
+    let lane_app = app.clone();
     let svc = {
         let activity = activity.clone();
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -295,35 +311,22 @@ async fn connection(
     // The stream (plain or TLS: two types), its first bytes replayed, served
     // by HTTP/2 or HTTP/1 until it ends or drains.
     macro_rules! serve_as {
-        ($io:expr, $seen:expr, $h2:expr) => {{
+        ($io:expr, $seen:expr, $h2:expr, $stop:expr) => {{
             let io = TokioIo::new(Prefixed {
                 seen: $seen,
                 at: 0,
                 io: $io,
             });
-            if $h2 {
+            let ended = if $h2 {
                 activity.multiplexed();
                 let conn = protocols.h2.serve_connection(io, svc);
-                drive(
-                    conn,
-                    |c| c.graceful_shutdown(),
-                    peer,
-                    &activity,
-                    limits,
-                    stop,
-                )
-                .await;
+                drive(conn, |c| c.graceful_shutdown(), peer, &activity, limits, $stop).await
             } else {
                 let conn = protocols.h1.serve_connection(io, svc);
-                drive(
-                    conn,
-                    |c| c.graceful_shutdown(),
-                    peer,
-                    &activity,
-                    limits,
-                    stop,
-                )
-                .await;
+                drive(conn, |c| c.graceful_shutdown(), peer, &activity, limits, $stop).await
+            };
+            if let Some(Err(e)) = ended {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
         }};
     }
@@ -334,7 +337,35 @@ async fn connection(
                 tracing::debug!(%peer, "client sent no request line or preface in time");
                 return;
             };
-            serve_as!(io, seen, h2);
+            if h2 || !limits.http1_lane {
+                serve_as!(io, seen, h2, stop);
+                return;
+            }
+            let draining = AtomicBool::new(false);
+            let lane = lane::Lane {
+                io: &mut io,
+                app: lane_app,
+                peer,
+                limits,
+                activity: &activity,
+                draining: &draining,
+            };
+            let ended = drive(
+                lane.serve(seen),
+                |_| draining.store(true, Ordering::Release),
+                peer,
+                &activity,
+                limits,
+                stop.clone(),
+            )
+            .await;
+            match ended {
+                Some(Ok(lane::Ended::Handoff(seen))) => serve_as!(io, seen, false, stop),
+                Some(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                Some(Ok(lane::Ended::Closed)) | None => {}
+            }
         }
         Some(acceptor) => {
             let handshake = async {
@@ -358,7 +389,7 @@ async fn connection(
                     return;
                 }
             };
-            serve_as!(io, seen, h2);
+            serve_as!(io, seen, h2, stop);
         }
     }
 }
@@ -385,16 +416,15 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(Vec<u8>, bool)> 
 
 /// Serve one connection until it ends, closing it at its header-read or
 /// idle deadline, and shutting it down gracefully when `stop` turns true.
-async fn drive<C>(
+/// Returns how the connection ended, `None` if it was closed at a deadline.
+async fn drive<C: Future>(
     conn: C,
-    graceful: fn(Pin<&mut C>),
+    mut graceful: impl FnMut(Pin<&mut C>),
     peer: SocketAddr,
     activity: &Activity,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
-) where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
+) -> Option<C::Output> {
     tokio::pin!(conn);
     // One timer, re-armed only when it fires, never per request: it is set
     // no later than the earliest deadline any request could start from now
@@ -417,17 +447,12 @@ async fn drive<C>(
     loop {
         tokio::select! {
             biased;
-            ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
+            ended = conn.as_mut() => return Some(ended),
             () = expiry.as_mut() => {
                 let now = Instant::now();
                 if activity.deadline(&limits).is_some_and(|d| d <= now) {
                     tracing::debug!(%peer, "client connection timed out (header read or idle)");
-                    return; // dropping the connection closes it
+                    return None; // dropping the connection closes it
                 }
                 expiry.as_mut().reset(arm(now));
             }
