@@ -26,7 +26,7 @@ import sys
 CAMPAIGN_JSON = "docs/results/campaign.json"
 CAMPAIGN_START, CAMPAIGN_END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
-TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge", "purge", "drain"]
+TESTS = ["faults", "lock_crash", "cluster", "hostile", "fleet_faults", "fencing", "herds", "flight_memory", "connections", "forwarding", "admin_auth", "cli", "memory_bound", "cancellation", "edge", "purge", "drain", "lane"]
 
 PROTECTIONS = [
     ("Redis outage", "faults::redis_outage_is_survived_and_recovered_from",
@@ -100,7 +100,9 @@ PROTECTIONS = [
     ("Leader's client disconnects mid-fill", "cancellation::a_leader_that_disconnects_mid_fill_does_not_cancel_it_across_a_fleet",
      "The rebuild runs detached (single-flight task, lock holder task): 20 waiters on two gateways get the whole answer, one origin request."),
     ("Waiters disconnect (HTTP/1 close)", "cancellation::waiters_that_disconnect_leave_at_once_and_free_what_they_held",
-     "hyper drops a closed connection's request at once: tasks fall back while the fill runs; tasks and RSS return to idle; the fill is stored."),
+     "hyper, and the plain HTTP/1.1 lane, drop a closed connection's request at once: tasks fall back while the fill runs; tasks and RSS return to idle; the fill is stored."),
+    ("Plain HTTP/1.1 lane answers as hyper", "lane::the_lane_answers_every_request_as_hyper_does",
+     "Ordinary GETs on plain HTTP/1.1 are answered below hyper's dispatcher (issue #22). A mixed sequence (misses and hits, a chunked pass-through, 304, 206, 204, a private answer, absolute-form, then a HEAD and a POST that hand the connection to hyper) gets the same status, headers and body from a gateway with the lane and one with --http1-lane false. Pipelining, Connection: close, HTTP/1.0, a head sent a byte at a time (`lane::pipelined_closing_old_and_bodied_requests_are_answered_on_one_connection`) and bad or oversized heads (`lane::bad_and_oversized_heads_get_hypers_answers`) keep hyper's answers."),
     ("HTTP/2 rapid reset", "edge::http2_gets_the_http1_limits_streams_headers_idle_and_rapid_reset",
      "At most 20 streams reset before being accepted per connection (then GOAWAY), --max-concurrent-streams, header list size (431), idle and header-read timeouts on HTTP/2."),
 ]

@@ -6,7 +6,6 @@
 //! that drops the ladder's future leaves nothing behind. Nothing here ever
 //! signals a process it did not start.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +20,12 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::stats::{OriginQueries, OriginQuery};
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 for a server started later, below the
+/// kernel's ephemeral range ([`stampede_layer::testing::free_port`]): a run
+/// once lost a gateway to `Address already in use` when an outgoing
+/// connection took the port `bind(0)` had handed out.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(stampede_layer::testing::free_port())
 }
 
 /// `name` on `$PATH`, if there.

@@ -10,6 +10,7 @@ pub mod contract;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Write `entry` under `key` the way a fill without the lock does: draw a
@@ -34,8 +35,33 @@ pub struct RedisServer {
     tls: bool,
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), for a server
+/// started later. Taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so no outgoing connection (to Redis,
+/// to an origin) can take it between this check and the server's bind, as
+/// one can take a port `bind(0)` handed out; ports handed out by one process
+/// do not repeat until the range wraps. Falls back to `bind(0)` when the
+/// range below is too small.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let from = low.saturating_sub(16384).max(1024);
+    let span = u32::from(low - from.min(low));
+    if span >= 1024 {
+        let seed = std::process::id().wrapping_mul(2_654_435_761);
+        for _ in 0..span {
+            // A prime step visits every port of the span once (16384 of them
+            // with the default range).
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = from + (seed.wrapping_add(n.wrapping_mul(7919)) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
