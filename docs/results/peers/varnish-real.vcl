@@ -6,7 +6,7 @@ vcl 4.1;
 
 backend origin {
     .host = "127.0.0.1";
-    .port = "45931";
+    .port = "30492";
 }
 
 sub vcl_recv {
