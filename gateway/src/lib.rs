@@ -291,15 +291,20 @@ pub fn proxy_service(
     });
     tower::ServiceBuilder::new()
         .map_request(|mut req: Request<Body>| {
-            // Room for what is added below (X-Request-Id, Via,
-            // X-Forwarded-For, Forwarded, Host): one growth at most.
-            req.headers_mut().reserve(5);
+            // Room for what is added below: one growth at most.
+            req.headers_mut().reserve(REQUEST_HEADERS_ADDED);
             access_log::assign_request_id(&mut req);
             req
         })
         .option_layer(access_log.then_some(access_log::AccessLogLayer))
         .service(proxy)
 }
+
+/// Headers the proxy service adds to a request before the stack sees it
+/// (`X-Request-Id`, `Via`, `X-Forwarded-For`, `Forwarded`, and `Host` for
+/// HTTP/2): room for them is made once, so adding them does not grow the
+/// request's header map (the HTTP/1.1 lane makes it as it builds the map).
+pub(crate) const REQUEST_HEADERS_ADDED: usize = 5;
 
 fn read_warm_list(path: &std::path::Path) -> anyhow::Result<Vec<Uri>> {
     let text = std::fs::read_to_string(path)

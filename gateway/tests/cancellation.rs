@@ -266,13 +266,7 @@ async fn http2_waiters_that_reset_their_streams_leave_at_once() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = h2_body(resp).await;
     assert_eq!(common::version(&String::from_utf8_lossy(&bytes)), Some(1));
     let next = common::get(&gw.url("/items/7")).await;
     assert!(next.is_hit(), "{}", next.cache_status());
@@ -310,11 +304,20 @@ async fn h2_round(port: u16, path: &str) {
             .await
             .unwrap()
             .unwrap();
-        let mut body = resp.into_body();
-        while let Some(chunk) = body.data().await {
-            let _ = body.flow_control().release_capacity(chunk.unwrap().len());
-        }
+        h2_body(resp).await;
     }
     drop(send);
     conn.abort();
+}
+
+/// An HTTP/2 answer's whole body, its flow-control window released as read.
+async fn h2_body(resp: http::Response<h2::RecvStream>) -> Vec<u8> {
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    bytes
 }

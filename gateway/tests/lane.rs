@@ -228,46 +228,40 @@ fn get_req(path: &str, extra: &str) -> String {
 /// The sequence both gateways answer: lane-taken requests first, then the
 /// ones that hand the connection to hyper, then lane-shaped ones again
 /// (served by hyper on the lane's gateway, after its hand-off).
-fn sequence() -> Vec<(String, bool)> {
+fn sequence() -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..2 {
         // miss, then hit
         for path in [
             "/items/1", "/big", "/stream", "/live", "/etag", "/empty", "/private", "/missing",
         ] {
-            out.push((get_req(path, ""), false));
+            out.push(get_req(path, ""));
         }
-        out.push((get_req("/etag", "If-None-Match: \"v1\"\r\n"), false));
-        out.push((get_req("/big", "Range: bytes=10-99\r\n"), false));
-        out.push((
-            get_req(
-                "/items/2",
-                "Accept-Encoding: gzip\r\nX-Many: 1\r\nX-Many: 2\r\n",
-            ),
-            false,
+        out.push(get_req("/etag", "If-None-Match: \"v1\"\r\n"));
+        out.push(get_req("/big", "Range: bytes=10-99\r\n"));
+        out.push(get_req(
+            "/items/2",
+            "Accept-Encoding: gzip\r\nX-Many: 1\r\nX-Many: 2\r\n",
         ));
-        out.push((get_req("/items/1?b=2&a=1", ""), false));
-        out.push((get_req("http://lane.test/items/3", ""), false));
+        out.push(get_req("/items/1?b=2&a=1", ""));
+        out.push(get_req("http://lane.test/items/3", ""));
     }
-    out.push((get_req("/items/1", "").replacen("GET", "HEAD", 1), true));
-    out.push((
+    out.push(get_req("/items/1", "").replacen("GET", "HEAD", 1));
+    out.push(
         "POST /items/1 HTTP/1.1\r\nHost: lane.test\r\nContent-Length: 5\r\n\r\nhello".to_owned(),
-        false,
-    ));
-    out.push((get_req("/items/1", ""), false));
-    out.push((get_req("/big", ""), false));
+    );
+    out.push(get_req("/items/1", ""));
+    out.push(get_req("/big", ""));
     out
 }
 
 async fn answers(gateway: SocketAddr) -> Vec<Raw> {
-    let mut s = TcpStream::connect(gateway).await.unwrap();
-    let mut pending = Vec::new();
+    let mut c = Client::open(gateway).await;
     let mut out = Vec::new();
-    for (request, head_only) in sequence() {
-        s.write_all(request.as_bytes()).await.unwrap();
-        out.push(read_response(&mut s, &mut pending, head_only).await);
+    for request in sequence() {
+        out.push(c.ask(&request).await);
     }
-    assert!(pending.is_empty(), "stray bytes after the answers");
+    assert!(c.pending.is_empty(), "stray bytes after the answers");
     out
 }
 
@@ -279,7 +273,7 @@ async fn the_lane_answers_every_request_as_hyper_does() {
         .await
         .unwrap();
     let (with_lane, without) = (answers(lane.addr).await, answers(hyper.addr).await);
-    for (i, ((request, _), (a, b))) in sequence()
+    for (i, (request, (a, b))) in sequence()
         .iter()
         .zip(with_lane.iter().zip(&without))
         .enumerate()
@@ -450,15 +444,11 @@ async fn bad_and_oversized_heads_get_hypers_answers() {
         ),
         ("GET /it ems HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(), "400"),
     ] {
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        let mut pending = Vec::new();
-        s.write_all(get_req("/items/1", "").as_bytes())
-            .await
-            .unwrap();
-        read_response(&mut s, &mut pending, false).await;
-        let _ = s.write_all(bad.as_bytes()).await;
+        let mut c = Client::open(gw.addr).await;
+        assert_eq!(c.body("/items/1").await, item(1));
+        let _ = c.s.write_all(bad.as_bytes()).await;
         let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.s.read_to_end(&mut got)).await;
         let got = String::from_utf8_lossy(&got);
         assert!(
             got.starts_with(&format!("HTTP/1.1 {want}")),

@@ -49,7 +49,7 @@ pub fn free_port() -> u16 {
         .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let from = low.saturating_sub(16384).max(1024);
-    let span = u32::from(low - from.min(low));
+    let span = u32::from(low.saturating_sub(from));
     if span >= 1024 {
         let seed = std::process::id().wrapping_mul(2_654_435_761);
         for _ in 0..span {

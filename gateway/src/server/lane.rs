@@ -1,6 +1,6 @@
 //! The plain HTTP/1.1 lane (issue 22): a plain (not TLS) HTTP/1.1
 //! connection's ordinary requests — `GET`, HTTP/1.1, no body, no
-//! `Connection`, `Upgrade` or `Expect`, one at a time — are parsed with
+//! `Connection`, `Upgrade`, `Expect` or `TE`, one at a time — are parsed with
 //! httparse and answered here, without hyper's per-request dispatcher. The
 //! first request that is anything else (another method or version, a body, a
 //! pipelined request, a head over the size limit or one that does not parse)
@@ -12,7 +12,8 @@
 //!
 //! The answer is framed as hyper frames one: `Content-Length` from the
 //! response's header or its body's exact size, else chunked; no body for
-//! `1xx`, `204` and `304`; a `Date` when the response has none; the body
+//! `204` and `304`, and a `1xx` turned into a `500`; a `Date` when the
+//! response has none; the origin's reason phrase; the body
 //! written frame by frame as it comes (a streamed body streams, with the same
 //! back-pressure), the head with the first frame when that is ready at once.
 //! A body that fails or ends short of its length closes the connection, as
@@ -45,10 +46,6 @@ use tower::ServiceExt;
 
 /// hyper's own bound on a request's header count (past it: `431`).
 const MAX_HEADERS: usize = 100;
-/// Room in a request's header map for the headers the service adds before
-/// the stack (the gateway adds up to 5: `X-Request-Id`, `Via`,
-/// `X-Forwarded-For`, `Forwarded`, `Host`), so they do not grow it.
-const ADDED_HEADERS: usize = 6;
 /// hyper's bound on a request target's length (past it: `414`).
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// A first body frame up to this size is copied behind the head and sent
@@ -94,13 +91,10 @@ impl<S: App> Lane<'_, S> {
         buf.extend_from_slice(&seen);
         let mut head = Vec::with_capacity(512);
         loop {
-            let request = loop {
+            let mut request = loop {
                 match parse(&mut buf, self.limits.max_header_bytes) {
                     Parsed::Request(r) => break r,
                     Parsed::Handoff => return Ok(Ended::Handoff(buf.to_vec())),
-                    Parsed::Partial if buf.len() > self.limits.max_header_bytes => {
-                        return Ok(Ended::Handoff(buf.to_vec()));
-                    }
                     Parsed::Partial => {}
                 }
                 buf.reserve(READ_BUFFER);
@@ -124,7 +118,6 @@ impl<S: App> Lane<'_, S> {
                 }
             };
             let busy = Busy::new(self.activity.clone());
-            let mut request = request;
             request.extensions_mut().insert(ConnectInfo(self.peer));
             let max = self.limits.max_header_bytes;
             let call = self.app.clone().oneshot(request);
@@ -157,7 +150,8 @@ impl<S: App> Lane<'_, S> {
 /// Parse the buffer's request head. A request the lane takes is split off
 /// the buffer (its header values and target share those bytes, as hyper's
 /// do); anything else leaves the buffer as it is. A head longer than
-/// `max_head` bytes, or a target hyper deems too long, is hyper's to refuse.
+/// `max_head` bytes (whole or still partial), or a target hyper deems too
+/// long, is hyper's to refuse.
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
@@ -166,6 +160,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => return Parsed::Handoff,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Handoff,
     };
@@ -199,7 +194,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     };
     let mut request = Request::new(Body::empty());
     let headers = request.headers_mut();
-    headers.reserve(fields.len() + ADDED_HEADERS);
+    headers.reserve(fields.len() + crate::REQUEST_HEADERS_ADDED);
     for (name, value) in fields {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(value)) else {
             return Parsed::Handoff.restore(buf, bytes);
@@ -307,21 +302,18 @@ impl Answer<'_> {
             .iter()
             .any(|v| has_token(v.as_bytes(), b"close"));
         let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let declared = parts.headers.get(CONTENT_LENGTH).map(|v| {
-            std::str::from_utf8(v.as_bytes())
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-        });
+        // The response's own length, when it states a valid one.
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
         let framing = if bodiless {
             Framing::None
         } else {
-            match declared {
-                Some(Some(n)) => Framing::Length(n),
-                _ => match body.size_hint().exact() {
-                    Some(n) => Framing::Length(n),
-                    None => Framing::Chunked,
-                },
-            }
+            declared
+                .or(body.size_hint().exact())
+                .map_or(Framing::Chunked, Framing::Length)
         };
         head.clear();
         head.extend_from_slice(if parts.version == Version::HTTP_10 {
@@ -340,18 +332,18 @@ impl Answer<'_> {
         }
         head.extend_from_slice(b"\r\n");
         for (name, value) in &parts.headers {
+            // Framing is ours: a stated length is kept where it frames the
+            // body (or describes it, on a 304), an invalid one never.
             let framing_header = name == TRANSFER_ENCODING
                 || (name == CONTENT_LENGTH
-                    && (matches!(framing, Framing::Chunked)
-                        || (bodiless && status != StatusCode::NOT_MODIFIED)
-                        || declared == Some(None)));
+                    && (declared.is_none() || (bodiless && status != StatusCode::NOT_MODIFIED)));
             if framing_header {
                 continue;
             }
             field(head, name.as_str().as_bytes(), value.as_bytes());
         }
         match framing {
-            Framing::Length(n) if !matches!(declared, Some(Some(_))) => {
+            Framing::Length(n) if declared.is_none() => {
                 field(head, b"content-length", itoa(n, &mut [0; 20]));
             }
             Framing::Chunked => field(head, b"transfer-encoding", b"chunked"),
@@ -596,6 +588,11 @@ mod tests {
         let mut buf = BytesMut::from(&long[..]);
         assert!(matches!(parse(&mut buf, long.len() - 1), Parsed::Handoff));
         assert!(matches!(parse(&mut buf, long.len()), Parsed::Request(_)));
+        let mut cut = BytesMut::from(&b"GET / HTTP/1.1\r\nHost:"[..]);
+        assert!(
+            matches!(parse(&mut cut, 8), Parsed::Handoff),
+            "a partial head over the limit"
+        );
         let (parsed, rest) = take(b"GET / HTTP/1.1\r\nHost:");
         assert!(matches!(parsed, Parsed::Partial));
         assert_eq!(&rest[..], b"GET / HTTP/1.1\r\nHost:");
