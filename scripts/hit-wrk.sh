@@ -13,9 +13,10 @@
 #
 # Per round and row: wrk's requests/s and p99, the server's CPU per request
 # (user + system of the process: the gateway's threads, nginx's master and
-# worker; and that split, as the kernel accounts it) and, when pinned, the busy time of the server's core per request
-# (/proc/stat: the kernel's softirq and kernel-thread work on that core
-# included). Then the medians of gateway ÷ nginx and gateway ÷ floor.
+# worker; and that split, as the kernel accounts it) and, when pinned, the
+# busy time of the server's core per request (/proc/stat: the kernel's
+# softirq and kernel-thread work on that core included). Then the medians
+# of gateway ÷ nginx and gateway ÷ floor.
 #
 # usage: scripts/hit-wrk.sh BINDIR [DURATION=8s] [ROUNDS=3]
 #   needs wrk, nginx and taskset (Debian: apt-get install wrk nginx-light util-linux);

@@ -344,7 +344,11 @@ impl Answer<'_> {
         }
         match framing {
             Framing::Length(n) if declared.is_none() => {
-                field(head, b"content-length", itoa(n, &mut [0; 20]));
+                field(
+                    head,
+                    b"content-length",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                );
             }
             Framing::Chunked => field(head, b"transfer-encoding", b"chunked"),
             _ => {}
@@ -464,19 +468,6 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// `n` in decimal, in `out`.
-fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
-    let mut at = out.len();
-    loop {
-        at -= 1;
-        out[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &out[at..];
-        }
-    }
-}
-
 /// A chunk's size line: `len` in hex, then CRLF.
 fn chunk_size(mut len: usize, out: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -536,7 +527,7 @@ mod tests {
     #[test]
     fn numbers_are_written_as_hyper_writes_them() {
         for n in [0u64, 7, 10, 349, 65_536, u64::MAX] {
-            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+            assert_eq!(itoa::Buffer::new().format(n), n.to_string());
         }
         for n in [1usize, 15, 16, 255, 4096, 1 << 40] {
             assert_eq!(chunk_size(n, &mut [0; 18]), format!("{n:x}\r\n").as_bytes());
