@@ -15,10 +15,32 @@
 # then checks formatting, lints, docs, the ops files (Prometheus config, alert
 # rules + their unit tests, compose, dashboard) and runs `cargo test --workspace`.
 # Every process a test starts listens on 127.0.0.1 on a free port.
+#
+# Disk: a CI run builds once, so it needs neither incremental caches nor debug
+# info (no backtrace is printed without RUST_BACKTRACE): the CARGO_* exports
+# below turn both off and strip the standard library's debug info from the
+# ~70 linked test binaries (Cargo.toml already builds the dependencies without
+# it). Each cargo step prints how big the target directory has grown and how
+# much the disk has left; the run warns up front when the disk has less than
+# STAMPEDE_CI_DISK_WARN_MB (default 4096) free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
+
+export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=false CARGO_PROFILE_DEV_STRIP=debuginfo
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_mb() { df -Pm "$target_dir" | awk 'NR == 2 { print $4 }'; }
+disk() {
+  printf '    disk: %s holds %s MB, %s MB free\n' "$target_dir" \
+    "$(du -sm "$target_dir" 2>/dev/null | cut -f1)" "$(free_mb)" >&2
+}
+step "disk"
+disk
+if (( $(free_mb) < ${STAMPEDE_CI_DISK_WARN_MB:-4096} )); then
+  echo "warning: only $(free_mb) MB free for $target_dir; a clean run's build needs a few GB (each step below prints the size it reached)" >&2
+fi
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -54,15 +76,22 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+disk
 
 step "cargo doc (broken links and doc warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+disk
 
 step "ops files: promtool check/test, compose, dashboard"
 bash scripts/check-ops.sh
 
 step "build every binary (tests spawn them as real processes)"
 cargo build --workspace --bins --locked
+disk
+
+step "cargo test --workspace: build the tests"
+cargo test --workspace --locked --no-run
+disk
 
 step "cargo test --workspace"
 cargo test --workspace --locked
