@@ -38,8 +38,9 @@ disk() {
 }
 step "disk"
 disk
-if (( $(free_mb) < ${STAMPEDE_CI_DISK_WARN_MB:-4096} )); then
-  echo "warning: only $(free_mb) MB free for $target_dir; a clean run's build needs a few GB (each step below prints the size it reached)" >&2
+free=$(free_mb)
+if (( free < ${STAMPEDE_CI_DISK_WARN_MB:-4096} )); then
+  echo "warning: only $free MB free for $target_dir; a clean run's build needs a few GB (each step below prints the size it reached)" >&2
 fi
 
 missing=()

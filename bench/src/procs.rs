@@ -20,13 +20,10 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::stats::{OriginQueries, OriginQuery};
 
-/// A free TCP port on 127.0.0.1 for a server started later, below the
-/// kernel's ephemeral range ([`stampede_layer::testing::free_port`]): a run
-/// once lost a gateway to `Address already in use` when an outgoing
-/// connection took the port `bind(0)` had handed out.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(stampede_layer::testing::free_port())
-}
+// The workspace's one free-port finder (below the kernel's ephemeral range:
+// a run once lost a gateway to `Address already in use` when an outgoing
+// connection took the port `bind(0)` had handed out).
+pub use stampede_layer::testing::free_port;
 
 /// `name` on `$PATH`, if there.
 pub fn which(name: &str) -> Option<PathBuf> {

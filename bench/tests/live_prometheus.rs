@@ -205,7 +205,7 @@ async fn start_gateway(
     mitigations: &str,
     origin: u16,
 ) -> (ChildProc, u16, u16) {
-    let (port, admin) = (free_port().unwrap(), free_port().unwrap());
+    let (port, admin) = (free_port(), free_port());
     let args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -290,7 +290,7 @@ async fn stampede_alerts_fire_on_a_naive_stampede_and_stay_silent_with_the_full_
     let http = Http::default();
 
     // origin-sim, shared by both phases.
-    let origin = free_port().unwrap();
+    let origin = free_port();
     let origin_args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{origin}"),
@@ -320,7 +320,7 @@ async fn stampede_alerts_fire_on_a_naive_stampede_and_stay_silent_with_the_full_
         start_gateway(&http, &bins, &work, "naive", "none", origin).await;
     let config = work.join("prometheus.yml");
     write_config(&config, scrape, naive_admin, origin);
-    let prom_port = free_port().unwrap();
+    let prom_port = free_port();
     let prom_args: Vec<String> = vec![
         format!("--config.file={}", config.display()),
         format!("--storage.tsdb.path={}", work.join("data").display()),

@@ -191,7 +191,7 @@ impl Procs {
             .context("start redis-server")?;
         let redis_port = redis.port();
         let http = Http::default();
-        let oport = free_port()?;
+        let oport = free_port();
         let origin_url = format!("http://127.0.0.1:{oport}");
         let args: Vec<String> = [
             "--listen".to_string(),
@@ -227,7 +227,7 @@ impl Procs {
         };
         let mut urls = Vec::new();
         for i in 0..cfg.gateways {
-            let (port, admin) = (free_port()?, free_port()?);
+            let (port, admin) = (free_port(), free_port());
             let args = [
                 "--listen".to_string(),
                 format!("127.0.0.1:{port}"),

@@ -104,7 +104,7 @@ impl Launcher {
     /// Start origin-sim and the fronts of `spec` (gateways on `redis` when
     /// given) and wait until every one is ready.
     pub async fn start(&self, spec: &RunSpec, redis: Option<String>) -> anyhow::Result<Stack> {
-        let (oport, id, bin) = (free_port()?, &spec.id, |b| self.bin_dir.join(b));
+        let (oport, id, bin) = (free_port(), &spec.id, |b| self.bin_dir.join(b));
         let origin_url = format!("http://127.0.0.1:{oport}");
         let listen = ["--listen".to_string(), format!("127.0.0.1:{oport}")];
         let args: Vec<String> = listen.into_iter().chain(spec.origin.flags()).collect();
@@ -122,7 +122,7 @@ impl Launcher {
             peer_config,
         };
         for i in 1..=spec.instances {
-            let (port, admin) = (free_port()?, free_port()?);
+            let (port, admin) = (free_port(), free_port());
             let (url, name) = (format!("http://127.0.0.1:{port}"), format!("g{i}"));
             let (proc_, admin) = match &spec.front {
                 Front::Gateway { .. } => {
